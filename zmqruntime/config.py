@@ -1,0 +1,153 @@
+"""Transport modes and the frozen configuration every server and client is built from."""
+
+from __future__ import annotations
+
+import enum
+import math
+from pathlib import Path
+from typing import Any, final
+
+import attrs
+
+from zmqruntime.errors import ConfigurationError
+
+__all__ = ["TransportMode", "ZMQConfig"]
+
+MAX_PORT = 65535
+
+
+class TransportMode(enum.Enum):
+    """How endpoints are addressed: TCP ports or IPC (Unix domain) socket files."""
+
+    TCP = "tcp"
+    IPC = "ipc"
+
+
+def _port(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PORT:
+        raise ConfigurationError(
+            f"{attribute.name} must be a port number between 1 and {MAX_PORT}, got {value!r}"
+        )
+
+
+def _positive_seconds(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{attribute.name} must be a finite number of seconds above 0, got {value!r}"
+        )
+
+
+def _positive_int(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be a whole number above 0, got {value!r}")
+
+
+def _name(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value or "\0" in value:
+        raise ConfigurationError(
+            f"{attribute.name} must be a non-empty file name part without slashes, got {value!r}"
+        )
+
+
+def _extension(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or "/" in value or "\\" in value or "\0" in value:
+        raise ConfigurationError(f"{attribute.name} must be a file extension, got {value!r}")
+
+
+def _optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ZMQConfig:
+    """Addressing, timeouts and limits shared by a server and its clients.
+
+    Both sides of a connection must agree on the addressing fields (``control_port_offset``
+    and the IPC naming), so build one config and pass it to both. Every value is checked at
+    construction; a value that cannot work raises :class:`ConfigurationError` naming it.
+
+    ``ipc_root`` replaces the home folder as the root of IPC socket paths: sockets live in
+    ``<ipc_root>/.<app_name>/<ipc_socket_dir>/``. Tests and sandboxed programs set it to a
+    temporary folder.
+    """
+
+    control_port_offset: int = attrs.field(default=1000)
+    """The control socket listens on the data port plus this offset (may be negative)."""
+    default_port: int = attrs.field(default=7777, validator=_port)
+    """The data port servers and clients use when none is given."""
+    ipc_socket_dir: str = attrs.field(default="ipc", validator=_name)
+    ipc_socket_prefix: str = attrs.field(default="zmq", validator=_name)
+    ipc_socket_extension: str = attrs.field(default=".sock", validator=_extension)
+    shared_ack_port: int = attrs.field(default=7555, validator=_port)
+    """The port an :class:`~zmqruntime.AckChannel` listens on unless told otherwise."""
+    app_name: str = attrs.field(default="zmqruntime", validator=_name)
+    ipc_root: Path | None = attrs.field(default=None, converter=_optional_path)
+    """Where IPC sockets live instead of the home folder (``None``: the home folder)."""
+    bind_host: str = attrs.field(default="127.0.0.1")
+    """The interface TCP servers bind; loopback unless a host is exposed on purpose."""
+
+    request_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    """Default seconds a client waits for the answer to one request."""
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    """Default seconds to wait for a server to become reachable."""
+    linger: float = attrs.field(default=1.0, validator=_positive_seconds)
+    """Seconds a closing socket may spend delivering what it still holds."""
+    close_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    """Seconds ``close()`` waits for a background thread before giving up loudly."""
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive_seconds)
+    """ZMTP heartbeat period (libzmq sends them from its own threads, outside the GIL)."""
+    heartbeat_timeout: float = attrs.field(default=5.0, validator=_positive_seconds)
+    """A peer silent for this long is considered gone."""
+
+    max_message_bytes: int = attrs.field(default=1 << 30, validator=_positive_int)
+    """Largest single frame a bound socket accepts; a larger one drops that peer's connection."""
+    max_header_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
+    """Largest JSON header frame the codec accepts."""
+    send_high_water_mark: int = attrs.field(default=100_000, validator=_positive_int)
+    """Messages a socket queues per peer before sends wait (or, for PUB, drop)."""
+
+    def __attrs_post_init__(self) -> None:
+        offset = self.control_port_offset
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset == 0:
+            raise ConfigurationError(
+                f"control_port_offset must be a non-zero whole number, got {offset!r}: the "
+                "control socket needs a port of its own"
+            )
+        for name in ("default_port", "shared_ack_port"):
+            port = getattr(self, name)
+            if not 1 <= port + offset <= MAX_PORT:
+                raise ConfigurationError(
+                    f"{name}={port} with control_port_offset={offset} puts the control port at "
+                    f"{port + offset}, outside 1..{MAX_PORT}; choose a smaller port or offset"
+                )
+        if self.heartbeat_timeout < self.heartbeat_interval:
+            raise ConfigurationError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}s) must be at least "
+                f"heartbeat_interval ({self.heartbeat_interval}s)"
+            )
+
+    def control_port(self, data_port: int) -> int:
+        """The control port that belongs to ``data_port``; refuses one outside 1..65535."""
+        port = data_port + self.control_port_offset
+        if not 1 <= data_port <= MAX_PORT or not 1 <= port <= MAX_PORT:
+            raise ConfigurationError(
+                f"data port {data_port} has no valid control port with offset "
+                f"{self.control_port_offset} (it would be {port}); pick a port so both lie "
+                f"in 1..{MAX_PORT}"
+            )
+        return port
+
+    def socket_root(self) -> Path:
+        """The folder that holds this application's IPC socket folder: ``<root>/.<app_name>``."""
+        root = self.ipc_root if self.ipc_root is not None else Path.home()
+        return root / f".{self.app_name}"
+
+    def ipc_directory(self) -> Path:
+        """The folder IPC socket files are created in."""
+        return self.socket_root() / self.ipc_socket_dir

@@ -1,0 +1,128 @@
+"""The exception tree of zmqruntime.
+
+Every exception the library raises on purpose derives from :class:`ZMQRuntimeError`, so a
+caller can catch the library's failures in one place. Several also derive from the builtin
+they refine (``ValueError``, ``TimeoutError``) so code written against the standard library's
+vocabulary keeps working.
+
+Protocol errors follow h11: :class:`LocalProtocolError` means *we* were about to send
+something invalid (a bug on this side); :class:`RemoteProtocolError` means a peer sent
+something we cannot accept (their bug, or hostile input). Both carry an :class:`ErrorCode`
+that also travels on the wire in error replies.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "ChannelClosed",
+    "ConfigurationError",
+    "ErrorCode",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "ServerLost",
+    "TaskCancelled",
+    "TaskFailed",
+    "ZMQRuntimeError",
+    "ZMQTimeoutError",
+]
+
+
+class ErrorCode(enum.Enum):
+    """Why a message was refused; sent in error replies so peers can react by kind."""
+
+    MALFORMED = "malformed"
+    """The frames are not a valid message: bad JSON, missing or ill-typed field, wrong frames."""
+    UNSUPPORTED_VERSION = "unsupported_version"
+    """The header's protocol version is not one this side speaks."""
+    UNKNOWN_TYPE = "unknown_type"
+    """The message type is not known to this side."""
+    TOO_LARGE = "too_large"
+    """The message exceeds a configured size limit."""
+    UNEXPECTED = "unexpected"
+    """A valid message that this endpoint does not handle (e.g. an execute sent to a viewer)."""
+    HANDLER_FAILED = "handler_failed"
+    """The server's handler for a valid request raised; the message says what."""
+    NOT_FOUND = "not_found"
+    """The request names something the server does not know (e.g. an unknown execution id)."""
+    REFUSED = "refused"
+    """The server understood the request and declines it (e.g. it is shutting down)."""
+
+
+class ZMQRuntimeError(Exception):
+    """Base class of every error zmqruntime raises on purpose."""
+
+
+class ConfigurationError(ZMQRuntimeError, ValueError):
+    """A configuration value that cannot work (a port out of range, an offset that overflows)."""
+
+
+class ProtocolError(ZMQRuntimeError):
+    """A message that violates the wire protocol.
+
+    ``code`` says which rule was broken; the message text says what to do about it.
+    """
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.MALFORMED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to encode a message that the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer sent frames that do not decode into a valid message."""
+
+
+class RemoteError(ZMQRuntimeError):
+    """The server answered a request with an error reply.
+
+    ``code`` is the :class:`ErrorCode` the server sent; ``detail`` its message text.
+    """
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"server refused the request ({code.value}): {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class ZMQTimeoutError(ZMQRuntimeError, TimeoutError):
+    """A blocking call ran out of time. Also a builtin :class:`TimeoutError`."""
+
+
+class ChannelClosed(ZMQRuntimeError):
+    """The object was closed (or is closing) and cannot carry this call any more."""
+
+
+class ServerLost(ZMQRuntimeError):
+    """The server stopped answering: heartbeats timed out or the connection broke."""
+
+
+class TaskFailed(ZMQRuntimeError):
+    """A task's executor raised on the server.
+
+    Carries the remote exception's type name, message and formatted traceback, so a client can
+    show what happened without ever unpickling an exception object.
+    """
+
+    def __init__(
+        self, execution_id: str, error_type: str, error_message: str, remote_traceback: str
+    ) -> None:
+        super().__init__(f"execution {execution_id} failed: {error_type}: {error_message}")
+        self.execution_id = execution_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.remote_traceback = remote_traceback
+
+
+class TaskCancelled(ZMQRuntimeError):
+    """A task was cancelled before it produced a result."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"execution {execution_id} was cancelled")
+        self.execution_id = execution_id

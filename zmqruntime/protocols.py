@@ -1,0 +1,116 @@
+"""Every extension point of zmqruntime, as structural ``typing.Protocol``\\ s, in one module.
+
+Applications extend the library by passing objects that *have the right shape* into
+constructors; nothing here is meant to be subclassed. A plain function satisfies
+:class:`TaskExecutor` and :class:`ImageSink`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+
+from typing_extensions import Buffer
+
+if TYPE_CHECKING:
+    import numpy
+
+__all__ = [
+    "Buffer",
+    "Frames",
+    "ImageSink",
+    "JSONObject",
+    "JSONValue",
+    "LaunchSpec",
+    "TaskContext",
+    "TaskExecutor",
+    "TaskSerializer",
+]
+
+JSONValue: TypeAlias = "None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]"
+"""A value that JSON can carry: what message fields, labels and progress fields may hold."""
+JSONObject: TypeAlias = "dict[str, JSONValue]"
+"""A JSON object with string keys."""
+Frames: TypeAlias = "Sequence[Buffer]"
+"""The frames of one multipart message: ``bytes``, ``memoryview``, ``zmq.Frame`` …"""
+
+
+@runtime_checkable
+class TaskContext(Protocol):
+    """What an executor is handed next to its task: identity, progress and cancellation."""
+
+    @property
+    def execution_id(self) -> str:
+        """The id of the execution this call serves."""
+        ...
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The labels the client attached at submission."""
+        ...
+
+    @property
+    def cancelled(self) -> bool:
+        """True once a cancellation was requested; a long task should check it and stop."""
+        ...
+
+    def report_progress(
+        self, fraction: float | None = None, message: str = "", **fields: JSONValue
+    ) -> None:
+        """Publish a progress event; ``fields`` must be JSON values (``TypeError`` otherwise)."""
+        ...
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~zmqruntime.TaskCancelled` if a cancellation was requested."""
+        ...
+
+
+class TaskExecutor(Protocol):
+    """Runs one task. A plain ``def run(task, context): ...`` is a TaskExecutor.
+
+    The return value is the task's result and must be something the server's
+    :class:`TaskSerializer` can encode. An exception is the task's failure: the client gets
+    its type, message and traceback as :class:`~zmqruntime.TaskFailed`.
+    """
+
+    def __call__(self, task: Any, context: TaskContext, /) -> object: ...
+
+
+class TaskSerializer(Protocol):
+    """Turns task payloads and results into frames and back.
+
+    ``loads`` receives frames straight from a socket, so it must treat them as hostile input:
+    refuse what it does not understand with :class:`~zmqruntime.RemoteProtocolError` or
+    ``ValueError``, and never execute anything. The default
+    :class:`~zmqruntime.SafeSerializer` does that; :class:`~zmqruntime.PickleSerializer` does
+    not and is for trusted setups only.
+    """
+
+    def dumps(self, obj: object, /) -> list[Buffer]: ...
+
+    def loads(self, frames: Sequence[Buffer], /) -> object: ...
+
+
+class ImageSink(Protocol):
+    """Consumes one image: shows it, writes it, or hands it on.
+
+    A plain ``def sink(image, metadata): ...`` is an ImageSink. It is called from one thread,
+    in arrival order. If the object also has ``close()``, the server calls it on close.
+    """
+
+    def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
+        ...
+
+
+@runtime_checkable
+class LaunchSpec(Protocol):
+    """How to start a process: its argument vector, extra environment and working folder."""
+
+    @property
+    def argv(self) -> Sequence[str]: ...
+
+    @property
+    def env(self) -> Mapping[str, str]: ...
+
+    @property
+    def cwd(self) -> str | None: ...
