@@ -27,7 +27,7 @@ __all__ = [
     "TaskSerializer",
 ]
 
-JSONValue: TypeAlias = "None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]"
+JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 """A value that JSON can carry: what message fields, labels and progress fields may hold."""
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 """A JSON object with string keys."""
