@@ -35,6 +35,7 @@ __all__ = [
     "decode",
     "encode",
     "image_from_array",
+    "peek_request_id",
 ]
 
 DEFAULT_MAX_HEADER_BYTES: Final = 1 << 20
@@ -425,3 +426,20 @@ def array_from_image(image: ImageFrame) -> numpy.ndarray[Any, Any]:
     """The pixels of a decoded :class:`ImageFrame` as a read-only array, without a copy."""
     pixels = numpy.frombuffer(memoryview(image.pixels), dtype=numpy.dtype(image.dtype))
     return pixels.reshape(image.shape)
+
+
+def peek_request_id(frames: Sequence[Buffer]) -> int | None:
+    """The ``request_id`` of a message that failed to decode, if its header shows one.
+
+    Lets a server address its error reply to the request that caused it; never raises.
+    """
+    try:
+        if not frames or memoryview(frames[0]).nbytes > DEFAULT_MAX_HEADER_BYTES:
+            return None
+        header = json.loads(memoryview(frames[0]).tobytes())
+        request_id = header.get("request_id") if type(header) is dict else None
+    except Exception:  # hostile input: any failure just means "no id to answer"
+        return None
+    if type(request_id) is int and 0 <= request_id <= _MAX_ID:
+        return request_id
+    return None

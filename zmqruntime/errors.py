@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "AddressInUseError",
     "ChannelClosed",
     "ConfigurationError",
     "ErrorCode",
@@ -93,6 +94,10 @@ class RemoteError(ZMQRuntimeError):
 
 class ZMQTimeoutError(ZMQRuntimeError, TimeoutError):
     """A blocking call ran out of time. Also a builtin :class:`TimeoutError`."""
+
+
+class AddressInUseError(ZMQRuntimeError, OSError):
+    """Another live server already listens on the address a server tried to bind."""
 
 
 class ChannelClosed(ZMQRuntimeError):

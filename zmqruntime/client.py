@@ -1,0 +1,435 @@
+"""ZMQClient: requests with ids over a DEALER, from any number of threads.
+
+The client connects a :class:`~zmqruntime.sockets.SocketPair` (DEALER control, and a data
+socket such as SUB or PUSH) and owns it from one I/O thread. Callers in any thread send
+requests through a mailbox and wait on a ``concurrent.futures.Future`` with a timeout. Each
+request carries an id, so many may be in flight; a request that times out is simply forgotten
+and its late reply dropped — the socket is never wedged (the classic REQ/REP failure).
+
+A socket monitor watches the connection: when libzmq reports the server gone (ZMTP heartbeats
+timed out, the connection broke), every request in flight fails at once with
+:class:`~zmqruntime.ServerLost` instead of waiting out its timeout.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final, Literal, TypeAlias, cast, final
+
+import attrs
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from zmqruntime import codec
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.errors import (
+    ChannelClosed,
+    RemoteError,
+    RemoteProtocolError,
+    ServerLost,
+    ZMQTimeoutError,
+)
+from zmqruntime.mailbox import Mailbox
+from zmqruntime.messages import ErrorReply, Message, Ping, Pong
+from zmqruntime.protocols import Buffer
+from zmqruntime.security import ClientCurve
+from zmqruntime.sockets import Context, SocketPair
+
+__all__ = ["ClientStatistics", "ZMQClient"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_TICK_MS: Final = 1000
+_BURST: Final = 256
+_MONITORED: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+_Command: TypeAlias = tuple[Literal["control", "data", "subscribe", "unsubscribe"], Any]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """Counters of a client's traffic since it connected."""
+
+    requests: int
+    replies: int
+    timeouts: int
+    in_flight: int
+    unsolicited: int
+    dropped: int
+    disconnects: int
+
+
+@final
+@attrs.define(eq=False)
+class ZMQClient:
+    """A composed zmq client: DEALER control with request ids, an optional data socket.
+
+    ``on_message`` receives control messages that answer no request (e.g. an execution's
+    completion pushed by the server); ``on_data`` receives decoded messages from a SUB data
+    socket with their topic. Both run on the I/O thread and must be quick.
+    ``on_disconnect`` is called (on the I/O thread) when the server connection breaks.
+
+    The client connects on first use, or explicitly with :meth:`connect` / ``with``.
+    """
+
+    port: int | None = None
+    host: str = "localhost"
+    transport_mode: TransportMode | None = None
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    curve: ClientCurve | None = None
+    data_socket_type: int = zmq.SUB
+    subscriptions: tuple[bytes, ...] = ()
+    on_message: Callable[[Message], None] | None = None
+    on_data: Callable[[Message, bytes | None], None] | None = None
+    on_disconnect: Callable[[], None] | None = None
+    context: Context | None = None
+    name: str = "client"
+
+    _pair: SocketPair | None = attrs.field(default=None, init=False)
+    _mailbox: Mailbox[_Command] | None = attrs.field(default=None, init=False)
+    _thread: threading.Thread | None = attrs.field(default=None, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _pending: dict[int, concurrent.futures.Future[Message]] = attrs.field(
+        factory=dict, init=False
+    )
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys(
+            ("requests", "replies", "timeouts", "unsolicited", "dropped", "disconnects"), 0
+        ),
+        init=False,
+    )
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def connect(self) -> ZMQClient:
+        """Create the sockets and start the I/O thread (idempotent). Returns the client."""
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed(f"this {self.name} was closed; create a new one")
+            if self._pair is not None:
+                return self
+            pair = SocketPair.connect(
+                port=self.port,
+                host=self.host,
+                data_type=self.data_socket_type,
+                mode=self.transport_mode,
+                config=self.config,
+                curve=self.curve,
+                context=self.context,
+            )
+            if pair.data.socket_type == zmq.SUB:
+                for topic in self.subscriptions:
+                    pair.data.setsockopt(zmq.SUBSCRIBE, topic)
+            monitor = pair.control.get_monitor_socket(_MONITORED)
+            self._pair = pair
+            self._mailbox = Mailbox.open()
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(pair, self._mailbox, monitor),
+                name=f"zmqruntime-{self.name}-{pair.data_port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the I/O thread and close the sockets; requests in flight fail with
+        :class:`ChannelClosed`. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread, mailbox = self._thread, self._mailbox
+        self._stop.set()
+        if mailbox is not None:
+            mailbox.wake()
+        if thread is not None and thread is not threading.current_thread():
+            limit = self.config.close_timeout if timeout is None else timeout
+            thread.join(limit)
+            if thread.is_alive():
+                raise ZMQTimeoutError(f"{self.name} I/O thread did not stop within {limit}s")
+
+    def __enter__(self) -> ZMQClient:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def sockets(self) -> SocketPair:
+        """The connected socket pair (connecting first if needed)."""
+        self.connect()
+        assert self._pair is not None
+        return self._pair
+
+    @property
+    def connected(self) -> bool:
+        """True while a handshake with the server has succeeded and not broken since."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Block until the control connection is up (or ``timeout``); True if it is."""
+        self.connect()
+        return self._connected.wait(self.config.connect_timeout if timeout is None else timeout)
+
+    def statistics(self) -> ClientStatistics:
+        """Counters of requests, replies, timeouts and drops."""
+        counts = dict(self._counts)
+        return ClientStatistics(
+            requests=counts["requests"],
+            replies=counts["replies"],
+            timeouts=counts["timeouts"],
+            in_flight=len(self._pending),
+            unsolicited=counts["unsolicited"],
+            dropped=counts["dropped"],
+            disconnects=counts["disconnects"],
+        )
+
+    # --- requests -------------------------------------------------------------------------
+
+    def request_async(self, message: Message) -> concurrent.futures.Future[Message]:
+        """Send a request now; the future resolves to its reply.
+
+        The client stamps its own ``request_id`` on the message. An :class:`ErrorReply`
+        resolves the future with :class:`RemoteError`; a lost server with
+        :class:`ServerLost`. Cancel or time out the future freely: a late reply is dropped.
+        """
+        if not hasattr(message, "request_id"):
+            raise TypeError(f"{type(message).__name__} is not a request (it has no request_id)")
+        request_id = next(self._ids)
+        frames = codec.encode(attrs.evolve(cast(Any, message), request_id=request_id))
+        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        self._pending[request_id] = future
+        future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
+        self._counts["requests"] += 1
+        try:
+            self._post(("control", frames))
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
+        return future
+
+    def request(self, message: Message, timeout: float | None = None) -> Message:
+        """Send a request and wait for its reply (``config.request_timeout`` by default).
+
+        Raises :class:`ZMQTimeoutError` (a ``TimeoutError``) when no reply comes in time,
+        :class:`RemoteError` when the server refuses, :class:`ServerLost` when it vanishes.
+        """
+        limit = self.config.request_timeout if timeout is None else timeout
+        future = self.request_async(message)
+        try:
+            return future.result(limit)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            self._counts["timeouts"] += 1
+            raise ZMQTimeoutError(
+                f"no reply to {type(message).__name__} from {self.sockets.control_url} within "
+                f"{limit}s; is a server running there?"
+            ) from None
+
+    def ping(self, timeout: float | None = None) -> Pong:
+        """Ask the server who it is; raises like :meth:`request`."""
+        reply = self.request(Ping(request_id=0), timeout)
+        if not isinstance(reply, Pong):
+            raise RemoteProtocolError(f"server answered ping with {type(reply).__name__}")
+        return reply
+
+    def send(self, message: Message) -> None:
+        """Send a message on the control socket without waiting for anything."""
+        self._post(("control", codec.encode(message)))
+
+    def send_data(self, message: Message) -> None:
+        """Send a message on the data socket (e.g. PUSH), without waiting."""
+        self._post(("data", codec.encode(message)))
+
+    def subscribe(self, topic: bytes | str = b"") -> None:
+        """Receive data messages whose topic starts with ``topic`` (SUB data socket only)."""
+        self._post(("subscribe", topic.encode() if isinstance(topic, str) else topic))
+
+    def unsubscribe(self, topic: bytes | str = b"") -> None:
+        """Undo one :meth:`subscribe` of ``topic``."""
+        self._post(("unsubscribe", topic.encode() if isinstance(topic, str) else topic))
+
+    def _post(self, command: _Command) -> None:
+        self.connect()
+        mailbox = self._mailbox
+        if mailbox is None or self._stop.is_set():
+            raise ChannelClosed(f"this {self.name} is closed")
+        mailbox.put(command)
+
+    # --- the I/O loop ---------------------------------------------------------------------
+
+    def _run(
+        self, pair: SocketPair, mailbox: Mailbox[_Command], monitor: zmq.Socket[bytes]
+    ) -> None:
+        poller = zmq.Poller()
+        poller.register(pair.control, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        if pair.data_receives:
+            poller.register(pair.data, zmq.POLLIN)
+        poller.register(mailbox.fileno, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                try:
+                    ready = dict(poller.poll(_POLL_TICK_MS))
+                    if mailbox.fileno in ready:
+                        self._flush(pair, mailbox)
+                    if pair.control in ready:
+                        self._drain_control(pair)
+                    if pair.data in ready:
+                        self._drain_data(pair)
+                    if monitor in ready:
+                        self._drain_monitor(monitor)
+                except zmq.ContextTerminated:
+                    break
+                except Exception:
+                    logger.exception("%s: unexpected error in the I/O loop", self.name)
+            self._flush(pair, mailbox)
+        finally:
+            self._connected.clear()
+            self._fail_pending(ChannelClosed(f"{self.name} closed"))
+            pair.control.disable_monitor()
+            monitor.close(linger=0)
+            pair.close()
+            mailbox.close()
+
+    def _flush(self, pair: SocketPair, mailbox: Mailbox[_Command]) -> None:
+        for kind, payload in mailbox.drain():
+            if kind == "subscribe":
+                pair.data.setsockopt(zmq.SUBSCRIBE, payload)
+                continue
+            if kind == "unsubscribe":
+                pair.data.setsockopt(zmq.UNSUBSCRIBE, payload)
+                continue
+            socket = pair.control if kind == "control" else pair.data
+            try:
+                socket.send_multipart(payload, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._counts["dropped"] += 1
+                logger.warning("%s: send queue full; dropped an outgoing message", self.name)
+
+    def _drain_control(self, pair: SocketPair) -> None:
+        for _ in range(_BURST):
+            try:
+                frames = pair.control.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                message = codec.decode(
+                    cast("list[Buffer]", frames), max_header_bytes=self.config.max_header_bytes
+                )
+            except RemoteProtocolError as exc:
+                self._counts["dropped"] += 1
+                logger.warning("%s: dropped a malformed reply: %s", self.name, exc)
+                continue
+            self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        request_id = getattr(message, "request_id", None)
+        future = self._pending.pop(request_id, None) if request_id is not None else None
+        if future is not None:
+            self._counts["replies"] += 1
+            if isinstance(message, ErrorReply):
+                _resolve(future, error=RemoteError(message.code, message.message))
+            else:
+                _resolve(future, result=message)
+            return
+        if isinstance(message, ErrorReply) and request_id is None:
+            logger.warning("%s: server reported an error: %s", self.name, message.message)
+            return
+        if request_id is not None:
+            logger.debug("%s: dropped a late reply to request %d", self.name, request_id)
+            return
+        self._counts["unsolicited"] += 1
+        if self.on_message is None:
+            logger.debug("%s: no on_message callback; dropped a %s", self.name, message.TYPE)
+            return
+        try:
+            self.on_message(message)
+        except Exception:
+            logger.exception("%s: on_message callback failed", self.name)
+
+    def _drain_data(self, pair: SocketPair) -> None:
+        subscribed = pair.data.socket_type == zmq.SUB
+        for _ in range(_BURST):
+            try:
+                frames = pair.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            topic: bytes | None = None
+            body = cast("list[Buffer]", frames)
+            if subscribed and frames:  # published messages lead with their topic frame
+                topic, body = frames[0].bytes, body[1:]
+            try:
+                message = codec.decode(body, max_header_bytes=self.config.max_header_bytes)
+            except RemoteProtocolError as exc:
+                self._counts["dropped"] += 1
+                logger.warning("%s: dropped a malformed data message: %s", self.name, exc)
+                continue
+            if self.on_data is None:
+                continue
+            try:
+                self.on_data(message, topic)
+            except Exception:
+                logger.exception("%s: on_data callback failed", self.name)
+
+    def _drain_monitor(self, monitor: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected.set()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._connected.clear()
+                self._counts["disconnects"] += 1
+                logger.warning("%s: lost the connection to %s", self.name, event["endpoint"])
+                self._fail_pending(
+                    ServerLost(f"the server at {event['endpoint']!r} went away mid-request")
+                )
+                if self.on_disconnect is not None:
+                    try:
+                        self.on_disconnect()
+                    except Exception:
+                        logger.exception("%s: on_disconnect callback failed", self.name)
+
+    def _fail_pending(self, error: BaseException) -> None:
+        while self._pending:
+            try:
+                _request_id, future = self._pending.popitem()
+            except KeyError:
+                return
+            _resolve(future, error=error)
+
+
+def _resolve(
+    future: concurrent.futures.Future[Message],
+    *,
+    result: Message | None = None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(Message, result))
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by its waiter in the meantime

@@ -1,0 +1,86 @@
+"""Mailbox: how other threads hand work to the one thread that owns a set of zmq sockets.
+
+A zmq socket belongs to one thread. Threads that want something sent put it in the owner's
+mailbox; the mailbox wakes the owner's poller through a plain socket pair (which ``zmq.Poller``
+can watch next to zmq sockets), and the owner drains the mailbox and does the sending. Wake-ups
+are coalesced: a burst of puts costs one wake byte.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+from typing import Generic, TypeVar, final
+
+import attrs
+
+__all__ = ["Mailbox"]
+
+T = TypeVar("T")
+
+
+@final
+@attrs.define(eq=False)
+class Mailbox(Generic[T]):
+    """A thread-safe queue whose owner can wait for it in a ``zmq.Poller``.
+
+    Create it with :meth:`open`; poll :attr:`fileno` for ``POLLIN``; call :meth:`drain` when it
+    is readable. Any thread may :meth:`put`; only the owner drains.
+    """
+
+    _reader: socket.socket
+    _writer: socket.socket
+    _items: collections.deque[T] = attrs.field(factory=collections.deque)
+    _signalled: bool = False
+    closed: bool = False
+
+    @classmethod
+    def open(cls) -> Mailbox[T]:
+        """A new mailbox with its wake-up socket pair."""
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        return cls(reader, writer)
+
+    @property
+    def fileno(self) -> int:
+        """The file descriptor to register with ``zmq.Poller`` for ``POLLIN``."""
+        return self._reader.fileno()
+
+    def put(self, item: T) -> None:
+        """Queue ``item`` for the owner and wake it (thread-safe, never blocks)."""
+        self._items.append(item)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the owner's poller without queueing anything (safe from a signal handler)."""
+        if self._signalled or self.closed:
+            return
+        self._signalled = True
+        try:
+            self._writer.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (so the owner will wake anyway) or already closed
+
+    def drain(self) -> list[T]:
+        """Take everything queued so far (owner only)."""
+        try:
+            while self._reader.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        # Clear the flag before taking items: a put that lands after this writes a new byte.
+        self._signalled = False
+        items = self._items
+        taken: list[T] = []
+        while items:
+            taken.append(items.popleft())
+        return taken
+
+    def close(self) -> None:
+        """Close the wake-up sockets; idempotent. Items still queued are dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        self._reader.close()
+        self._writer.close()

@@ -1,0 +1,367 @@
+"""Bookkeeping of items sent to a viewer and the acknowledgements that come back.
+
+A :class:`QueueTracker` follows one viewer (or any consumer of items): it records every item
+id sent, removes it again when the consumer acknowledges it (processed, skipped or failed), and
+reports progress, what is still pending and what has been pending for too long ("stuck"). It
+owns no sockets and no threads; whoever sends calls :meth:`QueueTracker.register_sent`, whoever
+receives acknowledgements calls :meth:`QueueTracker.acknowledge` (or one of its named forms),
+and any thread may wait for the queue to drain.
+
+A :class:`GlobalQueueTrackerRegistry` holds one tracker per viewer key so that an
+acknowledgement listener can route each ack to the right tracker. Despite its historical name it
+is an ordinary object: create one and pass it to the pieces that share it.
+
+Memory stays flat: acknowledged ids are not kept, only counters plus a bounded set of the most
+recently acknowledged ids (to tell a duplicate ack from an unknown one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, final
+
+import attrs
+
+from zmqruntime.errors import ConfigurationError
+from zmqruntime.messages import AckOutcome
+
+__all__ = ["AckOutcome", "GlobalQueueTrackerRegistry", "QueueTracker", "TrackerStatistics"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds an item may stay pending before it counts as stuck, unless told otherwise."""
+DEFAULT_RECENT_ACK_CAPACITY = 10_000
+"""How many recently acknowledged ids a tracker remembers to recognise duplicate acks."""
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = "0 or more" if allow_zero else "above 0"
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds {bound}, got {value!r}"
+        )
+    return float(value)
+
+
+def _positive_seconds(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    _check_seconds(attribute.name, value, allow_zero=False)
+
+
+def _non_negative_int(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"{attribute.name} must be a whole number of 0 or more, got {value!r}"
+        )
+
+
+def _viewer_key(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{attribute.name} must be a str, got {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class TrackerStatistics:
+    """A consistent snapshot of one tracker's counters, taken under its lock.
+
+    Counters cover the current batch: they restart at :meth:`QueueTracker.reset_for_new_batch`
+    and :meth:`QueueTracker.clear`. ``sent - acknowledged == pending`` always holds.
+    """
+
+    viewer_key: str
+    """The viewer the tracker follows."""
+    sent: int
+    """Items sent in this batch (items still pending from before a batch reset included)."""
+    processed: int
+    """Items acknowledged as processed."""
+    skipped: int
+    """Items acknowledged as skipped."""
+    failed: int
+    """Items acknowledged as failed."""
+    pending: int
+    """Items sent and not acknowledged yet."""
+    stuck: int
+    """Pending items older than the tracker's timeout."""
+    unknown_acks: int
+    """Acks that matched no pending item (unknown ids and duplicates together)."""
+    duplicate_acks: int
+    """The part of ``unknown_acks`` recognised as repeats of a recent ack."""
+    oldest_pending_age: float | None
+    """Seconds the oldest pending item has waited, or ``None`` when nothing is pending."""
+
+    @property
+    def acknowledged(self) -> int:
+        """Items acknowledged with any outcome: ``processed + skipped + failed``."""
+        return self.processed + self.skipped + self.failed
+
+
+@final
+@attrs.define(eq=False)
+class QueueTracker:
+    """What was sent to one viewer and what it acknowledged; thread-safe, no I/O.
+
+    An item is *pending* from :meth:`register_sent` until it is acknowledged with any
+    :class:`AckOutcome`. It is *stuck* once it has been pending longer than ``timeout``
+    seconds, measured with ``clock`` (which must not run backwards). The waiting methods use
+    real time for their own ``timeout`` argument, whatever ``clock`` is.
+    """
+
+    viewer_key: str = attrs.field(validator=_viewer_key)
+    """What this tracker follows, e.g. ``"tcp://127.0.0.1:7780"``."""
+    timeout: float = attrs.field(default=DEFAULT_TIMEOUT, validator=_positive_seconds)
+    """Seconds an item may stay pending before it counts as stuck."""
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
+    """Where send times and ages come from."""
+    recent_ack_capacity: int = attrs.field(
+        default=DEFAULT_RECENT_ACK_CAPACITY, validator=_non_negative_int, repr=False
+    )
+    """How many acknowledged ids to remember for duplicate detection (0: none)."""
+
+    _condition: threading.Condition = attrs.field(
+        factory=threading.Condition, init=False, repr=False
+    )
+    _pending: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
+    _recent_acks: OrderedDict[str, AckOutcome] = attrs.field(
+        factory=OrderedDict, init=False, repr=False
+    )
+    _sent: int = attrs.field(default=0, init=False, repr=False)
+    _outcomes: dict[AckOutcome, int] = attrs.field(
+        factory=lambda: dict.fromkeys(AckOutcome, 0), init=False, repr=False
+    )
+    _unknown_acks: int = attrs.field(default=0, init=False, repr=False)
+    _duplicate_acks: int = attrs.field(default=0, init=False, repr=False)
+
+    def register_sent(self, item_id: str) -> None:
+        """Record that ``item_id`` was sent and now awaits an acknowledgement.
+
+        Registering an id that is already pending changes nothing (its first send time
+        stands). An id that was acknowledged earlier and is sent again counts as a new send.
+        """
+        with self._condition:
+            if item_id in self._pending:
+                return
+            self._recent_acks.pop(item_id, None)
+            self._pending[item_id] = self.clock()
+            self._sent += 1
+
+    def acknowledge(self, item_id: str, outcome: AckOutcome, error: str = "") -> bool:
+        """Record the consumer's ``outcome`` for ``item_id``; ``True`` if it was pending.
+
+        An ack for an id that is not pending (never sent, already acknowledged, or forgotten by
+        :meth:`clear`) is not an error: it returns ``False``, is logged at debug level and is
+        counted in :meth:`statistics`. ``error`` is the consumer's reason for a failure; it is
+        logged, not stored.
+        """
+        outcome = AckOutcome(outcome)
+        with self._condition:
+            if self._pending.pop(item_id, None) is None:
+                self._unknown_acks += 1
+                previous = self._recent_acks.get(item_id)
+                if previous is not None:
+                    self._duplicate_acks += 1
+                    logger.debug(
+                        "%s: duplicate %s ack for %r (already %s)",
+                        self.viewer_key,
+                        outcome.value,
+                        item_id,
+                        previous.value,
+                    )
+                else:
+                    logger.debug(
+                        "%s: %s ack for unknown item %r", self.viewer_key, outcome.value, item_id
+                    )
+                return False
+            self._outcomes[outcome] += 1
+            if self.recent_ack_capacity:
+                self._recent_acks[item_id] = outcome
+                while len(self._recent_acks) > self.recent_ack_capacity:
+                    self._recent_acks.popitem(last=False)
+            self._condition.notify_all()
+        if outcome is AckOutcome.FAILED:
+            logger.debug("%s: item %r failed: %s", self.viewer_key, item_id, error or "(no reason)")
+        return True
+
+    def mark_processed(self, item_id: str) -> bool:
+        """Acknowledge ``item_id`` as processed; ``True`` if it was pending."""
+        return self.acknowledge(item_id, AckOutcome.PROCESSED)
+
+    def mark_skipped(self, item_id: str) -> bool:
+        """Acknowledge ``item_id`` as skipped; ``True`` if it was pending."""
+        return self.acknowledge(item_id, AckOutcome.SKIPPED)
+
+    def mark_failed(self, item_id: str, error: str = "") -> bool:
+        """Acknowledge ``item_id`` as failed, with the consumer's reason; ``True`` if pending."""
+        return self.acknowledge(item_id, AckOutcome.FAILED, error)
+
+    def get_progress(self) -> tuple[int, int]:
+        """``(acknowledged, sent)`` for the current batch, e.g. ``(812, 900)``."""
+        with self._condition:
+            return sum(self._outcomes.values()), self._sent
+
+    def get_pending_count(self) -> int:
+        """How many items are sent and not yet acknowledged."""
+        with self._condition:
+            return len(self._pending)
+
+    def has_stuck_images(self) -> bool:
+        """Whether any item has been pending for longer than ``timeout``."""
+        with self._condition:
+            oldest = next(iter(self._pending.values()), None)
+            return oldest is not None and self.clock() - oldest > self.timeout
+
+    def get_stuck_images(self) -> list[str]:
+        """Ids pending for longer than ``timeout``, oldest first."""
+        with self._condition:
+            return self._stuck_locked(self.clock())
+
+    def _stuck_locked(self, now: float) -> list[str]:
+        stuck: list[str] = []
+        # Pending ids are kept in send order, and send times never decrease.
+        for item_id, sent_at in self._pending.items():
+            if now - sent_at <= self.timeout:
+                break
+            stuck.append(item_id)
+        return stuck
+
+    def clear(self) -> None:
+        """Forget everything: pending items, remembered acks and all counters.
+
+        Threads waiting in :meth:`wait_all_acknowledged` wake and see nothing pending.
+        """
+        with self._condition:
+            self._pending.clear()
+            self._recent_acks.clear()
+            self._zero_counters_locked()
+            self._condition.notify_all()
+        logger.debug("%s: queue tracker cleared", self.viewer_key)
+
+    def reset_for_new_batch(self) -> None:
+        """Start counting a new batch while still tracking items that are pending.
+
+        Items pending at the reset stay pending (they can still be acknowledged or become
+        stuck) and count as sent in the new batch: afterwards ``get_progress()`` is
+        ``(0, pending count)``. Acknowledgement counters and unknown-ack counts restart at 0.
+        """
+        with self._condition:
+            self._zero_counters_locked()
+            self._sent = len(self._pending)
+        logger.debug("%s: queue tracker reset for a new batch", self.viewer_key)
+
+    def _zero_counters_locked(self) -> None:
+        self._sent = 0
+        self._outcomes = dict.fromkeys(AckOutcome, 0)
+        self._unknown_acks = 0
+        self._duplicate_acks = 0
+
+    def wait_all_acknowledged(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """Block until nothing is pending or ``timeout`` seconds pass; ``True`` if drained.
+
+        Nothing pending counts as drained, whether items were acknowledged or forgotten by
+        :meth:`clear`.
+        """
+        seconds = _check_seconds("timeout", timeout, allow_zero=True)
+        with self._condition:
+            return self._condition.wait_for(lambda: not self._pending, seconds)
+
+    def wait_pending_below(self, limit: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """Block until fewer than ``limit`` items are pending or ``timeout`` seconds pass.
+
+        Returns whether the pending count is below ``limit``. Senders use it for
+        backpressure: wait before sending when ``limit`` items are already in flight.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be a whole number of 1 or more, got {limit!r}")
+        seconds = _check_seconds("timeout", timeout, allow_zero=True)
+        with self._condition:
+            return self._condition.wait_for(lambda: len(self._pending) < limit, seconds)
+
+    def statistics(self) -> TrackerStatistics:
+        """A consistent snapshot of the counters, pending and stuck counts."""
+        with self._condition:
+            now = self.clock()
+            oldest = next(iter(self._pending.values()), None)
+            return TrackerStatistics(
+                viewer_key=self.viewer_key,
+                sent=self._sent,
+                processed=self._outcomes[AckOutcome.PROCESSED],
+                skipped=self._outcomes[AckOutcome.SKIPPED],
+                failed=self._outcomes[AckOutcome.FAILED],
+                pending=len(self._pending),
+                stuck=len(self._stuck_locked(now)),
+                unknown_acks=self._unknown_acks,
+                duplicate_acks=self._duplicate_acks,
+                oldest_pending_age=None if oldest is None else now - oldest,
+            )
+
+
+@final
+@attrs.define(eq=False)
+class GlobalQueueTrackerRegistry:
+    """One :class:`QueueTracker` per viewer key; thread-safe.
+
+    Not a singleton: create one and hand it to whatever sends and whatever receives acks.
+    Two registries never share trackers. Trackers it creates use its ``clock``.
+    """
+
+    default_timeout: float = attrs.field(default=DEFAULT_TIMEOUT, validator=_positive_seconds)
+    """The ``timeout`` of trackers created without one."""
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
+    """The clock every tracker created here uses."""
+
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _trackers: dict[str, QueueTracker] = attrs.field(factory=dict, init=False, repr=False)
+
+    def get_or_create_tracker(self, viewer_key: str, timeout: float | None = None) -> QueueTracker:
+        """The tracker for ``viewer_key``, created on first use.
+
+        ``timeout`` (default: ``default_timeout``) applies only when the tracker is created;
+        an existing tracker is returned unchanged.
+        """
+        if timeout is not None:
+            _check_seconds("timeout", timeout, allow_zero=False)
+        with self._lock:
+            tracker = self._trackers.get(viewer_key)
+            if tracker is None:
+                tracker = QueueTracker(
+                    viewer_key,
+                    timeout=self.default_timeout if timeout is None else timeout,
+                    clock=self.clock,
+                )
+                self._trackers[viewer_key] = tracker
+                logger.debug("created queue tracker for %s", viewer_key)
+            return tracker
+
+    def get_tracker(self, viewer_key: str) -> QueueTracker | None:
+        """The tracker for ``viewer_key``, or ``None`` if there is none."""
+        with self._lock:
+            return self._trackers.get(viewer_key)
+
+    def remove_tracker(self, viewer_key: str) -> bool:
+        """Drop the tracker for ``viewer_key``; ``True`` if there was one.
+
+        The tracker object itself is left as it is; holders of it may keep using it.
+        """
+        with self._lock:
+            return self._trackers.pop(viewer_key, None) is not None
+
+    def get_all_trackers(self) -> dict[str, QueueTracker]:
+        """A new dict of every tracker by viewer key; changing it does not touch the registry."""
+        with self._lock:
+            return dict(self._trackers)
+
+    def clear_all(self) -> None:
+        """Drop every tracker (the tracker objects themselves are left as they are)."""
+        with self._lock:
+            self._trackers.clear()

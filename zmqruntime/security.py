@@ -1,0 +1,161 @@
+"""CURVE encryption and client authentication for TCP endpoints.
+
+A server that is reachable from other hosts should run with a :class:`ServerCurve`: traffic is
+encrypted, and only clients whose public key is in ``allowed_client_keys`` get through.
+Clients pass a :class:`ClientCurve` naming the server's public key. Keys are Z85 text (40
+bytes), as made by :func:`generate_curve_keypair` or ``zmq.auth.create_certificates``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import final
+
+import attrs
+import zmq
+import zmq.auth
+import zmq.auth.thread
+
+from zmqruntime.errors import ConfigurationError
+
+__all__ = [
+    "ClientCurve",
+    "CurveKeyPair",
+    "ServerCurve",
+    "generate_curve_keypair",
+    "load_curve_keypair",
+    "load_public_key",
+    "write_curve_keypair",
+]
+
+logger = logging.getLogger(__name__)
+_Z85_KEY_LENGTH = 40
+
+
+def _as_key(value: bytes | str) -> bytes:
+    key = value.encode("ascii") if isinstance(value, str) else bytes(value)
+    if len(key) != _Z85_KEY_LENGTH:
+        raise ConfigurationError(
+            f"a CURVE key must be 40 characters of Z85 text, got {len(key)} bytes; make keys "
+            "with zmqruntime.generate_curve_keypair()"
+        )
+    return key
+
+
+def _as_keys(values: frozenset[bytes] | set[bytes] | list[bytes]) -> frozenset[bytes]:
+    return frozenset(_as_key(value) for value in values)
+
+
+def _require_curve() -> None:
+    if not zmq.has("curve"):
+        raise ConfigurationError("this libzmq was built without CURVE support")
+
+
+@final
+@attrs.frozen
+class CurveKeyPair:
+    """A CURVE public/secret key pair, both Z85 text."""
+
+    public_key: bytes = attrs.field(converter=_as_key)
+    secret_key: bytes = attrs.field(converter=_as_key, repr=False)
+
+
+def generate_curve_keypair() -> CurveKeyPair:
+    """A fresh random key pair."""
+    _require_curve()
+    public, secret = zmq.curve_keypair()
+    return CurveKeyPair(public, secret)
+
+
+def write_curve_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Write ``<name>.key`` (public) and ``<name>.key_secret`` (owner-only) into ``directory``.
+
+    Returns the two paths. The folder is created if needed.
+    """
+    _require_curve()
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(folder, name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def load_curve_keypair(path: str | os.PathLike[str]) -> CurveKeyPair:
+    """Load a key pair from a ``.key_secret`` certificate file."""
+    public, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ConfigurationError(f"{path} holds no secret key; pass the .key_secret file")
+    return CurveKeyPair(public, secret)
+
+
+def load_public_key(path: str | os.PathLike[str]) -> bytes:
+    """Load the public key from a ``.key`` (or ``.key_secret``) certificate file."""
+    public, _secret = zmq.auth.load_certificate(path)
+    return _as_key(public)
+
+
+@final
+@attrs.frozen
+class _AllowedKeys:
+    """The credentials provider handed to pyzmq's authenticator: a fixed set of keys."""
+
+    keys: frozenset[bytes]
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.keys
+        if not allowed:
+            logger.warning("refused a CURVE client with unknown public key %r", key)
+        return allowed
+
+
+@final
+@attrs.frozen
+class ServerCurve:
+    """A server's CURVE settings: its key pair and the client keys it lets in.
+
+    ``allowed_client_keys=None`` admits any client that knows the server's public key (traffic
+    is still encrypted); a set admits only those clients.
+    """
+
+    keypair: CurveKeyPair
+    allowed_client_keys: frozenset[bytes] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_as_keys)
+    )
+
+    def apply(self, socket: zmq.Socket[bytes]) -> None:
+        """Make ``socket`` a CURVE server with this key pair (before it binds)."""
+        socket.curve_secretkey = self.keypair.secret_key
+        socket.curve_publickey = self.keypair.public_key
+        socket.curve_server = True
+
+    def start_authenticator(
+        self, context: zmq.Context[zmq.Socket[bytes]]
+    ) -> zmq.auth.thread.ThreadAuthenticator:
+        """Start the one ZAP authenticator of ``context``; the caller stops it on close."""
+        _require_curve()
+        authenticator = zmq.auth.thread.ThreadAuthenticator(context, log=logger)
+        authenticator.start()
+        if self.allowed_client_keys is None:
+            authenticator.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        else:
+            authenticator.configure_curve_callback(
+                domain="*", credentials_provider=_AllowedKeys(self.allowed_client_keys)
+            )
+        return authenticator
+
+
+@final
+@attrs.frozen
+class ClientCurve:
+    """A client's CURVE settings: its own key pair and the public key of the server it trusts."""
+
+    keypair: CurveKeyPair
+    server_public_key: bytes = attrs.field(converter=_as_key)
+
+    def apply(self, socket: zmq.Socket[bytes]) -> None:
+        """Make ``socket`` a CURVE client of the trusted server (before it connects)."""
+        socket.curve_secretkey = self.keypair.secret_key
+        socket.curve_publickey = self.keypair.public_key
+        socket.curve_serverkey = self.server_public_key

@@ -1,0 +1,304 @@
+"""SocketPair: the control socket and data socket of one endpoint, opened and closed together.
+
+This is the only code in zmqruntime that creates zmq sockets for servers and clients. A
+server binds a pair (ROUTER control + a data socket such as PUB or PULL) at a data port and
+its control port (data port + ``control_port_offset``); a client connects a pair (DEALER
+control + a matching data socket). Socket options that every endpoint wants — linger, high
+water marks, ZMTP heartbeats, the maximum message size, CURVE — are applied here, once.
+
+A pair is created in one thread and may then be handed to exactly one other thread (the I/O
+thread that owns it from then on). ``close()`` must run in the owning thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, final
+
+import attrs
+import zmq
+import zmq.auth.thread
+
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.errors import AddressInUseError, ConfigurationError
+from zmqruntime.security import ClientCurve, ServerCurve
+from zmqruntime.transport import (
+    ensure_ipc_directory,
+    find_free_ipc_port,
+    find_free_port_pair,
+    get_default_transport_mode,
+    get_ipc_socket_path,
+    get_zmq_transport_url,
+    is_ipc_socket_in_use,
+    remove_ipc_socket,
+)
+
+__all__ = ["SocketPair"]
+
+logger = logging.getLogger(__name__)
+
+_RECEIVING_TYPES = frozenset({zmq.ROUTER, zmq.DEALER, zmq.PULL, zmq.SUB, zmq.PAIR, zmq.REP})
+_BIND_ATTEMPTS = 5
+
+Context = zmq.Context[zmq.Socket[bytes]]
+Socket = zmq.Socket[bytes]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _configure(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
+    socket.setsockopt(zmq.LINGER, _ms(config.linger))
+    socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
+    socket.setsockopt(zmq.RCVHWM, config.send_high_water_mark)
+    if socket.socket_type not in (zmq.PUB, zmq.SUB):
+        # ZMTP heartbeats are answered by libzmq's I/O thread, outside the GIL, so a busy
+        # executor never makes a healthy peer look dead.
+        socket.setsockopt(zmq.HEARTBEAT_IVL, _ms(config.heartbeat_interval))
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(config.heartbeat_timeout))
+        socket.setsockopt(zmq.HEARTBEAT_TTL, _ms(config.heartbeat_timeout))
+    if bound:
+        socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+    if socket.socket_type == zmq.ROUTER:
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+
+
+def _is_receiving(socket_type: int) -> bool:
+    return socket_type in _RECEIVING_TYPES
+
+
+@final
+@attrs.define(eq=False)
+class SocketPair:
+    """The control and data socket of one endpoint, plus what they need to be closed cleanly.
+
+    Build one with :meth:`bind` (servers) or :meth:`connect` (clients); never directly.
+    """
+
+    context: Context
+    control: Socket
+    data: Socket
+    data_port: int
+    control_url: str
+    data_url: str
+    mode: TransportMode
+    owns_context: bool
+    authenticator: zmq.auth.thread.ThreadAuthenticator | None = None
+    ipc_ports: tuple[int, ...] = ()
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    closed: bool = False
+
+    @property
+    def control_port(self) -> int:
+        """The control port (data port + the configured offset)."""
+        return self.config.control_port(self.data_port)
+
+    @property
+    def data_receives(self) -> bool:
+        """Whether the data socket is one that receives (PULL, SUB …) and so must be polled."""
+        return _is_receiving(self.data.socket_type)
+
+    @classmethod
+    def bind(
+        cls,
+        *,
+        port: int | None = None,
+        data_type: int = zmq.PUB,
+        control_type: int = zmq.ROUTER,
+        mode: TransportMode | None = None,
+        config: ZMQConfig | None = None,
+        curve: ServerCurve | None = None,
+        context: Context | None = None,
+    ) -> SocketPair:
+        """Bind a control and a data socket at ``port`` and its control port.
+
+        ``port=None`` picks a free port pair. TCP binds ``config.bind_host`` (loopback by
+        default). An IPC socket file that a live server listens on is never taken over:
+        :class:`AddressInUseError` says so; a stale file left by a dead server is replaced.
+        """
+        cfg = ZMQConfig() if config is None else config
+        mode = get_default_transport_mode() if mode is None else mode
+        if curve is not None and mode is not TransportMode.TCP:
+            raise ConfigurationError("CURVE applies to TCP endpoints; use mode=TransportMode.TCP")
+        owns = context is None
+        ctx: Context = zmq.Context() if context is None else context
+        authenticator = curve.start_authenticator(ctx) if curve is not None else None
+        try:
+            attempts = 1 if port is not None else _BIND_ATTEMPTS
+            for attempt in range(attempts):
+                chosen = port if port is not None else _free_port(mode, cfg)
+                try:
+                    return cls._bind_at(
+                        ctx=ctx,
+                        port=chosen,
+                        data_type=data_type,
+                        control_type=control_type,
+                        mode=mode,
+                        cfg=cfg,
+                        curve=curve,
+                        owns=owns,
+                        authenticator=authenticator,
+                    )
+                except AddressInUseError:
+                    if attempt + 1 == attempts:
+                        raise
+                    logger.debug("port %d was taken while binding; trying another", chosen)
+            raise AssertionError("unreachable")  # pragma: no cover
+        except BaseException:
+            if authenticator is not None:
+                authenticator.stop()
+            if owns:
+                ctx.term()
+            raise
+
+    @classmethod
+    def _bind_at(
+        cls,
+        *,
+        ctx: Context,
+        port: int,
+        data_type: int,
+        control_type: int,
+        mode: TransportMode,
+        cfg: ZMQConfig,
+        curve: ServerCurve | None,
+        owns: bool,
+        authenticator: zmq.auth.thread.ThreadAuthenticator | None,
+    ) -> SocketPair:
+        control_port = cfg.control_port(port)
+        if mode is TransportMode.IPC:
+            ensure_ipc_directory(cfg)
+            for number in (port, control_port):
+                if is_ipc_socket_in_use(number, cfg):
+                    raise AddressInUseError(
+                        f"a live server already listens on {get_ipc_socket_path(number, cfg)}; "
+                        "stop it or choose another port"
+                    )
+                remove_ipc_socket(number, cfg)
+        host = cfg.bind_host
+        data_url = get_zmq_transport_url(port, host, mode, cfg)
+        control_url = get_zmq_transport_url(control_port, host, mode, cfg)
+        sockets: list[Socket] = []
+        try:
+            for url, socket_type in ((data_url, data_type), (control_url, control_type)):
+                socket = ctx.socket(socket_type)
+                sockets.append(socket)
+                _configure(socket, cfg, bound=True)
+                if ":" in host and mode is TransportMode.TCP:
+                    socket.setsockopt(zmq.IPV6, 1)
+                if curve is not None:
+                    curve.apply(socket)
+                try:
+                    socket.bind(url)
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.EADDRINUSE:
+                        raise AddressInUseError(
+                            f"{url} is already in use by another process; stop it or choose "
+                            "another port (port=None picks a free one)"
+                        ) from None
+                    raise
+        except BaseException:
+            for socket in sockets:
+                socket.close(linger=0)
+            raise
+        ipc_ports = (port, control_port) if mode is TransportMode.IPC else ()
+        return cls(
+            context=ctx,
+            control=sockets[1],
+            data=sockets[0],
+            data_port=port,
+            control_url=control_url,
+            data_url=data_url,
+            mode=mode,
+            owns_context=owns,
+            authenticator=authenticator,
+            ipc_ports=ipc_ports,
+            config=cfg,
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        port: int | None = None,
+        host: str = "localhost",
+        data_type: int = zmq.SUB,
+        control_type: int = zmq.DEALER,
+        mode: TransportMode | None = None,
+        config: ZMQConfig | None = None,
+        curve: ClientCurve | None = None,
+        context: Context | None = None,
+    ) -> SocketPair:
+        """Connect a control and a data socket to the server at ``port`` on ``host``.
+
+        Connecting never blocks: libzmq connects (and reconnects) in the background.
+        """
+        cfg = ZMQConfig() if config is None else config
+        mode = get_default_transport_mode() if mode is None else mode
+        data_port = cfg.default_port if port is None else port
+        data_url = get_zmq_transport_url(data_port, host, mode, cfg)
+        control_url = get_zmq_transport_url(cfg.control_port(data_port), host, mode, cfg)
+        owns = context is None
+        ctx: Context = zmq.Context() if context is None else context
+        sockets: list[Socket] = []
+        try:
+            for url, socket_type in ((data_url, data_type), (control_url, control_type)):
+                socket = ctx.socket(socket_type)
+                sockets.append(socket)
+                _configure(socket, cfg, bound=False)
+                if ":" in host and mode is TransportMode.TCP:
+                    socket.setsockopt(zmq.IPV6, 1)
+                if curve is not None:
+                    curve.apply(socket)
+                socket.connect(url)
+        except BaseException:
+            for socket in sockets:
+                socket.close(linger=0)
+            if owns:
+                ctx.term()
+            raise
+        return cls(
+            context=ctx,
+            control=sockets[1],
+            data=sockets[0],
+            data_port=data_port,
+            control_url=control_url,
+            data_url=data_url,
+            mode=mode,
+            owns_context=owns,
+            config=cfg,
+        )
+
+    def close(self, linger: float | None = None) -> None:
+        """Close both sockets, stop the authenticator, end an owned context, remove IPC files.
+
+        Idempotent. ``linger`` (seconds) bounds how long unsent messages are kept trying;
+        the configured ``linger`` by default.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        linger_ms = _ms(self.config.linger if linger is None else linger)
+        if linger == 0:
+            linger_ms = 0
+        self.data.close(linger=linger_ms)
+        self.control.close(linger=linger_ms)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        if self.owns_context:
+            self.context.term()
+        for number in self.ipc_ports:
+            remove_ipc_socket(number, self.config)
+
+
+def _free_port(mode: TransportMode, config: ZMQConfig) -> int:
+    if mode is TransportMode.IPC:
+        return find_free_ipc_port(config)
+    return find_free_port_pair(config, host=config.bind_host)
+
+
+def describe(pair: SocketPair) -> dict[str, Any]:
+    """A loggable summary of a pair's endpoints."""
+    return {"data": pair.data_url, "control": pair.control_url, "mode": pair.mode.value}
+
