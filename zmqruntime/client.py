@@ -127,7 +127,7 @@ class ZMQClient:
                 curve=self.curve,
                 context=self.context,
             )
-            if pair.data.socket_type == zmq.SUB:
+            if pair.data.type == zmq.SUB:
                 for topic in self.subscriptions:
                     pair.data.setsockopt(zmq.SUBSCRIBE, topic)
             monitor = pair.control.get_monitor_socket(_MONITORED)
@@ -365,7 +365,7 @@ class ZMQClient:
             logger.exception("%s: on_message callback failed", self.name)
 
     def _drain_data(self, pair: SocketPair) -> None:
-        subscribed = pair.data.socket_type == zmq.SUB
+        subscribed = pair.data.type == zmq.SUB
         for _ in range(_BURST):
             try:
                 frames = pair.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)

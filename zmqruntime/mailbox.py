@@ -9,6 +9,7 @@ are coalesced: a burst of puts costs one wake byte.
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 from typing import Generic, TypeVar, final
 
@@ -57,18 +58,15 @@ class Mailbox(Generic[T]):
         if self._signalled or self.closed:
             return
         self._signalled = True
-        try:
+        # A full pipe means the owner will wake anyway; a closed one means nobody listens.
+        with contextlib.suppress(BlockingIOError, OSError):
             self._writer.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (so the owner will wake anyway) or already closed
 
     def drain(self) -> list[T]:
         """Take everything queued so far (owner only)."""
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             while self._reader.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
-            pass
         # Clear the flag before taking items: a put that lands after this writes a new byte.
         self._signalled = False
         items = self._items

@@ -33,7 +33,7 @@ from zmqruntime.transport import (
     remove_ipc_socket,
 )
 
-__all__ = ["SocketPair"]
+__all__ = ["SocketPair", "open_connected_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _configure(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
     socket.setsockopt(zmq.LINGER, _ms(config.linger))
     socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
     socket.setsockopt(zmq.RCVHWM, config.send_high_water_mark)
-    if socket.socket_type not in (zmq.PUB, zmq.SUB):
+    if socket.type not in (zmq.PUB, zmq.SUB):
         # ZMTP heartbeats are answered by libzmq's I/O thread, outside the GIL, so a busy
         # executor never makes a healthy peer look dead.
         socket.setsockopt(zmq.HEARTBEAT_IVL, _ms(config.heartbeat_interval))
@@ -60,7 +60,7 @@ def _configure(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
         socket.setsockopt(zmq.HEARTBEAT_TTL, _ms(config.heartbeat_timeout))
     if bound:
         socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
-    if socket.socket_type == zmq.ROUTER:
+    if socket.type == zmq.ROUTER:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
 
@@ -97,7 +97,7 @@ class SocketPair:
     @property
     def data_receives(self) -> bool:
         """Whether the data socket is one that receives (PULL, SUB …) and so must be polled."""
-        return _is_receiving(self.data.socket_type)
+        return _is_receiving(self.data.type)
 
     @classmethod
     def bind(
@@ -290,6 +290,30 @@ class SocketPair:
             self.context.term()
         for number in self.ipc_ports:
             remove_ipc_socket(number, self.config)
+
+
+def open_connected_socket(
+    context: Context,
+    socket_type: int,
+    url: str,
+    config: ZMQConfig,
+    curve: ClientCurve | None = None,
+) -> Socket:
+    """A single socket of ``socket_type`` connected to ``url``, configured like a pair's.
+
+    For endpoints that talk to many peers one-way (an ack sender pushing to whichever
+    :class:`~zmqruntime.AckChannel` an image names). The caller owns and closes it.
+    """
+    socket = context.socket(socket_type)
+    try:
+        _configure(socket, config, bound=False)
+        if curve is not None:
+            curve.apply(socket)
+        socket.connect(url)
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket
 
 
 def _free_port(mode: TransportMode, config: ZMQConfig) -> int:

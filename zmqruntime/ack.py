@@ -1,0 +1,307 @@
+"""AckChannel: acknowledgements from consumers back to whoever tracks what was sent.
+
+The tracker of a stream need not be its sender: a worker process sends images to a viewer,
+while the GUI that launched the work shows "processed 812 of 900". The GUI runs an
+:class:`AckChannel` — a server whose data socket (PULL) takes :class:`~zmqruntime.messages.Ack`
+messages from any number of consumer processes, updates the matching tracker of its
+:class:`~zmqruntime.GlobalQueueTrackerRegistry` and calls registered callbacks. Each image
+names the channel's :attr:`AckChannel.address` in its ``ack_to`` header; the consumer answers
+with an :class:`AckSender`.
+
+Like every server it has a control socket (data port + offset) that answers ping, so it can
+be health-checked; a malformed ack is logged and dropped and the listener goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final, final
+
+import attrs
+import zmq
+
+from zmqruntime import codec
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.errors import ChannelClosed, ConfigurationError
+from zmqruntime.messages import Ack, AckOutcome, Message
+from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry
+from zmqruntime.security import ClientCurve, ServerCurve
+from zmqruntime.server import ZMQServer
+from zmqruntime.sockets import Context, Socket, open_connected_socket
+from zmqruntime.transport import get_zmq_transport_url
+
+__all__ = ["AckCallbackHandle", "AckChannel", "AckChannelStatistics", "AckSender"]
+
+logger = logging.getLogger(__name__)
+
+AckCallback = Callable[[Ack], None]
+"""Called on the channel's I/O thread for every ack received; must be quick."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class AckChannelStatistics:
+    """What an :class:`AckChannel` has received since it started."""
+
+    received: int
+    applied: int
+    untracked: int
+    malformed: int
+
+
+@final
+@attrs.define(eq=False)
+class AckCallbackHandle:
+    """Returned by :meth:`AckChannel.add_callback`; :meth:`remove` unregisters the callback."""
+
+    _channel: AckChannel
+    _callback: AckCallback
+
+    def remove(self) -> None:
+        """Stop calling the callback (idempotent)."""
+        self._channel._remove_callback(self._callback)
+
+    def __enter__(self) -> AckCallbackHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+
+@final
+@attrs.define(eq=False)
+class AckChannel:
+    """A listener for acks from any number of consumers, feeding a tracker registry.
+
+    ``port=None`` listens on ``config.shared_ack_port``; ``port=0`` on any free port (read
+    it back from :attr:`port`). ``advertise_host`` is the host consumers use to reach a TCP
+    channel, and so the host in :attr:`address`.
+    """
+
+    registry: GlobalQueueTrackerRegistry = attrs.field(factory=GlobalQueueTrackerRegistry)
+    port: int | None = None
+    host: str | None = None
+    advertise_host: str = "127.0.0.1"
+    transport_mode: TransportMode | None = None
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    curve: ServerCurve | None = None
+
+    _server: ZMQServer | None = attrs.field(default=None, init=False)
+    _callbacks: tuple[AckCallback, ...] = attrs.field(default=(), init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys(("received", "applied", "untracked", "malformed"), 0),
+        init=False,
+    )
+
+    def start(self) -> AckChannel:
+        """Bind and listen in a background thread. Returns the channel."""
+        if self._server is not None:
+            raise RuntimeError("this AckChannel is already started")
+        port = self.config.shared_ack_port if self.port is None else (self.port or None)
+        self._server = ZMQServer(
+            port=port,
+            host=self.host,
+            transport_mode=self.transport_mode,
+            config=self.config,
+            role="ack",
+            capabilities=("ack",),
+            data_socket_type=zmq.PULL,
+            data_handler=self._on_message,
+            curve=self.curve,
+        )
+        self._server.start()
+        return self
+
+    def close(self) -> None:
+        """Stop listening and close the sockets (idempotent)."""
+        if self._server is not None:
+            self._server.close()
+
+    def __enter__(self) -> AckChannel:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def server(self) -> ZMQServer:
+        """The composed server (for its ports and statistics)."""
+        if self._server is None:
+            raise ChannelClosed("the AckChannel is not started; call start() first")
+        return self._server
+
+    @property
+    def port_number(self) -> int:
+        """The data port the channel listens on."""
+        return self.server.bound_port
+
+    @property
+    def address(self) -> str:
+        """The URL consumers send acks to; put it in an image's ``ack_to``."""
+        pair = self.server.sockets
+        return get_zmq_transport_url(pair.data_port, self.advertise_host, pair.mode, self.config)
+
+    def add_callback(self, callback: AckCallback) -> AckCallbackHandle:
+        """Call ``callback(ack)`` for every ack received; the handle unregisters it."""
+        with self._lock:
+            self._callbacks = (*self._callbacks, callback)
+        return AckCallbackHandle(self, callback)
+
+    def _remove_callback(self, callback: AckCallback) -> None:
+        with self._lock:
+            remaining = list(self._callbacks)
+            if callback in remaining:
+                remaining.remove(callback)
+            self._callbacks = tuple(remaining)
+
+    def statistics(self) -> AckChannelStatistics:
+        """Counters of acks received, applied to a tracker, untracked and malformed."""
+        counts = dict(self._counts)
+        return AckChannelStatistics(
+            received=counts["received"],
+            applied=counts["applied"],
+            untracked=counts["untracked"],
+            malformed=counts["malformed"],
+        )
+
+    def _on_message(self, message: Message) -> None:
+        if not isinstance(message, Ack):
+            self._counts["malformed"] += 1
+            logger.warning("ack channel dropped a %s: only acks belong here", message.TYPE.value)
+            return
+        self._counts["received"] += 1
+        tracker = self.registry.get_tracker(message.tracker_key)
+        if tracker is None:
+            self._counts["untracked"] += 1
+            logger.debug(
+                "ack for untracked key %r (image %r)", message.tracker_key, message.image_id
+            )
+        else:
+            tracker.acknowledge(message.image_id, message.outcome, message.error)
+            self._counts["applied"] += 1
+        for callback in self._callbacks:
+            try:
+                callback(message)
+            except Exception:
+                logger.exception("ack callback %r failed", callback)
+
+
+_ALLOWED_SCHEMES: Final = ("tcp://", "ipc://")
+_MAX_CACHED_SOCKETS: Final = 64
+
+
+@final
+@attrs.define(eq=False)
+class AckSender:
+    """The consumer's side: sends acks to whichever :class:`AckChannel` an image names.
+
+    Keeps one PUSH socket per address (at most 64, least recently used closed first). Use it
+    from one thread — the thread that consumes the images — and :meth:`close` it there.
+    Sending never blocks: when a channel is unreachable and its queue is full, the ack is
+    dropped with a warning and :meth:`send` returns False.
+    """
+
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    curve: ClientCurve | None = None
+    context: Context | None = None
+    clock: Callable[[], float] = time.time
+
+    _owned_context: Context | None = attrs.field(default=None, init=False)
+    _sockets: collections.OrderedDict[str, Socket] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def send(self, ack: Ack, address: str) -> bool:
+        """Send ``ack`` to the channel at ``address``; False if it had to be dropped."""
+        if self._closed:
+            raise ChannelClosed("this AckSender is closed")
+        if not address.startswith(_ALLOWED_SCHEMES):
+            logger.warning(
+                "refusing to send an ack to %r: only tcp:// and ipc:// addresses", address
+            )
+            return False
+        socket = self._socket_for(address)
+        try:
+            socket.send_multipart(codec.encode(ack), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            logger.warning(
+                "ack channel %s is not taking acks; dropped ack for %r", address, ack.image_id
+            )
+            return False
+        return True
+
+    def acknowledge(
+        self,
+        address: str,
+        image_id: str,
+        tracker_key: str,
+        outcome: AckOutcome = AckOutcome.PROCESSED,
+        error: str = "",
+    ) -> bool:
+        """Build and send one ack, stamped with the current time."""
+        ack = Ack(
+            image_id=image_id,
+            tracker_key=tracker_key,
+            outcome=outcome,
+            error=error,
+            timestamp=self.clock(),
+        )
+        return self.send(ack, address)
+
+    def _socket_for(self, address: str) -> Socket:
+        socket = self._sockets.get(address)
+        if socket is not None:
+            self._sockets.move_to_end(address)
+            return socket
+        if self.context is None and self._owned_context is None:
+            self._owned_context = zmq.Context()
+        context = self.context if self.context is not None else self._owned_context
+        assert context is not None
+        try:
+            socket = open_connected_socket(context, zmq.PUSH, address, self.config, self.curve)
+        except zmq.ZMQError as exc:
+            raise ConfigurationError(f"cannot connect to ack address {address!r}: {exc}") from exc
+        self._sockets[address] = socket
+        if len(self._sockets) > _MAX_CACHED_SOCKETS:
+            _old, oldest = self._sockets.popitem(last=False)
+            oldest.close()
+        return socket
+
+    def close(self) -> None:
+        """Close every socket (delivering queued acks for up to ``config.linger``)."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._sockets:
+            _address, socket = self._sockets.popitem()
+            socket.close()
+        if self._owned_context is not None:
+            self._owned_context.term()
+
+    def __enter__(self) -> AckSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
