@@ -13,7 +13,7 @@ thread that owns it from then on). ``close()`` must run in the owning thread.
 from __future__ import annotations
 
 import logging
-from typing import Any, final
+from typing import Any, cast, final
 
 import attrs
 import zmq
@@ -97,7 +97,7 @@ class SocketPair:
     @property
     def data_receives(self) -> bool:
         """Whether the data socket is one that receives (PULL, SUB …) and so must be polled."""
-        return _is_receiving(self.data.type)
+        return _is_receiving(cast(int, self.data.type))
 
     @classmethod
     def bind(
