@@ -92,7 +92,7 @@ class ZMQClient:
     name: str = "client"
 
     _pair: SocketPair | None = attrs.field(default=None, init=False)
-    _mailbox: Mailbox[_Command] | None = attrs.field(default=None, init=False)
+    _mailbox: Mailbox | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _pending: dict[int, concurrent.futures.Future[Message]] = attrs.field(
@@ -275,7 +275,7 @@ class ZMQClient:
     # --- the I/O loop ---------------------------------------------------------------------
 
     def _run(
-        self, pair: SocketPair, mailbox: Mailbox[_Command], monitor: zmq.Socket[bytes]
+        self, pair: SocketPair, mailbox: Mailbox, monitor: zmq.Socket[bytes]
     ) -> None:
         poller = zmq.Poller()
         poller.register(pair.control, zmq.POLLIN)
@@ -308,7 +308,7 @@ class ZMQClient:
             pair.close()
             mailbox.close()
 
-    def _flush(self, pair: SocketPair, mailbox: Mailbox[_Command]) -> None:
+    def _flush(self, pair: SocketPair, mailbox: Mailbox) -> None:
         for kind, payload in mailbox.drain():
             if kind == "subscribe":
                 pair.data.setsockopt(zmq.SUBSCRIBE, payload)

@@ -11,18 +11,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
-from typing import Generic, TypeVar, final
+from typing import Any, final
 
 import attrs
 
 __all__ = ["Mailbox"]
 
-T = TypeVar("T")
-
-
 @final
 @attrs.define(eq=False)
-class Mailbox(Generic[T]):
+class Mailbox:
     """A thread-safe queue whose owner can wait for it in a ``zmq.Poller``.
 
     Create it with :meth:`open`; poll :attr:`fileno` for ``POLLIN``; call :meth:`drain` when it
@@ -31,12 +28,12 @@ class Mailbox(Generic[T]):
 
     _reader: socket.socket
     _writer: socket.socket
-    _items: collections.deque[T] = attrs.field(factory=collections.deque)
+    _items: collections.deque[Any] = attrs.field(factory=collections.deque)
     _signalled: bool = False
     closed: bool = False
 
     @classmethod
-    def open(cls) -> Mailbox[T]:
+    def open(cls) -> Mailbox:
         """A new mailbox with its wake-up socket pair."""
         reader, writer = socket.socketpair()
         reader.setblocking(False)
@@ -48,7 +45,7 @@ class Mailbox(Generic[T]):
         """The file descriptor to register with ``zmq.Poller`` for ``POLLIN``."""
         return self._reader.fileno()
 
-    def put(self, item: T) -> None:
+    def put(self, item: Any) -> None:
         """Queue ``item`` for the owner and wake it (thread-safe, never blocks)."""
         self._items.append(item)
         self.wake()
@@ -62,7 +59,7 @@ class Mailbox(Generic[T]):
         with contextlib.suppress(BlockingIOError, OSError):
             self._writer.send(b"\0")
 
-    def drain(self) -> list[T]:
+    def drain(self) -> list[Any]:
         """Take everything queued so far (owner only)."""
         with contextlib.suppress(BlockingIOError, OSError):
             while self._reader.recv(4096):
@@ -70,7 +67,7 @@ class Mailbox(Generic[T]):
         # Clear the flag before taking items: a put that lands after this writes a new byte.
         self._signalled = False
         items = self._items
-        taken: list[T] = []
+        taken: list[Any] = []
         while items:
             taken.append(items.popleft())
         return taken

@@ -112,7 +112,7 @@ class ZMQServer:
     clock: Callable[[], float] = time.monotonic
 
     _pair: SocketPair | None = attrs.field(default=None, init=False)
-    _mailbox: Mailbox[tuple[bool, list[Buffer]]] | None = attrs.field(default=None, init=False)
+    _mailbox: Mailbox | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _loop_thread_id: int | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -341,7 +341,7 @@ class ZMQServer:
             self._release()
             logger.info("%s stopped", self.role)
 
-    def _flush(self, pair: SocketPair, mailbox: Mailbox[tuple[bool, list[Buffer]]]) -> None:
+    def _flush(self, pair: SocketPair, mailbox: Mailbox) -> None:
         for control, frames in mailbox.drain():
             self._send_now(pair.control if control else pair.data, frames)
 
