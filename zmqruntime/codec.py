@@ -41,6 +41,7 @@ __all__ = [
 DEFAULT_MAX_HEADER_BYTES: Final = 1 << 20
 MAX_IMAGE_DIMENSIONS: Final = 32
 _MAX_ID = (1 << 63) - 1
+_MAX_ARRAY_BYTES: Final = int(numpy.iinfo(numpy.intp).max)
 
 _Decoder = Callable[[Any, str], Any]
 _Encoder = Callable[[Any], Any]
@@ -259,6 +260,8 @@ def _image_problem(dtype_text: str, shape: Sequence[int], nbytes: int) -> str | 
         return f"shape has {len(shape)} dimensions, more than {MAX_IMAGE_DIMENSIONS}"
     if any(extent < 0 for extent in shape):
         return f"shape {tuple(shape)} has a negative extent"
+    if math.prod(extent for extent in shape if extent) * dtype.itemsize > _MAX_ARRAY_BYTES:
+        return f"shape {tuple(shape)} is too large for a numpy array"
     expected = math.prod(shape) * dtype.itemsize
     if expected != nbytes:
         return f"shape {tuple(shape)} of {dtype.str} needs {expected} bytes, pixels hold {nbytes}"
@@ -291,6 +294,20 @@ def decode(
         raise RemoteProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
 
 
+def _reject_constant(token: str) -> Any:
+    raise RemoteProtocolError(f"header holds {token}; strict JSON carries only finite numbers")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise RemoteProtocolError(f"header number {token[:40]} does not fit a float")
+    return value
+
+
+_STRICT_JSON: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def _decode(frames: Sequence[Buffer], max_header_bytes: int) -> Message:
     if len(frames) == 0:
         raise RemoteProtocolError("empty message: expected a JSON header frame")
@@ -301,8 +318,11 @@ def _decode(frames: Sequence[Buffer], max_header_bytes: int) -> Message:
             ErrorCode.TOO_LARGE,
         )
     try:
-        header = json.loads(header_view.tobytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = header_view.tobytes().decode()
+        header = _STRICT_JSON.decode(text)
+        if "\\u" in text:  # escapes can smuggle in lone surrogates, which no peer can re-send
+            json.dumps(header, ensure_ascii=False).encode()
+    except (UnicodeError, json.JSONDecodeError) as exc:
         raise RemoteProtocolError(f"header is not UTF-8 JSON: {exc}") from None
     if type(header) is not dict:
         raise RemoteProtocolError("header must be a JSON object")
@@ -351,7 +371,11 @@ def encode(message: Message) -> list[Buffer]:
     else:
         buffers = [getattr(message, spec.buffer_field)]
     if isinstance(message, ImageFrame):
-        problem = _image_problem(message.dtype, message.shape, memoryview(message.pixels).nbytes)
+        try:
+            nbytes = memoryview(message.pixels).nbytes
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"image {message.image_id!r}: pixels: {exc}") from exc
+        problem = _image_problem(message.dtype, message.shape, nbytes)
         if problem is not None:
             raise LocalProtocolError(f"image {message.image_id!r}: {problem}")
     header: dict[str, Any] = {"version": PROTOCOL_VERSION, "type": spec.type_name}
@@ -359,9 +383,10 @@ def encode(message: Message) -> list[Buffer]:
     try:
         _encode_fields(spec, message, header)
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        encoded = text.encode()  # UnicodeEncodeError (a ValueError) for lone surrogates
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc
-    return [text.encode(), *buffers]
+    return [encoded, *buffers]
 
 
 def check_json_object(value: Mapping[str, Any], what: str = "value") -> None:
@@ -408,7 +433,7 @@ def image_from_array(
     ack_to: str | None = None,
 ) -> ImageFrame:
     """An :class:`ImageFrame` whose pixels are ``array``'s buffer (copied only if strided)."""
-    pixels = numpy.ascontiguousarray(array)
+    pixels = numpy.asarray(array, order="C")  # ascontiguousarray would make 0-d arrays 1-d
     if pixels.dtype.kind not in "biufc" or pixels.dtype.fields is not None:
         raise TypeError(f"images must have a plain numeric dtype, not {pixels.dtype}")
     return ImageFrame(
