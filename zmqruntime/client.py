@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -95,9 +96,7 @@ class ZMQClient:
     _mailbox: Mailbox | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    _pending: dict[int, concurrent.futures.Future[Message]] = attrs.field(
-        factory=dict, init=False
-    )
+    _pending: dict[int, concurrent.futures.Future[Message]] = attrs.field(factory=dict, init=False)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
     _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
@@ -274,9 +273,7 @@ class ZMQClient:
 
     # --- the I/O loop ---------------------------------------------------------------------
 
-    def _run(
-        self, pair: SocketPair, mailbox: Mailbox, monitor: zmq.Socket[bytes]
-    ) -> None:
+    def _run(self, pair: SocketPair, mailbox: Mailbox, monitor: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(pair.control, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -294,7 +291,7 @@ class ZMQClient:
                     if pair.data in ready:
                         self._drain_data(pair)
                     if monitor in ready:
-                        self._drain_monitor(monitor)
+                        self._drain_monitor(monitor, pair)
                 except zmq.ContextTerminated:
                     break
                 except Exception:
@@ -323,8 +320,8 @@ class ZMQClient:
                 self._counts["dropped"] += 1
                 logger.warning("%s: send queue full; dropped an outgoing message", self.name)
 
-    def _drain_control(self, pair: SocketPair) -> None:
-        for _ in range(_BURST):
+    def _drain_control(self, pair: SocketPair, limit: int = _BURST) -> None:
+        for _ in range(limit):
             try:
                 frames = pair.control.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -388,7 +385,7 @@ class ZMQClient:
             except Exception:
                 logger.exception("%s: on_data callback failed", self.name)
 
-    def _drain_monitor(self, monitor: zmq.Socket[bytes]) -> None:
+    def _drain_monitor(self, monitor: zmq.Socket[bytes], pair: SocketPair) -> None:
         while True:
             try:
                 event = parse_monitor_message(monitor.recv_multipart(flags=zmq.NOBLOCK))
@@ -399,6 +396,10 @@ class ZMQClient:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._connected.clear()
                 self._counts["disconnects"] += 1
+                # Replies the server sent before it went are already queued on the control
+                # socket (the poll that saw this event may have looked at it a moment too
+                # early); deliver them before failing what is still pending.
+                self._drain_control(pair, limit=sys.maxsize)
                 logger.warning("%s: lost the connection to %s", self.name, event["endpoint"])
                 self._fail_pending(
                     ServerLost(f"the server at {event['endpoint']!r} went away mid-request")

@@ -17,6 +17,7 @@ import attrs
 
 __all__ = ["Mailbox"]
 
+
 @final
 @attrs.define(eq=False)
 class Mailbox:

@@ -98,8 +98,7 @@ class ImageSink(Protocol):
     in arrival order. If the object also has ``close()``, the server calls it on close.
     """
 
-    def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
-        ...
+    def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None: ...
 
 
 @runtime_checkable

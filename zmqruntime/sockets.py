@@ -325,4 +325,3 @@ def _free_port(mode: TransportMode, config: ZMQConfig) -> int:
 def describe(pair: SocketPair) -> dict[str, Any]:
     """A loggable summary of a pair's endpoints."""
     return {"data": pair.data_url, "control": pair.control_url, "mode": pair.mode.value}
-
