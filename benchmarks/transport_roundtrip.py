@@ -76,7 +76,7 @@ def _raw(url: str, count: int) -> tuple[list[float], float]:
 
 def _ours(mode: TransportMode, config: ZMQConfig, count: int) -> tuple[list[float], float]:
     with (
-        ZMQServer(transport_mode=mode, config=config) as server,
+        ZMQServer(port=0, transport_mode=mode, config=config) as server,
         ZMQClient(port=server.bound_port, transport_mode=mode, config=config) as client,
     ):
         samples = _measure(lambda: client.ping(timeout=10), count)

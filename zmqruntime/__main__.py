@@ -46,7 +46,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="zmqrt-") as folder:
         config = ZMQConfig(ipc_root=folder)
         handlers = {ControlMessageType.STATUS: _status}
-        with ZMQServer(handlers, transport_mode=mode, config=config, role="demo") as server:
+        with ZMQServer(handlers, port=0, transport_mode=mode, config=config, role="demo") as server:
             port = server.bound_port
             _say(f"server listening ({mode.value}): {server.sockets.control_url}")
             with ZMQClient(port=port, transport_mode=mode, config=config) as client:

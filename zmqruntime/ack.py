@@ -32,7 +32,7 @@ from zmqruntime.messages import Ack, AckOutcome, Message
 from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.security import ClientCurve, ServerCurve
 from zmqruntime.server import ZMQServer
-from zmqruntime.sockets import Context, Socket, open_connected_socket
+from zmqruntime.sockets import Context, Socket, open_connected_socket, send_frames
 from zmqruntime.transport import get_zmq_transport_url
 
 __all__ = ["AckCallbackHandle", "AckChannel", "AckChannelStatistics", "AckSender"]
@@ -108,7 +108,7 @@ class AckChannel:
         """Bind and listen in a background thread. Returns the channel."""
         if self._server is not None:
             raise RuntimeError("this AckChannel is already started")
-        port = self.config.shared_ack_port if self.port is None else (self.port or None)
+        port = self.config.shared_ack_port if self.port is None else self.port
         self._server = ZMQServer(
             port=port,
             host=self.host,
@@ -239,7 +239,7 @@ class AckSender:
             return False
         socket = self._socket_for(address)
         try:
-            socket.send_multipart(codec.encode(ack), flags=zmq.NOBLOCK, copy=False)
+            send_frames(socket, codec.encode(ack), zmq.NOBLOCK)
         except zmq.Again:
             logger.warning(
                 "ack channel %s is not taking acks; dropped ack for %r", address, ack.image_id

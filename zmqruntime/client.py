@@ -39,7 +39,7 @@ from zmqruntime.mailbox import Mailbox
 from zmqruntime.messages import ErrorReply, Message, Ping, Pong
 from zmqruntime.protocols import Buffer
 from zmqruntime.security import ClientCurve
-from zmqruntime.sockets import Context, SocketPair
+from zmqruntime.sockets import Context, SocketPair, receive_ready, send_frames
 
 __all__ = ["ClientStatistics", "ZMQClient"]
 
@@ -315,16 +315,15 @@ class ZMQClient:
                 continue
             socket = pair.control if kind == "control" else pair.data
             try:
-                socket.send_multipart(payload, flags=zmq.NOBLOCK, copy=False)
+                send_frames(socket, payload, zmq.NOBLOCK)
             except zmq.Again:
                 self._counts["dropped"] += 1
                 logger.warning("%s: send queue full; dropped an outgoing message", self.name)
 
     def _drain_control(self, pair: SocketPair, limit: int = _BURST) -> None:
         for _ in range(limit):
-            try:
-                frames = pair.control.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = receive_ready(pair.control)
+            if frames is None:
                 return
             try:
                 message = codec.decode(
@@ -364,9 +363,8 @@ class ZMQClient:
     def _drain_data(self, pair: SocketPair) -> None:
         subscribed = pair.data.type == zmq.SUB
         for _ in range(_BURST):
-            try:
-                frames = pair.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = receive_ready(pair.data)
+            if frames is None:
                 return
             topic: bytes | None = None
             body = cast("list[Buffer]", frames)

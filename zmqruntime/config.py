@@ -94,6 +94,8 @@ class ZMQConfig:
 
     request_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
     """Default seconds a client waits for the answer to one request."""
+    result_timeout: float = attrs.field(default=3600.0, validator=_positive_seconds)
+    """Default seconds ``Execution.result()`` and friends wait for a task to finish."""
     connect_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
     """Default seconds to wait for a server to become reachable."""
     linger: float = attrs.field(default=1.0, validator=_positive_seconds)

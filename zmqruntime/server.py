@@ -8,7 +8,7 @@ each :class:`~zmqruntime.ControlMessageType` the server accepts to a callable
 ``handler(message, peer) -> reply | None``; ``data_handler`` receives decoded messages from a
 receiving data socket.
 
-The server answers :class:`~zmqruntime.messages.Ping` and
+The server answers :class:`~zmqruntime.messages.Ping` and (unless ``handlers`` has one)
 :class:`~zmqruntime.messages.Shutdown` itself, turns undecodable input into an error reply
 (or a logged drop), and turns an exception in a handler into an error reply. It never dies of
 input. Other threads send through :meth:`ZMQServer.send` and :meth:`ZMQServer.publish`, which
@@ -34,6 +34,7 @@ from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.errors import ChannelClosed, ErrorCode, RemoteProtocolError, ZMQTimeoutError
 from zmqruntime.mailbox import Mailbox
 from zmqruntime.messages import (
+    MESSAGE_CLASSES,
     PROTOCOL_VERSION,
     ControlMessageType,
     ErrorReply,
@@ -45,7 +46,7 @@ from zmqruntime.messages import (
 )
 from zmqruntime.protocols import Buffer
 from zmqruntime.security import ServerCurve
-from zmqruntime.sockets import Context, SocketPair
+from zmqruntime.sockets import Context, SocketPair, receive_ready, send_frames
 
 __all__ = ["ControlHandler", "Peer", "ServerStatistics", "ZMQServer"]
 
@@ -91,7 +92,8 @@ class ServerStatistics:
 class ZMQServer:
     """A composed zmq server: a handler table on ROUTER control, any data socket beside it.
 
-    ``port=None`` picks a free port (read it back from :attr:`port`). ``host`` overrides the
+    ``port=None`` means ``config.default_port``; ``port=0`` picks a free port pair (read it
+    back from :attr:`bound_port`). ``host`` overrides the
     interface TCP binds (``config.bind_host``, loopback by default). Handlers run on the I/O
     thread, so they should be quick; long work belongs to a worker that answers later through
     :meth:`send`.
@@ -138,8 +140,9 @@ class ZMQServer:
                 config = self.config
                 if self.host is not None:
                     config = attrs.evolve(config, bind_host=self.host)
+                port = config.default_port if self.port is None else self.port
                 self._pair = SocketPair.bind(
-                    port=self.port,
+                    port=port or None,
                     data_type=self.data_socket_type,
                     mode=self.transport_mode,
                     config=config,
@@ -163,7 +166,7 @@ class ZMQServer:
             if self._thread is not None or self._loop_thread_id is not None:
                 raise RuntimeError("this server is already serving")
             self._thread = threading.Thread(
-                target=self._run, name=f"zmqruntime-{self.role}-{self.port_or_none}", daemon=True
+                target=self._run, name=f"zmqruntime-{self.role}-{self.bound_port}", daemon=True
             )
             self._thread.start()
         return self
@@ -253,11 +256,6 @@ class ZMQServer:
         return self._pair
 
     @property
-    def port_or_none(self) -> int | None:
-        """The data port once bound, else the requested one (None: free port wanted)."""
-        return self._pair.data_port if self._pair is not None else self.port
-
-    @property
     def bound_port(self) -> int:
         """The data port the server is bound to."""
         return self.sockets.data_port
@@ -337,8 +335,11 @@ class ZMQServer:
                     logger.exception("%s: unexpected error in the serving loop", self.role)
             self._flush(pair, mailbox)  # replies queued before the stop still go out
         finally:
-            self._stopped.set()
-            self._release()
+            try:
+                self._release()
+            finally:
+                # Only now: whoever waits on this (close, wait_stopped) may rebind the address.
+                self._stopped.set()
             logger.info("%s stopped", self.role)
 
     def _flush(self, pair: SocketPair, mailbox: Mailbox) -> None:
@@ -347,7 +348,7 @@ class ZMQServer:
 
     def _send_now(self, socket: zmq.Socket[bytes], frames: list[Buffer]) -> None:
         try:
-            socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_frames(socket, frames, zmq.NOBLOCK)
         except zmq.Again:
             self._counts["undeliverable"] += 1
             logger.warning("%s: peer is not reading (queue full); dropped a message", self.role)
@@ -359,9 +360,8 @@ class ZMQServer:
 
     def _drain_control(self, pair: SocketPair) -> None:
         for _ in range(_BURST):
-            try:
-                frames = pair.control.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = receive_ready(pair.control)
+            if frames is None:
                 return
             self._counts["requests"] += 1
             split = _envelope_end(frames)
@@ -397,7 +397,7 @@ class ZMQServer:
             )
         if isinstance(message, Ping):
             return self._pong(message)
-        if isinstance(message, Shutdown):
+        if isinstance(message, Shutdown) and ControlMessageType.SHUTDOWN not in self.handlers:
             return self._shutdown(message)
         message_type = message.TYPE
         handler = None
@@ -411,7 +411,7 @@ class ZMQServer:
                 message=f"a {self.role} does not accept {message_type.value!r} requests",
             )
         try:
-            return handler(message, peer)
+            reply = handler(message, peer)
         except Exception as exc:
             logger.exception("%s: handler for %s failed", self.role, message_type.value)
             return ErrorReply(
@@ -419,6 +419,15 @@ class ZMQServer:
                 code=ErrorCode.HANDLER_FAILED,
                 message=f"{type(exc).__name__}: {exc}",
             )
+        if reply is not None and type(reply) not in MESSAGE_CLASSES:
+            # Answer the request now: an error built later from the bad reply has no id.
+            logger.error("%s: handler for %s returned %r", self.role, message_type.value, reply)
+            return ErrorReply(
+                request_id=request_id,
+                code=ErrorCode.HANDLER_FAILED,
+                message=f"the handler returned a {type(reply).__name__}, not a message",
+            )
+        return reply
 
     def _pong(self, ping: Ping) -> Pong:
         from zmqruntime import __version__  # noqa: PLC0415 - the package is loaded by now
@@ -446,9 +455,8 @@ class ZMQServer:
 
     def _drain_data(self, pair: SocketPair) -> None:
         for _ in range(_BURST):
-            try:
-                frames = pair.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = receive_ready(pair.data)
+            if frames is None:
                 return
             self._counts["data"] += 1
             try:

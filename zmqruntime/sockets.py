@@ -13,6 +13,7 @@ thread that owns it from then on). ``close()`` must run in the owning thread.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, cast, final
 
 import attrs
@@ -33,7 +34,7 @@ from zmqruntime.transport import (
     remove_ipc_socket,
 )
 
-__all__ = ["SocketPair", "open_connected_socket"]
+__all__ = ["SocketPair", "open_connected_socket", "receive_ready", "send_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,30 @@ def open_connected_socket(
         socket.close(linger=0)
         raise
     return socket
+
+
+ZERO_COPY_THRESHOLD = 64 * 1024
+"""Frames at least this large are sent without copying; smaller ones are cheaper to copy."""
+
+
+def send_frames(socket: Socket, frames: Sequence[Any], flags: int = 0) -> None:
+    """Send one multipart message, zero-copy for large frames only.
+
+    Raises ``zmq.Again`` (only ever on the first frame: multipart sends are atomic) when
+    ``flags`` has NOBLOCK and the peer's queue is full.
+    """
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        size = len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        more = zmq.SNDMORE if index < last else 0
+        socket.send(frame, flags | more, copy=size < ZERO_COPY_THRESHOLD)
+
+
+def receive_ready(socket: Socket) -> list[zmq.Frame] | None:
+    """The next message if one is waiting, else None (no exception on the common path)."""
+    if not cast(int, socket.get(zmq.EVENTS)) & zmq.POLLIN:
+        return None
+    return socket.recv_multipart(zmq.NOBLOCK, copy=False)
 
 
 def _free_port(mode: TransportMode, config: ZMQConfig) -> int:
