@@ -1,0 +1,284 @@
+"""WorkerPool: runs executor calls off the server's I/O thread, FIFO, with real cancellation.
+
+The pool keeps its own queue, so a queued job can always be dropped on cancel, and hands at
+most ``max_workers`` jobs at a time to one of three backends:
+
+* threads (the default, one worker: strict FIFO, one task at a time) — a running task sees
+  ``context.cancelled`` and should stop;
+* processes the pool owns — cancelling a running task terminates its worker process, and the
+  pool starts a fresh one (the executor must be an importable, picklable function);
+* any injected ``concurrent.futures.Executor`` (threads of your own, or an engine that offers
+  that interface); running tasks see ``context.cancelled`` as with threads.
+
+Everything the pool learns it reports to a :class:`~zmqruntime.execution.outcomes.PoolListener`.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import enum
+import logging
+import threading
+from typing import final
+
+import attrs
+
+from zmqruntime.errors import ChannelClosed, ConfigurationError
+from zmqruntime.execution.context import ExecutionContext
+from zmqruntime.execution.outcomes import (
+    Cancelled,
+    Failed,
+    Job,
+    Outcome,
+    PoolListener,
+    run_job,
+)
+from zmqruntime.execution.processes import ProcessWorkers
+from zmqruntime.protocols import TaskExecutor
+
+__all__ = ["PoolMode", "PoolStatistics", "WorkerPool"]
+
+logger = logging.getLogger(__name__)
+
+
+class PoolMode(enum.Enum):
+    """Where a pool runs its jobs."""
+
+    THREADS = "threads"
+    PROCESSES = "processes"
+    EXECUTOR = "executor"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PoolStatistics:
+    """What a pool is doing now."""
+
+    mode: PoolMode
+    workers: int
+    queued: int
+    running: int
+    running_ids: tuple[str, ...]
+    worker_pids: tuple[int, ...] = ()
+    replaced_workers: int = 0
+
+
+def _positive_workers(_instance: object, _attribute: object, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"max_workers must be a whole number of 1 or more, got {value!r}")
+
+
+@final
+@attrs.define(eq=False)
+class WorkerPool:
+    """Runs jobs for an :class:`~zmqruntime.execution.ExecutionServer`.
+
+    Build one with :meth:`threads`, :meth:`processes` or :meth:`from_executor` and pass it to
+    the server; the server starts and closes it.
+    """
+
+    max_workers: int = attrs.field(default=1, validator=_positive_workers)
+    mode: PoolMode = PoolMode.THREADS
+    backend: concurrent.futures.Executor | None = None
+    start_method: str = "spawn"
+    kill_timeout: float = 5.0
+
+    _executor: TaskExecutor | None = attrs.field(default=None, init=False)
+    _listener: PoolListener | None = attrs.field(default=None, init=False)
+    _owned_backend: concurrent.futures.ThreadPoolExecutor | None = attrs.field(
+        default=None, init=False
+    )
+    _processes: ProcessWorkers | None = attrs.field(default=None, init=False)
+    _queue: collections.deque[Job] = attrs.field(factory=collections.deque, init=False)
+    _running: dict[str, ExecutionContext | None] = attrs.field(factory=dict, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _idle: threading.Condition = attrs.field(init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    @_idle.default
+    def _make_idle(self) -> threading.Condition:
+        return threading.Condition(self._lock)
+
+    @classmethod
+    def threads(cls, max_workers: int = 1) -> WorkerPool:
+        """A pool of ``max_workers`` threads (1: strict FIFO, one task at a time)."""
+        return cls(max_workers=max_workers, mode=PoolMode.THREADS)
+
+    @classmethod
+    def processes(cls, max_workers: int = 1, *, start_method: str = "spawn") -> WorkerPool:
+        """A pool of worker processes it owns; cancel terminates and replaces a worker."""
+        return cls(max_workers=max_workers, mode=PoolMode.PROCESSES, start_method=start_method)
+
+    @classmethod
+    def from_executor(
+        cls, executor: concurrent.futures.Executor, max_workers: int | None = None
+    ) -> WorkerPool:
+        """Run jobs on an existing executor, at most ``max_workers`` at once.
+
+        ``max_workers`` defaults to the executor's own worker count where it has one. The
+        pool never shuts the executor down: it is yours.
+        """
+        if max_workers is None:
+            max_workers = int(getattr(executor, "_max_workers", 1) or 1)
+        return cls(max_workers=max_workers, mode=PoolMode.EXECUTOR, backend=executor)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self, executor: TaskExecutor, listener: PoolListener) -> None:
+        """Start the workers; ``executor`` runs every job, ``listener`` hears about them."""
+        if self._listener is not None:
+            raise RuntimeError("this WorkerPool is already started; a pool serves one server")
+        if self.mode is PoolMode.EXECUTOR and self.backend is None:
+            raise ConfigurationError("PoolMode.EXECUTOR needs an executor; use from_executor()")
+        self._executor, self._listener = executor, listener
+        if self.mode is PoolMode.THREADS:
+            self._owned_backend = concurrent.futures.ThreadPoolExecutor(
+                self.max_workers, thread_name_prefix="zmqruntime-worker"
+            )
+        elif self.mode is PoolMode.PROCESSES:
+            self._processes = ProcessWorkers.launch(
+                executor=executor,
+                count=self.max_workers,
+                start_method=self.start_method,
+                on_progress=listener.progress,
+                on_done=self._finished,
+                kill_timeout=self.kill_timeout,
+            )
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel queued jobs, ask running ones to stop, and release the workers.
+
+        Waits up to ``timeout`` seconds for running jobs to end (process workers are
+        terminated instead). Idempotent.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            for context in self._running.values():
+                if context is not None:
+                    context.cancel_event.set()
+        for job in dropped:
+            self._report(job, Cancelled())
+        if self._processes is not None:
+            self._processes.close(timeout)
+        with self._lock:
+            if not self._idle.wait_for(lambda: not self._running, timeout):
+                logger.warning("worker pool closed with %d tasks still running", len(self._running))
+        if self._owned_backend is not None:
+            self._owned_backend.shutdown(wait=False, cancel_futures=True)
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; it starts when a worker is free (FIFO)."""
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed("the worker pool is closed")
+            self._queue.append(job)
+            launch = self._take_dispatchable()
+        self._launch_all(launch)
+
+    def cancel(self, execution_id: str) -> bool:
+        """Cancel a queued job (dropped now) or a running one (asked to stop, or killed).
+
+        Returns False if the pool does not hold the job. The job's outcome is reported to
+        the listener as usual: at once for a queued job, when it stops for a running one.
+        """
+        with self._lock:
+            for job in self._queue:
+                if job.execution_id == execution_id:
+                    self._queue.remove(job)
+                    break
+            else:
+                if execution_id not in self._running:
+                    return False
+                context = self._running[execution_id]
+                if context is not None:
+                    context.cancel_event.set()
+                if self._processes is not None:
+                    self._processes.kill(execution_id)
+                return True
+        self._report(job, Cancelled())
+        return True
+
+    def statistics(self) -> PoolStatistics:
+        """The pool's mode, size, queue and running jobs."""
+        with self._lock:
+            running = tuple(self._running)
+            queued = len(self._queue)
+        processes = self._processes
+        return PoolStatistics(
+            mode=self.mode,
+            workers=self.max_workers,
+            queued=queued,
+            running=len(running),
+            running_ids=running,
+            worker_pids=processes.pids() if processes is not None else (),
+            replaced_workers=processes.replaced if processes is not None else 0,
+        )
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _take_dispatchable(self) -> list[Job]:
+        """Move jobs from the queue to running while workers are free (lock held)."""
+        taken: list[Job] = []
+        while self._queue and len(self._running) < self.max_workers:
+            job = self._queue.popleft()
+            self._running[job.execution_id] = None
+            taken.append(job)
+        return taken
+
+    def _launch_all(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            try:
+                self._launch(job)
+            except Exception as exc:
+                logger.exception("could not hand job %s to a worker", job.execution_id)
+                self._finished(job, Failed.from_exception(exc))
+
+    def _launch(self, job: Job) -> None:
+        listener = self._listener
+        assert listener is not None
+        if self._processes is not None:
+            if listener.started(job):
+                self._processes.run(job)
+            else:
+                self._finished(job, Cancelled())
+            return
+        context = ExecutionContext(job.execution_id, job.labels, report=listener.progress)
+        with self._lock:
+            self._running[job.execution_id] = context
+        backend = self._owned_backend if self._owned_backend is not None else self.backend
+        assert backend is not None
+        backend.submit(self._work, job, context)
+
+    def _work(self, job: Job, context: ExecutionContext) -> None:
+        listener, executor = self._listener, self._executor
+        assert listener is not None and executor is not None
+        outcome: Outcome = Cancelled()
+        try:
+            if listener.started(job):
+                outcome = run_job(executor, job, context, lambda: context.cancelled)
+        finally:
+            self._finished(job, outcome)
+
+    def _finished(self, job: Job, outcome: Outcome) -> None:
+        with self._lock:
+            self._running.pop(job.execution_id, None)
+            launch = [] if self._closed else self._take_dispatchable()
+            self._idle.notify_all()
+        self._launch_all(launch)
+        self._report(job, outcome)
+
+    def _report(self, job: Job, outcome: Outcome) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            listener.finished(job, outcome)
+        except Exception:
+            logger.exception("reporting the end of %s failed", job.execution_id)

@@ -1,0 +1,194 @@
+"""The execution lifecycle: a thread-safe store of records with guarded transitions.
+
+Every execution moves QUEUED → RUNNING → one of COMPLETE / FAILED / CANCELLED (or straight from
+QUEUED to CANCELLED). A transition that does not fit — starting a cancelled execution,
+finishing one twice, progress after the end — is refused and reported as False, never applied:
+terminal states never change. Terminal records are kept for a bounded count and age, so a
+long-running server's memory stays flat.
+
+The store owns no threads and no sockets; its clock is injected.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final, final
+
+import attrs
+
+from zmqruntime.errors import ConfigurationError
+from zmqruntime.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
+
+__all__ = ["ExecutionStore", "RetentionPolicy"]
+
+logger = logging.getLogger(__name__)
+
+_QUEUED: Final = ExecutionStatus.QUEUED
+_RUNNING: Final = ExecutionStatus.RUNNING
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"{attribute.name} must be above 0, got {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RetentionPolicy:
+    """How many terminal records a server keeps, and for how long (seconds)."""
+
+    max_records: int = attrs.field(default=10_000, validator=_positive)
+    max_age: float = attrs.field(default=3600.0, validator=_positive)
+
+
+@final
+@attrs.define(eq=False)
+class ExecutionStore:
+    """All executions a server knows, by id, with their lifecycle rules enforced."""
+
+    retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
+    clock: Callable[[], float] = time.time
+
+    _records: dict[str, ExecutionRecord] = attrs.field(factory=dict, init=False)
+    _terminal: collections.OrderedDict[str, float] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+    _counts: collections.Counter[ExecutionStatus] = attrs.field(
+        factory=collections.Counter, init=False
+    )
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    def submit(self, execution_id: str, labels: dict[str, str]) -> tuple[ExecutionRecord, bool]:
+        """Register a new QUEUED execution; returns ``(record, created)``.
+
+        An id that is already known is not registered again: its current record comes back
+        with ``created=False`` (this is what makes resubmission idempotent).
+        """
+        with self._lock:
+            self._expire()
+            existing = self._records.get(execution_id)
+            if existing is not None:
+                return existing, False
+            record = ExecutionRecord(
+                execution_id=execution_id,
+                status=_QUEUED,
+                labels=dict(labels),
+                submitted_at=self.clock(),
+            )
+            self._records[execution_id] = record
+            self._counts[_QUEUED] += 1
+            return record, True
+
+    def get(self, execution_id: str) -> ExecutionRecord | None:
+        """The current record of ``execution_id``, or None if unknown (or expired)."""
+        with self._lock:
+            return self._records.get(execution_id)
+
+    def start(self, execution_id: str) -> ExecutionRecord | None:
+        """QUEUED → RUNNING; None if the execution is not queued (e.g. cancelled meanwhile)."""
+        with self._lock:
+            record = self._records.get(execution_id)
+            if record is None or record.status is not _QUEUED:
+                return None
+            return self._replace(record, status=_RUNNING, started_at=self.clock())
+
+    def progress(self, event: ProgressEvent) -> bool:
+        """Keep ``event`` as the latest progress of a RUNNING execution; False otherwise."""
+        with self._lock:
+            record = self._records.get(event.execution_id)
+            if record is None or record.status is not _RUNNING:
+                return False
+            latest = record.progress
+            if latest is not None and latest.sequence > event.sequence:
+                return True  # an older event arriving late never hides a newer one
+            self._records[event.execution_id] = attrs.evolve(record, progress=event)
+            return True
+
+    def complete(self, execution_id: str) -> ExecutionRecord | None:
+        """RUNNING → COMPLETE; None if the execution is not running."""
+        return self._finish(execution_id, ExecutionStatus.COMPLETE, running_only=True)
+
+    def fail(
+        self, execution_id: str, error_type: str, error_message: str, traceback: str
+    ) -> ExecutionRecord | None:
+        """QUEUED or RUNNING → FAILED with the error's type, message and traceback."""
+        return self._finish(
+            execution_id,
+            ExecutionStatus.FAILED,
+            running_only=False,
+            error_type=error_type,
+            error_message=error_message,
+            traceback=traceback,
+        )
+
+    def cancel(self, execution_id: str) -> ExecutionRecord | None:
+        """QUEUED or RUNNING → CANCELLED; None if unknown or already terminal."""
+        return self._finish(execution_id, ExecutionStatus.CANCELLED, running_only=False)
+
+    def counts(self) -> dict[ExecutionStatus, int]:
+        """How many known executions are in each state."""
+        with self._lock:
+            self._expire()
+            return {status: self._counts[status] for status in ExecutionStatus}
+
+    def active_ids(self) -> list[str]:
+        """Ids of executions that are queued or running."""
+        with self._lock:
+            return [key for key, rec in self._records.items() if not rec.status.is_terminal]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def _finish(
+        self,
+        execution_id: str,
+        status: ExecutionStatus,
+        *,
+        running_only: bool,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        traceback: str | None = None,
+    ) -> ExecutionRecord | None:
+        with self._lock:
+            record = self._records.get(execution_id)
+            if record is None or record.status.is_terminal:
+                return None
+            if running_only and record.status is not _RUNNING:
+                return None
+            now = self.clock()
+            finished = self._replace(
+                record,
+                status=status,
+                finished_at=now,
+                error_type=error_type,
+                error_message=error_message,
+                traceback=traceback,
+            )
+            self._terminal[execution_id] = now
+            self._expire()
+            return finished
+
+    def _replace(self, record: ExecutionRecord, **changes: Any) -> ExecutionRecord:
+        updated = attrs.evolve(record, **changes)
+        self._counts[record.status] -= 1
+        self._counts[updated.status] += 1
+        self._records[record.execution_id] = updated
+        return updated
+
+    def _expire(self) -> None:
+        """Drop terminal records beyond the retention count or age (lock held)."""
+        terminal = self._terminal
+        oldest_allowed = self.clock() - self.retention.max_age
+        while terminal:
+            execution_id, finished_at = next(iter(terminal.items()))
+            if len(terminal) <= self.retention.max_records and finished_at >= oldest_allowed:
+                break
+            terminal.popitem(last=False)
+            record = self._records.pop(execution_id, None)
+            if record is not None:
+                self._counts[record.status] -= 1

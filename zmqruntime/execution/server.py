@@ -1,0 +1,387 @@
+"""ExecutionServer: accepts tasks, runs them on a WorkerPool, reports progress and results.
+
+Composed from tier-1 pieces: a :class:`~zmqruntime.ZMQServer` with handlers for execute,
+status, cancel and shutdown; an :class:`~zmqruntime.execution.records.ExecutionStore` for the
+lifecycle; a :class:`~zmqruntime.execution.WorkerPool` that runs the application's
+:class:`~zmqruntime.TaskExecutor`. The I/O thread never runs user code.
+
+Progress is published on the data socket (PUB, topic = execution id). When an execution ends,
+its :class:`~zmqruntime.messages.Completion` — record plus serialized result — is pushed to
+every client that submitted it, and its record (without the result) is published.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import uuid
+from types import TracebackType
+from typing import Final, final
+
+import attrs
+import zmq
+
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
+from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, PoolListener
+from zmqruntime.execution.pool import WorkerPool
+from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
+from zmqruntime.messages import (
+    Accepted,
+    Cancel,
+    Completion,
+    ControlMessageType,
+    ErrorReply,
+    Execute,
+    ExecutionRecord,
+    ExecutionStatus,
+    Message,
+    ProgressEvent,
+    RecordReply,
+    ServerSummary,
+    Shutdown,
+    ShutdownReply,
+    StatusRequest,
+    SummaryReply,
+)
+from zmqruntime.protocols import Buffer, TaskExecutor, TaskSerializer
+from zmqruntime.security import ServerCurve
+from zmqruntime.serializers import SafeSerializer
+from zmqruntime.server import Peer, ZMQServer
+
+__all__ = ["ExecutionServer"]
+
+logger = logging.getLogger(__name__)
+
+MAX_EXECUTION_ID_LENGTH: Final = 256
+CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown")
+
+
+def serializer_name(serializer: TaskSerializer) -> str:
+    """The name a serializer is known by on the wire (its ``name``, else its class name)."""
+    return str(getattr(serializer, "name", type(serializer).__name__))
+
+
+@final
+@attrs.define(eq=False)
+class _ResultCache:
+    """The serialized results of recently finished executions, within a byte budget.
+
+    Lets a client that resubmits a finished execution (a retry after a timeout) still get
+    its result.
+    """
+
+    budget: int
+    _entries: collections.OrderedDict[str, tuple[list[Buffer], int]] = attrs.field(
+        factory=collections.OrderedDict
+    )
+    _size: int = 0
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def put(self, execution_id: str, frames: list[Buffer]) -> None:
+        size = sum(memoryview(frame).nbytes for frame in frames)
+        if size > self.budget:
+            return
+        with self._lock:
+            self._entries[execution_id] = (frames, size)
+            self._size += size
+            while self._size > self.budget:
+                _key, (_frames, dropped) = self._entries.popitem(last=False)
+                self._size -= dropped
+
+    def get(self, execution_id: str) -> list[Buffer] | None:
+        with self._lock:
+            entry = self._entries.get(execution_id)
+            return None if entry is None else entry[0]
+
+
+@final
+@attrs.define(eq=False)
+class ExecutionServer:
+    """Runs tasks submitted by :class:`~zmqruntime.execution.ExecutionClient`\\ s.
+
+    ``executor`` is any :class:`~zmqruntime.TaskExecutor` (a plain ``def run(task, ctx)``).
+    ``port=None`` uses ``config.default_port``; ``port=0`` picks a free one (see
+    :attr:`port_number`). ``pool`` defaults to one worker thread (strict FIFO). Submissions
+    beyond ``queue_limit`` waiting tasks are refused. ``result_cache_bytes`` bounds the
+    results kept for clients that resubmit a finished execution.
+    """
+
+    executor: TaskExecutor
+    port: int | None = None
+    host: str | None = None
+    transport_mode: TransportMode | None = None
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
+    pool: WorkerPool = attrs.field(factory=WorkerPool.threads)
+    retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
+    queue_limit: int = 10_000
+    result_cache_bytes: int = 64 << 20
+    curve: ServerCurve | None = None
+
+    _server: ZMQServer | None = attrs.field(default=None, init=False)
+    _store: ExecutionStore = attrs.field(init=False)
+    _results: _ResultCache = attrs.field(init=False)
+    _waiters: dict[str, list[Peer]] = attrs.field(factory=dict, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _draining: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    @_store.default
+    def _make_store(self) -> ExecutionStore:
+        return ExecutionStore(self.retention)
+
+    @_results.default
+    def _make_results(self) -> _ResultCache:
+        return _ResultCache(self.result_cache_bytes)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def _build(self) -> ZMQServer:
+        if self._server is not None:
+            raise RuntimeError("this ExecutionServer was already started")
+        self._server = ZMQServer(
+            handlers={
+                ControlMessageType.EXECUTE: self._on_execute,
+                ControlMessageType.STATUS: self._on_status,
+                ControlMessageType.CANCEL: self._on_cancel,
+                ControlMessageType.SHUTDOWN: self._on_shutdown,
+            },
+            port=self.port,
+            host=self.host,
+            transport_mode=self.transport_mode,
+            config=self.config,
+            role="execution",
+            capabilities=CAPABILITIES,
+            data_socket_type=zmq.PUB,
+            curve=self.curve,
+        )
+        self._server.bind()
+        try:
+            self.pool.start(
+                self.executor,
+                PoolListener(started=self._started, progress=self._progress, finished=self._done),
+            )
+        except BaseException:
+            self._server.close()
+            raise
+        return self._server
+
+    def start(self) -> ExecutionServer:
+        """Bind, start the workers, and serve in a background thread. Returns the server."""
+        self._build().start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until a shutdown request or SIGINT/SIGTERM; then close."""
+        server = self._build()
+        try:
+            server.serve_forever()
+        finally:
+            self.close()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Cancel queued work, stop running work, push the last completions, close. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._draining = True
+        limit = self.config.close_timeout if timeout is None else timeout
+        self.pool.close(limit)
+        if self._server is not None:
+            self._server.close(limit)
+
+    def __enter__(self) -> ExecutionServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def server(self) -> ZMQServer:
+        """The composed control/data server (ports, statistics)."""
+        if self._server is None:
+            raise ChannelClosed("the ExecutionServer is not started; call start() first")
+        return self._server
+
+    @property
+    def port_number(self) -> int:
+        """The data port the server is bound to (control port = this + offset)."""
+        return self.server.bound_port
+
+    def record(self, execution_id: str) -> ExecutionRecord | None:
+        """The current record of an execution (None if unknown or expired)."""
+        return self._store.get(execution_id)
+
+    def summary(self) -> ServerSummary:
+        """Queue length, running tasks, counts per status, workers and uptime."""
+        counts = self._store.counts()
+        pool = self.pool.statistics()
+        uptime = self._server.statistics().uptime if self._server is not None else 0.0
+        return ServerSummary(
+            queued=counts[ExecutionStatus.QUEUED],
+            running=counts[ExecutionStatus.RUNNING],
+            counts={status.value: number for status, number in counts.items()},
+            workers=pool.workers,
+            uptime=uptime,
+        )
+
+    # --- control handlers (I/O thread) -----------------------------------------------------
+
+    def _on_execute(self, request: Execute, peer: Peer) -> Message:
+        rid = request.request_id
+        if self._draining:
+            return _error(rid, ErrorCode.REFUSED, "the server is shutting down")
+        ours = serializer_name(self.serializer)
+        if request.serializer != ours:
+            return _error(
+                rid,
+                ErrorCode.REFUSED,
+                f"the task was serialized with {request.serializer!r} but this server uses "
+                f"{ours!r}; give client and server the same serializer",
+            )
+        execution_id = request.execution_id or uuid.uuid4().hex
+        if not 0 < len(execution_id) <= MAX_EXECUTION_ID_LENGTH:
+            return _error(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")
+        known = self._store.get(execution_id)
+        if known is not None:
+            return self._duplicate(rid, known, peer)
+        if self.pool.statistics().queued >= self.queue_limit:
+            return _error(
+                rid,
+                ErrorCode.REFUSED,
+                f"the queue is full ({self.queue_limit} tasks waiting); retry later",
+            )
+        try:
+            task = self.serializer.loads(request.payload)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
+        record, _created = self._store.submit(execution_id, request.labels)
+        with self._lock:
+            self._waiters[execution_id] = [peer]
+        self.pool.submit(Job(execution_id, task, record.labels))
+        return Accepted(request_id=rid, execution_id=execution_id, status=record.status)
+
+    def _duplicate(self, request_id: int, record: ExecutionRecord, peer: Peer) -> Message:
+        """A resubmitted id: never run twice; the new submitter hears the outcome too."""
+        with self._lock:
+            waiting = self._waiters.get(record.execution_id)
+            if waiting is not None and peer not in waiting:
+                waiting.append(peer)
+        if record.status.is_terminal:
+            self._send(peer, self._completion(record, self._results.get(record.execution_id)))
+        return Accepted(
+            request_id=request_id,
+            execution_id=record.execution_id,
+            status=record.status,
+            duplicate=True,
+        )
+
+    def _on_status(self, request: StatusRequest, _peer: Peer) -> Message:
+        if request.execution_id is None:
+            return SummaryReply(request_id=request.request_id, summary=self.summary())
+        record = self._store.get(request.execution_id)
+        if record is None:
+            return _unknown(request.request_id, request.execution_id)
+        return RecordReply(request_id=request.request_id, record=record)
+
+    def _on_cancel(self, request: Cancel, _peer: Peer) -> Message:
+        record = self._store.get(request.execution_id)
+        if record is None:
+            return _unknown(request.request_id, request.execution_id)
+        if not record.status.is_terminal:
+            self.pool.cancel(request.execution_id)
+            record = self._store.get(request.execution_id) or record
+        return RecordReply(request_id=request.request_id, record=record)
+
+    def _on_shutdown(self, request: Shutdown, _peer: Peer) -> Message:
+        logger.info("shutdown requested (%s)", "force" if request.force else "graceful")
+        with self._lock:
+            self._draining = True
+        if request.force:
+            for execution_id in self._store.active_ids():
+                self.pool.cancel(execution_id)
+        self._stop_if_idle()
+        return ShutdownReply(request_id=request.request_id)
+
+    def _stop_if_idle(self) -> None:
+        if self._draining and not self._store.active_ids() and self._server is not None:
+            self._server.request_stop()
+
+    # --- pool listener (worker threads) ----------------------------------------------------
+
+    def _started(self, job: Job) -> bool:
+        return self._store.start(job.execution_id) is not None
+
+    def _progress(self, event: ProgressEvent) -> None:
+        if self._store.progress(event):
+            self._publish(event, event.execution_id)
+
+    def _done(self, job: Job, outcome: Outcome) -> None:
+        frames: list[Buffer] | None = None
+        if isinstance(outcome, Completed):
+            try:
+                frames = self.serializer.dumps(outcome.result)
+            except Exception as exc:
+                outcome = Failed.from_exception(exc)
+        record = self._finish(job.execution_id, outcome)
+        if record is None:
+            return  # already terminal: nothing changes, nothing is sent twice
+        if frames is not None:
+            self._results.put(job.execution_id, frames)
+        completion = self._completion(record, frames)
+        with self._lock:
+            peers = self._waiters.pop(job.execution_id, [])
+        for peer in peers:
+            self._send(peer, completion)
+        self._publish(
+            Completion(record=record, serializer=completion.serializer), record.execution_id
+        )
+        self._stop_if_idle()
+
+    def _finish(self, execution_id: str, outcome: Outcome) -> ExecutionRecord | None:
+        if isinstance(outcome, Completed):
+            return self._store.complete(execution_id)
+        if isinstance(outcome, Cancelled):
+            return self._store.cancel(execution_id)
+        return self._store.fail(
+            execution_id, outcome.error_type, outcome.error_message, outcome.traceback
+        )
+
+    def _completion(self, record: ExecutionRecord, frames: list[Buffer] | None) -> Completion:
+        return Completion(
+            record=record,
+            serializer=serializer_name(self.serializer),
+            result=tuple(frames or ()),
+        )
+
+    def _send(self, peer: Peer, message: Message) -> None:
+        try:
+            self.server.send(peer, message)
+        except ChannelClosed:
+            logger.warning("server closed before a %s could be sent", message.TYPE.value)
+
+    def _publish(self, message: Message, topic: str) -> None:
+        try:
+            self.server.publish(message, topic)
+        except ChannelClosed:
+            logger.debug("server closed; dropped a %s event", message.TYPE.value)
+
+
+def _error(request_id: int, code: ErrorCode, text: str) -> ErrorReply:
+    return ErrorReply(request_id=request_id, code=code, message=text)
+
+
+def _unknown(request_id: int, execution_id: str) -> ErrorReply:
+    return _error(
+        request_id,
+        ErrorCode.NOT_FOUND,
+        f"no execution {execution_id!r} on this server (never submitted, or expired)",
+    )
