@@ -14,10 +14,12 @@ timed out, the connection broke), every request in flight fails at once with
 from __future__ import annotations
 
 import concurrent.futures
+import heapq
 import itertools
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias, cast, final
@@ -46,10 +48,11 @@ __all__ = ["ClientStatistics", "ZMQClient"]
 logger = logging.getLogger(__name__)
 
 _POLL_TICK_MS: Final = 1000
+_BACKSTOP_SECONDS: Final = 5.0
 _BURST: Final = 256
 _MONITORED: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
-_Command: TypeAlias = tuple[Literal["control", "data", "subscribe", "unsubscribe"], Any]
+_Command: TypeAlias = tuple[Literal["request", "control", "data", "subscribe", "unsubscribe"], Any]
 
 
 @final
@@ -97,6 +100,7 @@ class ZMQClient:
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _pending: dict[int, concurrent.futures.Future[Message]] = attrs.field(factory=dict, init=False)
+    _deadlines: list[tuple[float, int, str, float]] = attrs.field(factory=list, init=False)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
     _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
@@ -201,23 +205,30 @@ class ZMQClient:
 
     # --- requests -------------------------------------------------------------------------
 
-    def request_async(self, message: Message) -> concurrent.futures.Future[Message]:
+    def request_async(
+        self, message: Message, timeout: float | None = None
+    ) -> concurrent.futures.Future[Message]:
         """Send a request now; the future resolves to its reply.
 
         The client stamps its own ``request_id`` on the message. An :class:`ErrorReply`
         resolves the future with :class:`RemoteError`; a lost server with
-        :class:`ServerLost`. Cancel or time out the future freely: a late reply is dropped.
+        :class:`ServerLost`; no reply within ``timeout`` seconds (``config.request_timeout``)
+        with :class:`ZMQTimeoutError`. Cancel the future freely: a late reply is dropped.
         """
+        limit = self.config.request_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         if not hasattr(message, "request_id"):
             raise TypeError(f"{type(message).__name__} is not a request (it has no request_id)")
         request_id = next(self._ids)
-        frames = codec.encode(attrs.evolve(cast(Any, message), request_id=request_id))
+        frames = codec.encode(message, request_id=request_id)
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
         self._pending[request_id] = future
         future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
         self._counts["requests"] += 1
         try:
-            self._post(("control", frames))
+            self._post(
+                ("request", (frames, request_id, deadline, f"{type(message).__name__}", limit))
+            )
         except BaseException:
             self._pending.pop(request_id, None)
             raise
@@ -230,9 +241,12 @@ class ZMQClient:
         :class:`RemoteError` when the server refuses, :class:`ServerLost` when it vanishes.
         """
         limit = self.config.request_timeout if timeout is None else timeout
-        future = self.request_async(message)
+        future = self.request_async(message, limit)
         try:
-            return future.result(limit)
+            # The I/O thread expires the request at its deadline; this is only a backstop.
+            return future.result(limit + _BACKSTOP_SECONDS)
+        except ZMQTimeoutError:
+            raise  # expired by the I/O thread (also a TimeoutError: keep it apart)
         except concurrent.futures.TimeoutError:
             future.cancel()
             self._counts["timeouts"] += 1
@@ -283,7 +297,7 @@ class ZMQClient:
         try:
             while not self._stop.is_set():
                 try:
-                    ready = dict(poller.poll(_POLL_TICK_MS))
+                    ready = dict(poller.poll(self._poll_timeout_ms()))
                     if mailbox.fileno in ready:
                         self._flush(pair, mailbox)
                     if pair.control in ready:
@@ -292,6 +306,8 @@ class ZMQClient:
                         self._drain_data(pair)
                     if monitor in ready:
                         self._drain_monitor(monitor, pair)
+                    if self._deadlines:
+                        self._expire()
                 except zmq.ContextTerminated:
                     break
                 except Exception:
@@ -305,8 +321,49 @@ class ZMQClient:
             pair.close()
             mailbox.close()
 
+    def _poll_timeout_ms(self) -> int:
+        if not self._deadlines:
+            return _POLL_TICK_MS
+        wait = (self._deadlines[0][0] - time.monotonic()) * 1000
+        return max(0, min(_POLL_TICK_MS, int(wait) + 1))
+
+    def _expire(self) -> None:
+        """Fail requests whose deadline has passed (I/O thread only)."""
+        now = time.monotonic()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _deadline, request_id, what, limit = heapq.heappop(deadlines)
+            future = self._pending.pop(request_id, None)
+            if future is not None and not future.done():
+                self._counts["timeouts"] += 1
+                _resolve(
+                    future,
+                    error=ZMQTimeoutError(
+                        f"no reply to {what} from {self.sockets.control_url} within {limit}s; "
+                        "is a server running there?"
+                    ),
+                )
+
     def _flush(self, pair: SocketPair, mailbox: Mailbox) -> None:
         for kind, payload in mailbox.drain():
+            if kind == "request":
+                frames, request_id, deadline, what, limit = payload
+                try:
+                    send_frames(pair.control, frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    future = self._pending.pop(request_id, None)
+                    if future is not None:
+                        _resolve(
+                            future,
+                            error=ServerLost("the server is not taking requests (queue full)"),
+                        )
+                    continue
+                heapq.heappush(self._deadlines, (deadline, request_id, what, limit))
+                if len(self._deadlines) > 1024 and len(self._deadlines) > 4 * len(self._pending):
+                    # Answered requests leave their deadline behind; drop those in one sweep.
+                    self._deadlines = [d for d in self._deadlines if d[1] in self._pending]
+                    heapq.heapify(self._deadlines)
+                continue
             if kind == "subscribe":
                 pair.data.setsockopt(zmq.SUBSCRIBE, payload)
                 continue

@@ -358,8 +358,15 @@ def _decode(frames: Sequence[Buffer], max_header_bytes: int) -> Message:
     return message
 
 
-def encode(message: Message) -> list[Buffer]:
-    """Encode a message as ``[header, *buffers]`` ready for ``send_multipart(copy=False)``."""
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode(message: Message, *, request_id: int | None = None) -> list[Buffer]:
+    """Encode a message as ``[header, *buffers]`` ready to send.
+
+    ``request_id`` replaces the message's own (clients stamp their ids this way without
+    building a new message).
+    """
     spec = _SPECS.get(type(message))
     if spec is None:
         raise LocalProtocolError(f"{type(message).__name__} is not a zmqruntime message")
@@ -382,7 +389,9 @@ def encode(message: Message) -> list[Buffer]:
     header["frames"] = len(buffers)
     try:
         _encode_fields(spec, message, header)
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if request_id is not None:
+            header["request_id"] = request_id
+        text = _ENCODER.encode(header)
         encoded = text.encode()  # UnicodeEncodeError (a ValueError) for lone surrogates
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc

@@ -317,6 +317,7 @@ def open_connected_socket(
     return socket
 
 
+_SNDMORE = int(zmq.SNDMORE)  # plain ints: enum flag arithmetic costs more than the send
 ZERO_COPY_THRESHOLD = 64 * 1024
 """Frames at least this large are sent without copying; smaller ones are cheaper to copy."""
 
@@ -328,9 +329,10 @@ def send_frames(socket: Socket, frames: Sequence[Any], flags: int = 0) -> None:
     ``flags`` has NOBLOCK and the peer's queue is full.
     """
     last = len(frames) - 1
+    flags = int(flags)
     for index, frame in enumerate(frames):
         size = len(frame) if type(frame) is bytes else memoryview(frame).nbytes
-        more = zmq.SNDMORE if index < last else 0
+        more = _SNDMORE if index < last else 0
         socket.send(frame, flags | more, copy=size < ZERO_COPY_THRESHOLD)
 
 

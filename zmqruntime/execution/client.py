@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 import attrs
 import zmq
@@ -72,6 +72,8 @@ class Execution:
     execution_id: str
     future: concurrent.futures.Future[Any]
     _client: ExecutionClient
+    accepted: concurrent.futures.Future[Message] = attrs.field(factory=concurrent.futures.Future)
+    """Resolves to the server's ``Accepted`` reply (or fails, failing :attr:`future` too)."""
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result, waiting up to ``timeout`` (``config.result_timeout``) seconds.
@@ -214,12 +216,16 @@ class ExecutionClient:
         execution_id: str | None = None,
         timeout: float | None = None,
     ) -> Execution:
-        """Submit ``task``; returns once the server has accepted it.
+        """Send ``task`` to the server and return its :class:`Execution` at once.
 
-        A client-chosen ``execution_id`` makes resubmission idempotent: the server never runs
-        an id twice, and a retry after a timeout gets the first run's outcome. Raises
-        ``TypeError`` for a task the serializer cannot carry or labels that are not strings,
-        :class:`RemoteError` if the server refuses (queue full, shutting down …).
+        Submissions pipeline: nothing waits for the server here. If the server refuses (queue
+        full, shutting down …) or does not accept within ``timeout`` seconds
+        (``config.request_timeout``), the execution's future fails with that
+        :class:`RemoteError` or :class:`ZMQTimeoutError`; ``execution.accepted`` resolves
+        when the server has taken it. A client-chosen ``execution_id`` makes resubmission
+        idempotent: the server never runs an id twice, and a retry gets the first run's
+        outcome. Raises ``TypeError`` here for a task the serializer cannot carry or labels
+        that are not strings.
         """
         labels = dict(labels or {})
         for key, value in labels.items():
@@ -245,15 +251,41 @@ class ExecutionClient:
             payload=payload,
         )
         try:
-            reply = self._zmq.request(request, timeout)
+            acceptance = self._zmq.request_async(request, timeout)
         except BaseException:
             if created:
                 with self._lock:
                     self._waiting.pop(execution_id, None)
             raise
-        if not isinstance(reply, Accepted):
-            raise RemoteProtocolError(f"server answered execute with {type(reply).__name__}")
+        acceptance.add_done_callback(
+            lambda done: self._on_accepted(execution, done, created=created)
+        )
         return execution
+
+    def _on_accepted(
+        self,
+        execution: Execution,
+        acceptance: concurrent.futures.Future[Message],
+        *,
+        created: bool,
+    ) -> None:
+        error = acceptance.exception()
+        reply = None if error is not None else acceptance.result()
+        if error is None and not isinstance(reply, Accepted):
+            error = RemoteProtocolError(f"server answered execute with {type(reply).__name__}")
+        if error is None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                execution.accepted.set_result(cast(Message, reply))
+            return
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            execution.accepted.set_exception(error)
+        if not created:
+            return  # a retry failed; the first submission may still finish
+        with self._lock:
+            if self._waiting.get(execution.execution_id) is execution:
+                del self._waiting[execution.execution_id]
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            execution.future.set_exception(error)
 
     def record(self, execution_id: str, *, timeout: float | None = None) -> ExecutionRecord:
         """The server's record of one execution (``RemoteError`` NOT_FOUND if unknown)."""

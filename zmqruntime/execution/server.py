@@ -341,9 +341,6 @@ class ExecutionServer:
             peers = self._waiters.pop(job.execution_id, [])
         for peer in peers:
             self._send(peer, completion)
-        self._publish(
-            Completion(record=record, serializer=completion.serializer), record.execution_id
-        )
         self._stop_if_idle()
 
     def _finish(self, execution_id: str, outcome: Outcome) -> ExecutionRecord | None:
