@@ -1,0 +1,170 @@
+"""Task submit→result latency and pipelined throughput, against a raw pyzmq task loop.
+
+Run: ``python -m benchmarks.execution_roundtrip [--tasks N] [--mode tcp|ipc]``.
+
+The raw baseline is what a careful hand-written pyzmq runtime does: a ROUTER served by an
+I/O thread that hands each task to a worker thread (through an inproc PAIR) and sends the
+result back; the client is a DEALER in the calling thread. zmqruntime is measured with an
+:class:`~zmqruntime.execution.ExecutionServer` (one worker thread) and an
+:class:`~zmqruntime.execution.ExecutionClient`, same machine, same run. The task is a no-op
+that returns its input. Ratios are the figures to compare; absolute times drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.execution import ExecutionClient, ExecutionServer
+
+
+def _noop(task: Any, _context: Any) -> Any:
+    return task
+
+
+def _raw_server(url: str, ready: threading.Event, stop: threading.Event) -> None:
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(url)
+    to_worker = context.socket(zmq.PAIR)
+    to_worker.bind("inproc://work")
+    worker = threading.Thread(target=_raw_worker, args=(context, stop))
+    worker.start()
+    ready.set()
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    poller.register(to_worker, zmq.POLLIN)
+    while not stop.is_set():
+        for socket, _event in poller.poll(100):
+            if socket is router:
+                to_worker.send_multipart(router.recv_multipart())
+            else:
+                router.send_multipart(to_worker.recv_multipart())
+    worker.join()
+    router.close(linger=0)
+    to_worker.close(linger=0)
+    context.term()
+
+
+def _raw_worker(context: zmq.Context[zmq.Socket[bytes]], stop: threading.Event) -> None:
+    pair = context.socket(zmq.PAIR)
+    pair.connect("inproc://work")
+    poller = zmq.Poller()
+    poller.register(pair, zmq.POLLIN)
+    while not stop.is_set():
+        if poller.poll(100):
+            identity, header, payload = pair.recv_multipart()
+            task = json.loads(payload)
+            reply = json.dumps({"id": json.loads(header)["id"], "ok": True}).encode()
+            pair.send_multipart([identity, reply, json.dumps(task).encode()])
+    pair.close(linger=0)
+
+
+def _raw(url: str, tasks: int) -> tuple[list[float], float]:
+    ready, stop = threading.Event(), threading.Event()
+    server = threading.Thread(target=_raw_server, args=(url, ready, stop))
+    server.start()
+    ready.wait(10)
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(url)
+
+    def send(number: int) -> None:
+        dealer.send_multipart([json.dumps({"id": number}).encode(), json.dumps(number).encode()])
+
+    def once(number: int) -> None:
+        send(number)
+        dealer.recv_multipart()
+
+    samples = _measure(once, tasks)
+    start = time.perf_counter()
+    for number in range(tasks):
+        send(number)
+    for _ in range(tasks):
+        dealer.recv_multipart()
+    throughput = tasks / (time.perf_counter() - start)
+    dealer.close(linger=0)
+    context.term()
+    stop.set()
+    server.join(10)
+    return samples, throughput
+
+
+def _ours(mode: TransportMode, config: ZMQConfig, tasks: int) -> tuple[list[float], float]:
+    with (
+        ExecutionServer(_noop, port=0, transport_mode=mode, config=config) as server,
+        ExecutionClient(port=server.port_number, transport_mode=mode, config=config) as client,
+    ):
+        samples = _measure(lambda number: client.submit(number).result(timeout=30), tasks)
+        start = time.perf_counter()
+        executions = [client.submit(number) for number in range(tasks)]
+        for execution in executions:
+            execution.result(timeout=120)
+        throughput = tasks / (time.perf_counter() - start)
+    return samples, throughput
+
+
+def _measure(call: Any, count: int) -> list[float]:
+    for number in range(min(200, count)):
+        call(number)  # warm-up
+    samples = []
+    for number in range(count):
+        start = time.perf_counter()
+        call(number)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _row(name: str, samples: list[float], throughput: float) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)]
+    return (
+        f"| {name} | {statistics.median(ordered) * 1e6:.0f} µs | {p99 * 1e6:.0f} µs "
+        f"| {throughput:,.0f} tasks/s |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--mode", choices=["tcp", "ipc"], default="tcp")
+    args = parser.parse_args(argv)
+    mode = TransportMode(args.mode)
+    with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
+        config = ZMQConfig(ipc_root=folder)
+        if mode is TransportMode.IPC:
+            url = f"ipc://{folder}/raw.sock"
+        else:
+            probe = zmq.Context()
+            socket = probe.socket(zmq.ROUTER)
+            port = socket.bind_to_random_port("tcp://127.0.0.1")
+            socket.close(linger=0)
+            probe.term()
+            url = f"tcp://127.0.0.1:{port}"
+        raw_samples, raw_rate = _raw(url, args.tasks)
+        our_samples, our_rate = _ours(mode, config, args.tasks)
+    out = sys.stdout
+    out.write(
+        f"no-op tasks over {mode.value}: {args.tasks} sequential, then {args.tasks} pipelined\n\n"
+    )
+    out.write("| system | median submit→result | p99 | pipelined |\n|---|---|---|---|\n")
+    out.write(_row("raw pyzmq ROUTER/DEALER + worker thread", raw_samples, raw_rate) + "\n")
+    out.write(_row("zmqruntime ExecutionServer/Client", our_samples, our_rate) + "\n")
+    ratio = statistics.median(our_samples) / statistics.median(raw_samples)
+    out.write(f"\nlatency ratio zmqruntime/raw: {ratio:.2f}x; ")
+    out.write(f"throughput ratio: {our_rate / raw_rate:.2f}x\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
