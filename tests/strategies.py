@@ -38,6 +38,7 @@ from zmqruntime.messages import (
     ExecutionRecord,
     ExecutionStatus,
     ImageFrame,
+    ImageSent,
     Message,
     Ping,
     Pong,
@@ -331,6 +332,9 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         outcome=st.sampled_from(AckOutcome),
         error=texts(),
         timestamp=finite_floats(),
+    ),
+    ImageSent: st.builds(
+        ImageSent, image_id=texts(), tracker_key=texts(), timestamp=finite_floats()
     ),
 }
 """One strategy per message class (keyed by the class)."""

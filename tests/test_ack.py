@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import zmq
@@ -159,3 +160,34 @@ def test_default_port_is_the_shared_ack_port(tmp_path) -> None:
     with AckChannel(transport_mode=TransportMode.IPC, config=config) as channel:
         assert channel.port_number == 7655
         assert channel.address.endswith("zmq-7655.sock")
+
+
+def test_sent_notices_from_another_process_register_items(tmp_path) -> None:
+    config = ZMQConfig(ipc_root=tmp_path)
+    registry = GlobalQueueTrackerRegistry()
+    tracker = registry.get_or_create_tracker("gui")
+    with AckChannel(registry, port=0, transport_mode=TransportMode.IPC, config=config) as channel:
+        code = (
+            "import sys\n"
+            "from zmqruntime import AckSender, ImageSent, ZMQConfig\n"
+            "with AckSender(config=ZMQConfig(ipc_root=sys.argv[2])) as sender:\n"
+            "    for n in range(50):\n"
+            "        for key, prefix in (('gui', 'i'), ('nobody', 'x')):\n"
+            "            notice = ImageSent(image_id=f'{prefix}{n}', tracker_key=key)\n"
+            "            assert sender.send(notice, sys.argv[1])\n"
+        )
+        process = subprocess.run(
+            [sys.executable, "-c", code, channel.address, str(tmp_path)], timeout=60, check=True
+        )
+        assert process.returncode == 0
+        deadline = time.monotonic() + 10  # notices and acks travel on different connections
+        while channel.statistics().sent_notices < 50 and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        with AckSender(config=config) as sender:
+            for number in range(50):
+                assert sender.acknowledge(channel.address, f"i{number}", "gui")
+        assert tracker.wait_all_acknowledged(timeout=10)
+        stats = channel.statistics()
+    assert tracker.get_progress() == (50, 50)
+    assert stats.sent_notices == 50
+    assert stats.untracked == 50

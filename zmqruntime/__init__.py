@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "ExecutionRecord": "messages",
     "ExecutionStatus": "messages",
     "ImageFrame": "messages",
+    "ImageSent": "messages",
     "Message": "messages",
     "MessageFields": "messages",
     "Ping": "messages",
@@ -199,6 +200,9 @@ if TYPE_CHECKING:
     )
     from zmqruntime.messages import (
         ImageFrame as ImageFrame,
+    )
+    from zmqruntime.messages import (
+        ImageSent as ImageSent,
     )
     from zmqruntime.messages import (
         Message as Message,

@@ -28,7 +28,7 @@ import zmq
 from zmqruntime import codec
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.errors import ChannelClosed, ConfigurationError
-from zmqruntime.messages import Ack, AckOutcome, Message
+from zmqruntime.messages import Ack, AckOutcome, ImageSent, Message
 from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.security import ClientCurve, ServerCurve
 from zmqruntime.server import ZMQServer
@@ -52,6 +52,7 @@ class AckChannelStatistics:
     applied: int
     untracked: int
     malformed: int
+    sent_notices: int
 
 
 @final
@@ -84,8 +85,13 @@ class AckChannel:
     """A listener for acks from any number of consumers, feeding a tracker registry.
 
     ``port=None`` listens on ``config.shared_ack_port``; ``port=0`` on any free port (read
-    it back from :attr:`port`). ``advertise_host`` is the host consumers use to reach a TCP
-    channel, and so the host in :attr:`address`.
+    it back from :attr:`port_number`). ``advertise_host`` is the host consumers use to reach
+    a TCP channel, and so the host in :attr:`address`.
+
+    Besides acks it takes :class:`~zmqruntime.messages.ImageSent` notices, which register an
+    item as sent with its tracker: a worker that sends images on the tracker's behalf tells
+    the channel what it sent, so the tracker's counts stay exact. Trackers are never created
+    by input: create the tracker for a key before items for it arrive.
     """
 
     registry: GlobalQueueTrackerRegistry = attrs.field(factory=GlobalQueueTrackerRegistry)
@@ -100,7 +106,9 @@ class AckChannel:
     _callbacks: tuple[AckCallback, ...] = attrs.field(default=(), init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _counts: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys(("received", "applied", "untracked", "malformed"), 0),
+        factory=lambda: dict.fromkeys(
+            ("received", "applied", "untracked", "malformed", "sent_notices"), 0
+        ),
         init=False,
     )
 
@@ -178,9 +186,22 @@ class AckChannel:
             applied=counts["applied"],
             untracked=counts["untracked"],
             malformed=counts["malformed"],
+            sent_notices=counts["sent_notices"],
         )
 
+    def _on_sent(self, notice: ImageSent) -> None:
+        tracker = self.registry.get_tracker(notice.tracker_key)
+        if tracker is None:
+            self._counts["untracked"] += 1
+            logger.debug("sent notice for untracked key %r", notice.tracker_key)
+            return
+        tracker.register_sent(notice.image_id)
+        self._counts["sent_notices"] += 1
+
     def _on_message(self, message: Message) -> None:
+        if isinstance(message, ImageSent):
+            self._on_sent(message)
+            return
         if not isinstance(message, Ack):
             self._counts["malformed"] += 1
             logger.warning("ack channel dropped a %s: only acks belong here", message.TYPE.value)
@@ -228,8 +249,8 @@ class AckSender:
     )
     _closed: bool = attrs.field(default=False, init=False)
 
-    def send(self, ack: Ack, address: str) -> bool:
-        """Send ``ack`` to the channel at ``address``; False if it had to be dropped."""
+    def send(self, ack: Ack | ImageSent, address: str) -> bool:
+        """Send ``ack`` (or a sent notice) to the channel at ``address``; False if dropped."""
         if self._closed:
             raise ChannelClosed("this AckSender is closed")
         if not address.startswith(_ALLOWED_SCHEMES):

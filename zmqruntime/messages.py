@@ -33,6 +33,7 @@ __all__ = [
     "ExecutionRecord",
     "ExecutionStatus",
     "ImageFrame",
+    "ImageSent",
     "Message",
     "MessageFields",
     "Ping",
@@ -83,6 +84,7 @@ class StreamMessageType(enum.Enum):
     COMPLETION = "completion"
     IMAGE = "image"
     ACK = "ack"
+    SENT = "sent"
 
 
 class ExecutionStatus(enum.Enum):
@@ -392,6 +394,18 @@ class Ack:
     timestamp: float = 0.0
 
 
+@final
+@attrs.frozen(kw_only=True)
+class ImageSent:
+    """Tells an :class:`~zmqruntime.AckChannel` that an item was sent, so its tracker expects
+    an ack for it (used when the sender is not the process that tracks)."""
+
+    TYPE: ClassVar[StreamMessageType] = StreamMessageType.SENT
+    image_id: str
+    tracker_key: str
+    timestamp: float = 0.0
+
+
 Message: TypeAlias = (
     Ping
     | Shutdown
@@ -408,6 +422,7 @@ Message: TypeAlias = (
     | Completion
     | ImageFrame
     | Ack
+    | ImageSent
 )
 """Any message the codec can encode or decode."""
 
@@ -427,5 +442,6 @@ MESSAGE_CLASSES: tuple[type[Message], ...] = (
     Completion,
     ImageFrame,
     Ack,
+    ImageSent,
 )
 """Every message class, one per wire type."""
