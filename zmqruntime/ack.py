@@ -14,25 +14,24 @@ be health-checked; a malformed ack is logged and dropped and the listener goes o
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final, final
+from typing import final
 
 import attrs
 import zmq
 
 from zmqruntime import codec
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import ChannelClosed, ConfigurationError
+from zmqruntime.errors import ChannelClosed
 from zmqruntime.messages import Ack, AckOutcome, ImageSent, Message
 from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.security import ClientCurve, ServerCurve
 from zmqruntime.server import ZMQServer
-from zmqruntime.sockets import Context, Socket, open_connected_socket, send_frames
+from zmqruntime.sockets import Context, PushSockets
 from zmqruntime.transport import get_zmq_transport_url
 
 __all__ = ["AckCallbackHandle", "AckChannel", "AckChannelStatistics", "AckSender"]
@@ -223,10 +222,6 @@ class AckChannel:
                 logger.exception("ack callback %r failed", callback)
 
 
-_ALLOWED_SCHEMES: Final = ("tcp://", "ipc://")
-_MAX_CACHED_SOCKETS: Final = 64
-
-
 @final
 @attrs.define(eq=False)
 class AckSender:
@@ -235,7 +230,8 @@ class AckSender:
     Keeps one PUSH socket per address (at most 64, least recently used closed first). Use it
     from one thread — the thread that consumes the images — and :meth:`close` it there.
     Sending never blocks: when a channel is unreachable and its queue is full, the ack is
-    dropped with a warning and :meth:`send` returns False.
+    dropped with a warning and :meth:`send` returns False. Only ``tcp://`` and ``ipc://``
+    addresses are used.
     """
 
     config: ZMQConfig = attrs.field(factory=ZMQConfig)
@@ -244,29 +240,19 @@ class AckSender:
     clock: Callable[[], float] = time.time
 
     _owned_context: Context | None = attrs.field(default=None, init=False)
-    _sockets: collections.OrderedDict[str, Socket] = attrs.field(
-        factory=collections.OrderedDict, init=False
-    )
+    _sockets: PushSockets | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
     def send(self, ack: Ack | ImageSent, address: str) -> bool:
         """Send ``ack`` (or a sent notice) to the channel at ``address``; False if dropped."""
         if self._closed:
             raise ChannelClosed("this AckSender is closed")
-        if not address.startswith(_ALLOWED_SCHEMES):
-            logger.warning(
-                "refusing to send an ack to %r: only tcp:// and ipc:// addresses", address
-            )
-            return False
-        socket = self._socket_for(address)
-        try:
-            send_frames(socket, codec.encode(ack), zmq.NOBLOCK)
-        except zmq.Again:
-            logger.warning(
-                "ack channel %s is not taking acks; dropped ack for %r", address, ack.image_id
-            )
-            return False
-        return True
+        if self._sockets is None:
+            context = self.context
+            if context is None:
+                context = self._owned_context = zmq.Context()
+            self._sockets = PushSockets(context, self.config, self.curve)
+        return self._sockets.send(address, codec.encode(ack))
 
     def acknowledge(
         self,
@@ -286,33 +272,13 @@ class AckSender:
         )
         return self.send(ack, address)
 
-    def _socket_for(self, address: str) -> Socket:
-        socket = self._sockets.get(address)
-        if socket is not None:
-            self._sockets.move_to_end(address)
-            return socket
-        if self.context is None and self._owned_context is None:
-            self._owned_context = zmq.Context()
-        context = self.context if self.context is not None else self._owned_context
-        assert context is not None
-        try:
-            socket = open_connected_socket(context, zmq.PUSH, address, self.config, self.curve)
-        except zmq.ZMQError as exc:
-            raise ConfigurationError(f"cannot connect to ack address {address!r}: {exc}") from exc
-        self._sockets[address] = socket
-        if len(self._sockets) > _MAX_CACHED_SOCKETS:
-            _old, oldest = self._sockets.popitem(last=False)
-            oldest.close()
-        return socket
-
     def close(self) -> None:
         """Close every socket (delivering queued acks for up to ``config.linger``)."""
         if self._closed:
             return
         self._closed = True
-        while self._sockets:
-            _address, socket = self._sockets.popitem()
-            socket.close()
+        if self._sockets is not None:
+            self._sockets.close()
         if self._owned_context is not None:
             self._owned_context.term()
 

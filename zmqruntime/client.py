@@ -14,8 +14,6 @@ timed out, the connection broke), every request in flight fails at once with
 from __future__ import annotations
 
 import concurrent.futures
-import heapq
-import itertools
 import logging
 import sys
 import threading
@@ -32,7 +30,6 @@ from zmqruntime import codec
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.errors import (
     ChannelClosed,
-    RemoteError,
     RemoteProtocolError,
     ServerLost,
     ZMQTimeoutError,
@@ -40,8 +37,9 @@ from zmqruntime.errors import (
 from zmqruntime.mailbox import Mailbox
 from zmqruntime.messages import ErrorReply, Message, Ping, Pong
 from zmqruntime.protocols import Buffer
+from zmqruntime.requests import PendingRequests
 from zmqruntime.security import ClientCurve
-from zmqruntime.sockets import Context, SocketPair, receive_ready, send_frames
+from zmqruntime.sockets import Context, PushSockets, SocketPair, receive_ready, send_frames
 
 __all__ = ["ClientStatistics", "ZMQClient"]
 
@@ -52,7 +50,9 @@ _BACKSTOP_SECONDS: Final = 5.0
 _BURST: Final = 256
 _MONITORED: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
-_Command: TypeAlias = tuple[Literal["request", "control", "data", "subscribe", "unsubscribe"], Any]
+_Command: TypeAlias = tuple[
+    Literal["request", "control", "data", "push", "subscribe", "unsubscribe"], Any
+]
 
 
 @final
@@ -99,9 +99,7 @@ class ZMQClient:
     _mailbox: Mailbox | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    _pending: dict[int, concurrent.futures.Future[Message]] = attrs.field(factory=dict, init=False)
-    _deadlines: list[tuple[float, int, str, float]] = attrs.field(factory=list, init=False)
-    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _pending: PendingRequests = attrs.field(factory=PendingRequests, init=False)
     _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
     _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -219,19 +217,18 @@ class ZMQClient:
         deadline = time.monotonic() + limit
         if not hasattr(message, "request_id"):
             raise TypeError(f"{type(message).__name__} is not a request (it has no request_id)")
-        request_id = next(self._ids)
-        frames = codec.encode(message, request_id=request_id)
-        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
-        self._pending[request_id] = future
-        future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
-        self._counts["requests"] += 1
+        request_id, future = self._pending.open()
         try:
-            self._post(
-                ("request", (frames, request_id, deadline, f"{type(message).__name__}", limit))
+            frames = codec.encode(message, request_id=request_id)
+            description = (
+                f"no reply to {type(message).__name__} within {limit}s; is a server running "
+                f"at port {self.port if self.port is not None else self.config.default_port}?"
             )
+            self._post(("request", (frames, request_id, deadline, description)))
         except BaseException:
-            self._pending.pop(request_id, None)
+            self._pending.discard(request_id)
             raise
+        self._counts["requests"] += 1
         return future
 
     def request(self, message: Message, timeout: float | None = None) -> Message:
@@ -266,6 +263,18 @@ class ZMQClient:
         """Send a message on the control socket without waiting for anything."""
         self._post(("control", codec.encode(message)))
 
+    def push(self, address: str, message: Message) -> None:
+        """Send ``message`` one way to another endpoint's PULL socket at ``address``.
+
+        For notices to a third party (an :class:`~zmqruntime.AckChannel` …) from any thread:
+        the I/O thread keeps one PUSH socket per address (at most 64). Only ``tcp://`` and
+        ``ipc://`` addresses are accepted (``ValueError`` otherwise); a message that cannot be
+        queued is dropped with a warning.
+        """
+        if not address.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{address!r} is not a tcp:// or ipc:// address")
+        self._post(("push", (address, codec.encode(message))))
+
     def send_data(self, message: Message) -> None:
         """Send a message on the data socket (e.g. PUSH), without waiting."""
         self._post(("data", codec.encode(message)))
@@ -294,75 +303,57 @@ class ZMQClient:
         if pair.data_receives:
             poller.register(pair.data, zmq.POLLIN)
         poller.register(mailbox.fileno, zmq.POLLIN)
+        pushers = PushSockets(pair.context, self.config, self.curve)
         try:
             while not self._stop.is_set():
                 try:
                     ready = dict(poller.poll(self._poll_timeout_ms()))
                     if mailbox.fileno in ready:
-                        self._flush(pair, mailbox)
+                        self._flush(pair, mailbox, pushers)
                     if pair.control in ready:
                         self._drain_control(pair)
                     if pair.data in ready:
                         self._drain_data(pair)
                     if monitor in ready:
                         self._drain_monitor(monitor, pair)
-                    if self._deadlines:
-                        self._expire()
+                    if self._pending.next_deadline() is not None:
+                        self._counts["timeouts"] += self._pending.expire(time.monotonic())
                 except zmq.ContextTerminated:
                     break
                 except Exception:
                     logger.exception("%s: unexpected error in the I/O loop", self.name)
-            self._flush(pair, mailbox)
+            self._flush(pair, mailbox, pushers)
         finally:
             self._connected.clear()
-            self._fail_pending(ChannelClosed(f"{self.name} closed"))
+            self._pending.fail_all(ChannelClosed(f"{self.name} closed"))
             pair.control.disable_monitor()
             monitor.close(linger=0)
+            pushers.close()
             pair.close()
             mailbox.close()
 
     def _poll_timeout_ms(self) -> int:
-        if not self._deadlines:
+        deadline = self._pending.next_deadline()
+        if deadline is None:
             return _POLL_TICK_MS
-        wait = (self._deadlines[0][0] - time.monotonic()) * 1000
+        wait = (deadline - time.monotonic()) * 1000
         return max(0, min(_POLL_TICK_MS, int(wait) + 1))
 
-    def _expire(self) -> None:
-        """Fail requests whose deadline has passed (I/O thread only)."""
-        now = time.monotonic()
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _deadline, request_id, what, limit = heapq.heappop(deadlines)
-            future = self._pending.pop(request_id, None)
-            if future is not None and not future.done():
-                self._counts["timeouts"] += 1
-                _resolve(
-                    future,
-                    error=ZMQTimeoutError(
-                        f"no reply to {what} from {self.sockets.control_url} within {limit}s; "
-                        "is a server running there?"
-                    ),
-                )
-
-    def _flush(self, pair: SocketPair, mailbox: Mailbox) -> None:
+    def _flush(self, pair: SocketPair, mailbox: Mailbox, pushers: PushSockets) -> None:
         for kind, payload in mailbox.drain():
             if kind == "request":
-                frames, request_id, deadline, what, limit = payload
+                frames, request_id, deadline, description = payload
                 try:
                     send_frames(pair.control, frames, zmq.NOBLOCK)
                 except zmq.Again:
-                    future = self._pending.pop(request_id, None)
-                    if future is not None:
-                        _resolve(
-                            future,
-                            error=ServerLost("the server is not taking requests (queue full)"),
-                        )
+                    error = ServerLost("the server is not taking requests (queue full)")
+                    self._pending.fail(request_id, error)
                     continue
-                heapq.heappush(self._deadlines, (deadline, request_id, what, limit))
-                if len(self._deadlines) > 1024 and len(self._deadlines) > 4 * len(self._pending):
-                    # Answered requests leave their deadline behind; drop those in one sweep.
-                    self._deadlines = [d for d in self._deadlines if d[1] in self._pending]
-                    heapq.heapify(self._deadlines)
+                self._pending.arm(request_id, deadline, description)
+                continue
+            if kind == "push":
+                if not pushers.send(*payload):
+                    self._counts["dropped"] += 1
                 continue
             if kind == "subscribe":
                 pair.data.setsockopt(zmq.SUBSCRIBE, payload)
@@ -394,13 +385,8 @@ class ZMQClient:
 
     def _deliver(self, message: Message) -> None:
         request_id = getattr(message, "request_id", None)
-        future = self._pending.pop(request_id, None) if request_id is not None else None
-        if future is not None:
+        if request_id is not None and self._pending.resolve(request_id, message):
             self._counts["replies"] += 1
-            if isinstance(message, ErrorReply):
-                _resolve(future, error=RemoteError(message.code, message.message))
-            else:
-                _resolve(future, result=message)
             return
         if isinstance(message, ErrorReply) and request_id is None:
             logger.warning("%s: server reported an error: %s", self.name, message.message)
@@ -456,7 +442,7 @@ class ZMQClient:
                 # early); deliver them before failing what is still pending.
                 self._drain_control(pair, limit=sys.maxsize)
                 logger.warning("%s: lost the connection to %s", self.name, event["endpoint"])
-                self._fail_pending(
+                self._pending.fail_all(
                     ServerLost(f"the server at {event['endpoint']!r} went away mid-request")
                 )
                 if self.on_disconnect is not None:
@@ -464,28 +450,3 @@ class ZMQClient:
                         self.on_disconnect()
                     except Exception:
                         logger.exception("%s: on_disconnect callback failed", self.name)
-
-    def _fail_pending(self, error: BaseException) -> None:
-        while self._pending:
-            try:
-                _request_id, future = self._pending.popitem()
-            except KeyError:
-                return
-            _resolve(future, error=error)
-
-
-def _resolve(
-    future: concurrent.futures.Future[Message],
-    *,
-    result: Message | None = None,
-    error: BaseException | None = None,
-) -> None:
-    if future.done():
-        return
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(cast(Message, result))
-    except concurrent.futures.InvalidStateError:
-        pass  # cancelled by its waiter in the meantime

@@ -12,6 +12,7 @@ thread that owns it from then on). ``close()`` must run in the owning thread.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Sequence
 from typing import Any, cast, final
@@ -34,7 +35,7 @@ from zmqruntime.transport import (
     remove_ipc_socket,
 )
 
-__all__ = ["SocketPair", "open_connected_socket", "receive_ready", "send_frames"]
+__all__ = ["PushSockets", "SocketPair", "open_connected_socket", "receive_ready", "send_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +342,56 @@ def receive_ready(socket: Socket) -> list[zmq.Frame] | None:
     if not cast(int, socket.get(zmq.EVENTS)) & zmq.POLLIN:
         return None
     return socket.recv_multipart(zmq.NOBLOCK, copy=False)
+
+
+@final
+@attrs.define(eq=False)
+class PushSockets:
+    """One PUSH socket per address, for one-way messages to many endpoints.
+
+    Owned by one thread, like any socket. Keeps at most ``capacity`` sockets (the least
+    recently used is closed first). Only ``tcp://`` and ``ipc://`` addresses are used: an
+    address from a message header must never make a process connect anywhere else.
+    """
+
+    context: Context
+    config: ZMQConfig
+    curve: ClientCurve | None = None
+    capacity: int = 64
+    _sockets: collections.OrderedDict[str, Socket] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+
+    def send(self, address: str, frames: Sequence[Any]) -> bool:
+        """Queue ``frames`` for ``address``; False (and a warning) if it cannot be."""
+        if not address.startswith(("tcp://", "ipc://")):
+            logger.warning("refusing to send to %r: not a tcp:// or ipc:// address", address)
+            return False
+        socket = self._sockets.get(address)
+        if socket is None:
+            try:
+                socket = open_connected_socket(
+                    self.context, zmq.PUSH, address, self.config, self.curve
+                )
+            except zmq.ZMQError as exc:
+                logger.warning("cannot connect to %s: %s", address, exc)
+                return False
+            self._sockets[address] = socket
+            if len(self._sockets) > self.capacity:
+                self._sockets.popitem(last=False)[1].close()
+        else:
+            self._sockets.move_to_end(address)
+        try:
+            send_frames(socket, frames, zmq.NOBLOCK)
+        except zmq.Again:
+            logger.warning("%s is not taking messages (queue full); dropped one", address)
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close every socket (queued messages get ``config.linger`` to leave)."""
+        while self._sockets:
+            self._sockets.popitem()[1].close()
 
 
 def _free_port(mode: TransportMode, config: ZMQConfig) -> int:

@@ -1,0 +1,113 @@
+"""PendingRequests: the futures of requests in flight, and when each one expires.
+
+A client registers a request (any thread) before sending it, arms its deadline when the I/O
+thread has sent it, and resolves it when the reply comes. The I/O thread expires requests
+whose deadline passed, so even an asynchronous request never waits forever.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Final, final
+
+import attrs
+
+from zmqruntime.errors import RemoteError, ZMQTimeoutError
+from zmqruntime.messages import ErrorReply, Message
+
+__all__ = ["PendingRequests"]
+
+_COMPACT_ABOVE: Final = 1024
+
+
+@final
+@attrs.define(eq=False)
+class PendingRequests:
+    """Requests in flight, by request id. Futures resolve exactly once."""
+
+    _futures: dict[int, concurrent.futures.Future[Message]] = attrs.field(factory=dict)
+    _deadlines: list[tuple[float, int, str]] = attrs.field(factory=list)
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def open(self) -> tuple[int, concurrent.futures.Future[Message]]:
+        """A new request id and the future its reply will resolve (any thread)."""
+        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        with self._lock:
+            request_id = next(self._ids)
+            self._futures[request_id] = future
+        future.add_done_callback(lambda _done: self.discard(request_id))
+        return request_id, future
+
+    def discard(self, request_id: int) -> None:
+        """Forget a request (its reply, if one comes, is dropped)."""
+        with self._lock:
+            self._futures.pop(request_id, None)
+
+    def arm(self, request_id: int, deadline: float, description: str) -> None:
+        """Expire the request at ``deadline`` (monotonic seconds). I/O thread only."""
+        heapq.heappush(self._deadlines, (deadline, request_id, description))
+        if len(self._deadlines) > _COMPACT_ABOVE and len(self._deadlines) > 4 * len(self):
+            # Answered requests leave their deadline behind; drop those in one sweep.
+            with self._lock:
+                live = set(self._futures)
+            self._deadlines = [entry for entry in self._deadlines if entry[1] in live]
+            heapq.heapify(self._deadlines)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline still armed (possibly of an answered request)."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def expire(self, now: float) -> int:
+        """Fail every request whose deadline is at or before ``now``; returns how many."""
+        expired = 0
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _deadline, request_id, description = heapq.heappop(self._deadlines)
+            if self.fail(request_id, ZMQTimeoutError(description)):
+                expired += 1
+        return expired
+
+    def resolve(self, request_id: int, reply: Message) -> bool:
+        """Resolve with ``reply`` (an :class:`ErrorReply` becomes :class:`RemoteError`)."""
+        if isinstance(reply, ErrorReply):
+            return self.fail(request_id, RemoteError(reply.code, reply.message))
+        future = self._take(request_id)
+        if future is None:
+            return False
+        return _settle(future, lambda: future.set_result(reply))
+
+    def fail(self, request_id: int, error: BaseException) -> bool:
+        """Fail one request; False if it was no longer pending."""
+        future = self._take(request_id)
+        if future is None:
+            return False
+        return _settle(future, lambda: future.set_exception(error))
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every pending request with ``error``."""
+        with self._lock:
+            futures, self._futures = self._futures, {}
+        for future in futures.values():
+            _settle(future, functools.partial(future.set_exception, error))
+
+    def _take(self, request_id: int) -> concurrent.futures.Future[Message] | None:
+        with self._lock:
+            return self._futures.pop(request_id, None)
+
+
+def _settle(future: concurrent.futures.Future[Message], action: Callable[[], None]) -> bool:
+    if future.done():
+        return False
+    try:
+        action()
+    except concurrent.futures.InvalidStateError:
+        return False  # cancelled by its waiter in the meantime
+    return True
