@@ -88,6 +88,7 @@ class ZMQClient:
     config: ZMQConfig = attrs.field(factory=ZMQConfig)
     curve: ClientCurve | None = None
     data_socket_type: int = zmq.SUB
+    connect_data: bool = True
     subscriptions: tuple[bytes, ...] = ()
     on_message: Callable[[Message], None] | None = None
     on_data: Callable[[Message, bytes | None], None] | None = None
@@ -123,6 +124,7 @@ class ZMQClient:
                 port=self.port,
                 host=self.host,
                 data_type=self.data_socket_type,
+                connect_data=self.connect_data,
                 mode=self.transport_mode,
                 config=self.config,
                 curve=self.curve,

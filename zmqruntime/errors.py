@@ -21,6 +21,7 @@ __all__ = [
     "ConfigurationError",
     "ErrorCode",
     "LocalProtocolError",
+    "ProcessLaunchError",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
@@ -106,6 +107,19 @@ class ChannelClosed(ZMQRuntimeError):
 
 class ServerLost(ZMQRuntimeError):
     """The server stopped answering: heartbeats timed out or the connection broke."""
+
+
+class ProcessLaunchError(ZMQRuntimeError):
+    """A launched process exited before its server answered.
+
+    Carries the exit code and the tail of what the process wrote to stderr.
+    """
+
+    def __init__(self, argv: str, exit_code: int, stderr_tail: str) -> None:
+        tail = stderr_tail.strip() or "(nothing on stderr)"
+        super().__init__(f"{argv} exited with code {exit_code} before it was ready:\n{tail}")
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
 
 
 class TaskFailed(ZMQRuntimeError):

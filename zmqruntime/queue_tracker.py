@@ -343,6 +343,17 @@ class GlobalQueueTrackerRegistry:
                 logger.debug("created queue tracker for %s", viewer_key)
             return tracker
 
+    def add_tracker(self, tracker: QueueTracker, viewer_key: str | None = None) -> None:
+        """Register an existing tracker under ``viewer_key`` (default: its own key).
+
+        Raises ``ValueError`` if a different tracker already holds that key.
+        """
+        key = tracker.viewer_key if viewer_key is None else viewer_key
+        with self._lock:
+            current = self._trackers.setdefault(key, tracker)
+        if current is not tracker:
+            raise ValueError(f"another tracker is already registered for {key!r}")
+
     def get_tracker(self, viewer_key: str) -> QueueTracker | None:
         """The tracker for ``viewer_key``, or ``None`` if there is none."""
         with self._lock:

@@ -226,6 +226,7 @@ class SocketPair:
         port: int | None = None,
         host: str = "localhost",
         data_type: int = zmq.SUB,
+        connect_data: bool = True,
         control_type: int = zmq.DEALER,
         mode: TransportMode | None = None,
         config: ZMQConfig | None = None,
@@ -234,7 +235,9 @@ class SocketPair:
     ) -> SocketPair:
         """Connect a control and a data socket to the server at ``port`` on ``host``.
 
-        Connecting never blocks: libzmq connects (and reconnects) in the background.
+        Connecting never blocks: libzmq connects (and reconnects) in the background. With
+        ``connect_data=False`` the data socket is created but left unconnected (for a client
+        that only talks on the control socket, e.g. a health check of any kind of server).
         """
         cfg = ZMQConfig() if config is None else config
         mode = get_default_transport_mode() if mode is None else mode
@@ -253,7 +256,8 @@ class SocketPair:
                     socket.setsockopt(zmq.IPV6, 1)
                 if curve is not None:
                     curve.apply(socket)
-                socket.connect(url)
+                if connect_data or url is control_url:
+                    socket.connect(url)
         except BaseException:
             for socket in sockets:
                 socket.close(linger=0)

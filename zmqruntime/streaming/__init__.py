@@ -1,0 +1,30 @@
+"""Tier 3: stream numpy images to a viewer process, with an acknowledgement per image.
+
+:class:`ImageSender` sends, :class:`StreamingServer` receives and calls an
+:class:`~zmqruntime.ImageSink`; :class:`VisualizerProcessManager` launches, health-checks and
+stops the viewer process described by a :class:`~zmqruntime.LaunchSpec`.
+"""
+
+from __future__ import annotations
+
+from zmqruntime.streaming.process_manager import (
+    CommandSpec,
+    VisualizerProcessManager,
+    python_module_spec,
+)
+from zmqruntime.streaming.sender import ImageSender
+from zmqruntime.streaming.server import StreamingServer, StreamingStatistics, StreamMode
+from zmqruntime.streaming.sinks import DirectorySink, NapariSink, sink_from_spec
+
+__all__ = [
+    "CommandSpec",
+    "DirectorySink",
+    "ImageSender",
+    "NapariSink",
+    "StreamMode",
+    "StreamingServer",
+    "StreamingStatistics",
+    "VisualizerProcessManager",
+    "python_module_spec",
+    "sink_from_spec",
+]

@@ -1,0 +1,58 @@
+"""``python -m zmqruntime.streaming``: a ready-made viewer process.
+
+Receives images on ``--port`` and hands them to the sink named by ``--sink`` (``npy:DIR``
+writes ``.npy`` files with JSON sidecars; ``napari`` opens a napari window), acknowledging
+each one. It stops on a shutdown request, SIGINT/SIGTERM, or when the process that launched
+it through :class:`~zmqruntime.streaming.VisualizerProcessManager` dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.lifeline import watch_lifeline
+from zmqruntime.streaming.server import StreamingServer, StreamMode
+from zmqruntime.streaming.sinks import sink_from_spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The viewer's command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m zmqruntime.streaming", description=__doc__)
+    parser.add_argument("--port", type=int, default=None, help="data port (default 7777)")
+    parser.add_argument("--host", default=None, help="interface a TCP viewer binds")
+    parser.add_argument("--transport", choices=["tcp", "ipc"], default=None)
+    parser.add_argument("--ipc-root", default=None, help="folder for IPC sockets")
+    parser.add_argument("--sink", default="npy:zmqruntime-images", help="npy:DIR or napari")
+    parser.add_argument("--mode", choices=[m.value for m in StreamMode], default="all")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the viewer until it is told to stop; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        sink = sink_from_spec(args.sink)
+    except ValueError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        return 2
+    config = ZMQConfig(ipc_root=args.ipc_root)
+    server = StreamingServer(
+        sink,
+        port=args.port,
+        host=args.host,
+        transport_mode=None if args.transport is None else TransportMode(args.transport),
+        config=config,
+        mode=StreamMode(args.mode),
+    )
+    watch_lifeline(server.request_stop)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

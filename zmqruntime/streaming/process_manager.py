@@ -1,0 +1,297 @@
+"""Launch, health-check and stop a server process (a viewer, or any zmqruntime server).
+
+:class:`VisualizerProcessManager` starts the command of a :class:`~zmqruntime.LaunchSpec`,
+waits until the server on the given port answers ping with the expected role, and stops it
+in steps (shutdown request, SIGTERM, SIGKILL). It attaches to a healthy server already
+answering there instead of launching a second one, never kills a process it did not start,
+and gives each launched child a lifeline so the child exits when its launcher dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import IO, Any, Final, final
+
+import attrs
+
+from zmqruntime.client import ZMQClient
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.errors import (
+    AddressInUseError,
+    ProcessLaunchError,
+    ServerLost,
+    ZMQRuntimeError,
+    ZMQTimeoutError,
+)
+from zmqruntime.lifeline import LIFELINE_ENV, open_lifeline
+from zmqruntime.messages import Pong, Shutdown
+from zmqruntime.protocols import LaunchSpec
+from zmqruntime.security import ClientCurve
+from zmqruntime.transport import is_endpoint_in_use
+
+__all__ = ["CommandSpec", "VisualizerProcessManager", "python_module_spec"]
+
+logger = logging.getLogger(__name__)
+
+_PROBE_SECONDS: Final = 0.25
+_TAIL_BYTES: Final = 4000
+
+
+def _strings(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(str(value) for value in values)
+
+
+def _environment(values: Mapping[str, str]) -> dict[str, str]:
+    return {str(key): str(value) for key, value in values.items()}
+
+
+@final
+@attrs.frozen
+class CommandSpec:
+    """A :class:`~zmqruntime.LaunchSpec`: the argument vector, extra environment, folder."""
+
+    argv: tuple[str, ...] = attrs.field(converter=_strings)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_environment)
+    cwd: str | None = None
+
+
+def python_module_spec(
+    module: str, *args: str, env: Mapping[str, str] | None = None, cwd: str | None = None
+) -> CommandSpec:
+    """``python -m module args…`` with this interpreter."""
+    return CommandSpec((sys.executable, "-m", module, *args), env or {}, cwd)
+
+
+@final
+@attrs.define(eq=False)
+class VisualizerProcessManager:
+    """Owns one server process reachable at ``port`` (``config.default_port`` when None).
+
+    ``role`` is what the server must say it is in its pong ("viewer" for a
+    :class:`~zmqruntime.streaming.StreamingServer`, "execution" for an execution server).
+    The child's stdout and stderr go to :attr:`log_path`.
+    """
+
+    spec: LaunchSpec
+    port: int | None = None
+    host: str = "localhost"
+    transport_mode: TransportMode | None = None
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    role: str = "viewer"
+    curve: ClientCurve | None = None
+
+    _process: subprocess.Popen[bytes] | None = attrs.field(default=None, init=False)
+    _attached: bool = attrs.field(default=False, init=False)
+    _client: ZMQClient | None = attrs.field(default=None, init=False)
+    _log: IO[bytes] | None = attrs.field(default=None, init=False)
+    _lifeline: int | None = attrs.field(default=None, init=False)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self, timeout: float | None = None) -> VisualizerProcessManager:
+        """Launch the command (or attach) and return once the server answers ping.
+
+        Raises :class:`ProcessLaunchError` if the child exits first (with its exit code and
+        stderr tail), :class:`AddressInUseError` if something else holds the port, and
+        :class:`ZMQTimeoutError` if it is not ready within ``timeout`` seconds
+        (``config.connect_timeout``); a child that timed out is stopped again.
+        """
+        if self._process is not None or self._attached:
+            return self
+        limit = self.config.connect_timeout if timeout is None else timeout
+        pong = self._probe()
+        if pong is not None:
+            self._check_role(pong)
+            self._attached = True
+            logger.info("attached to the %s already serving port %s", self.role, self._port)
+            return self
+        if is_endpoint_in_use(self._port, self.transport_mode, config=self.config):
+            raise AddressInUseError(
+                f"port {self._port} is held by something that does not answer as a zmqruntime "
+                "server; stop it or choose another port"
+            )
+        self._launch()
+        try:
+            self._wait_ready(time.monotonic() + limit, limit)
+        except BaseException:
+            self.stop(timeout=self.config.close_timeout)
+            raise
+        return self
+
+    def is_running(self) -> bool:
+        """True while the server answers (launched: while the process lives, too)."""
+        if self._process is not None and self._process.poll() is not None:
+            return False
+        if self._process is None and not self._attached:
+            return False
+        return self._probe() is not None
+
+    def ping(self, timeout: float | None = None) -> Pong:
+        """The server's pong (raises like :meth:`ZMQClient.ping`)."""
+        return self._connection().ping(timeout)
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop a launched server: shutdown request, then SIGTERM, then SIGKILL.
+
+        Returns the exit code. An attached server (one this manager did not start) is only
+        detached from, never stopped or killed: returns None.
+        """
+        limit = self.config.close_timeout if timeout is None else timeout
+        process, self._process = self._process, None
+        self._attached = False
+        try:
+            if process is None:
+                return None
+            return self._end(process, limit)
+        finally:
+            self._release()
+
+    close = stop
+
+    def __enter__(self) -> VisualizerProcessManager:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The launched child's process id (None when attached or stopped)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def attached(self) -> bool:
+        """True when this manager found the server already running and did not launch it."""
+        return self._attached
+
+    @property
+    def log_path(self) -> str | None:
+        """The file holding the launched child's stdout and stderr."""
+        return self._log.name if self._log is not None else None
+
+    # --- internals -------------------------------------------------------------------------
+
+    @property
+    def _port(self) -> int:
+        return self.config.default_port if self.port is None else self.port
+
+    def _connection(self) -> ZMQClient:
+        if self._client is None:
+            self._client = ZMQClient(
+                port=self._port,
+                host=self.host,
+                transport_mode=self.transport_mode,
+                config=self.config,
+                curve=self.curve,
+                connect_data=False,
+                name="process-manager",
+            ).connect()
+        return self._client
+
+    def _probe(self) -> Pong | None:
+        try:
+            return self._connection().ping(_PROBE_SECONDS)
+        except (ZMQTimeoutError, ServerLost):
+            self._reset_connection()  # a fresh socket: no stale requests queued for later
+            return None
+
+    def _reset_connection(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _check_role(self, pong: Pong) -> None:
+        if pong.role != self.role:
+            raise AddressInUseError(
+                f"port {self._port} is served by a {pong.role!r} server (pid {pong.pid}), not "
+                f"a {self.role!r}; choose another port"
+            )
+
+    def _launch(self) -> None:
+        env: dict[str, Any] = {**os.environ, **self.spec.env}
+        lifeline = open_lifeline()
+        pass_fds: tuple[int, ...] = ()
+        if lifeline is not None:
+            env[LIFELINE_ENV] = str(lifeline[0])
+            pass_fds = (lifeline[0],)
+        self._log = tempfile.NamedTemporaryFile(prefix="zmqruntime-child-", suffix=".log")  # noqa: SIM115 - lives as long as the child
+        try:
+            self._process = subprocess.Popen(
+                list(self.spec.argv),
+                env=env,
+                cwd=self.spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                pass_fds=pass_fds,
+                start_new_session=os.name == "posix",
+            )
+        except OSError as exc:
+            if lifeline is not None:
+                os.close(lifeline[1])
+            raise ProcessLaunchError(" ".join(self.spec.argv), -1, str(exc)) from exc
+        finally:
+            if lifeline is not None:
+                os.close(lifeline[0])
+        self._lifeline = lifeline[1] if lifeline is not None else None
+        logger.info("launched %s (pid %s)", " ".join(self.spec.argv), self._process.pid)
+
+    def _wait_ready(self, deadline: float, limit: float) -> None:
+        process = self._process
+        assert process is not None
+        while True:
+            code = process.poll()
+            if code is not None:
+                raise ProcessLaunchError(" ".join(self.spec.argv), code, self._tail())
+            pong = self._probe()  # each probe waits up to a quarter second for the answer
+            if pong is not None:
+                self._check_role(pong)
+                return
+            if time.monotonic() >= deadline:
+                raise ZMQTimeoutError(
+                    f"the {self.role} launched with {' '.join(self.spec.argv)} did not answer on "
+                    f"port {self._port} within {limit}s; its output:\n{self._tail()}"
+                )
+
+    def _end(self, process: subprocess.Popen[bytes], limit: float) -> int:
+        if process.poll() is None:
+            with contextlib.suppress(ZMQRuntimeError):
+                self._connection().request(Shutdown(request_id=0), timeout=min(limit, 2.0))
+            for step in (None, process.terminate, process.kill):
+                if step is not None:
+                    logger.warning("%s did not stop; sending %s", self.role, step.__name__)
+                    step()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return process.wait(limit)
+        return process.wait(limit)
+
+    def _tail(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        with open(self._log.name, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - _TAIL_BYTES))
+            return handle.read().decode(errors="replace")
+
+    def _release(self) -> None:
+        self._reset_connection()
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

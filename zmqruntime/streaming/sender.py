@@ -1,0 +1,232 @@
+"""ImageSender: streams numpy images to a viewer, with an acknowledgement for every image.
+
+Pixels travel as one raw frame (zero-copy for contiguous arrays) with dtype and shape in the
+JSON header; metadata must be JSON values. By default the sender runs its own
+:class:`~zmqruntime.AckChannel`, so the viewer's acks come back to it and update
+:attr:`ImageSender.tracker`; at most ``max_in_flight`` images are unacknowledged at once
+(``send`` waits, with a timeout, instead of letting queues grow). With ``ack_to=`` the acks go
+to another process's channel instead (the worker sends, the GUI tracks): the sender then
+tells that channel what it sent, so the tracker there stays exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, final
+
+import attrs
+import numpy
+import zmq
+
+from zmqruntime.ack import AckChannel
+from zmqruntime.client import ZMQClient
+from zmqruntime.codec import check_json_object, image_from_array
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.errors import ChannelClosed, ConfigurationError, ZMQTimeoutError
+from zmqruntime.messages import ImageSent
+from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry, QueueTracker
+from zmqruntime.security import ClientCurve, ServerCurve
+from zmqruntime.transport import get_zmq_transport_url
+
+__all__ = ["ImageSender"]
+
+logger = logging.getLogger(__name__)
+
+
+@final
+@attrs.define(eq=False)
+class ImageSender:
+    """Sends images to the viewer at ``port`` (``config.default_port`` when None).
+
+    ``tracker`` (created when not given) follows what was sent and acknowledged;
+    ``tracker_key`` names this stream in acks (default: a fresh unique key). ``send_timeout``
+    bounds how long :meth:`send` waits for room under ``max_in_flight``
+    (``config.request_timeout`` by default). Safe to call from several threads.
+    """
+
+    port: int | None = None
+    host: str = "localhost"
+    transport_mode: TransportMode | None = None
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    max_in_flight: int = 16
+    ack_to: str | None = None
+    tracker: QueueTracker | None = None
+    tracker_key: str | None = None
+    send_timeout: float | None = None
+    curve: ClientCurve | None = None
+    ack_curve: ServerCurve | None = None
+
+    _client: ZMQClient | None = attrs.field(default=None, init=False)
+    _channel: AckChannel | None = attrs.field(default=None, init=False)
+    _key: str = attrs.field(default="", init=False)
+    _numbers: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
+            raise ConfigurationError(f"max_in_flight must be 1 or more, got {self.max_in_flight}")
+        self._key = self.tracker_key or (
+            self.tracker.viewer_key if self.tracker is not None else uuid.uuid4().hex
+        )
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def connect(self) -> ImageSender:
+        """Connect to the viewer and (without ``ack_to``) start the ack listener. Idempotent."""
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed("this ImageSender is closed")
+            if self._client is not None:
+                return self
+            if self.ack_to is None:
+                registry = GlobalQueueTrackerRegistry()
+                if self.tracker is None:
+                    self.tracker = registry.get_or_create_tracker(self._key)
+                else:
+                    registry.add_tracker(self.tracker, self._key)
+                self._channel = AckChannel(
+                    registry,
+                    port=0,
+                    transport_mode=self.transport_mode,
+                    config=self.config,
+                    curve=self.ack_curve,
+                ).start()
+            self._client = ZMQClient(
+                port=self.port,
+                host=self.host,
+                transport_mode=self.transport_mode,
+                config=self.config,
+                curve=self.curve,
+                data_socket_type=zmq.PUSH,
+                name="image-sender",
+            ).connect()
+        return self
+
+    def close(self) -> None:
+        """Close the connection and the ack listener (idempotent). Unsent images are
+        delivered for up to ``config.linger`` seconds."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._client is not None:
+            self._client.close()
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self) -> ImageSender:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def ack_address(self) -> str | None:
+        """Where the viewer sends this sender's acks."""
+        if self.ack_to is not None:
+            return self.ack_to
+        return self._channel.address if self._channel is not None else None
+
+    @property
+    def viewer_address(self) -> str:
+        """The viewer's data address this sender sends to."""
+        port = self.config.default_port if self.port is None else self.port
+        return get_zmq_transport_url(port, self.host, self.transport_mode, self.config)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def send(
+        self,
+        image: numpy.ndarray[Any, Any],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        copy: bool = False,
+    ) -> str:
+        """Send one image; returns its id.
+
+        Waits while ``max_in_flight`` images are unacknowledged (raising
+        :class:`ZMQTimeoutError` after ``send_timeout``). The pixels of a C-contiguous array
+        are sent without a copy, so do not change the array until it is acknowledged — or
+        pass ``copy=True``. ``metadata`` must hold JSON values (``TypeError`` otherwise).
+        """
+        self.connect()
+        client = self._client
+        assert client is not None
+        meta = dict(metadata or {})
+        check_json_object(meta, "metadata")
+        array = numpy.array(image, copy=True) if copy else image
+        image_id = f"{self._key}-{next(self._numbers)}"
+        frame = image_from_array(
+            array,
+            image_id=image_id,
+            tracker_key=self._key,
+            metadata=meta,
+            ack_to=self.ack_address,
+        )
+        if self.ack_to is None:
+            self._wait_for_room()
+            assert self.tracker is not None
+            self.tracker.register_sent(image_id)
+        else:
+            client.push(self.ack_to, ImageSent(image_id=image_id, tracker_key=self._key))
+        client.send_data(frame)
+        return image_id
+
+    def send_batch(
+        self,
+        images: Iterable[numpy.ndarray[Any, Any]],
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[str]:
+        """Send several images in order; returns their ids."""
+        images = list(images)
+        if metadatas is not None and len(metadatas) != len(images):
+            raise ValueError(f"{len(images)} images but {len(metadatas)} metadata mappings")
+        return [
+            self.send(image, None if metadatas is None else metadatas[index])
+            for index, image in enumerate(images)
+        ]
+
+    def wait_all_acked(self, timeout: float | None = None) -> None:
+        """Block until every image sent is acknowledged.
+
+        Raises :class:`ZMQTimeoutError` naming how many are still missing after ``timeout``
+        seconds (``config.request_timeout`` by default).
+        """
+        tracker = self._local_tracker()
+        limit = self.config.request_timeout if timeout is None else timeout
+        if not tracker.wait_all_acknowledged(limit):
+            missing = tracker.get_pending_count()
+            raise ZMQTimeoutError(
+                f"{missing} image(s) sent to {self.viewer_address} were not acknowledged "
+                f"within {limit}s; is the viewer running?"
+            )
+
+    def _wait_for_room(self) -> None:
+        tracker = self._local_tracker()
+        limit = self.config.request_timeout if self.send_timeout is None else self.send_timeout
+        if not tracker.wait_pending_below(self.max_in_flight, limit):
+            raise ZMQTimeoutError(
+                f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
+                f"unacknowledged after {limit}s (max_in_flight={self.max_in_flight}); is the "
+                "viewer running?"
+            )
+
+    def _local_tracker(self) -> QueueTracker:
+        if self.ack_to is not None:
+            raise RuntimeError(
+                "acks for this sender go to another process's AckChannel; track them there"
+            )
+        self.connect()
+        assert self.tracker is not None
+        return self.tracker

@@ -1,0 +1,252 @@
+"""StreamingServer: receives images on its data socket and hands them to an ImageSink.
+
+Composed from a :class:`~zmqruntime.ZMQServer` (role "viewer": ROUTER control answering ping
+and shutdown, PULL data socket for images) and one sink thread. The I/O thread only queues
+images; the sink thread calls the application's :class:`~zmqruntime.ImageSink` in arrival
+order and acknowledges each image to the :class:`~zmqruntime.AckChannel` its header names:
+processed, failed (with the error text) or, in latest-frame mode, skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import threading
+from types import TracebackType
+from typing import Final, final
+
+import attrs
+import zmq
+
+from zmqruntime.ack import AckSender
+from zmqruntime.codec import array_from_image
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.errors import ChannelClosed
+from zmqruntime.messages import AckOutcome, ImageFrame, Message
+from zmqruntime.protocols import ImageSink
+from zmqruntime.security import ClientCurve, ServerCurve
+from zmqruntime.server import ZMQServer
+
+__all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
+
+logger = logging.getLogger(__name__)
+
+CAPABILITIES: Final = ("images", "acks", "shutdown")
+
+
+class StreamMode(enum.Enum):
+    """How a viewer treats images that arrive faster than its sink shows them."""
+
+    ALL = "all"
+    """Show every image, in order (senders bound the backlog with ``max_in_flight``)."""
+    LATEST = "latest"
+    """Live view: per stream (tracker key), show only the newest waiting image; the others
+    are acknowledged as skipped, so trackers stay exact."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StreamingStatistics:
+    """What a viewer has done with the images it received."""
+
+    received: int
+    processed: int
+    skipped: int
+    failed: int
+    waiting: int
+
+
+@final
+@attrs.define(eq=False)
+class StreamingServer:
+    """A viewer endpoint: images in, sink calls, acks out.
+
+    ``port=None`` uses ``config.default_port``; ``port=0`` picks a free one (see
+    :attr:`port_number`). If ``sink`` has a ``close()`` method, it is called on close, from
+    the sink thread. ``ack_curve`` is used for acks sent to CURVE-protected channels.
+    """
+
+    sink: ImageSink
+    port: int | None = None
+    host: str | None = None
+    transport_mode: TransportMode | None = None
+    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    mode: StreamMode = StreamMode.ALL
+    curve: ServerCurve | None = None
+    ack_curve: ClientCurve | None = None
+
+    _server: ZMQServer | None = attrs.field(default=None, init=False)
+    _queue: collections.deque[ImageFrame] = attrs.field(factory=collections.deque, init=False)
+    _ready: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
+    _thread: threading.Thread | None = attrs.field(default=None, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys(("received", "processed", "skipped", "failed"), 0),
+        init=False,
+    )
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def _build(self) -> ZMQServer:
+        if self._server is not None:
+            raise RuntimeError("this StreamingServer was already started")
+        self._server = ZMQServer(
+            port=self.port,
+            host=self.host,
+            transport_mode=self.transport_mode,
+            config=self.config,
+            role="viewer",
+            capabilities=CAPABILITIES,
+            data_socket_type=zmq.PULL,
+            data_handler=self._on_data,
+            curve=self.curve,
+        )
+        self._server.bind()
+        self._thread = threading.Thread(
+            target=self._run_sink, name=f"zmqruntime-sink-{self._server.bound_port}", daemon=True
+        )
+        self._thread.start()
+        return self._server
+
+    def start(self) -> StreamingServer:
+        """Bind and serve in background threads. Returns the server."""
+        self._build().start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until a shutdown request or SIGINT/SIGTERM; then close."""
+        server = self._build()
+        try:
+            server.serve_forever()
+        finally:
+            self.close()
+
+    def request_stop(self) -> None:
+        """Ask the viewer to stop serving (thread- and signal-safe); :meth:`close` finishes."""
+        if self._server is not None:
+            self._server.request_stop()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop receiving, ack what is still waiting as skipped, close the sink. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        limit = self.config.close_timeout if timeout is None else timeout
+        if self._server is not None:
+            self._server.close(limit)
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(limit)
+            if self._thread.is_alive():
+                logger.error("the sink did not return within %ss; its thread is left", limit)
+
+    def __enter__(self) -> StreamingServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def server(self) -> ZMQServer:
+        """The composed control/data server (ports, statistics)."""
+        if self._server is None:
+            raise ChannelClosed("the StreamingServer is not started; call start() first")
+        return self._server
+
+    @property
+    def port_number(self) -> int:
+        """The data port images are sent to (control port = this + offset)."""
+        return self.server.bound_port
+
+    def statistics(self) -> StreamingStatistics:
+        """Images received, processed, skipped and failed, and how many wait for the sink."""
+        counts = dict(self._counts)
+        return StreamingStatistics(
+            received=counts["received"],
+            processed=counts["processed"],
+            skipped=counts["skipped"],
+            failed=counts["failed"],
+            waiting=len(self._queue),
+        )
+
+    # --- I/O thread ------------------------------------------------------------------------
+
+    def _on_data(self, message: Message) -> None:
+        if not isinstance(message, ImageFrame):
+            logger.warning("viewer dropped a %s: only images belong here", message.TYPE.value)
+            return
+        self._counts["received"] += 1
+        with self._ready:
+            self._queue.append(message)
+            self._ready.notify()
+
+    # --- sink thread -----------------------------------------------------------------------
+
+    def _run_sink(self) -> None:
+        acks = AckSender(config=self.config, curve=self.ack_curve)
+        try:
+            while True:
+                with self._ready:
+                    self._ready.wait_for(lambda: self._queue or self._stopping)
+                    if not self._queue:
+                        return
+                    show, skip = self._take()
+                for image in skip:
+                    self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
+                if show is not None:
+                    self._show(acks, show)
+        finally:
+            self._drain_on_close(acks)
+            acks.close()
+            self._close_sink()
+
+    def _take(self) -> tuple[ImageFrame | None, list[ImageFrame]]:
+        """The next image to show and the images to skip (condition held)."""
+        first = self._queue.popleft()
+        if self.mode is StreamMode.ALL:
+            return first, []
+        newer = [image for image in self._queue if image.tracker_key == first.tracker_key]
+        if not newer:
+            return first, []
+        latest = newer[-1]
+        self._queue = collections.deque(
+            image for image in self._queue if image.tracker_key != first.tracker_key
+        )
+        return latest, [first, *newer[:-1]]
+
+    def _show(self, acks: AckSender, image: ImageFrame) -> None:
+        try:
+            self.sink(array_from_image(image), image.metadata)
+        except Exception as exc:
+            logger.exception("sink failed on image %r", image.image_id)
+            self._ack(acks, image, AckOutcome.FAILED, f"{type(exc).__name__}: {exc}")
+            return
+        self._ack(acks, image, AckOutcome.PROCESSED, "")
+
+    def _ack(self, acks: AckSender, image: ImageFrame, outcome: AckOutcome, error: str) -> None:
+        self._counts[outcome.value] += 1
+        if image.ack_to is not None:
+            acks.acknowledge(image.ack_to, image.image_id, image.tracker_key, outcome, error)
+
+    def _drain_on_close(self, acks: AckSender) -> None:
+        with self._ready:
+            left, self._queue = list(self._queue), collections.deque()
+        for image in left:
+            self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
+
+    def _close_sink(self) -> None:
+        close = getattr(self.sink, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                logger.exception("closing the sink failed")
