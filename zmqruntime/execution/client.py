@@ -316,7 +316,10 @@ class ExecutionClient:
         reply = self._zmq.request(Cancel(request_id=0, execution_id=execution_id), timeout)
         if not isinstance(reply, RecordReply):
             raise RemoteProtocolError(f"server answered cancel with {type(reply).__name__}")
-        return reply.record.status in (ExecutionStatus.CANCELLED, ExecutionStatus.RUNNING)
+        # Still queued after the cancel: it was handed to a worker but had not started, and
+        # the pool will drop it there. Only an execution that had ended says False.
+        status = reply.record.status
+        return status is ExecutionStatus.CANCELLED or not status.is_terminal
 
     def wait(
         self,

@@ -92,6 +92,7 @@ class WorkerPool:
     _processes: ProcessWorkers | None = attrs.field(default=None, init=False)
     _queue: collections.deque[Job] = attrs.field(factory=collections.deque, init=False)
     _running: dict[str, ExecutionContext | None] = attrs.field(factory=dict, init=False)
+    _cancel_requested: set[str] = attrs.field(factory=set, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _idle: threading.Condition = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -158,6 +159,7 @@ class WorkerPool:
             self._closed = True
             dropped = list(self._queue)
             self._queue.clear()
+            self._cancel_requested.update(self._running)
             for context in self._running.values():
                 if context is not None:
                     context.cancel_event.set()
@@ -166,10 +168,12 @@ class WorkerPool:
         if self._processes is not None:
             self._processes.close(timeout)
         with self._lock:
-            if not self._idle.wait_for(lambda: not self._running, timeout):
+            idle = self._idle.wait_for(lambda: not self._running, timeout)
+            if not idle:
                 logger.warning("worker pool closed with %d tasks still running", len(self._running))
         if self._owned_backend is not None:
-            self._owned_backend.shutdown(wait=False, cancel_futures=True)
+            # Idle threads exit at once: join them. A stuck task must not hang close().
+            self._owned_backend.shutdown(wait=idle, cancel_futures=True)
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -196,6 +200,8 @@ class WorkerPool:
             else:
                 if execution_id not in self._running:
                     return False
+                # Remembered for a job handed to a worker but not started yet (no context).
+                self._cancel_requested.add(execution_id)
                 context = self._running[execution_id]
                 if context is not None:
                     context.cancel_event.set()
@@ -244,14 +250,18 @@ class WorkerPool:
         listener = self._listener
         assert listener is not None
         if self._processes is not None:
-            if listener.started(job):
-                self._processes.run(job)
-            else:
+            if self._cancel_was_requested(job) or not listener.started(job):
                 self._finished(job, Cancelled())
+                return
+            self._processes.run(job)
+            if self._cancel_was_requested(job):  # it came while the job went to its worker
+                self._processes.kill(job.execution_id)
             return
         context = ExecutionContext(job.execution_id, job.labels, report=listener.progress)
         with self._lock:
             self._running[job.execution_id] = context
+            if job.execution_id in self._cancel_requested:
+                context.cancel_event.set()
         backend = self._owned_backend if self._owned_backend is not None else self.backend
         assert backend is not None
         backend.submit(self._work, job, context)
@@ -261,7 +271,7 @@ class WorkerPool:
         assert listener is not None and executor is not None
         outcome: Outcome = Cancelled()
         try:
-            if listener.started(job):
+            if not context.cancelled and listener.started(job):
                 outcome = run_job(executor, job, context, lambda: context.cancelled)
         finally:
             self._finished(job, outcome)
@@ -269,10 +279,15 @@ class WorkerPool:
     def _finished(self, job: Job, outcome: Outcome) -> None:
         with self._lock:
             self._running.pop(job.execution_id, None)
+            self._cancel_requested.discard(job.execution_id)
             launch = [] if self._closed else self._take_dispatchable()
             self._idle.notify_all()
         self._launch_all(launch)
         self._report(job, outcome)
+
+    def _cancel_was_requested(self, job: Job) -> bool:
+        with self._lock:
+            return job.execution_id in self._cancel_requested
 
     def _report(self, job: Job, outcome: Outcome) -> None:
         listener = self._listener

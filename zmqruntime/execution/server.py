@@ -274,8 +274,14 @@ class ExecutionServer:
         with self._lock:
             waiting = self._waiters.get(record.execution_id)
             if waiting is not None and peer not in waiting:
-                waiting.append(peer)
-        if record.status.is_terminal:
+                waiting.append(peer)  # it hears the outcome with the others
+        if waiting is None:
+            # Its waiters were already served, so it has ended — even if ``record`` was read
+            # just before a worker finished it: read it again, or this peer would never hear.
+            current = self._store.get(record.execution_id)
+            if current is None:
+                return _unknown(request_id, record.execution_id)
+            record = current
             self._send(peer, self._completion(record, self._results.get(record.execution_id)))
         return Accepted(
             request_id=request_id,
