@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
-from tests import executors
+from tests import broken_worker_module, executors
 from tests.strategies import garbage_frames, hostile_frames, image_dtypes, json_values
 from zmqruntime import codec
 from zmqruntime.config import TransportMode, ZMQConfig
@@ -1332,3 +1332,27 @@ def test_an_injected_executor_runs_tasks_and_is_not_shut_down(
         assert backend.submit(lambda: 41 + 1).result(WAIT) == 42
     finally:
         backend.shutdown(wait=True)
+
+
+def test_process_workers_that_keep_dying_at_start_stop_being_replaced(config) -> None:
+    with (
+        ExecutionServer(
+            broken_worker_module.run,
+            port=0,
+            transport_mode=TransportMode.TCP,
+            config=config,
+            pool=WorkerPool.processes(1),
+        ) as server,
+        ExecutionClient(
+            port=server.port_number, transport_mode=TransportMode.TCP, config=config
+        ) as client,
+    ):
+        errors = []
+        for number in range(6):
+            with pytest.raises(TaskFailed) as failed:
+                client.submit(number).result(timeout=60)
+            errors.append(failed.value.error_type)
+        assert errors[-1] == "WorkerStartFailed"
+        assert set(errors) <= {"WorkerDied", "WorkerStartFailed"}
+        assert server.pool.statistics().replaced_workers <= 3
+        assert client.ping().role == "execution"  # the server itself is fine

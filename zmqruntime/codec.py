@@ -252,7 +252,7 @@ def _image_problem(dtype_text: str, shape: Sequence[int], nbytes: int) -> str | 
     """What is wrong with an image's declared dtype/shape against its pixel bytes, if anything."""
     try:
         dtype = numpy.dtype(dtype_text)
-    except (TypeError, ValueError, SyntaxError):
+    except (TypeError, ValueError, SyntaxError, DeprecationWarning):  # the last under -W error
         return f"dtype {dtype_text!r} is not a numpy dtype"
     if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
         return f"dtype {dtype_text!r} is not a plain numeric dtype"

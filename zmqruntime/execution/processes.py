@@ -35,6 +35,8 @@ __all__ = ["ProcessWorkers"]
 
 logger = logging.getLogger(__name__)
 
+_MAX_DEATHS_IN_A_ROW = 3
+
 
 def _child_main(connection: multiprocessing.connection.Connection, executor: TaskExecutor) -> None:
     """The body of a worker process: run jobs until told to stop or the pipe closes."""
@@ -85,6 +87,8 @@ class ProcessWorkers:
     _wake_writer: multiprocessing.connection.Connection | None = None
     _thread: threading.Thread | None = None
     _closing: bool = False
+    _deaths_in_a_row: int = 0
+    _broken: str | None = None
     replaced: int = 0
 
     @classmethod
@@ -135,11 +139,16 @@ class ProcessWorkers:
     def run(self, job: Job) -> None:
         """Hand ``job`` to an idle worker, or keep it until one is free (a replacement)."""
         with self._lock:
+            broken = self._broken
             worker = next((w for w in self._workers if w.job is None and not w.killed), None)
-            if worker is None:
+            if worker is None and broken is None:
                 self._backlog.append(job)
                 return
-            worker.job = job
+            if worker is not None:
+                worker.job = job
+        if worker is None:
+            self.on_done(job, Failed("WorkerStartFailed", str(broken), ""))
+            return
         self._send(worker, job)
 
     def _send(self, worker: _Worker, job: Job) -> None:
@@ -229,6 +238,7 @@ class ProcessWorkers:
             if backlog is not None:
                 worker.job = backlog
         if job is not None:
+            self._deaths_in_a_row = 0
             self.on_done(job, message[2])
         if backlog is not None:
             self._send(worker, backlog)
@@ -255,7 +265,22 @@ class ProcessWorkers:
             )
         with self._lock:
             self._workers.remove(worker)
-            closing = self._closing
+            if not worker.killed:
+                self._deaths_in_a_row += 1
+            if self._deaths_in_a_row >= _MAX_DEATHS_IN_A_ROW and self._broken is None:
+                self._broken = (
+                    f"{self._deaths_in_a_row} worker processes in a row died before finishing a "
+                    f"task (last exit code {worker.process.exitcode}); check that the executor's "
+                    "module imports cleanly in a fresh interpreter (and that the launching "
+                    "script has an `if __name__ == '__main__':` guard)"
+                )
+                logger.error("not replacing worker processes any more: %s", self._broken)
+            closing = self._closing or self._broken is not None
+            stranded = list(self._backlog) if self._broken is not None else []
+            if stranded:
+                self._backlog.clear()
+        for waiting in stranded:
+            self.on_done(waiting, Failed("WorkerStartFailed", str(self._broken), ""))
         replacement = None if closing else self._spawn()  # slow: never under the lock
         backlog = None
         if replacement is not None:

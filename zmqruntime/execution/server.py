@@ -7,17 +7,19 @@ lifecycle; a :class:`~zmqruntime.execution.WorkerPool` that runs the application
 
 Progress is published on the data socket (PUB, topic = execution id). When an execution ends,
 its :class:`~zmqruntime.messages.Completion` — record plus serialized result — is pushed to
-every client that submitted it, and its record (without the result) is published.
+every client that submitted it, and its final record (a Completion without the result) is
+published on its topic, so progress observers see it end.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import signal
 import threading
 import uuid
-from types import TracebackType
-from typing import Final, final
+from types import FrameType, TracebackType
+from typing import Any, Final, final
 
 import attrs
 import zmq
@@ -55,6 +57,7 @@ __all__ = ["ExecutionServer"]
 logger = logging.getLogger(__name__)
 
 MAX_EXECUTION_ID_LENGTH: Final = 256
+_WAKE_SECONDS: Final = 1.0
 CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown")
 
 
@@ -174,12 +177,32 @@ class ExecutionServer:
         return self
 
     def serve_forever(self) -> None:
-        """Serve in the calling thread until a shutdown request or SIGINT/SIGTERM; then close."""
-        server = self._build()
+        """Serve until a shutdown request or SIGINT/SIGTERM, then close; blocks the caller.
+
+        The first signal works like a forced shutdown request: queued tasks are cancelled,
+        running ones are asked to stop, and every client hears how its executions ended
+        before the server stops. A second signal stops at once.
+        """
+        server = self._build().start()
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
         try:
-            server.serve_forever()
+            while not server.wait_stopped(_WAKE_SECONDS):
+                pass  # signal handlers run in this thread between waits
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self.close()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._draining:
+            logger.warning("signal %d again: stopping now", signum)
+            self.server.request_stop()
+            return
+        logger.info("signal %d: cancelling what is left, then stopping", signum)
+        self._drain(force=True)
 
     def close(self, timeout: float | None = None) -> None:
         """Cancel queued work, stop running work, push the last completions, close. Idempotent."""
@@ -309,13 +332,17 @@ class ExecutionServer:
 
     def _on_shutdown(self, request: Shutdown, _peer: Peer) -> Message:
         logger.info("shutdown requested (%s)", "force" if request.force else "graceful")
+        self._drain(force=request.force)
+        return ShutdownReply(request_id=request.request_id)
+
+    def _drain(self, *, force: bool) -> None:
+        """Refuse new work; with ``force`` cancel what is left; stop once nothing runs."""
         with self._lock:
             self._draining = True
-        if request.force:
+        if force:
             for execution_id in self._store.active_ids():
                 self.pool.cancel(execution_id)
         self._stop_if_idle()
-        return ShutdownReply(request_id=request.request_id)
 
     def _stop_if_idle(self) -> None:
         if self._draining and not self._store.active_ids() and self._server is not None:
@@ -347,6 +374,9 @@ class ExecutionServer:
             peers = self._waiters.pop(job.execution_id, [])
         for peer in peers:
             self._send(peer, completion)
+        self._publish(
+            Completion(record=record, serializer=completion.serializer), record.execution_id
+        )
         self._stop_if_idle()
 
     def _finish(self, execution_id: str, outcome: Outcome) -> ExecutionRecord | None:
