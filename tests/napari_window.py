@@ -1,0 +1,68 @@
+"""Streams two images into a real napari window and reports what the screen shows.
+
+Run as ``python -m tests.napari_window IPC_ROOT`` under an X display (Xvfb in CI). Prints one
+JSON line: the layers napari has, and the mean brightness of the left and right halves of a
+canvas screenshot. The image is dark on the left and bright on the right, so a working
+pipeline shows exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import napari
+import numpy
+from superqt.utils import ensure_main_thread
+
+from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.streaming import ImageSender, NapariSink, StreamingServer
+
+
+def main() -> int:
+    """Open the window, stream, measure, quit."""
+    config = ZMQConfig(ipc_root=sys.argv[1])
+    viewer = napari.Viewer(show=True, title="zmqruntime test")
+    image = numpy.zeros((64, 64), numpy.uint8)
+    image[:, 32:] = 255
+    result: dict[str, object] = {}
+    server = StreamingServer(
+        NapariSink(viewer), port=0, transport_mode=TransportMode.IPC, config=config
+    ).start()
+
+    def stream() -> None:
+        try:
+            with ImageSender(
+                port=server.port_number, transport_mode=TransportMode.IPC, config=config
+            ) as sender:
+                sender.send(numpy.zeros((8, 8), numpy.uint8), {"name": "live"})
+                sender.send(image, {"name": "live"})  # the same layer, updated in place
+                sender.wait_all_acked(timeout=60)
+                result["acked"] = sender.tracker.get_progress() if sender.tracker else None
+        except Exception as exc:  # reported to the test, which fails on it
+            result["error"] = repr(exc)
+        ensure_main_thread(measure)()  # Qt work belongs on the main thread
+
+    def measure() -> None:
+        viewer.reset_view()
+        shot = numpy.asarray(viewer.screenshot(canvas_only=True, flash=False))
+        gray = shot[..., :3].mean(axis=-1)
+        middle = gray[gray.shape[0] // 4 : 3 * gray.shape[0] // 4]
+        result["layers"] = [layer.name for layer in viewer.layers]
+        result["shape"] = (
+            list(viewer.layers["live"].data.shape) if "live" in viewer.layers else None
+        )
+        result["left"] = float(middle[:, : middle.shape[1] // 3].mean())
+        result["right"] = float(middle[:, 2 * middle.shape[1] // 3 :].mean())
+        viewer.close()
+
+    threading.Thread(target=stream, daemon=True).start()
+    napari.run()
+    server.close()
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

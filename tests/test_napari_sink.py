@@ -1,0 +1,109 @@
+"""The napari sink: layer logic against a real ViewerModel, and a real window under Xvfb.
+
+Skipped only where napari is not installed (``pip install 'zmqruntime[napari]'``); CI
+installs it, and Xvfb for the window test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari.components import ViewerModel  # noqa: E402
+
+from zmqruntime import TransportMode  # noqa: E402
+from zmqruntime.streaming import ImageSender, NapariSink, StreamingServer  # noqa: E402
+
+
+def test_images_become_layers_named_from_metadata_and_update_in_place() -> None:
+    viewer = ViewerModel()
+    sink = NapariSink(viewer)
+    first = numpy.zeros((4, 5), numpy.uint16)
+    sink(first, {"name": "dapi"})
+    layer = viewer.layers["dapi"]
+    second = numpy.ones((4, 5), numpy.uint16)
+    sink(second, {"name": "dapi"})
+    assert viewer.layers["dapi"] is layer  # updated in place, not a new layer
+    numpy.testing.assert_array_equal(layer.data, second)
+    sink(numpy.zeros((2, 2), numpy.float32), {})
+    sink(numpy.zeros((3, 3), numpy.uint8), {"channel": "x"})
+    assert [item.name for item in viewer.layers] == ["dapi", "stream"]
+    custom = NapariSink(ViewerModel(), name_key="channel", default_name="other")
+    custom(numpy.zeros((2, 2)), {"channel": "gfp"})
+    custom(numpy.zeros((2, 2)), {})
+    assert [item.name for item in custom.viewer.layers] == ["gfp", "other"]
+
+
+def test_a_stream_fills_a_headless_viewer(config) -> None:
+    viewer = ViewerModel()
+    with (
+        StreamingServer(
+            NapariSink(viewer), port=0, transport_mode=TransportMode.IPC, config=config
+        ) as server,
+        ImageSender(
+            port=server.port_number, transport_mode=TransportMode.IPC, config=config
+        ) as sender,
+    ):
+        for channel in ("a", "b", "a"):
+            sender.send(numpy.full((16, 16), ord(channel), numpy.uint8), {"name": channel})
+        sender.wait_all_acked(timeout=30)
+    assert [layer.name for layer in viewer.layers] == ["a", "b"]
+    assert int(viewer.layers["a"].data[0, 0]) == ord("a")
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    """An X display: the one set, or a private Xvfb started for the test."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip("no X display and no Xvfb (CI installs the xvfb package)")
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end) as numbers:
+            number = numbers.readline().strip()  # Xvfb writes it once it accepts clients
+        assert number, "Xvfb did not start"
+        yield f":{number}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_stream_shows_in_a_real_napari_window(display: str, tmp_path: Path) -> None:
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    env.pop("WAYLAND_DISPLAY", None)
+    finished = subprocess.run(
+        [sys.executable, "-m", "tests.napari_window", str(tmp_path)],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result
+    assert result["acked"] == [2, 2]
+    assert result["layers"] == ["live"]
+    assert result["shape"] == [64, 64]
+    assert result["right"] > result["left"] + 100, result  # dark left half, bright right half
