@@ -14,6 +14,7 @@ be health-checked; a malformed ack is logged and dropped and the listener goes o
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -40,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 AckCallback = Callable[[Ack], None]
 """Called on the channel's I/O thread for every ack received; must be quick."""
+
+EARLY_ACK_CAPACITY = 4096
+"""How many acks that matched no pending item a channel keeps, in case the item's
+:class:`~zmqruntime.messages.ImageSent` notice is still on its way (oldest dropped first)."""
 
 
 @final
@@ -91,6 +96,11 @@ class AckChannel:
     item as sent with its tracker: a worker that sends images on the tracker's behalf tells
     the channel what it sent, so the tracker's counts stay exact. Trackers are never created
     by input: create the tracker for a key before items for it arrive.
+
+    A notice and the ack for the same item travel different paths (sender → channel, and
+    sender → consumer → channel), so the ack may arrive first. Such an early ack is kept
+    (up to :data:`EARLY_ACK_CAPACITY`) and applied as soon as its notice arrives; the
+    tracker counts it once among its ``unknown_acks`` meanwhile.
     """
 
     registry: GlobalQueueTrackerRegistry = attrs.field(factory=GlobalQueueTrackerRegistry)
@@ -104,6 +114,9 @@ class AckChannel:
     _server: ZMQServer | None = attrs.field(default=None, init=False)
     _callbacks: tuple[AckCallback, ...] = attrs.field(default=(), init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _early: collections.OrderedDict[tuple[str, str], Ack] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
     _counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys(
             ("received", "applied", "untracked", "malformed", "sent_notices"), 0
@@ -196,6 +209,11 @@ class AckChannel:
             return
         tracker.register_sent(notice.image_id)
         self._counts["sent_notices"] += 1
+        early = (
+            self._early.pop((notice.tracker_key, notice.image_id), None) if self._early else None
+        )
+        if early is not None:
+            tracker.acknowledge(early.image_id, early.outcome, early.error)
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, ImageSent):
@@ -213,7 +231,11 @@ class AckChannel:
                 "ack for untracked key %r (image %r)", message.tracker_key, message.image_id
             )
         else:
-            tracker.acknowledge(message.image_id, message.outcome, message.error)
+            if not tracker.acknowledge(message.image_id, message.outcome, message.error):
+                # Not pending (yet): its sent notice may still be on its way; keep it for that.
+                self._early[(message.tracker_key, message.image_id)] = message
+                while len(self._early) > EARLY_ACK_CAPACITY:
+                    self._early.popitem(last=False)
             self._counts["applied"] += 1
         for callback in self._callbacks:
             try:

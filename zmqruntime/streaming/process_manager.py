@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, Final, final
 
@@ -42,6 +42,7 @@ __all__ = ["CommandSpec", "VisualizerProcessManager", "python_module_spec"]
 logger = logging.getLogger(__name__)
 
 _PROBE_SECONDS: Final = 0.25
+_PROBE_LINGER: Final = 0.01
 _TAIL_BYTES: Final = 4000
 
 
@@ -109,7 +110,11 @@ class VisualizerProcessManager:
         limit = self.config.connect_timeout if timeout is None else timeout
         pong = self._probe()
         if pong is not None:
-            self._check_role(pong)
+            try:
+                self._check_role(pong)
+            except AddressInUseError:
+                self._release()  # a refused start leaves no probe client behind
+                raise
             self._attached = True
             logger.info("attached to the %s already serving port %s", self.role, self._port)
             return self
@@ -194,7 +199,9 @@ class VisualizerProcessManager:
                 port=self._port,
                 host=self.host,
                 transport_mode=self.transport_mode,
-                config=self.config,
+                # A ping or shutdown nobody took is not worth delivering later: closing the
+                # probe must not wait out config.linger (it did, once per failed probe).
+                config=attrs.evolve(self.config, linger=min(self.config.linger, _PROBE_LINGER)),
                 curve=self.curve,
                 connect_data=False,
                 name="process-manager",
@@ -268,9 +275,12 @@ class VisualizerProcessManager:
 
     def _end(self, process: subprocess.Popen[bytes], limit: float) -> int:
         if process.poll() is None:
-            with contextlib.suppress(ZMQRuntimeError):
+            steps: tuple[Callable[[], None] | None, ...] = (None, process.terminate, process.kill)
+            try:
                 self._connection().request(Shutdown(request_id=0), timeout=min(limit, 2.0))
-            for step in (None, process.terminate, process.kill):
+            except ZMQRuntimeError:
+                steps = steps[1:]  # it did not take the request: no point waiting for it
+            for step in steps:
                 if step is not None:
                     logger.warning("%s did not stop; sending %s", self.role, step.__name__)
                     step()

@@ -64,6 +64,7 @@ class ImageSender:
     _client: ZMQClient | None = attrs.field(default=None, init=False)
     _channel: AckChannel | None = attrs.field(default=None, init=False)
     _key: str = attrs.field(default="", init=False)
+    _id_prefix: str = attrs.field(default="", init=False)
     _numbers: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -74,6 +75,8 @@ class ImageSender:
         self._key = self.tracker_key or (
             self.tracker.viewer_key if self.tracker is not None else uuid.uuid4().hex
         )
+        # Unique per sender: several senders (processes) may share one tracker key.
+        self._id_prefix = f"{self._key}-{uuid.uuid4().hex[:12]}"
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class ImageSender:
         meta = dict(metadata or {})
         check_json_object(meta, "metadata")
         array = numpy.array(image, copy=True) if copy else image
-        image_id = f"{self._key}-{next(self._numbers)}"
+        image_id = f"{self._id_prefix}-{next(self._numbers)}"
         frame = image_from_array(
             array,
             image_id=image_id,

@@ -197,8 +197,8 @@ class StreamingServer:
             while True:
                 with self._ready:
                     self._ready.wait_for(lambda: self._queue or self._stopping)
-                    if not self._queue:
-                        return
+                    if self._stopping:
+                        return  # what still waits is acked as skipped on the way out
                     show, skip = self._take()
                 for image in skip:
                     self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
