@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -19,5 +21,6 @@ def test_the_readme_has_python_examples() -> None:
 def test_readme_block_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # IPC sockets go under a private home
     monkeypatch.setenv("USERPROFILE", str(tmp_path))
-    namespace: dict[str, object] = {"__name__": f"readme_block_{index}"}
-    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), namespace)
+    module = types.ModuleType(f"readme_block_{index}")  # a real module: dataclasses need one
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), module.__dict__)

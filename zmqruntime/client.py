@@ -443,7 +443,8 @@ class ZMQClient:
                 # socket (the poll that saw this event may have looked at it a moment too
                 # early); deliver them before failing what is still pending.
                 self._drain_control(pair, limit=sys.maxsize)
-                logger.warning("%s: lost the connection to %s", self.name, event["endpoint"])
+                level = logging.WARNING if len(self._pending) else logging.INFO
+                logger.log(level, "%s: lost the connection to %s", self.name, event["endpoint"])
                 self._pending.fail_all(
                     ServerLost(f"the server at {event['endpoint']!r} went away mid-request")
                 )

@@ -49,6 +49,13 @@ class ExecutionContext:
         """True once a cancellation was requested; a long task should check it and stop."""
         return self.cancel_event.is_set()
 
+    def wait_cancelled(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a cancellation; True if one was requested.
+
+        The way for a task to pause without missing a cancel (instead of ``time.sleep``).
+        """
+        return self.cancel_event.wait(timeout)
+
     def raise_if_cancelled(self) -> None:
         """Raise :class:`~zmqruntime.TaskCancelled` if a cancellation was requested."""
         if self.cancel_event.is_set():

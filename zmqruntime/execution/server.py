@@ -196,6 +196,13 @@ class ExecutionServer:
                 signal.signal(signum, handler)
             self.close()
 
+    def request_stop(self) -> None:
+        """Stop like a forced shutdown request: cancel what is left, tell every client, stop.
+
+        Returns at once (safe from other threads, e.g. a lifeline watcher).
+        """
+        self._drain(force=True)
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._draining:
             logger.warning("signal %d again: stopping now", signum)

@@ -1,0 +1,136 @@
+"""Terminal output for the command line: progress bars and tables with rich, or plain text.
+
+rich comes with the ``cli`` extra; without it every view falls back to plain lines, so the
+command line works with the core dependencies alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, final
+
+import attrs
+
+from zmqruntime.messages import Completion, ExecutionRecord, ProgressEvent, ServerSummary
+
+__all__ = ["Bars", "follow", "show_record", "show_summary", "show_table"]
+
+
+def _rich() -> Any:
+    try:
+        import rich.console  # noqa: PLC0415 - optional extra
+    except ImportError:
+        return None
+    return rich
+
+
+def show_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
+    """A two-column table (rich) or aligned lines (plain)."""
+    rich = _rich()
+    if rich is None:
+        sys.stdout.write(f"{title}\n")
+        width = max((len(key) for key, _value in rows), default=0)
+        for key, value in rows:
+            sys.stdout.write(f"  {key.ljust(width)}  {value}\n")
+        return
+    import rich.table  # noqa: PLC0415
+
+    table = rich.table.Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    rich.console.Console().print(table)
+
+
+def show_summary(summary: ServerSummary) -> None:
+    """The server summary as a table."""
+    rows = [("queued", str(summary.queued)), ("running", str(summary.running))]
+    rows += [(status, str(count)) for status, count in summary.counts.items()]
+    rows += [("workers", str(summary.workers)), ("uptime", f"{summary.uptime:.1f}s")]
+    show_table("execution server", rows)
+
+
+def show_record(record: ExecutionRecord) -> None:
+    """One execution's record as a table."""
+    rows = [("status", record.status.value)]
+    rows += [(f"label {key}", value) for key, value in record.labels.items()]
+    if record.progress is not None:
+        fraction = record.progress.fraction
+        done = "" if fraction is None else f"{fraction:.0%} "
+        rows.append(("progress", f"{done}{record.progress.message}"))
+    if record.error_type:
+        rows.append(("error", f"{record.error_type}: {record.error_message}"))
+    show_table(f"execution {record.execution_id}", rows)
+    if record.traceback:
+        sys.stdout.write(record.traceback)
+
+
+@final
+@attrs.define(eq=False)
+class Bars:
+    """Progress bars keyed by name, fed from any thread; plain lines without rich."""
+
+    quiet: bool = False
+    _progress: Any = None
+    _tasks: dict[str, Any] = attrs.field(factory=dict)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def start(self) -> Bars:
+        """Begin drawing (rich) — a no-op in plain mode."""
+        rich = _rich()
+        if rich is not None and not self.quiet:
+            import rich.progress  # noqa: PLC0415
+
+            self._progress = rich.progress.Progress(
+                rich.progress.TextColumn("{task.description}"),
+                rich.progress.BarColumn(),
+                rich.progress.TaskProgressColumn(),
+                rich.progress.TextColumn("{task.fields[note]}"),
+            )
+            self._progress.start()
+        return self
+
+    def update(self, name: str, fraction: float | None, note: str = "") -> None:
+        """Move bar ``name`` to ``fraction`` (0..1) with a short note."""
+        with self._lock:
+            if self._progress is None:
+                if not self.quiet and note:
+                    sys.stderr.write(f"{name}: {note}\n")
+                return
+            task = self._tasks.get(name)
+            if task is None:
+                task = self._tasks[name] = self._progress.add_task(name, total=1.0, note="")
+            if fraction is not None:
+                self._progress.update(task, completed=fraction, note=note)
+            else:
+                self._progress.update(task, note=note)
+
+    def finish(self) -> None:
+        """Stop drawing (idempotent)."""
+        with self._lock:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+
+
+@contextlib.contextmanager
+def follow(client: Any, execution_id: str, *, quiet: bool = False) -> Iterator[Bars]:
+    """Show one execution's progress events while the body waits for it."""
+    bars = Bars(quiet=quiet).start()
+
+    def on_event(event: ProgressEvent | Completion) -> None:
+        if isinstance(event, ProgressEvent):
+            bars.update(execution_id[:8], event.fraction, event.message)
+        else:
+            bars.update(execution_id[:8], 1.0, event.record.status.value)
+
+    subscription = client.on_progress(on_event, execution_id)
+    try:
+        yield bars
+    finally:
+        subscription.close()
+        bars.finish()

@@ -1,0 +1,127 @@
+"""The demo's moving parts: a microscopy-like image task and the worker process that runs it.
+
+``zmqruntime demo`` (see :mod:`zmqruntime.cli`) launches ``python -m zmqruntime.demo worker``
+as an execution server subprocess. Each task synthesises a field of Gaussian blobs with numpy,
+reports progress while it "acquires", and streams the image to the demo's viewer from inside
+the executor, with the acks going to the launcher's :class:`~zmqruntime.AckChannel`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from typing import Any, final
+
+import attrs
+import numpy
+
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.execution import ExecutionServer, WorkerPool
+from zmqruntime.lifeline import watch_lifeline
+from zmqruntime.protocols import TaskContext
+from zmqruntime.streaming import ImageSender
+
+__all__ = ["BlobTask", "blob_field", "main"]
+
+
+def blob_field(size: int, blobs: int, seed: int) -> numpy.ndarray[Any, Any]:
+    """A square uint16 image of ``blobs`` Gaussian spots over a noisy background."""
+    rng = numpy.random.default_rng(seed)
+    yy, xx = numpy.mgrid[0:size, 0:size].astype(numpy.float32)
+    field = rng.normal(400.0, 40.0, (size, size)).astype(numpy.float32)
+    for y, x, sigma, amplitude in zip(
+        rng.uniform(0, size, blobs),
+        rng.uniform(0, size, blobs),
+        rng.uniform(size / 80, size / 25, blobs),
+        rng.uniform(1500, 9000, blobs),
+        strict=True,
+    ):
+        field += amplitude * numpy.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma * sigma))
+    return numpy.clip(field, 0, 65535).astype(numpy.uint16)
+
+
+@final
+@attrs.define(eq=False)
+class BlobTask:
+    """The demo's :class:`~zmqruntime.TaskExecutor`: acquire, synthesise, stream one image.
+
+    A task is ``{"index": n, "size": px, "blobs": k, "steps": s, "step_seconds": t}``. The
+    image goes to the viewer at ``viewer_port``; its ack goes to ``ack_to``.
+    """
+
+    viewer_port: int
+    ack_to: str
+    transport_mode: TransportMode
+    config: ZMQConfig
+    _sender: ImageSender | None = attrs.field(default=None, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    def __call__(self, task: Any, context: TaskContext) -> dict[str, Any]:
+        """Run one acquisition."""
+        index = int(task["index"])
+        steps = int(task.get("steps", 8))
+        for step in range(steps):
+            context.raise_if_cancelled()
+            context.report_progress(step / steps, f"acquiring tile {index}", step=step)
+            wait = getattr(context, "wait_cancelled", None)
+            if wait is not None:
+                wait(float(task.get("step_seconds", 0.05)))
+        context.raise_if_cancelled()
+        image = blob_field(int(task.get("size", 256)), int(task.get("blobs", 30)), index)
+        image_id = self._images().send(image, {"name": f"tile {index}", "index": index})
+        context.report_progress(1.0, f"tile {index} sent", image_id=image_id)
+        return {"index": index, "image_id": image_id, "mean": float(image.mean())}
+
+    def _images(self) -> ImageSender:
+        with self._lock:
+            if self._sender is None:
+                self._sender = ImageSender(
+                    port=self.viewer_port,
+                    transport_mode=self.transport_mode,
+                    config=self.config,
+                    ack_to=self.ack_to,
+                    tracker_key="demo",
+                ).connect()
+            return self._sender
+
+    def close(self) -> None:
+        """Close the image connection (the worker calls it on exit)."""
+        with self._lock:
+            if self._sender is not None:
+                self._sender.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zmqruntime.demo worker …``: serve :class:`BlobTask` until stopped."""
+    parser = argparse.ArgumentParser(prog="python -m zmqruntime.demo")
+    parser.add_argument("role", choices=["worker"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--viewer-port", type=int, required=True)
+    parser.add_argument("--ack-to", required=True)
+    parser.add_argument("--transport", choices=["tcp", "ipc"], required=True)
+    parser.add_argument("--ipc-root", default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    mode = TransportMode(args.transport)
+    config = ZMQConfig(ipc_root=args.ipc_root)
+    executor = BlobTask(args.viewer_port, args.ack_to, mode, config)
+    server = ExecutionServer(
+        executor,
+        port=args.port,
+        transport_mode=mode,
+        config=config,
+        pool=WorkerPool.threads(args.workers),
+    )
+    watch_lifeline(server.request_stop)
+    try:
+        server.serve_forever()
+    finally:
+        executor.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
