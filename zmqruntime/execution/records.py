@@ -86,6 +86,7 @@ class ExecutionStore:
     def get(self, execution_id: str) -> ExecutionRecord | None:
         """The current record of ``execution_id``, or None if unknown (or expired)."""
         with self._lock:
+            self._expire()
             return self._records.get(execution_id)
 
     def start(self, execution_id: str) -> ExecutionRecord | None:
@@ -142,6 +143,7 @@ class ExecutionStore:
 
     def __len__(self) -> int:
         with self._lock:
+            self._expire()
             return len(self._records)
 
     def _finish(
