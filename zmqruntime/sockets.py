@@ -323,6 +323,8 @@ def open_connected_socket(
 
 
 _SNDMORE = int(zmq.SNDMORE)  # plain ints: enum flag arithmetic costs more than the send
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 ZERO_COPY_THRESHOLD = 64 * 1024
 """Frames at least this large are sent without copying; smaller ones are cheaper to copy."""
 
@@ -333,17 +335,20 @@ def send_frames(socket: Socket, frames: Sequence[Any], flags: int = 0) -> None:
     Raises ``zmq.Again`` (only ever on the first frame: multipart sends are atomic) when
     ``flags`` has NOBLOCK and the peer's queue is full.
     """
-    last = len(frames) - 1
     flags = int(flags)
+    sizes = [len(frame) if type(frame) is bytes else memoryview(frame).nbytes for frame in frames]
+    if max(sizes, default=0) < ZERO_COPY_THRESHOLD:
+        socket.send_multipart(frames, flags, copy=True)  # the common case: one call
+        return
+    last = len(frames) - 1
     for index, frame in enumerate(frames):
-        size = len(frame) if type(frame) is bytes else memoryview(frame).nbytes
         more = _SNDMORE if index < last else 0
-        socket.send(frame, flags | more, copy=size < ZERO_COPY_THRESHOLD)
+        socket.send(frame, flags | more, copy=sizes[index] < ZERO_COPY_THRESHOLD)
 
 
 def receive_ready(socket: Socket) -> list[zmq.Frame] | None:
     """The next message if one is waiting, else None (no exception on the common path)."""
-    if not cast(int, socket.get(zmq.EVENTS)) & zmq.POLLIN:
+    if not cast(int, socket.getsockopt(_EVENTS)) & _POLLIN:
         return None
     return socket.recv_multipart(zmq.NOBLOCK, copy=False)
 
