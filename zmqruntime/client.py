@@ -48,7 +48,13 @@ logger = logging.getLogger(__name__)
 _POLL_TICK_MS: Final = 1000
 _BACKSTOP_SECONDS: Final = 5.0
 _BURST: Final = 256
-_MONITORED: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_MONITORED: Final = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_AUTH_HINT: Final = (
+    " CURVE is on: a server that does not accept this client's key drops it without a word, "
+    "so check that the client's public key is allowed and the server key is right."
+)
 
 _Command: TypeAlias = tuple[
     Literal["request", "control", "data", "push", "subscribe", "unsubscribe"], Any
@@ -225,6 +231,7 @@ class ZMQClient:
             description = (
                 f"no reply to {type(message).__name__} within {limit}s; is a server running "
                 f"at port {self.port if self.port is not None else self.config.default_port}?"
+                + (_AUTH_HINT if self.curve is not None else "")
             )
             self._post(("request", (frames, request_id, deadline, description)))
         except BaseException:
@@ -436,6 +443,14 @@ class ZMQClient:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected.set()
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                logger.warning("%s: the server refused this client's credentials", self.name)
+                self._pending.fail_all(
+                    ServerLost(
+                        "the server refused this client's CURVE credentials (authentication "
+                        "failed); is the client's public key in its allowed keys?"
+                    )
+                )
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._connected.clear()
                 self._counts["disconnects"] += 1

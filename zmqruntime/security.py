@@ -8,6 +8,7 @@ bytes), as made by :func:`generate_curve_keypair` or ``zmq.auth.create_certifica
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -24,7 +25,9 @@ __all__ = [
     "ClientCurve",
     "CurveKeyPair",
     "ServerCurve",
+    "check_pickle_exposure",
     "generate_curve_keypair",
+    "is_loopback_host",
     "load_curve_keypair",
     "load_public_key",
     "write_curve_keypair",
@@ -159,3 +162,49 @@ class ClientCurve:
         socket.curve_secretkey = self.keypair.secret_key
         socket.curve_publickey = self.keypair.public_key
         socket.curve_serverkey = self.server_public_key
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for hosts only this machine can reach: 127.0.0.0/8, ::1, localhost."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_pickle_exposure(
+    *,
+    serializer: object,
+    host: str,
+    mode: object,
+    curve: object | None,
+    allow_insecure: bool,
+    side: str,
+) -> None:
+    """Refuse ``PickleSerializer`` on TCP beyond loopback without CURVE.
+
+    Unpickling runs code chosen by the sender, so pickle over an exposed, unauthenticated
+    socket hands the process to anyone who can reach it. ``allow_insecure=True`` is the
+    explicit way to accept that risk (e.g. on a private, trusted network).
+    """
+    from zmqruntime.config import TransportMode  # noqa: PLC0415 - config imports this module
+    from zmqruntime.serializers import PickleSerializer  # noqa: PLC0415
+
+    exposed = mode is TransportMode.TCP and not is_loopback_host(host)
+    if isinstance(serializer, PickleSerializer) and exposed and curve is None:
+        if allow_insecure:
+            logger.warning(
+                "%s uses PickleSerializer over TCP on %s without CURVE (allow_insecure=True): "
+                "anyone who can reach it can run code in this process",
+                side,
+                host,
+            )
+            return
+        raise ConfigurationError(
+            f"{side}: PickleSerializer over TCP on {host!r} without CURVE would let anyone who "
+            "can reach that address run code in this process. Use SafeSerializer, turn on "
+            "CURVE (curve=...), bind loopback, or pass allow_insecure=True to accept the risk."
+        )

@@ -23,7 +23,7 @@ import zmq.auth.thread
 
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.errors import AddressInUseError, ConfigurationError
-from zmqruntime.security import ClientCurve, ServerCurve
+from zmqruntime.security import ClientCurve, ServerCurve, is_loopback_host
 from zmqruntime.transport import (
     ensure_ipc_directory,
     find_free_ipc_port,
@@ -179,6 +179,13 @@ class SocketPair:
                     )
                 remove_ipc_socket(number, cfg)
         host = cfg.bind_host
+        if mode is TransportMode.TCP and curve is None and not is_loopback_host(host):
+            logger.warning(
+                "binding %s:%d without CURVE: anyone who can reach this host can talk to this "
+                "server; pass curve=ServerCurve(...) for an exposed host",
+                host,
+                port,
+            )
         data_url = get_zmq_transport_url(port, host, mode, cfg)
         control_url = get_zmq_transport_url(control_port, host, mode, cfg)
         sockets: list[Socket] = []

@@ -49,8 +49,9 @@ from zmqruntime.messages import (
     SummaryReply,
 )
 from zmqruntime.protocols import TaskSerializer
-from zmqruntime.security import ClientCurve
+from zmqruntime.security import ClientCurve, check_pickle_exposure
 from zmqruntime.serializers import SafeSerializer
+from zmqruntime.transport import get_default_transport_mode
 
 __all__ = ["Execution", "ExecutionClient", "ProgressCallback", "Subscription"]
 
@@ -156,6 +157,8 @@ class ExecutionClient:
     config: ZMQConfig = attrs.field(factory=ZMQConfig)
     serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
     curve: ClientCurve | None = None
+    allow_insecure: bool = False
+    """Accept ``PickleSerializer`` to a non-loopback TCP host without CURVE (not advised)."""
 
     _zmq: ZMQClient = attrs.field(init=False)
     _waiting: dict[str, Execution] = attrs.field(factory=dict, init=False)
@@ -165,6 +168,14 @@ class ExecutionClient:
 
     @_zmq.default
     def _make_zmq(self) -> ZMQClient:
+        check_pickle_exposure(
+            serializer=self.serializer,
+            host=self.host,
+            mode=self.transport_mode or get_default_transport_mode(),
+            curve=self.curve,
+            allow_insecure=self.allow_insecure,
+            side="ExecutionClient",
+        )
         return ZMQClient(
             port=self.port,
             host=self.host,

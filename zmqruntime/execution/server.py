@@ -48,9 +48,10 @@ from zmqruntime.messages import (
     SummaryReply,
 )
 from zmqruntime.protocols import Buffer, TaskExecutor, TaskSerializer
-from zmqruntime.security import ServerCurve
+from zmqruntime.security import ServerCurve, check_pickle_exposure
 from zmqruntime.serializers import SafeSerializer
 from zmqruntime.server import Peer, ZMQServer
+from zmqruntime.transport import get_default_transport_mode
 
 __all__ = ["ExecutionServer"]
 
@@ -122,6 +123,8 @@ class ExecutionServer:
     queue_limit: int = 10_000
     result_cache_bytes: int = 64 << 20
     curve: ServerCurve | None = None
+    allow_insecure: bool = False
+    """Accept ``PickleSerializer`` on an exposed TCP address without CURVE (not advised)."""
 
     _server: ZMQServer | None = attrs.field(default=None, init=False)
     _store: ExecutionStore = attrs.field(init=False)
@@ -144,6 +147,14 @@ class ExecutionServer:
     def _build(self) -> ZMQServer:
         if self._server is not None:
             raise RuntimeError("this ExecutionServer was already started")
+        check_pickle_exposure(
+            serializer=self.serializer,
+            host=self.host or self.config.bind_host,
+            mode=self.transport_mode or get_default_transport_mode(),
+            curve=self.curve,
+            allow_insecure=self.allow_insecure,
+            side="ExecutionServer",
+        )
         self._server = ZMQServer(
             handlers={
                 ControlMessageType.EXECUTE: self._on_execute,

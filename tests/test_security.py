@@ -1,0 +1,136 @@
+"""Secure defaults: loopback binds, pickle refused on exposed TCP, CURVE errors that explain."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from zmqruntime import (
+    ClientCurve,
+    ConfigurationError,
+    PickleSerializer,
+    ServerCurve,
+    ServerLost,
+    TransportMode,
+    ZMQClient,
+    ZMQServer,
+    ZMQTimeoutError,
+    generate_curve_keypair,
+)
+from zmqruntime.execution import ExecutionClient, ExecutionServer
+from zmqruntime.security import check_pickle_exposure, is_loopback_host
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.4.5", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("10.1.2.3", False),
+        ("example.org", False),
+    ],
+)
+def test_loopback_hosts_are_recognised(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+
+
+def _echo(task, ctx):  # type: ignore[no-untyped-def]
+    return task
+
+
+def test_pickle_on_an_exposed_tcp_server_without_curve_is_refused(config) -> None:
+    server = ExecutionServer(
+        _echo,
+        port=0,
+        host="0.0.0.0",
+        transport_mode=TransportMode.TCP,
+        config=config,
+        serializer=PickleSerializer(),
+    )
+    with pytest.raises(ConfigurationError, match="allow_insecure"):
+        server.start()
+    server.close()
+
+
+def test_pickle_on_loopback_or_with_curve_or_explicitly_allowed_is_accepted(config) -> None:
+    for host, curve, allow in (
+        ("127.0.0.1", None, False),
+        ("0.0.0.0", ServerCurve(generate_curve_keypair()), False),
+        ("0.0.0.0", None, True),
+    ):
+        with ExecutionServer(
+            _echo,
+            port=0,
+            host=host,
+            transport_mode=TransportMode.TCP,
+            config=config,
+            serializer=PickleSerializer(),
+            curve=curve,
+            allow_insecure=allow,
+        ) as server:
+            assert server.port_number > 0
+
+
+def test_a_pickle_client_for_a_remote_host_without_curve_is_refused_before_connecting() -> None:
+    with pytest.raises(ConfigurationError, match="PickleSerializer"):
+        ExecutionClient(
+            port=7777,
+            host="10.1.2.3",
+            transport_mode=TransportMode.TCP,
+            serializer=PickleSerializer(),
+        )
+    keys = generate_curve_keypair()
+    ExecutionClient(  # with CURVE it is allowed (nothing connects until first use)
+        port=7777,
+        host="10.1.2.3",
+        transport_mode=TransportMode.TCP,
+        serializer=PickleSerializer(),
+        curve=ClientCurve(keys, generate_curve_keypair().public_key),
+    )
+    check_pickle_exposure(
+        serializer=PickleSerializer(),
+        host="10.1.2.3",
+        mode=TransportMode.TCP,
+        curve=None,
+        allow_insecure=True,
+        side="test",
+    )
+
+
+def test_binding_beyond_loopback_without_curve_warns(config, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="zmqruntime.sockets")
+    with ZMQServer(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config):
+        pass
+    assert any("without CURVE" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    with ZMQServer(port=0, transport_mode=TransportMode.TCP, config=config):
+        pass
+    assert not any("without CURVE" in record.getMessage() for record in caplog.records)
+
+
+def test_a_client_with_an_unknown_key_is_told_authentication_may_be_why(config) -> None:
+    server_keys = generate_curve_keypair()
+    allowed = generate_curve_keypair()
+    stranger = ClientCurve(generate_curve_keypair(), server_keys.public_key)
+    with ZMQServer(
+        port=0,
+        transport_mode=TransportMode.TCP,
+        config=config,
+        curve=ServerCurve(server_keys, allowed_client_keys={allowed.public_key}),
+    ) as server:
+        with ZMQClient(
+            port=server.bound_port,
+            transport_mode=TransportMode.TCP,
+            config=config,
+            curve=stranger,
+        ) as client:
+            with pytest.raises((ZMQTimeoutError, ServerLost)) as refused:
+                client.ping(timeout=1.0)
+            text = str(refused.value)
+            assert "CURVE" in text and ("key" in text or "authentication" in text)
+        assert server.statistics().requests == 0  # the stranger learned nothing
