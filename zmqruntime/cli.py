@@ -7,7 +7,8 @@ code, never a traceback. Output uses rich (the ``cli`` extra) when it is install
 plain text otherwise; ``--json`` gives machine-readable output.
 
 Exit codes: 0 success, 1 the task failed or was cancelled, 2 bad usage, 3 no server answered
-(or it vanished), 4 the server refused the request.
+(or it vanished), 4 the server refused the request, 5 ``submit --wait`` gave up waiting (the
+task is still running on the server).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -37,6 +41,9 @@ from zmqruntime.errors import (
 from zmqruntime.messages import ExecutionRecord, ServerSummary
 from zmqruntime.transport import get_default_transport_mode
 
+if TYPE_CHECKING:
+    from zmqruntime.execution import ExecutionServer
+
 __all__ = ["CLIError", "main"]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +52,8 @@ EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
+EXIT_WAIT_TIMEOUT = 5
+_ONE_SHOT_LINGER = 0.1  # a command's last message is answered before it exits; no need to linger
 
 
 class CLIError(Exception):
@@ -98,7 +107,9 @@ def _add_endpoint(parser: argparse.ArgumentParser, *, server: bool = False) -> N
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (5)")
 
 
-def _endpoint(args: argparse.Namespace) -> tuple[TransportMode, ZMQConfig]:
+def _endpoint(
+    args: argparse.Namespace, *, one_shot: bool = True
+) -> tuple[TransportMode, ZMQConfig]:
     mode = get_default_transport_mode()
     if args.tcp:
         mode = TransportMode.TCP
@@ -106,6 +117,8 @@ def _endpoint(args: argparse.Namespace) -> tuple[TransportMode, ZMQConfig]:
         mode = TransportMode.IPC
     try:
         config = ZMQConfig(ipc_root=args.ipc_root)
+        if one_shot:
+            config = attrs.evolve(config, linger=_ONE_SHOT_LINGER)
     except ConfigurationError as exc:
         raise CLIError(str(exc)) from None
     return mode, config
@@ -140,16 +153,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pool = (
         WorkerPool.processes(args.processes)
         if args.processes is not None
-        else WorkerPool.threads(args.workers or 1)
+        else WorkerPool.threads(1 if args.workers is None else args.workers)
     )
-    mode, config = _endpoint(args)
+    mode, config = _endpoint(args, one_shot=False)
     server = ExecutionServer(
         executor, port=args.port, host=args.host, transport_mode=mode, config=config, pool=pool
     )
-    watch_lifeline(server.request_stop)
-    _write(f"serving {args.executor} on {_where(args)}; Ctrl-C stops")
-    server.serve_forever()
+    server.start()  # bound (or failed) before the line below claims it serves
+    try:
+        watch_lifeline(server.request_stop)
+        where = f"port {server.port_number} ({mode.value})"  # the real one, also for --port 0
+        _write(f"serving {args.executor} on {where}; Ctrl-C stops")
+        _wait_until_stopped(server)
+    finally:
+        server.close()
     return 0
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _wait_until_stopped(server: ExecutionServer) -> None:
+    """Block until the server stops; like ``serve_forever``, the first SIGINT/SIGTERM stops it
+    gracefully (queued work cancelled, every client told), a second one at once."""
+    signals = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logger.info("signal %d: cancelling what is left, then stopping", signum)
+            server.request_stop()
+        else:
+            logger.warning("signal %d again: stopping now", signum)
+            server.server.request_stop()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # signals only reach that one
+        previous = {signum: signal.signal(signum, on_signal) for signum in _STOP_SIGNALS}
+    try:
+        while not server.server.wait_stopped(0.2):
+            pass  # signal handlers run in this thread between waits
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def load_executor(path: str) -> Callable[..., Any]:
@@ -198,6 +245,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
             execution = client.submit(task, labels=labels, execution_id=execution_id)
             try:
                 result = execution.result(timeout=args.wait_timeout)
+            except ZMQTimeoutError:
+                if not execution.accepted.done():
+                    raise  # the server never answered the submission
+                raise CLIError(
+                    f"task {execution_id} did not finish within {args.wait_timeout:g}s; it is "
+                    f"still running (see: zmqruntime status {execution_id})",
+                    EXIT_WAIT_TIMEOUT,
+                ) from None
             finally:
                 display.finish()
     _write(dumps(result))
@@ -278,6 +333,9 @@ def cmd_view(args: argparse.Namespace) -> int:
     """Run the ready-made viewer process."""
     from zmqruntime.streaming.__main__ import main as viewer_main  # noqa: PLC0415
 
+    kind, _, folder = args.sink.partition(":")
+    if not (kind == "napari" or (kind == "npy" and folder)):
+        raise CLIError(f"--sink must be npy:DIR or napari, not {args.sink!r}")
     argv = ["--sink", args.sink]
     if args.port is not None:
         argv += ["--port", str(args.port)]

@@ -146,11 +146,14 @@ def _run_tasks(tasks: int, port: int, mode: TransportMode, config: ZMQConfig) ->
             for done, execution in enumerate(executions, start=1):
                 try:
                     execution.result(timeout=120)
-                    outcome["complete"] += 1
+                    ended = "complete"
                 except TaskCancelled:
-                    outcome["cancelled"] += 1
+                    ended = "cancelled"
                 except TaskFailed:
-                    outcome["failed"] += 1
+                    ended = "failed"
+                outcome[ended] += 1
+                # The outcome, not only the progress stream (whose last event may come later).
+                bars.update(names[execution.execution_id], 1.0, ended)
                 bars.update("all tasks", done / tasks, f"{done}/{tasks}")
             subscription.close()
     except ZMQRuntimeError as exc:

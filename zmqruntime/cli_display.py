@@ -49,14 +49,18 @@ def show_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
 def show_summary(summary: ServerSummary) -> None:
     """The server summary as a table."""
     rows = [("queued", str(summary.queued)), ("running", str(summary.running))]
-    rows += [(status, str(count)) for status, count in summary.counts.items()]
+    rows += [
+        (status, str(count))
+        for status, count in summary.counts.items()
+        if status not in {"queued", "running"}  # shown above already
+    ]
     rows += [("workers", str(summary.workers)), ("uptime", f"{summary.uptime:.1f}s")]
     show_table("execution server", rows)
 
 
 def show_record(record: ExecutionRecord) -> None:
     """One execution's record as a table."""
-    rows = [("status", record.status.value)]
+    rows = [("id", record.execution_id), ("status", record.status.value)]
     rows += [(f"label {key}", value) for key, value in record.labels.items()]
     if record.progress is not None:
         fraction = record.progress.fraction
@@ -64,7 +68,7 @@ def show_record(record: ExecutionRecord) -> None:
         rows.append(("progress", f"{done}{record.progress.message}"))
     if record.error_type:
         rows.append(("error", f"{record.error_type}: {record.error_message}"))
-    show_table(f"execution {record.execution_id}", rows)
+    show_table("execution", rows)  # the id in a row: a long title would wrap mid-id
     if record.traceback:
         sys.stdout.write(record.traceback)
 
@@ -72,10 +76,14 @@ def show_record(record: ExecutionRecord) -> None:
 @final
 @attrs.define(eq=False)
 class Bars:
-    """Progress bars keyed by name, fed from any thread; plain lines without rich."""
+    """Progress bars keyed by name, fed from any thread; plain lines without rich.
+
+    Both go to stderr, so stdout holds only results and tables (``submit --wait > out.json``).
+    """
 
     quiet: bool = False
     _progress: Any = None
+    _finished: bool = False
     _tasks: dict[str, Any] = attrs.field(factory=dict)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
@@ -90,6 +98,7 @@ class Bars:
                 rich.progress.BarColumn(),
                 rich.progress.TaskProgressColumn(),
                 rich.progress.TextColumn("{task.fields[note]}"),
+                console=rich.console.Console(stderr=True),
             )
             self._progress.start()
         return self
@@ -97,6 +106,8 @@ class Bars:
     def update(self, name: str, fraction: float | None, note: str = "") -> None:
         """Move bar ``name`` to ``fraction`` (0..1) with a short note."""
         with self._lock:
+            if self._finished:
+                return  # a late event after finish() must not print a stray line
             if self._progress is None:
                 if not self.quiet and note:
                     sys.stderr.write(f"{name}: {note}\n")
@@ -112,6 +123,7 @@ class Bars:
     def finish(self) -> None:
         """Stop drawing (idempotent)."""
         with self._lock:
+            self._finished = True
             if self._progress is not None:
                 self._progress.stop()
                 self._progress = None

@@ -204,7 +204,7 @@ class SocketPair:
                     if exc.errno == zmq.EADDRINUSE:
                         raise AddressInUseError(
                             f"{url} is already in use by another process; stop it or choose "
-                            "another port (port=None picks a free one)"
+                            "another port (port=0 picks a free one)"
                         ) from None
                     raise
         except BaseException:
