@@ -22,7 +22,14 @@ napari = pytest.importorskip("napari")
 from napari.components import ViewerModel  # noqa: E402
 
 from zmqruntime import TransportMode  # noqa: E402
-from zmqruntime.streaming import ImageSender, NapariSink, StreamingServer  # noqa: E402
+from zmqruntime.streaming import (  # noqa: E402
+    ImageSender,
+    NapariSink,
+    StreamingServer,
+    VisualizerProcessManager,
+    python_module_spec,
+)
+from zmqruntime.transport import find_free_port_pair  # noqa: E402
 
 
 def test_images_become_layers_named_from_metadata_and_update_in_place() -> None:
@@ -107,3 +114,31 @@ def test_a_stream_shows_in_a_real_napari_window(display: str, tmp_path: Path) ->
     assert result["layers"] == ["live"]
     assert result["shape"] == [64, 64]
     assert result["right"] > result["left"] + 100, result  # dark left half, bright right half
+
+
+def test_the_ready_made_viewer_runs_napari_in_its_main_thread(display: str, config) -> None:
+    port = find_free_port_pair(config)
+    env = {"DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    spec = python_module_spec(
+        "zmqruntime.streaming",
+        "--port",
+        str(port),
+        "--transport",
+        "tcp",
+        "--sink",
+        "napari",
+        env=env,
+    )
+    manager = VisualizerProcessManager(
+        spec, port=port, transport_mode=TransportMode.TCP, config=config
+    )
+    manager.start(timeout=90)
+    try:
+        with ImageSender(port=port, transport_mode=TransportMode.TCP, config=config) as sender:
+            sender.send(numpy.ones((32, 32), numpy.uint16), {"name": "tile"})
+            sender.wait_all_acked(timeout=60)
+            assert sender.tracker is not None
+            assert sender.tracker.statistics().processed == 1  # shown, not failed
+    finally:
+        code = manager.stop(timeout=30)
+    assert code == 0  # the shutdown request closed the window and the process

@@ -15,7 +15,9 @@ import sys
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.lifeline import watch_lifeline
 from zmqruntime.streaming.server import StreamingServer, StreamMode
-from zmqruntime.streaming.sinks import sink_from_spec
+from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
+
+_WINDOW_CHECK_MS = 200  # how often the Qt loop looks whether the viewer was told to stop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +51,35 @@ def main(argv: list[str] | None = None) -> int:
         config=config,
         mode=StreamMode(args.mode),
     )
+    if isinstance(sink, NapariSink):
+        return _serve_with_napari(server)
     watch_lifeline(server.request_stop)
     server.serve_forever()
+    return 0
+
+
+def _serve_with_napari(server: StreamingServer) -> int:
+    """Qt owns the main thread: serve in the background, quit the window when serving ends."""
+    import napari  # noqa: PLC0415 - optional extra
+    from qtpy.QtCore import QTimer  # noqa: PLC0415
+
+    server.start()
+    watch_lifeline(server.request_stop)
+    timer = QTimer()
+    timer.setInterval(_WINDOW_CHECK_MS)
+
+    def close_when_stopped() -> None:
+        if not server.server.is_running:
+            timer.stop()
+            for viewer in list(napari.Viewer._instances):
+                viewer.close()
+
+    timer.timeout.connect(close_when_stopped)
+    timer.start()
+    try:
+        napari.run()
+    finally:
+        server.close()
     return 0
 
 
