@@ -414,8 +414,3 @@ def _free_port(mode: TransportMode, config: ZMQConfig) -> int:
     if mode is TransportMode.IPC:
         return find_free_ipc_port(config)
     return find_free_port_pair(config, host=config.bind_host)
-
-
-def describe(pair: SocketPair) -> dict[str, Any]:
-    """A loggable summary of a pair's endpoints."""
-    return {"data": pair.data_url, "control": pair.control_url, "mode": pair.mode.value}
