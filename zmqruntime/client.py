@@ -18,7 +18,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias, cast, final
 
@@ -49,7 +49,15 @@ _POLL_TICK_MS: Final = 1000
 _BACKSTOP_SECONDS: Final = 5.0
 _BURST: Final = 256
 _MONITORED: Final = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_HANDSHAKE_FAILURES: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
 )
 _AUTH_HINT: Final = (
     " CURVE is on: a server that does not accept this client's key drops it without a word, "
@@ -110,6 +118,7 @@ class ZMQClient:
     _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
     _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _handshake_failure: str | None = attrs.field(default=None, init=False)
     _counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys(
             ("requests", "replies", "timeouts", "unsolicited", "dropped", "disconnects"), 0
@@ -190,6 +199,12 @@ class ZMQClient:
     def connected(self) -> bool:
         """True while a handshake with the server has succeeded and not broken since."""
         return self._connected.is_set()
+
+    @property
+    def handshake_failure(self) -> str | None:
+        """Why the last connection handshake with the server failed (e.g. CURVE refused this
+        client, or only one end uses CURVE); None once a handshake has succeeded."""
+        return self._handshake_failure
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until the control connection is up (or ``timeout``); True if it is."""
@@ -442,15 +457,18 @@ class ZMQClient:
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failure = None
                 self._connected.set()
             elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 logger.warning("%s: the server refused this client's credentials", self.name)
-                self._pending.fail_all(
-                    ServerLost(
-                        "the server refused this client's CURVE credentials (authentication "
-                        "failed); is the client's public key in its allowed keys?"
-                    )
+                self._handshake_failure = (
+                    "the server refused this client's CURVE credentials (authentication "
+                    "failed); is the client's public key in its allowed keys?"
                 )
+                self._pending.fail_all(ServerLost(self._handshake_failure))
+            elif event["event"] in _HANDSHAKE_FAILURES:
+                self._handshake_failure = self._describe_handshake_failure(event)
+                logger.warning("%s: %s", self.name, self._handshake_failure)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._connected.clear()
                 self._counts["disconnects"] += 1
@@ -460,11 +478,42 @@ class ZMQClient:
                 self._drain_control(pair, limit=sys.maxsize)
                 level = logging.WARNING if len(self._pending) else logging.INFO
                 logger.log(level, "%s: lost the connection to %s", self.name, event["endpoint"])
+                failure = self._handshake_failure
                 self._pending.fail_all(
-                    ServerLost(f"the server at {event['endpoint']!r} went away mid-request")
+                    ServerLost(
+                        f"the server at {event['endpoint']!r} went away mid-request"
+                        if failure is None
+                        else f"no connection to the server at {event['endpoint']!r}: {failure}"
+                    )
                 )
                 if self.on_disconnect is not None:
                     try:
                         self.on_disconnect()
                     except Exception:
                         logger.exception("%s: on_disconnect callback failed", self.name)
+
+    def _describe_handshake_failure(self, event: Mapping[str, Any]) -> str:
+        mismatch = (
+            event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            and int(event["value"]) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        )
+        if mismatch and self.curve is None:
+            return (
+                "the handshake failed: the server uses a security mechanism this client does "
+                "not (it probably requires CURVE authentication); pass curve=ClientCurve(...) "
+                "with a key the server allows"
+            )
+        if mismatch:
+            return (
+                "the handshake failed: this client uses CURVE but the server does not "
+                "(authentication mechanisms differ)"
+            )
+        if self.curve is not None:
+            return (
+                "the CURVE handshake failed (authentication): check that the server's public "
+                "key is the right one and that this client's key is allowed"
+            )
+        return (
+            "the handshake failed: the server may require CURVE authentication, which this "
+            "client does not use (pass curve=ClientCurve(...)), or speak another protocol"
+        )

@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 MAX_EXECUTION_ID_LENGTH: Final = 256
 _WAKE_SECONDS: Final = 1.0
 CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown")
+_RESULT_ENTRY_OVERHEAD: Final = 256
+"""Bytes a cached result costs beyond its frames (id, tuple, list), charged to the budget."""
 
 
 def serializer_name(serializer: TaskSerializer) -> str:
@@ -73,10 +75,13 @@ class _ResultCache:
     """The serialized results of recently finished executions, within a byte budget.
 
     Lets a client that resubmits a finished execution (a retry after a timeout) still get
-    its result.
+    its result. Each entry is charged its bookkeeping as well as its frames, and at most
+    ``max_entries`` are kept (the retention's record count: the result of an execution whose
+    record has expired is never asked for), so millions of tiny results cannot pile up.
     """
 
     budget: int
+    max_entries: int = 10_000
     _entries: collections.OrderedDict[str, tuple[list[Buffer], int]] = attrs.field(
         factory=collections.OrderedDict
     )
@@ -84,13 +89,16 @@ class _ResultCache:
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def put(self, execution_id: str, frames: list[Buffer]) -> None:
-        size = sum(memoryview(frame).nbytes for frame in frames)
+        size = _RESULT_ENTRY_OVERHEAD + sum(memoryview(frame).nbytes for frame in frames)
         if size > self.budget:
             return
         with self._lock:
+            replaced = self._entries.pop(execution_id, None)
+            if replaced is not None:
+                self._size -= replaced[1]
             self._entries[execution_id] = (frames, size)
             self._size += size
-            while self._size > self.budget:
+            while self._size > self.budget or len(self._entries) > self.max_entries:
                 _key, (_frames, dropped) = self._entries.popitem(last=False)
                 self._size -= dropped
 
@@ -140,7 +148,7 @@ class ExecutionServer:
 
     @_results.default
     def _make_results(self) -> _ResultCache:
-        return _ResultCache(self.result_cache_bytes)
+        return _ResultCache(self.result_cache_bytes, int(self.retention.max_records))
 
     # --- life cycle ------------------------------------------------------------------------
 

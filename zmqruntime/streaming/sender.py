@@ -212,7 +212,7 @@ class ImageSender:
             missing = tracker.get_pending_count()
             raise ZMQTimeoutError(
                 f"{missing} image(s) sent to {self.viewer_address} were not acknowledged "
-                f"within {limit}s; is the viewer running?"
+                f"within {limit}s; is the viewer running?{self._connection_hint()}"
             )
 
     def _wait_for_room(self) -> None:
@@ -222,8 +222,20 @@ class ImageSender:
             raise ZMQTimeoutError(
                 f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
                 f"unacknowledged after {limit}s (max_in_flight={self.max_in_flight}); is the "
-                "viewer running?"
+                f"viewer running?{self._connection_hint()}"
             )
+
+    def _connection_hint(self) -> str:
+        """Why images may not get through, when the connection to the viewer says so."""
+        failure = None if self._client is None else self._client.handshake_failure
+        if failure is not None:
+            return f" The connection to the viewer failed: {failure}"
+        if self.curve is not None:
+            return (
+                " CURVE is on: a viewer that does not accept this sender's key drops it without "
+                "a word, so check that the key is allowed and the viewer's key is right."
+            )
+        return ""
 
     def _local_tracker(self) -> QueueTracker:
         if self.ack_to is not None:
