@@ -2,9 +2,10 @@
 
 Run: ``python -m benchmarks.execution_roundtrip [--tasks N] [--mode tcp|ipc]``.
 
-The raw baseline is what a careful hand-written pyzmq runtime does: a ROUTER served by an
-I/O thread that hands each task to a worker thread (through an inproc PAIR) and sends the
-result back; the client is a DEALER in the calling thread. zmqruntime is measured with an
+The raw baseline (``benchmarks/systems/raw.py``, shared with the full suite) is what a
+careful hand-written pyzmq runtime does: a ROUTER served by an I/O thread that hands each
+task to a worker thread (through an inproc PAIR) and sends the result back; the client is a
+DEALER in the calling thread. zmqruntime is measured with an
 :class:`~zmqruntime.execution.ExecutionServer` (one worker thread) and an
 :class:`~zmqruntime.execution.ExecutionClient`, same machine, same run. The task is a no-op
 that returns its input. Ratios are the figures to compare; absolute times drift.
@@ -13,16 +14,15 @@ that returns its input. Ratios are the figures to compare; absolute times drift.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
 import zmq
 
+from benchmarks.systems import raw
 from zmqruntime import TransportMode, ZMQConfig
 from zmqruntime.execution import ExecutionClient, ExecutionServer
 
@@ -31,71 +31,19 @@ def _noop(task: Any, _context: Any) -> Any:
     return task
 
 
-def _raw_server(url: str, ready: threading.Event, stop: threading.Event) -> None:
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.bind(url)
-    to_worker = context.socket(zmq.PAIR)
-    to_worker.bind("inproc://work")
-    worker = threading.Thread(target=_raw_worker, args=(context, stop))
-    worker.start()
-    ready.set()
-    poller = zmq.Poller()
-    poller.register(router, zmq.POLLIN)
-    poller.register(to_worker, zmq.POLLIN)
-    while not stop.is_set():
-        for socket, _event in poller.poll(100):
-            if socket is router:
-                to_worker.send_multipart(router.recv_multipart())
-            else:
-                router.send_multipart(to_worker.recv_multipart())
-    worker.join()
-    router.close(linger=0)
-    to_worker.close(linger=0)
-    context.term()
-
-
-def _raw_worker(context: zmq.Context[zmq.Socket[bytes]], stop: threading.Event) -> None:
-    pair = context.socket(zmq.PAIR)
-    pair.connect("inproc://work")
-    poller = zmq.Poller()
-    poller.register(pair, zmq.POLLIN)
-    while not stop.is_set():
-        if poller.poll(100):
-            identity, header, payload = pair.recv_multipart()
-            task = json.loads(payload)
-            reply = json.dumps({"id": json.loads(header)["id"], "ok": True}).encode()
-            pair.send_multipart([identity, reply, json.dumps(task).encode()])
-    pair.close(linger=0)
-
-
 def _raw(url: str, tasks: int) -> tuple[list[float], float]:
-    ready, stop = threading.Event(), threading.Event()
-    server = threading.Thread(target=_raw_server, args=(url, ready, stop))
-    server.start()
-    ready.wait(10)
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.connect(url)
-
-    def send(number: int) -> None:
-        dealer.send_multipart([json.dumps({"id": number}).encode(), json.dumps(number).encode()])
-
-    def once(number: int) -> None:
-        send(number)
-        dealer.recv_multipart()
-
-    samples = _measure(once, tasks)
-    start = time.perf_counter()
-    for number in range(tasks):
-        send(number)
-    for _ in range(tasks):
-        dealer.recv_multipart()
-    throughput = tasks / (time.perf_counter() - start)
-    dealer.close(linger=0)
-    context.term()
-    stop.set()
-    server.join(10)
+    with raw.TaskServer(url):
+        context = zmq.Context()
+        client = raw.TaskClient(context, url)
+        samples = _measure(client.call, tasks)
+        start = time.perf_counter()
+        for number in range(tasks):
+            client.send(number)
+        for _ in range(tasks):
+            client.receive()
+        throughput = tasks / (time.perf_counter() - start)
+        client.close()
+        context.term()
     return samples, throughput
 
 

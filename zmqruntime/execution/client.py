@@ -86,6 +86,8 @@ class Execution:
         try:
             return self.future.result(limit)
         except concurrent.futures.TimeoutError:
+            if self.future.done():
+                raise  # the execution's own error (a ZMQTimeoutError is a TimeoutError too)
             raise ZMQTimeoutError(
                 f"execution {self.execution_id} did not finish within {limit}s"
             ) from None
@@ -96,6 +98,8 @@ class Execution:
         try:
             return self.future.exception(limit)
         except concurrent.futures.TimeoutError:
+            if self.future.done():
+                raise  # the execution's own error (a ZMQTimeoutError is a TimeoutError too)
             raise ZMQTimeoutError(
                 f"execution {self.execution_id} did not finish within {limit}s"
             ) from None
@@ -231,7 +235,7 @@ class ExecutionClient:
 
         Submissions pipeline: nothing waits for the server here. If the server refuses (queue
         full, shutting down …) or does not accept within ``timeout`` seconds
-        (``config.request_timeout``), the execution's future fails with that
+        (``config.result_timeout``), the execution's future fails with that
         :class:`RemoteError` or :class:`ZMQTimeoutError`; ``execution.accepted`` resolves
         when the server has taken it. A client-chosen ``execution_id`` makes resubmission
         idempotent: the server never runs an id twice, and a retry gets the first run's
@@ -262,7 +266,11 @@ class ExecutionClient:
             payload=payload,
         )
         try:
-            acceptance = self._zmq.request_async(request, timeout)
+            # A burst of submissions queues at the server; acceptance may take as long as the
+            # work ahead of it, so it waits as long as a result would by default.
+            acceptance = self._zmq.request_async(
+                request, self.config.result_timeout if timeout is None else timeout
+            )
         except BaseException:
             if created:
                 with self._lock:

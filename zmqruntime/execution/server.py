@@ -315,7 +315,13 @@ class ExecutionServer:
         record, _created = self._store.submit(execution_id, request.labels)
         with self._lock:
             self._waiters[execution_id] = [peer]
-        self.pool.submit(Job(execution_id, task, record.labels))
+        try:
+            self.pool.submit(Job(execution_id, task, record.labels))
+        except ChannelClosed:  # closing between the checks above and here
+            self._store.cancel(execution_id)
+            with self._lock:
+                self._waiters.pop(execution_id, None)
+            return _error(rid, ErrorCode.REFUSED, "the server is shutting down")
         return Accepted(request_id=rid, execution_id=execution_id, status=record.status)
 
     def _duplicate(self, request_id: int, record: ExecutionRecord, peer: Peer) -> Message:

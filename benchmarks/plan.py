@@ -1,0 +1,223 @@
+"""What the suite measures: sizes for --quick and full runs, the workloads, the outcomes.
+
+A workload is one row per system in the table. Systems return :class:`Samples` (seconds per
+operation, or seconds per repetition of ``items`` operations) or :class:`Skipped` with the
+reason; the report turns samples into medians, p99s and ratios to the raw baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+RAW = "raw pyzmq"
+OURS = "zmqruntime"
+V065 = "zmqruntime 0.6.5"
+DASK = "dask distributed"
+IPP = "ipyparallel"
+
+PEERS = (DASK, IPP)
+ALL_SYSTEMS = (RAW, OURS, V065, DASK, IPP)
+CORE_SYSTEMS = (RAW, OURS, V065)
+
+
+class Kind(enum.Enum):
+    """How samples read: per-operation latency, a rate over repetitions, a duration, memory."""
+
+    LATENCY = "latency"
+    RATE = "rate"
+    DURATION = "duration"
+    MEMORY = "memory"
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """What one system measured for one workload.
+
+    ``values`` are seconds: per operation when ``items`` is 1, else per repetition of
+    ``items`` operations (rates). For memory they are MiB. ``extra`` carries named
+    secondary samples (e.g. the task body time of the progress workload) and details.
+    """
+
+    values: list[float]
+    items: int = 1
+    note: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A system that could not be measured here, and why (printed, never faked)."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """A system that raised while being measured (a bug in a system or in the suite)."""
+
+    error: str
+
+
+Outcome = Samples | Skipped | Failed
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes of one run; :meth:`quick` is the CI smoke test, :meth:`full` the real one."""
+
+    quick: bool
+    latency_count: int
+    latency_budget: float
+    warmup: int
+    pipelined_tasks: int
+    slow_pipelined_tasks: int
+    """The pipelined task count for systems that need seconds per hundred tasks (0.6.5)."""
+    peer_pipelined_tasks: int
+    """The pipelined task count for Dask and ipyparallel."""
+    clients: int
+    reps: int
+    rep_budget: float
+    payload_bytes: int
+    payload_count: int
+    frames_small: int
+    frames_large: int
+    window: int
+    progress_updates: int
+    memory_tasks: int
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            quick=False,
+            latency_count=2000,
+            latency_budget=8.0,
+            warmup=100,
+            pipelined_tasks=5000,
+            slow_pipelined_tasks=1000,
+            peer_pipelined_tasks=5000,
+            clients=4,
+            reps=5,
+            rep_budget=25.0,
+            payload_bytes=1 << 20,
+            payload_count=300,
+            frames_small=400,
+            frames_large=50,
+            window=8,
+            progress_updates=10_000,
+            memory_tasks=100_000,
+        )
+
+    @classmethod
+    def quick_plan(cls) -> Plan:
+        return cls(
+            quick=True,
+            latency_count=100,
+            latency_budget=0.5,
+            warmup=10,
+            pipelined_tasks=500,
+            slow_pipelined_tasks=50,
+            peer_pipelined_tasks=100,
+            clients=4,
+            reps=2,
+            rep_budget=1.0,
+            payload_bytes=1 << 20,
+            payload_count=20,
+            frames_small=30,
+            frames_large=6,
+            window=8,
+            progress_updates=1000,
+            memory_tasks=3000,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One line of the table per system.
+
+    ``key`` identifies it in code and JSON; ``secondary`` names rows derived from a
+    system's ``extra`` samples: ``(extra key, row key, row title)``.
+    """
+
+    key: str
+    title: str
+    kind: Kind
+    unit: str
+    systems: tuple[str, ...]
+    secondary: tuple[tuple[str, str, str], ...] = ()
+
+
+def workloads(plan: Plan) -> list[Workload]:
+    """The workloads of the issue, titled with the sizes this plan uses."""
+    tasks = f"{plan.pipelined_tasks:,}"
+    updates = f"{plan.progress_updates:,}"
+    mib = plan.payload_bytes / (1 << 20)
+    result = [
+        Workload("1-latency-tcp", "1 no-op submit→result (tcp)", Kind.LATENCY, "", ALL_SYSTEMS),
+        Workload("1-latency-ipc", "1 no-op submit→result (ipc)", Kind.LATENCY, "", ALL_SYSTEMS),
+        Workload("2-pipelined", f"2 pipelined {tasks} no-op", Kind.RATE, "tasks", ALL_SYSTEMS),
+        Workload(
+            "3-pipelined-clients",
+            f"3 pipelined {tasks} no-op, {plan.clients} clients",
+            Kind.RATE,
+            "tasks",
+            ALL_SYSTEMS,
+        ),
+        Workload(
+            "4-payload",
+            f"4 {mib:g} MiB numpy payload → result",
+            Kind.LATENCY,
+            "",
+            CORE_SYSTEMS,
+        ),
+    ]
+    for size in (512, 2048):
+        for window in (1, plan.window):
+            how = "stop-and-wait" if window == 1 else f"window {window}"
+            result.append(
+                Workload(
+                    f"5-stream-{size}-w{window}",
+                    f"5 acked stream {size}² uint16, {how}",
+                    Kind.RATE,
+                    "frames",
+                    CORE_SYSTEMS,
+                )
+            )
+    result += [
+        Workload(
+            "6-progress-subscribed",
+            f"6 progress: {updates} updates delivered (submit → last event)",
+            Kind.DURATION,
+            "",
+            CORE_SYSTEMS,
+            secondary=(
+                ("body", "6-progress-body-subscribed", "6 progress: task body, subscriber"),
+            ),
+        ),
+        Workload(
+            "6-progress-body-alone",
+            "6 progress: task body, no subscriber",
+            Kind.DURATION,
+            "",
+            CORE_SYSTEMS,
+        ),
+        Workload(
+            "7-memory",
+            f"7 server peak RSS over {plan.memory_tasks:,} tasks",
+            Kind.MEMORY,
+            "MiB",
+            (OURS,),
+        ),
+    ]
+    return result
+
+
+def row_keys(plan: Plan) -> list[tuple[str, str]]:
+    """Every (row key, system) the table must contain, secondary rows included."""
+    keys = []
+    for workload in workloads(plan):
+        keys += [(workload.key, system) for system in workload.systems]
+        for _extra, key, _title in workload.secondary:
+            keys += [(key, system) for system in workload.systems]
+    return keys

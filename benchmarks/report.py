@@ -1,0 +1,249 @@
+"""From outcomes to rows: medians, p99s, ratios to the raw baseline, targets, Markdown, JSON.
+
+Latency and duration rows read in seconds (shown in µs or ms); rate rows in operations per
+second, computed per repetition (``items / duration``), their p99 being the rate of the
+slowest 1% of repetitions (with few repetitions: the slowest one). The ratio is the system's
+median divided by the raw baseline's median in the same unit: below 1 is faster for
+latencies and durations, above 1 is faster for rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.plan import OURS, RAW, V065, Failed, Kind, Outcome, Samples, Skipped, Workload
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table."""
+
+    key: str
+    workload: str
+    system: str
+    kind: str
+    unit: str
+    median: float | None = None
+    p99: float | None = None
+    ratio: float | None = None
+    samples: int = 0
+    note: str = ""
+    skipped: str | None = None
+    error: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def measured(self) -> bool:
+        return self.median is not None
+
+
+def _nearest_rank(ordered: list[float], fraction: float) -> float:
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def summarize(workload: Workload, system: str, outcome: Outcome) -> list[Row]:
+    """The row (and secondary rows) one system's outcome gives for one workload."""
+    kind = workload.kind
+    unit = {Kind.RATE: f"{workload.unit}/s", Kind.MEMORY: "MiB"}.get(kind, "s")
+    row = Row(workload.key, workload.title, system, kind.value, unit)
+    rows = [row]
+    for extra_key, key, title in workload.secondary:
+        secondary = Row(key, title, system, Kind.DURATION.value, "s")
+        if isinstance(outcome, Samples):
+            values = outcome.extra.get(extra_key, [])
+            _fill(secondary, Kind.DURATION, Samples(values, note=outcome.note))
+        else:
+            _fill(secondary, Kind.DURATION, outcome)
+        rows.append(secondary)
+    _fill(row, kind, outcome)
+    return rows
+
+
+def _fill(row: Row, kind: Kind, outcome: Outcome) -> None:
+    if isinstance(outcome, Skipped):
+        row.skipped = outcome.reason
+        return
+    if isinstance(outcome, Failed):
+        row.error = outcome.error
+        return
+    values = list(outcome.values)
+    if not values:
+        row.error = "no samples"
+        return
+    row.samples = len(values)
+    row.details = dict(outcome.extra)
+    notes = [outcome.note] if outcome.note else []
+    delivered = outcome.extra.get("delivered")
+    if delivered and any(delivered):
+        notes.append(f"subscriber got {min(delivered):,} events per run (fewest)")
+    row.note = "; ".join(notes)
+    if kind is Kind.RATE:
+        rates = sorted(outcome.items / value for value in values)
+        row.median = statistics.median(rates)
+        row.p99 = outcome.items / _nearest_rank(sorted(values), 0.99)
+    elif kind is Kind.MEMORY:
+        row.median = max(values)
+    else:
+        ordered = sorted(values)
+        row.median = statistics.median(ordered)
+        row.p99 = _nearest_rank(ordered, 0.99)
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """Set every measured row's ratio to the raw baseline row of the same workload."""
+    raw = {row.key: row.median for row in rows if row.system == RAW and row.measured}
+    for row in rows:
+        base = raw.get(row.key)
+        if row.median is not None and base:
+            row.ratio = row.median / base
+
+
+def _show(value: float | None, row: Row) -> str:
+    if value is None:
+        return "—"
+    if row.kind == Kind.RATE.value:
+        return f"{value:,.0f} {row.unit}"
+    if row.kind == Kind.MEMORY.value:
+        return f"{value:.1f} MiB"
+    if value < 1e-3:
+        return f"{value * 1e6:,.0f} µs"
+    if value < 10:
+        return f"{value * 1e3:,.1f} ms" if value < 0.1 else f"{value * 1e3:,.0f} ms"
+    return f"{value:,.1f} s"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(rows: list[Row]) -> str:
+    """The table: workload, system, median, p99, ratio to raw, notes."""
+    lines = [
+        "| workload | system | median | p99 | vs raw | notes |",
+        "|---|---|--:|--:|--:|---|",
+    ]
+    for row in rows:
+        if row.skipped is not None:
+            cells = ["—", "—", "—", f"skipped: {row.skipped}"]
+        elif row.error is not None:
+            cells = ["—", "—", "—", f"error: {row.error}"]
+        else:
+            ratio = "—" if row.ratio is None else f"{row.ratio:.2f}x"
+            cells = [_show(row.median, row), _show(row.p99, row), ratio, row.note]
+        lines.append("| " + " | ".join(_cell(c) for c in [row.workload, row.system, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass
+class Target:
+    """One target of the issue, and whether this run met it."""
+
+    name: str
+    goal: str
+    measured: str
+    met: bool | None
+
+
+def _find(rows: list[Row], key: str, system: str) -> Row | None:
+    for row in rows:
+        if row.key == key and row.system == system and row.measured:
+            return row
+    return None
+
+
+def _ratio_target(rows: list[Row], name: str, key: str, goal: str, ok: Any) -> Target:
+    row = _find(rows, key, OURS)
+    if row is None or row.ratio is None:
+        return Target(name, goal, "not measured", None)
+    return Target(name, goal, f"{row.ratio:.2f}x raw", bool(ok(row.ratio)))
+
+
+def targets(rows: list[Row]) -> list[Target]:
+    """The issue's targets, checked against this run's rows."""
+    result = [
+        _ratio_target(
+            rows,
+            f"sequential latency ({transport})",
+            f"1-latency-{transport}",
+            "≤ 1.5x raw",
+            lambda ratio: ratio <= 1.5,
+        )
+        for transport in ("tcp", "ipc")
+    ]
+    result += [
+        _ratio_target(rows, title, key, "≥ 0.5x raw", lambda ratio: ratio >= 0.5)
+        for key, title in (
+            ("2-pipelined", "pipelined throughput"),
+            ("3-pipelined-clients", "pipelined throughput, 4 clients"),
+        )
+    ]
+    ours, old = _find(rows, "2-pipelined", OURS), _find(rows, "2-pipelined", V065)
+    if ours is not None and old is not None and ours.median and old.median:
+        factor = ours.median / old.median
+        result.append(
+            Target(
+                "pipelined vs 0.6.5 default (follows from the line above)",
+                "≈ 180x on the issue's machine",
+                f"{factor:,.0f}x",
+                None,
+            )
+        )
+    result += [
+        _ratio_target(
+            rows,
+            f"acked stream {key.removeprefix('5-stream-')}",
+            key,
+            "≥ 0.8x raw",
+            lambda ratio: ratio >= 0.8,
+        )
+        for key in (row.key for row in rows if row.system == OURS)
+        if key.startswith("5-stream-")
+    ]
+    delivered = _find(rows, "6-progress-subscribed", OURS)
+    if delivered is not None and delivered.details.get("delivered"):
+        fewest, expected = min(delivered.details["delivered"]), delivered.details["updates"]
+        result.append(
+            Target(
+                "progress: every update reaches the subscriber",
+                f"{expected:,} of {expected:,}",
+                f"{fewest:,} (fewest in a run)",
+                fewest == expected,
+            )
+        )
+    with_sub = _find(rows, "6-progress-body-subscribed", OURS)
+    alone = _find(rows, "6-progress-body-alone", OURS)
+    if with_sub is not None and alone is not None and with_sub.median and alone.median:
+        slowdown = with_sub.median / alone.median
+        result.append(
+            Target(
+                "progress: task body with subscriber vs without",
+                "≤ 2x",
+                f"{slowdown:.2f}x",
+                slowdown <= 2,
+            )
+        )
+    return result
+
+
+def targets_markdown(found: list[Target]) -> str:
+    lines = ["| target | goal | this run | |", "|---|---|---|---|"]
+    for target in found:
+        verdict = {True: "met", False: "**missed**", None: "—"}[target.met]
+        lines.append(f"| {target.name} | {target.goal} | {target.measured} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: list[Row], found: list[Target]) -> None:
+    """The same table as JSON (plus the machine and the targets)."""
+    document = {
+        "meta": meta,
+        "rows": [dataclasses.asdict(row) for row in rows],
+        "targets": [dataclasses.asdict(target) for target in found],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
