@@ -18,7 +18,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias, cast, final
 
@@ -38,7 +38,7 @@ from zmqruntime.mailbox import Mailbox
 from zmqruntime.messages import ErrorReply, Message, Ping, Pong
 from zmqruntime.protocols import Buffer
 from zmqruntime.requests import PendingRequests
-from zmqruntime.security import ClientCurve
+from zmqruntime.security import ClientCurve, describe_handshake_failure
 from zmqruntime.sockets import Context, PushSockets, SocketPair, receive_ready, send_frames
 
 __all__ = ["ClientStatistics", "ZMQClient"]
@@ -467,7 +467,9 @@ class ZMQClient:
                 )
                 self._pending.fail_all(ServerLost(self._handshake_failure))
             elif event["event"] in _HANDSHAKE_FAILURES:
-                self._handshake_failure = self._describe_handshake_failure(event)
+                self._handshake_failure = describe_handshake_failure(
+                    event["event"], event["value"], curve=self.curve is not None
+                )
                 logger.warning("%s: %s", self.name, self._handshake_failure)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._connected.clear()
@@ -491,29 +493,3 @@ class ZMQClient:
                         self.on_disconnect()
                     except Exception:
                         logger.exception("%s: on_disconnect callback failed", self.name)
-
-    def _describe_handshake_failure(self, event: Mapping[str, Any]) -> str:
-        mismatch = (
-            event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            and int(event["value"]) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-        )
-        if mismatch and self.curve is None:
-            return (
-                "the handshake failed: the server uses a security mechanism this client does "
-                "not (it probably requires CURVE authentication); pass curve=ClientCurve(...) "
-                "with a key the server allows"
-            )
-        if mismatch:
-            return (
-                "the handshake failed: this client uses CURVE but the server does not "
-                "(authentication mechanisms differ)"
-            )
-        if self.curve is not None:
-            return (
-                "the CURVE handshake failed (authentication): check that the server's public "
-                "key is the right one and that this client's key is allowed"
-            )
-        return (
-            "the handshake failed: the server may require CURVE authentication, which this "
-            "client does not use (pass curve=ClientCurve(...)), or speak another protocol"
-        )

@@ -26,6 +26,7 @@ __all__ = [
     "CurveKeyPair",
     "ServerCurve",
     "check_pickle_exposure",
+    "describe_handshake_failure",
     "generate_curve_keypair",
     "is_loopback_host",
     "load_curve_keypair",
@@ -208,3 +209,32 @@ def check_pickle_exposure(
             "can reach that address run code in this process. Use SafeSerializer, turn on "
             "CURVE (curve=...), bind loopback, or pass allow_insecure=True to accept the risk."
         )
+
+
+def describe_handshake_failure(event: int, value: int, *, curve: bool) -> str:
+    """Why a client's connection handshake failed, from its socket monitor's ``event`` and
+    ``value``, for a client with (``curve=True``) or without CURVE keys."""
+    mismatch = (
+        event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        and int(value) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    )
+    if mismatch and not curve:
+        return (
+            "the handshake failed: the server uses a security mechanism this client does not "
+            "(it probably requires CURVE authentication); pass curve=ClientCurve(...) with a "
+            "key the server allows"
+        )
+    if mismatch:
+        return (
+            "the handshake failed: this client uses CURVE but the server does not "
+            "(authentication mechanisms differ)"
+        )
+    if curve:
+        return (
+            "the CURVE handshake failed (authentication): check that the server's public key "
+            "is the right one and that this client's key is allowed"
+        )
+    return (
+        "the handshake failed: the server may require CURVE authentication, which this "
+        "client does not use (pass curve=ClientCurve(...)), or speak another protocol"
+    )
