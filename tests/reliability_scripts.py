@@ -2,7 +2,7 @@
 ``python tests/reliability_scripts.py <command> <args…>`` with the repository root as the
 working directory (so ``tests.executors`` imports).
 
-* ``server PORT MODE IPC_ROOT WORKERS MAX_RECORDS [CURVE_DIR]`` — an ExecutionServer running
+* ``server PORT MODE IPC_ROOT WORKERS MAX_RECORDS`` — an ExecutionServer running
   :func:`tests.executors.dispatch` on ``WORKERS`` threads, keeping at most ``MAX_RECORDS``
   terminal records, with the test config's short heartbeats. Serves until a shutdown
   request or SIGTERM (then exits 0) or until it is killed.

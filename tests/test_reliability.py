@@ -1255,6 +1255,7 @@ def test_a_killed_client_process_does_not_stop_the_server(
 # --- 3. nothing lost under load -------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)  # about 20 s here
 def test_eight_clients_twenty_thousand_tasks_lose_nothing(config: ZMQConfig) -> None:
     clients_n, per_client = 8, 2500
     ran: collections.Counter[str] = collections.Counter()
@@ -1465,6 +1466,7 @@ SOAK_RSS_TOLERANCE_KIB = 10 * 1024
 
 @linux_only
 @pytest.mark.soak
+@pytest.mark.timeout(400)  # about a minute here; room for a slow CI machine
 def test_a_hundred_thousand_tasks_leave_the_server_flat(
     children: Children, config: ZMQConfig, tmp_path: Path
 ) -> None:
