@@ -51,7 +51,9 @@ def client(port: str, mode: str, ipc_root: str, count: str) -> None:
     connection = ExecutionClient(
         port=int(port), transport_mode=TransportMode(mode), config=child_config(ipc_root)
     )
-    executions = [connection.submit({"block": True, "n": n}) for n in range(int(count))]
+    executions = [
+        connection.submit({"block": True, "n": n}, confirm=True) for n in range(int(count))
+    ]
     for execution in executions:
         execution.accepted.result(30)
         print("accepted", execution.execution_id, flush=True)

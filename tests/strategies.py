@@ -284,6 +284,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         execution_id=_optional(texts()),
         labels=_labels(),
         serializer=st.sampled_from(["safe", "pickle"]) | texts(),
+        confirm=st.booleans(),
         payload=_buffer_tuples(),
     ),
     StatusRequest: st.builds(
@@ -321,6 +322,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Completion: st.builds(
         Completion,
         record=execution_records(),
+        request_id=_optional(request_ids()),
         serializer=st.sampled_from(["safe", "pickle"]) | texts(),
         result=_buffer_tuples(),
     ),

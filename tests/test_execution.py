@@ -66,6 +66,7 @@ from zmqruntime.messages import (
 )
 from zmqruntime.protocols import TaskContext
 from zmqruntime.serializers import PickleSerializer, SafeSerializer
+from zmqruntime.subscriptions import SubscriberTopics
 from zmqruntime.transport import find_free_ipc_port, find_free_port_pair
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
@@ -245,9 +246,16 @@ def test_readme_usage(
         ex = client.submit({"x": 21}, labels={"plate": "A1"})
         assert ex.result(timeout=WAIT) == {"answer": 42}
         assert ex.done()
-        accepted = ex.accepted.result(WAIT)
+        # Unconfirmed, the outcome is the server's only answer, and it implies acceptance.
+        answered = ex.accepted.result(WAIT)
+        assert isinstance(answered, Completion)
+        assert answered.record.execution_id == ex.execution_id
+
+        confirmed = client.submit({"x": 1}, confirm=True)
+        accepted = confirmed.accepted.result(WAIT)
         assert isinstance(accepted, Accepted)
-        assert (accepted.execution_id, accepted.duplicate) == (ex.execution_id, False)
+        assert (accepted.execution_id, accepted.duplicate) == (confirmed.execution_id, False)
+        assert confirmed.result(timeout=WAIT) == {"answer": 2}
 
         rec = client.status(ex.execution_id)
         assert isinstance(rec, ExecutionRecord)
@@ -267,7 +275,7 @@ def test_readme_usage(
 
         summary = summary_of(client)
         assert (summary.queued, summary.running, summary.workers) == (0, 0, 1)
-        assert summary.counts["complete"] == 1
+        assert summary.counts["complete"] == 2
         assert summary.uptime > 0
         pong = client.ping()
         assert isinstance(pong, Pong)
@@ -516,6 +524,44 @@ def test_progress_subscriptions_filter_by_id_and_stop_when_closed(
     assert [e.sequence for e in only_wanted.of("wanted")] == [1, 2, 3, 4]
     assert only_wanted.of("other") == []
     assert closed.events == []
+
+
+def test_the_server_knows_which_progress_topics_anybody_subscribes_to(
+    serve: ServeFactory, connect: ConnectFactory, transport_mode: TransportMode
+) -> None:
+    """Unobserved progress is never encoded: the XPUB hears every (un)subscription."""
+    server = serve(steps, transport_mode)
+    watched = server.server.has_subscribers
+    client = connect(server)
+    assert not watched("job-1")
+    one = client.on_progress(Collector(), execution_id="job-1")
+    wait_until(lambda: watched("job-1"), "the subscription to reach the server")
+    assert not watched("job-2")
+    assert client.submit({"n": 2}, execution_id="job-2").result(WAIT) == 2  # runs unobserved
+    everything = client.on_progress(Collector())
+    wait_until(lambda: watched("job-2"), "the catch-all subscription")
+    one.close()
+    everything.close()
+    wait_until(lambda: not watched("job-1"), "the unsubscriptions")
+    again = client.on_progress(Collector(), execution_id="job-3")
+    wait_until(lambda: watched("job-3"), "a new subscription")
+    client.close()  # a subscriber that leaves takes its filters with it
+    wait_until(lambda: not watched("job-3"), "the departed subscriber's filters to go")
+    again.close()
+
+
+def test_subscriber_topics_match_by_prefix_like_zmq() -> None:
+    topics = SubscriberTopics()
+    assert not topics.note(b"") and not topics.note(b"\x02abc")  # not notices: ignored
+    assert not topics.wanted(b"abc")
+    assert topics.note(b"\x01ab")
+    assert topics.wanted(b"abc") and topics.wanted(b"ab") and not topics.wanted(b"a")
+    topics.note(b"\x01")
+    assert topics.wanted(b"zzz") and topics.filters == {b"", b"ab"}
+    topics.note(b"\x00")
+    topics.note(b"\x00ab")
+    topics.note(b"\x00never-subscribed")
+    assert topics.filters == frozenset() and not topics.wanted(b"abc")
 
 
 def test_non_json_progress_raises_in_the_executor_and_fails_the_task(
@@ -878,7 +924,7 @@ def test_resubmitting_an_execution_id_never_runs_it_twice(
     gate.wait_started("same")
     again = first.submit({"value": "retry"}, execution_id="same")  # same client, still waiting
     assert again is original
-    other = second.submit({"value": "other"}, execution_id="same")  # another client
+    other = second.submit({"value": "other"}, execution_id="same", confirm=True)  # another
     duplicate = other.accepted.result(WAIT)
     assert isinstance(duplicate, Accepted)
     assert duplicate.duplicate and duplicate.status is ExecutionStatus.RUNNING
@@ -890,7 +936,7 @@ def test_resubmitting_an_execution_id_never_runs_it_twice(
     after = first.submit({"value": "retry"}, execution_id="same")
     assert after is not original
     assert after.result(WAIT) == "original"
-    newcomer = late.submit({"value": "late"}, execution_id="same")
+    newcomer = late.submit({"value": "late"}, execution_id="same", confirm=True)
     assert newcomer.result(WAIT) == "original"
     accepted = newcomer.accepted.result(WAIT)
     assert isinstance(accepted, Accepted)

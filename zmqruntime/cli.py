@@ -235,14 +235,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.ping(timeout=args.timeout)
         if not args.wait:
-            execution = client.submit(task, labels=labels, execution_id=execution_id)
+            execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             execution.accepted.result(timeout=args.timeout)
             _write(dumps({"execution_id": execution_id}) if args.json else execution_id)
             return 0
         from zmqruntime.cli_display import follow  # noqa: PLC0415
 
         with follow(client, execution_id, quiet=args.json) as display:
-            execution = client.submit(task, labels=labels, execution_id=execution_id)
+            execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             try:
                 result = execution.result(timeout=args.wait_timeout)
             except ZMQTimeoutError:

@@ -133,6 +133,7 @@ class MessageFields(enum.Enum):
     UPTIME = "uptime"
     CAPABILITIES = "capabilities"
     FORCE = "force"
+    CONFIRM = "confirm"
     EXECUTION_ID = "execution_id"
     LABELS = "labels"
     SERIALIZER = "serializer"
@@ -246,7 +247,10 @@ class Execute:
     """Submits a task: ``payload`` holds the frames of the serialized task.
 
     ``execution_id`` may be chosen by the client, which makes resubmission idempotent;
-    ``serializer`` names the serializer that produced the payload.
+    ``serializer`` names the serializer that produced the payload. The reply is the
+    execution's :class:`Completion` when it ends (an :class:`ErrorReply` if it is refused);
+    with ``confirm`` the server replies :class:`Accepted` at once instead and pushes the
+    Completion later.
     """
 
     TYPE: ClassVar[ControlMessageType] = ControlMessageType.EXECUTE
@@ -254,6 +258,7 @@ class Execute:
     execution_id: str | None = None
     labels: dict[str, str] = attrs.field(factory=dict)
     serializer: str = "safe"
+    confirm: bool = False
     payload: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
 
 
@@ -354,10 +359,17 @@ class SummaryReply:
 @final
 @attrs.frozen(kw_only=True)
 class Completion:
-    """Pushed to the submitting client when an execution ends; ``result`` holds its frames."""
+    """How an execution ended, sent to every client that submitted it; ``result`` holds the
+    result's frames.
+
+    It is the reply to the :class:`Execute` request (``request_id`` set), or a push
+    (``request_id`` None) after an :class:`Accepted` reply; published without a result on the
+    execution's progress topic.
+    """
 
     TYPE: ClassVar[StreamMessageType] = StreamMessageType.COMPLETION
     record: ExecutionRecord
+    request_id: int | None = None
     serializer: str = "safe"
     result: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
 

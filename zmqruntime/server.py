@@ -46,7 +46,8 @@ from zmqruntime.messages import (
 )
 from zmqruntime.protocols import Buffer
 from zmqruntime.security import ServerCurve
-from zmqruntime.sockets import Context, SocketPair, receive_ready, send_frames
+from zmqruntime.sockets import Context, SocketPair, envelope_end, receive_ready, send_frames
+from zmqruntime.subscriptions import SubscriberTopics
 
 __all__ = ["ControlHandler", "Peer", "ServerStatistics", "ZMQServer"]
 
@@ -114,6 +115,7 @@ class ZMQServer:
     clock: Callable[[], float] = time.monotonic
 
     _pair: SocketPair | None = attrs.field(default=None, init=False)
+    _topics: SubscriberTopics = attrs.field(factory=SubscriberTopics, init=False)
     _mailbox: Mailbox | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _loop_thread_id: int | None = attrs.field(default=None, init=False)
@@ -280,13 +282,24 @@ class ZMQServer:
             uptime=uptime,
         )
 
-    def send(self, peer: Peer, message: Message) -> None:
+    def send(self, peer: Peer, message: Message, *, request_id: int | None = None) -> None:
         """Send ``message`` to ``peer`` on the control socket, from any thread.
 
-        Encoding happens here, in the caller's thread; a message that cannot be encoded raises
+        ``request_id`` stamps the message as the reply to that request of the peer's. Encoding
+        happens here, in the caller's thread; a message that cannot be encoded raises
         :class:`~zmqruntime.LocalProtocolError` here rather than on the I/O thread.
         """
-        self._post(True, [*peer.envelope, *codec.encode(message)])
+        self._post(True, [*peer.envelope, *codec.encode(message, request_id=request_id)])
+
+    def has_subscribers(self, topic: str | bytes = b"") -> bool:
+        """Whether a message published on ``topic`` would reach anybody.
+
+        Known only on an XPUB data socket (it hears every subscription); on any other data
+        socket this is always True. Publishers use it to skip building unwanted events.
+        """
+        if self.data_socket_type != zmq.XPUB:
+            return True
+        return self._topics.wanted(topic.encode() if isinstance(topic, str) else topic)
 
     def publish(self, message: Message, topic: str | bytes | None = None) -> None:
         """Send ``message`` on the data socket (PUB: to every subscriber), from any thread.
@@ -323,10 +336,12 @@ class ZMQServer:
                     ready = dict(poller.poll(_POLL_TICK_MS))
                     if mailbox.fileno in ready:
                         self._flush(pair, mailbox)
-                    if pair.control in ready:
-                        self._drain_control(pair)
+                    # Data first: a subscription that arrived with a request is known to
+                    # the handler of that request.
                     if pair.data in ready:
                         self._drain_data(pair)
+                    if pair.control in ready:
+                        self._drain_control(pair)
                 except zmq.ContextTerminated:
                     logger.warning("%s: zmq context terminated under the loop", self.role)
                     break
@@ -364,7 +379,7 @@ class ZMQServer:
             if frames is None:
                 return
             self._counts["requests"] += 1
-            split = _envelope_end(frames)
+            split = envelope_end(frames)
             peer = Peer(tuple(frame.bytes for frame in frames[:split]))
             reply = self._answer(cast("list[Buffer]", frames[split:]), peer)
             if reply is not None:
@@ -454,10 +469,15 @@ class ZMQServer:
         return ShutdownReply(request_id=request.request_id)
 
     def _drain_data(self, pair: SocketPair) -> None:
+        notices = self.data_socket_type == zmq.XPUB
         for _ in range(_BURST):
             frames = receive_ready(pair.data)
             if frames is None:
                 return
+            if notices:  # XPUB: libzmq applied each frame that is a notice; so do we
+                for frame in frames:
+                    self._topics.note(frame.bytes)
+                continue
             self._counts["data"] += 1
             try:
                 message = codec.decode(
@@ -476,11 +496,3 @@ class ZMQServer:
             except Exception:
                 self._counts["data_errors"] += 1
                 logger.exception("%s: data handler failed on a %s", self.role, message.TYPE.value)
-
-
-def _envelope_end(frames: list[zmq.Frame]) -> int:
-    """Where the routing envelope ends: after the identity, and after an empty delimiter frame
-    if the peer is a REQ socket (so plain REQ clients can talk to a server too)."""
-    if len(frames) >= 2 and len(frames[1]) == 0:
-        return 2
-    return 1

@@ -35,11 +35,21 @@ from zmqruntime.transport import (
     remove_ipc_socket,
 )
 
-__all__ = ["PushSockets", "SocketPair", "open_connected_socket", "receive_ready", "send_frames"]
+__all__ = [
+    "PushSockets",
+    "SocketPair",
+    "envelope_end",
+    "open_connected_socket",
+    "receive_ready",
+    "send_frames",
+]
 
 logger = logging.getLogger(__name__)
 
-_RECEIVING_TYPES = frozenset({zmq.ROUTER, zmq.DEALER, zmq.PULL, zmq.SUB, zmq.PAIR, zmq.REP})
+# XPUB receives too: its subscribers' subscription notices.
+_RECEIVING_TYPES = frozenset(
+    {zmq.ROUTER, zmq.DEALER, zmq.PULL, zmq.SUB, zmq.XPUB, zmq.PAIR, zmq.REP}
+)
 _BIND_ATTEMPTS = 5
 
 Context = zmq.Context[zmq.Socket[bytes]]
@@ -54,7 +64,7 @@ def _configure(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
     socket.setsockopt(zmq.LINGER, _ms(config.linger))
     socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
     socket.setsockopt(zmq.RCVHWM, config.send_high_water_mark)
-    if socket.type not in (zmq.PUB, zmq.SUB):
+    if socket.type not in (zmq.PUB, zmq.XPUB, zmq.SUB):
         # ZMTP heartbeats are answered by libzmq's I/O thread, outside the GIL, so a busy
         # executor never makes a healthy peer look dead.
         socket.setsockopt(zmq.HEARTBEAT_IVL, _ms(config.heartbeat_interval))
@@ -351,6 +361,14 @@ def send_frames(socket: Socket, frames: Sequence[Any], flags: int = 0) -> None:
     for index, frame in enumerate(frames):
         more = _SNDMORE if index < last else 0
         socket.send(frame, flags | more, copy=sizes[index] < ZERO_COPY_THRESHOLD)
+
+
+def envelope_end(frames: Sequence[Any]) -> int:
+    """Where a ROUTER message's routing envelope ends: after the identity, and after an empty
+    delimiter frame if the peer is a REQ socket (so plain REQ clients can talk to it too)."""
+    if len(frames) >= 2 and len(frames[1]) == 0:
+        return 2
+    return 1
 
 
 def receive_ready(socket: Socket) -> list[zmq.Frame] | None:

@@ -74,7 +74,9 @@ class Execution:
     future: concurrent.futures.Future[Any]
     _client: ExecutionClient
     accepted: concurrent.futures.Future[Message] = attrs.field(factory=concurrent.futures.Future)
-    """Resolves to the server's ``Accepted`` reply (or fails, failing :attr:`future` too)."""
+    """Resolves once the server has taken the task: to its ``Accepted`` reply when submitted
+    with ``confirm=True``, otherwise to the ``Completion`` (or fails, failing :attr:`future`
+    too, when the server refuses the task)."""
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result, waiting up to ``timeout`` (``config.result_timeout``) seconds.
@@ -230,17 +232,20 @@ class ExecutionClient:
         labels: Mapping[str, str] | None = None,
         execution_id: str | None = None,
         timeout: float | None = None,
+        confirm: bool = False,
     ) -> Execution:
         """Send ``task`` to the server and return its :class:`Execution` at once.
 
         Submissions pipeline: nothing waits for the server here. If the server refuses (queue
-        full, shutting down …) or does not accept within ``timeout`` seconds
-        (``config.result_timeout``), the execution's future fails with that
-        :class:`RemoteError` or :class:`ZMQTimeoutError`; ``execution.accepted`` resolves
-        when the server has taken it. A client-chosen ``execution_id`` makes resubmission
-        idempotent: the server never runs an id twice, and a retry gets the first run's
-        outcome. Raises ``TypeError`` here for a task the serializer cannot carry or labels
-        that are not strings.
+        full, shutting down …) the execution's future fails with that :class:`RemoteError`;
+        if it has not ended within ``timeout`` seconds (``config.result_timeout``), with
+        :class:`ZMQTimeoutError`. The server answers with the outcome only, which is what
+        keeps a submission cheap; with ``confirm=True`` it also replies as soon as it has
+        queued the task (``execution.accepted`` resolves then, and ``timeout`` bounds only
+        that reply) — for a caller that must know the task is in before it lets go. A
+        client-chosen ``execution_id`` makes resubmission idempotent: the server never runs
+        an id twice, and a retry gets the first run's outcome. Raises ``TypeError`` here for
+        a task the serializer cannot carry or labels that are not strings.
         """
         labels = dict(labels or {})
         for key, value in labels.items():
@@ -263,11 +268,13 @@ class ExecutionClient:
             execution_id=execution_id,
             labels=labels,
             serializer=serializer_name(self.serializer),
+            confirm=confirm,
             payload=payload,
         )
         try:
-            # A burst of submissions queues at the server; acceptance may take as long as the
-            # work ahead of it, so it waits as long as a result would by default.
+            # The reply is the outcome (or, confirmed, the acceptance, which a burst of
+            # submissions may delay as long as the work ahead of it): it may take as long as
+            # a result would, and a lost server fails it at once anyway.
             acceptance = self._zmq.request_async(
                 request, self.config.result_timeout if timeout is None else timeout
             )
@@ -290,11 +297,13 @@ class ExecutionClient:
     ) -> None:
         error = acceptance.exception()
         reply = None if error is not None else acceptance.result()
-        if error is None and not isinstance(reply, Accepted):
+        if error is None and not isinstance(reply, (Accepted, Completion)):
             error = RemoteProtocolError(f"server answered execute with {type(reply).__name__}")
         if error is None:
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 execution.accepted.set_result(cast(Message, reply))
+            if isinstance(reply, Completion):
+                self._complete(reply)
             return
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             execution.accepted.set_exception(error)
@@ -389,6 +398,9 @@ class ExecutionClient:
         if not isinstance(message, Completion):
             logger.debug("ignored an unsolicited %s", message.TYPE.value)
             return
+        self._complete(message)
+
+    def _complete(self, message: Completion) -> None:
         record = message.record
         with self._lock:
             execution = self._waiting.pop(record.execution_id, None)

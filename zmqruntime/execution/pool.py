@@ -211,6 +211,11 @@ class WorkerPool:
         self._report(job, Cancelled())
         return True
 
+    @property
+    def queued(self) -> int:
+        """How many jobs wait for a free worker."""
+        return len(self._queue)
+
     def statistics(self) -> PoolStatistics:
         """The pool's mode, size, queue and running jobs."""
         with self._lock:

@@ -60,6 +60,7 @@ class ExecutionStore:
     _counts: collections.Counter[ExecutionStatus] = attrs.field(
         factory=collections.Counter, init=False
     )
+    _progress: dict[str, ProgressEvent] = attrs.field(factory=dict, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def submit(self, execution_id: str, labels: dict[str, str]) -> tuple[ExecutionRecord, bool]:
@@ -72,7 +73,8 @@ class ExecutionStore:
             self._expire()
             existing = self._records.get(execution_id)
             if existing is not None:
-                return existing, False
+                latest = self._progress.get(execution_id)
+                return (existing if latest is None else _with_progress(existing, latest)), False
             record = ExecutionRecord(
                 execution_id=execution_id,
                 status=_QUEUED,
@@ -87,7 +89,10 @@ class ExecutionStore:
         """The current record of ``execution_id``, or None if unknown (or expired)."""
         with self._lock:
             self._expire()
-            return self._records.get(execution_id)
+            record = self._records.get(execution_id)
+            if record is not None and execution_id in self._progress:
+                return _with_progress(record, self._progress[execution_id])
+            return record
 
     def start(self, execution_id: str) -> ExecutionRecord | None:
         """QUEUED → RUNNING; None if the execution is not queued (e.g. cancelled meanwhile)."""
@@ -95,7 +100,17 @@ class ExecutionStore:
             record = self._records.get(execution_id)
             if record is None or record.status is not _QUEUED:
                 return None
-            return self._replace(record, status=_RUNNING, started_at=self.clock())
+            running = ExecutionRecord(
+                execution_id=execution_id,
+                status=_RUNNING,
+                labels=record.labels,
+                submitted_at=record.submitted_at,
+                started_at=self.clock(),
+            )
+            self._counts[_QUEUED] -= 1
+            self._counts[_RUNNING] += 1
+            self._records[execution_id] = running
+            return running
 
     def progress(self, event: ProgressEvent) -> bool:
         """Keep ``event`` as the latest progress of a RUNNING execution; False otherwise."""
@@ -103,10 +118,11 @@ class ExecutionStore:
             record = self._records.get(event.execution_id)
             if record is None or record.status is not _RUNNING:
                 return False
-            latest = record.progress
-            if latest is not None and latest.sequence > event.sequence:
-                return True  # an older event arriving late never hides a newer one
-            self._records[event.execution_id] = attrs.evolve(record, progress=event)
+            latest = self._progress.get(event.execution_id)
+            if latest is None or latest.sequence <= event.sequence:
+                # An older event arriving late never hides a newer one. Kept aside (and
+                # merged into the record when it is read) so an update costs no new record.
+                self._progress[event.execution_id] = event
             return True
 
     def complete(self, execution_id: str) -> ExecutionRecord | None:
@@ -163,24 +179,24 @@ class ExecutionStore:
             if running_only and record.status is not _RUNNING:
                 return None
             now = self.clock()
-            finished = self._replace(
-                record,
+            finished = ExecutionRecord(
+                execution_id=execution_id,
                 status=status,
+                labels=record.labels,
+                submitted_at=record.submitted_at,
+                started_at=record.started_at,
                 finished_at=now,
+                progress=self._progress.pop(execution_id, record.progress),
                 error_type=error_type,
                 error_message=error_message,
                 traceback=traceback,
             )
+            self._counts[record.status] -= 1
+            self._counts[status] += 1
+            self._records[execution_id] = finished
             self._terminal[execution_id] = now
             self._expire()
             return finished
-
-    def _replace(self, record: ExecutionRecord, **changes: Any) -> ExecutionRecord:
-        updated = attrs.evolve(record, **changes)
-        self._counts[record.status] -= 1
-        self._counts[updated.status] += 1
-        self._records[record.execution_id] = updated
-        return updated
 
     def _expire(self) -> None:
         """Drop terminal records beyond the retention count or age (lock held)."""
@@ -194,3 +210,7 @@ class ExecutionStore:
             record = self._records.pop(execution_id, None)
             if record is not None:
                 self._counts[record.status] -= 1
+
+
+def _with_progress(record: ExecutionRecord, event: ProgressEvent) -> ExecutionRecord:
+    return attrs.evolve(record, progress=event)

@@ -5,10 +5,12 @@ status, cancel and shutdown; an :class:`~zmqruntime.execution.records.ExecutionS
 lifecycle; a :class:`~zmqruntime.execution.WorkerPool` that runs the application's
 :class:`~zmqruntime.TaskExecutor`. The I/O thread never runs user code.
 
-Progress is published on the data socket (PUB, topic = execution id). When an execution ends,
-its :class:`~zmqruntime.messages.Completion` — record plus serialized result — is pushed to
-every client that submitted it, and its final record (a Completion without the result) is
-published on its topic, so progress observers see it end.
+Progress is published on the data socket (XPUB, topic = execution id) — only while somebody
+subscribes to it, so unobserved progress costs no encoding. When an execution ends, its
+:class:`~zmqruntime.messages.Completion` — record plus serialized result — answers every
+client that submitted it (as the reply to its ``Execute``, or pushed after an ``Accepted``
+when the client asked to be confirmed at once), and its final record (a Completion without
+the result) is published on its topic, so progress observers see it end.
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ class ExecutionServer:
     _server: ZMQServer | None = attrs.field(default=None, init=False)
     _store: ExecutionStore = attrs.field(init=False)
     _results: _ResultCache = attrs.field(init=False)
-    _waiters: dict[str, list[Peer]] = attrs.field(factory=dict, init=False)
+    # Who hears how an execution ends: (peer, the request id to answer, or None to push).
+    _waiters: dict[str, list[tuple[Peer, int | None]]] = attrs.field(factory=dict, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _draining: bool = attrs.field(default=False, init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -176,7 +179,7 @@ class ExecutionServer:
             config=self.config,
             role="execution",
             capabilities=CAPABILITIES,
-            data_socket_type=zmq.PUB,
+            data_socket_type=zmq.XPUB,
             curve=self.curve,
         )
         self._server.bind()
@@ -284,7 +287,7 @@ class ExecutionServer:
 
     # --- control handlers (I/O thread) -----------------------------------------------------
 
-    def _on_execute(self, request: Execute, peer: Peer) -> Message:
+    def _on_execute(self, request: Execute, peer: Peer) -> Message | None:
         rid = request.request_id
         if self._draining:
             return _error(rid, ErrorCode.REFUSED, "the server is shutting down")
@@ -299,10 +302,11 @@ class ExecutionServer:
         execution_id = request.execution_id or uuid.uuid4().hex
         if not 0 < len(execution_id) <= MAX_EXECUTION_ID_LENGTH:
             return _error(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")
+        answer_to = None if request.confirm else rid
         known = self._store.get(execution_id)
         if known is not None:
-            return self._duplicate(rid, known, peer)
-        if self.pool.statistics().queued >= self.queue_limit:
+            return self._duplicate(rid, known, (peer, answer_to))
+        if self.pool.queued >= self.queue_limit:
             return _error(
                 rid,
                 ErrorCode.REFUSED,
@@ -314,7 +318,7 @@ class ExecutionServer:
             return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
         record, _created = self._store.submit(execution_id, request.labels)
         with self._lock:
-            self._waiters[execution_id] = [peer]
+            self._waiters[execution_id] = [(peer, answer_to)]
         try:
             self.pool.submit(Job(execution_id, task, record.labels))
         except ChannelClosed:  # closing between the checks above and here
@@ -322,14 +326,18 @@ class ExecutionServer:
             with self._lock:
                 self._waiters.pop(execution_id, None)
             return _error(rid, ErrorCode.REFUSED, "the server is shutting down")
+        if answer_to is not None:
+            return None  # the Completion answers it
         return Accepted(request_id=rid, execution_id=execution_id, status=record.status)
 
-    def _duplicate(self, request_id: int, record: ExecutionRecord, peer: Peer) -> Message:
+    def _duplicate(
+        self, request_id: int, record: ExecutionRecord, waiter: tuple[Peer, int | None]
+    ) -> Message | None:
         """A resubmitted id: never run twice; the new submitter hears the outcome too."""
         with self._lock:
             waiting = self._waiters.get(record.execution_id)
-            if waiting is not None and peer not in waiting:
-                waiting.append(peer)  # it hears the outcome with the others
+            if waiting is not None and waiter not in waiting:
+                waiting.append(waiter)  # it hears the outcome with the others
         if waiting is None:
             # Its waiters were already served, so it has ended — even if ``record`` was read
             # just before a worker finished it: read it again, or this peer would never hear.
@@ -337,7 +345,12 @@ class ExecutionServer:
             if current is None:
                 return _unknown(request_id, record.execution_id)
             record = current
-            self._send(peer, self._completion(record, self._results.get(record.execution_id)))
+            completion = self._completion(record, self._results.get(record.execution_id))
+            if waiter[1] is not None:
+                return attrs.evolve(completion, request_id=waiter[1])
+            self._send(waiter[0], completion)
+        if waiter[1] is not None:
+            return None
         return Accepted(
             request_id=request_id,
             execution_id=record.execution_id,
@@ -386,7 +399,7 @@ class ExecutionServer:
         return self._store.start(job.execution_id) is not None
 
     def _progress(self, event: ProgressEvent) -> None:
-        if self._store.progress(event):
+        if self._store.progress(event) and self._watched(event.execution_id):
             self._publish(event, event.execution_id)
 
     def _done(self, job: Job, outcome: Outcome) -> None:
@@ -403,12 +416,13 @@ class ExecutionServer:
             self._results.put(job.execution_id, frames)
         completion = self._completion(record, frames)
         with self._lock:
-            peers = self._waiters.pop(job.execution_id, [])
-        for peer in peers:
-            self._send(peer, completion)
-        self._publish(
-            Completion(record=record, serializer=completion.serializer), record.execution_id
-        )
+            waiters = self._waiters.pop(job.execution_id, [])
+        for peer, request_id in waiters:
+            self._send(peer, completion, request_id)
+        if self._watched(record.execution_id):
+            self._publish(
+                Completion(record=record, serializer=completion.serializer), record.execution_id
+            )
         self._stop_if_idle()
 
     def _finish(self, execution_id: str, outcome: Outcome) -> ExecutionRecord | None:
@@ -427,9 +441,13 @@ class ExecutionServer:
             result=tuple(frames or ()),
         )
 
-    def _send(self, peer: Peer, message: Message) -> None:
+    def _watched(self, execution_id: str) -> bool:
+        server = self._server
+        return server is not None and server.has_subscribers(execution_id)
+
+    def _send(self, peer: Peer, message: Message, request_id: int | None = None) -> None:
         try:
-            self.server.send(peer, message)
+            self.server.send(peer, message, request_id=request_id)
         except ChannelClosed:
             logger.warning("server closed before a %s could be sent", message.TYPE.value)
 
