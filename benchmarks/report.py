@@ -227,6 +227,18 @@ def targets(rows: list[Row]) -> list[Target]:
                 slowdown <= 2,
             )
         )
+    raw_body = _find(rows, "6-progress-body-subscribed", RAW)
+    if with_sub is not None and raw_body is not None and with_sub.median and raw_body.median:
+        # The same 10,000 reports into the raw baseline's PUB: what the layer itself adds.
+        slowdown = with_sub.median / raw_body.median
+        result.append(
+            Target(
+                "progress: task body with subscriber vs raw's",
+                "≤ 2x",
+                f"{slowdown:.2f}x",
+                slowdown <= 2,
+            )
+        )
     return result
 
 

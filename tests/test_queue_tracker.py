@@ -423,6 +423,38 @@ def test_wait_pending_below_gives_backpressure() -> None:
     assert result == [True]
 
 
+def test_wait_and_register_is_one_step_and_bounds_concurrent_senders() -> None:
+    tracker = QueueTracker("viewer")
+    assert tracker.wait_and_register("a", 2, 0.05) is True
+    assert tracker.wait_and_register("a", 2, 0.05) is True  # already pending: unchanged
+    assert tracker.wait_and_register("b", 2, 0.05) is True
+    assert tracker.wait_and_register("c", 2, 0.05) is False  # full: nothing registered
+    assert tracker.get_progress() == (0, 2)
+    with pytest.raises(ConfigurationError):
+        tracker.wait_and_register("c", 0, 0.05)
+    with pytest.raises(ConfigurationError):
+        tracker.wait_and_register("c", 1, math.nan)
+    # Four senders wait for room under a limit of 2; each ack lets exactly one through.
+    started = threading.Barrier(5, timeout=JOIN_TIMEOUT)
+    results: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def sender(item_id: str) -> None:
+        started.wait()
+        if tracker.wait_and_register(item_id, 2, timeout=JOIN_TIMEOUT):
+            results.put(item_id)
+
+    threads = [threading.Thread(target=sender, args=(name,)) for name in "defg"]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    for done in ["a", "b", "", ""]:
+        assert tracker.get_pending_count() <= 2
+        tracker.mark_processed(done or results.get(timeout=JOIN_TIMEOUT))
+    join_all(threads)
+    assert results.qsize() == 2 and tracker.get_pending_count() == 2
+    assert tracker.get_progress() == (4, 6)
+
+
 # --------------------------------------------------------------------------- registry
 
 

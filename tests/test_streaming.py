@@ -302,6 +302,58 @@ def test_two_thousand_images_with_max_in_flight_8(
     assert peak < 3 * 1024 * 1024, f"peak traced memory grew by {peak} bytes"
 
 
+def test_many_sending_threads_share_one_bound_and_every_image_is_acked(
+    transport_mode: TransportMode, config: ZMQConfig, no_thread_leak: None
+) -> None:
+    """Each calling thread sends on a socket of its own (up to MAX_THREAD_SOCKETS, then
+    through the I/O thread); threads that end leave room for new ones. Nothing is lost, each
+    thread's images arrive in its order, and max_in_flight holds across all of them."""
+    from zmqruntime.streaming import sender as sender_module  # noqa: PLC0415
+
+    limit, rounds, threads_per_round, per_thread = 4, 2, sender_module.MAX_THREAD_SOCKETS + 4, 5
+    seen: list[tuple[int, int]] = []
+    pending_seen: list[int] = []
+    holder: dict[str, ImageSender] = {}
+
+    def sink(image: Image, metadata: Mapping[str, Any]) -> None:
+        assert int(image[0, 0]) == metadata["n"]
+        seen.append((int(metadata["thread"]), int(metadata["n"])))
+        tracker = holder["sender"].tracker
+        assert tracker is not None
+        pending_seen.append(tracker.get_pending_count())
+
+    with streaming(sink, transport_mode, config, max_in_flight=limit) as (viewer, sender):
+        holder["sender"] = sender
+
+        def work(index: int) -> None:
+            for number in range(per_thread):
+                image = numpy.full((16, 16), number, numpy.uint16)
+                sender.send(image, {"thread": index, "n": number}, copy=True)
+
+        for round_number in range(rounds):  # the second round reuses ended threads' slots
+            workers = [
+                threading.Thread(target=work, args=(round_number * 100 + index,))
+                for index in range(threads_per_round)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(WAIT)
+                assert not worker.is_alive()
+        sender.wait_all_acked(WAIT)
+        assert sender.tracker is not None
+        stats = sender.tracker.statistics()
+        assert viewer.statistics().received == rounds * threads_per_round * per_thread
+    total = rounds * threads_per_round * per_thread
+    assert (stats.sent, stats.processed, stats.pending) == (total, total, 0)
+    assert max(pending_seen) <= limit
+    by_thread: dict[int, list[int]] = {}
+    for index, number in seen:
+        by_thread.setdefault(index, []).append(number)
+    assert len(by_thread) == rounds * threads_per_round
+    assert all(numbers == list(range(per_thread)) for numbers in by_thread.values())
+
+
 def test_send_times_out_at_max_in_flight_without_a_viewer(
     transport_mode: TransportMode, config: ZMQConfig, no_thread_leak: None
 ) -> None:

@@ -15,6 +15,7 @@ its shape). This module imports neither zmq nor threading; the socket layers dri
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -250,6 +251,18 @@ _BY_TYPE: Final[Mapping[str, _Spec]] = {
 
 def _image_problem(dtype_text: str, shape: Sequence[int], nbytes: int) -> str | None:
     """What is wrong with an image's declared dtype/shape against its pixel bytes, if anything."""
+    if type(dtype_text) is not str:
+        return f"dtype must be a dtype string such as '<u2', not {dtype_text!r}"
+    try:
+        key = tuple(shape)
+        hash(key)
+    except TypeError:
+        return _check_image(dtype_text, shape, nbytes)
+    # A stream repeats a handful of layouts: checking one costs a numpy dtype parse.
+    return _cached_image_check(dtype_text, key, nbytes)
+
+
+def _check_image(dtype_text: str, shape: Sequence[int], nbytes: int) -> str | None:
     try:
         dtype = numpy.dtype(dtype_text)
     except (TypeError, ValueError, SyntaxError, DeprecationWarning):  # the last under -W error
@@ -266,6 +279,9 @@ def _image_problem(dtype_text: str, shape: Sequence[int], nbytes: int) -> str | 
     if expected != nbytes:
         return f"shape {tuple(shape)} of {dtype.str} needs {expected} bytes, pixels hold {nbytes}"
     return None
+
+
+_cached_image_check: Final = functools.lru_cache(maxsize=256)(_check_image)
 
 
 def _check_decoded(message: Message) -> None:

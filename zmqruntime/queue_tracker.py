@@ -156,6 +156,28 @@ class QueueTracker:
             self._pending[item_id] = self.clock()
             self._sent += 1
 
+    def wait_and_register(self, item_id: str, limit: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """Wait until fewer than ``limit`` items are pending, then :meth:`register_sent`
+        ``item_id``, in one step; ``False`` (nothing registered) after ``timeout`` seconds.
+
+        Unlike :meth:`wait_pending_below` followed by :meth:`register_sent`, concurrent
+        senders can never push the pending count past ``limit`` together.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be a whole number of 1 or more, got {limit!r}")
+        seconds = _check_seconds("timeout", timeout, allow_zero=True)
+        pending = self._pending
+        with self._condition:
+            if len(pending) >= limit and not self._condition.wait_for(
+                lambda: len(pending) < limit, seconds
+            ):
+                return False
+            if item_id not in pending:
+                self._recent_acks.pop(item_id, None)
+                pending[item_id] = self.clock()
+                self._sent += 1
+        return True
+
     def acknowledge(self, item_id: str, outcome: AckOutcome, error: str = "") -> bool:
         """Record the consumer's ``outcome`` for ``item_id``; ``True`` if it was pending.
 
@@ -164,7 +186,8 @@ class QueueTracker:
         counted in :meth:`statistics`. ``error`` is the consumer's reason for a failure; it is
         logged, not stored.
         """
-        outcome = AckOutcome(outcome)
+        if type(outcome) is not AckOutcome:
+            outcome = AckOutcome(outcome)
         with self._condition:
             if self._pending.pop(item_id, None) is None:
                 self._unknown_acks += 1

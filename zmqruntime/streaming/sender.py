@@ -7,6 +7,11 @@ JSON header; metadata must be JSON values. By default the sender runs its own
 (``send`` waits, with a timeout, instead of letting queues grow). With ``ack_to=`` the acks go
 to another process's channel instead (the worker sends, the GUI tracks): the sender then
 tells that channel what it sent, so the tracker there stays exact.
+
+Fast path: each calling thread sends its images on a PUSH socket of its own (a socket is
+still owned by exactly one thread), so an image costs no hand-off to an I/O thread. Past
+:data:`MAX_THREAD_SOCKETS` calling threads, with ``ack_to`` (the sent notice must go first)
+and for IPv6 hosts, images go through the client's I/O thread instead.
 """
 
 from __future__ import annotations
@@ -23,19 +28,43 @@ import attrs
 import numpy
 import zmq
 
+from zmqruntime import codec
 from zmqruntime.ack import AckChannel
 from zmqruntime.client import ZMQClient
 from zmqruntime.codec import check_json_object, image_from_array
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.errors import ChannelClosed, ConfigurationError, ZMQTimeoutError
-from zmqruntime.messages import ImageSent
+from zmqruntime.messages import AckOutcome, ImageSent
 from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry, QueueTracker
 from zmqruntime.security import ClientCurve, ServerCurve
+from zmqruntime.sockets import Socket, open_connected_socket, send_frames
 from zmqruntime.transport import get_zmq_transport_url
 
 __all__ = ["ImageSender"]
 
 logger = logging.getLogger(__name__)
+
+MAX_THREAD_SOCKETS = 16
+"""How many calling threads get a data socket of their own; more go through the I/O thread."""
+
+
+@final
+@attrs.define(eq=False)
+class _ThreadSocket:
+    """The data socket of one calling thread (None: it sends through the client's I/O thread,
+    for good, so its images stay in order); ``lock`` hands it to :meth:`ImageSender.close`."""
+
+    thread: threading.Thread
+    socket: Socket | None
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    closed: bool = False
+
+    def close(self) -> None:
+        with self.lock:  # the full memory barrier libzmq asks for when a socket changes threads
+            if not self.closed:
+                self.closed = True
+                if self.socket is not None:
+                    self.socket.close()
 
 
 @final
@@ -68,6 +97,8 @@ class ImageSender:
     _numbers: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _thread_sockets: dict[int, _ThreadSocket] = attrs.field(factory=dict, init=False)
+    _limit: float = attrs.field(default=0.0, init=False)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
@@ -77,6 +108,8 @@ class ImageSender:
         )
         # Unique per sender: several senders (processes) may share one tracker key.
         self._id_prefix = f"{self._key}-{uuid.uuid4().hex[:12]}"
+        timeout = self.send_timeout
+        self._limit = self.config.request_timeout if timeout is None else timeout
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -118,6 +151,10 @@ class ImageSender:
             if self._closed:
                 return
             self._closed = True
+            thread_sockets = list(self._thread_sockets.values())
+            self._thread_sockets.clear()
+        for entry in thread_sockets:  # before the client ends the context they live in
+            entry.close()
         if self._client is not None:
             self._client.close()
         if self._channel is not None:
@@ -163,11 +200,14 @@ class ImageSender:
         are sent without a copy, so do not change the array until it is acknowledged — or
         pass ``copy=True``. ``metadata`` must hold JSON values (``TypeError`` otherwise).
         """
-        self.connect()
         client = self._client
-        assert client is not None
-        meta = dict(metadata or {})
-        check_json_object(meta, "metadata")
+        if client is None or self._closed:
+            self.connect()
+            client = self._client
+            assert client is not None
+        meta = dict(metadata) if metadata else {}
+        if meta:
+            check_json_object(meta, "metadata")
         array = numpy.array(image, copy=True) if copy else image
         image_id = f"{self._id_prefix}-{next(self._numbers)}"
         frame = image_from_array(
@@ -177,14 +217,63 @@ class ImageSender:
             metadata=meta,
             ack_to=self.ack_address,
         )
-        if self.ack_to is None:
-            self._wait_for_room()
-            assert self.tracker is not None
-            self.tracker.register_sent(image_id)
-        else:
+        if self.ack_to is not None:
             client.push(self.ack_to, ImageSent(image_id=image_id, tracker_key=self._key))
-        client.send_data(frame)
+            client.send_data(frame)
+            return image_id
+        frames = codec.encode(frame)  # before registering: a bad image raises here
+        tracker = self.tracker
+        assert tracker is not None
+        if not tracker.wait_and_register(image_id, self.max_in_flight, self._limit):
+            raise self._no_room(tracker)
+        entry = self._thread_socket(client)
+        if entry.socket is None:
+            client.send_data(frame)
+            return image_id
+        with entry.lock:
+            try:
+                if entry.closed:
+                    raise ChannelClosed("this ImageSender is closed")
+                send_frames(entry.socket, frames, zmq.NOBLOCK)
+            except BaseException as exc:
+                tracker.acknowledge(image_id, AckOutcome.FAILED, str(exc))
+                if isinstance(exc, zmq.Again):
+                    raise ZMQTimeoutError(
+                        f"the queue to {self.viewer_address} is full; image {image_id} was not sent"
+                    ) from None
+                raise
         return image_id
+
+    def _thread_socket(self, client: ZMQClient) -> _ThreadSocket:
+        """The calling thread's entry, made on its first send."""
+        thread = threading.current_thread()
+        ident = threading.get_ident()
+        entry = self._thread_sockets.get(ident)
+        if entry is not None and entry.thread is thread:
+            return entry
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed("this ImageSender is closed")
+            # Ended threads' sockets go (an ended thread's ident may be this thread's now).
+            stale = [
+                key
+                for key, other in self._thread_sockets.items()
+                if other.thread is not thread and not other.thread.is_alive()
+            ]
+            for key in stale:
+                self._thread_sockets.pop(key).close()
+            if ident in self._thread_sockets:  # an ident reused before its thread looked ended
+                self._thread_sockets.pop(ident).close()
+            owned = sum(other.socket is not None for other in self._thread_sockets.values())
+            socket = None
+            # An IPv6 literal host needs socket options only the client's socket has.
+            if owned < MAX_THREAD_SOCKETS and ":" not in self.host:
+                pair = client.sockets
+                socket = open_connected_socket(
+                    pair.context, zmq.PUSH, pair.data_url, self.config, self.curve
+                )
+            entry = self._thread_sockets[ident] = _ThreadSocket(thread, socket)
+        return entry
 
     def send_batch(
         self,
@@ -215,15 +304,12 @@ class ImageSender:
                 f"within {limit}s; is the viewer running?{self._connection_hint()}"
             )
 
-    def _wait_for_room(self) -> None:
-        tracker = self._local_tracker()
-        limit = self.config.request_timeout if self.send_timeout is None else self.send_timeout
-        if not tracker.wait_pending_below(self.max_in_flight, limit):
-            raise ZMQTimeoutError(
-                f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
-                f"unacknowledged after {limit}s (max_in_flight={self.max_in_flight}); is the "
-                f"viewer running?{self._connection_hint()}"
-            )
+    def _no_room(self, tracker: QueueTracker) -> ZMQTimeoutError:
+        return ZMQTimeoutError(
+            f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
+            f"unacknowledged after {self._limit}s (max_in_flight={self.max_in_flight}); is the "
+            f"viewer running?{self._connection_hint()}"
+        )
 
     def _connection_hint(self) -> str:
         """Why images may not get through, when the connection to the viewer says so."""

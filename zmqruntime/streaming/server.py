@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import queue
 import threading
 from types import TracebackType
 from typing import Final, final
@@ -33,6 +34,7 @@ __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 logger = logging.getLogger(__name__)
 
 CAPABILITIES: Final = ("images", "acks", "shutdown")
+_WAKE_SECONDS: Final = 1.0  # the idle sink thread's timeout; close() wakes it at once anyway
 
 
 class StreamMode(enum.Enum):
@@ -77,8 +79,13 @@ class StreamingServer:
     ack_curve: ClientCurve | None = None
 
     _server: ZMQServer | None = attrs.field(default=None, init=False)
+    # I/O thread -> sink thread; None only wakes the sink (on close).
+    _inbox: queue.SimpleQueue[ImageFrame | None] = attrs.field(
+        factory=queue.SimpleQueue, init=False
+    )
+    # Taken from the inbox by the sink thread, not yet shown (latest-frame mode keeps more).
     _queue: collections.deque[ImageFrame] = attrs.field(factory=collections.deque, init=False)
-    _ready: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    _taken: int = attrs.field(default=0, init=False)  # written by the sink thread only
     _stopping: bool = attrs.field(default=False, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -136,9 +143,8 @@ class StreamingServer:
         limit = self.config.close_timeout if timeout is None else timeout
         if self._server is not None:
             self._server.close(limit)
-        with self._ready:
-            self._stopping = True
-            self._ready.notify_all()
+        self._stopping = True
+        self._inbox.put(None)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(limit)
             if self._thread.is_alive():
@@ -175,7 +181,7 @@ class StreamingServer:
             processed=counts["processed"],
             skipped=counts["skipped"],
             failed=counts["failed"],
-            waiting=len(self._queue),
+            waiting=max(0, counts["received"] - self._taken + len(self._queue)),
         )
 
     # --- I/O thread ------------------------------------------------------------------------
@@ -185,21 +191,20 @@ class StreamingServer:
             logger.warning("viewer dropped a %s: only images belong here", message.TYPE.value)
             return
         self._counts["received"] += 1
-        with self._ready:
-            self._queue.append(message)
-            self._ready.notify()
+        self._inbox.put(message)
 
     # --- sink thread -----------------------------------------------------------------------
 
     def _run_sink(self) -> None:
         acks = AckSender(config=self.config, curve=self.ack_curve)
         try:
-            while True:
-                with self._ready:
-                    self._ready.wait_for(lambda: self._queue or self._stopping)
-                    if self._stopping:
-                        return  # what still waits is acked as skipped on the way out
-                    show, skip = self._take()
+            # Once stopping, what still waits is acked as skipped on the way out.
+            while not self._stopping:
+                if not self._queue and not self._receive(_WAKE_SECONDS):
+                    continue
+                if self.mode is StreamMode.LATEST and self._receive_all():
+                    return
+                show, skip = self._take()
                 for image in skip:
                     self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
                 if show is not None:
@@ -209,8 +214,27 @@ class StreamingServer:
             acks.close()
             self._close_sink()
 
+    def _receive(self, timeout: float | None) -> bool:
+        """Move one image from the inbox to the queue, waiting up to ``timeout`` seconds
+        (None: not at all); False if none came."""
+        try:
+            image = self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
+        except queue.Empty:
+            return False
+        if image is None:
+            return False
+        self._queue.append(image)
+        self._taken += 1
+        return True
+
+    def _receive_all(self) -> bool:
+        """Move every waiting image to the queue; True if the viewer is stopping."""
+        while self._receive(None):
+            pass
+        return self._stopping
+
     def _take(self) -> tuple[ImageFrame | None, list[ImageFrame]]:
-        """The next image to show and the images to skip (condition held)."""
+        """The next image to show and the images to skip (sink thread)."""
         first = self._queue.popleft()
         if self.mode is StreamMode.ALL:
             return first, []
@@ -238,8 +262,9 @@ class StreamingServer:
             acks.acknowledge(image.ack_to, image.image_id, image.tracker_key, outcome, error)
 
     def _drain_on_close(self, acks: AckSender) -> None:
-        with self._ready:
-            left, self._queue = list(self._queue), collections.deque()
+        while self._receive(None) or self._inbox.qsize():
+            pass
+        left, self._queue = list(self._queue), collections.deque()
         for image in left:
             self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
 
