@@ -1734,6 +1734,58 @@ def test_curve_end_to_end_execution_streaming_and_acks(config: ZMQConfig) -> Non
             assert tracker.wait_all_acknowledged(WAIT)
 
 
+def test_curve_acks_routed_to_a_channel_with_keys_of_its_own(config: ZMQConfig) -> None:
+    """``ack_to=`` a CURVE AckChannel with its own key pair (a GUI that tracks what a worker
+    sends): the sender's notices and the viewer's acks both reach it, outsiders do not."""
+    viewer_keys, channel_keys, worker_keys, viewer_ack_keys = (
+        generate_curve_keypair() for _ in range(4)
+    )
+    registry = GlobalQueueTrackerRegistry()
+    watched = registry.get_or_create_tracker("gui")
+    count = 12
+    with (
+        AckChannel(
+            registry,
+            port=0,
+            transport_mode=TCP,
+            config=config,
+            curve=ServerCurve(
+                channel_keys,
+                allowed_client_keys={worker_keys.public_key, viewer_ack_keys.public_key},
+            ),
+        ) as channel,
+        StreamingServer(
+            Recorder(),
+            port=0,
+            transport_mode=TCP,
+            config=config,
+            curve=ServerCurve(viewer_keys, allowed_client_keys={worker_keys.public_key}),
+            ack_curve=ClientCurve(viewer_ack_keys, channel_keys.public_key),
+        ) as viewer,
+        ImageSender(
+            port=viewer.port_number,
+            transport_mode=TCP,
+            config=config,
+            curve=ClientCurve(worker_keys, viewer_keys.public_key),
+            ack_to=channel.address,
+            ack_to_curve=ClientCurve(worker_keys, channel_keys.public_key),
+            tracker_key="gui",
+        ) as worker,
+    ):
+        for number in range(count):
+            worker.send(numpy.full((8, 8), number, numpy.uint8), {"n": number})
+        wait_until(lambda: watched.get_progress() == (count, count), "every notice and ack")
+        stats = watched.statistics()
+        assert (stats.sent, stats.processed, stats.failed) == (count, count, 0)
+        assert viewer.statistics().processed == count
+        # a notice under a key the channel does not know is refused, and counts for nothing
+        stranger = ClientCurve(generate_curve_keypair(), channel_keys.public_key)
+        assert _push_refused(
+            channel.address, ImageSent(image_id="forged", tracker_key="gui"), stranger
+        )
+        assert watched.statistics().sent == count
+
+
 def _ended(events: Sequence[ProgressEvent | Completion]) -> bool:
     return any(isinstance(e, Completion) for e in events)
 
@@ -1922,11 +1974,42 @@ def test_a_relay_in_the_middle_sees_plaintext_only_without_curve(
             sender.wait_all_acked(WAIT)
         images = tap.captured(port)
 
+        # the ack path: acks (and the sender's notices) routed through the relay to a channel
+        registry = GlobalQueueTrackerRegistry()
+        with AckChannel(
+            registry,
+            port=0,
+            transport_mode=TCP,
+            config=config,
+            curve=server_curve(ack_keys, viewer_ack_keys, user_keys),
+        ) as channel:
+            port = find_free_port_pair(config)
+            with (
+                TcpTap({port: channel.port_number}) as tap,
+                ImageSender(
+                    port=viewer.port_number,
+                    transport_mode=TCP,
+                    config=config,
+                    curve=client_curve(user_keys, viewer_keys),
+                    ack_to=f"tcp://127.0.0.1:{port}",
+                    ack_to_curve=client_curve(user_keys, ack_keys),
+                    tracker_key=marker,  # every ack and notice carries it
+                ) as routed,
+            ):
+                routed.send(pixels)
+                tracker = registry.get_or_create_tracker(marker)
+                wait_until(
+                    lambda: tracker.get_progress() == (1, 1), "the routed ack and its notice"
+                )
+            acks = tap.captured(port)
+
     assert len(control) > 500 and len(data) > 200 and len(images) > len(marker), (
         "the traffic did not go through the relay"
     )
+    assert len(acks) > 2 * len(marker), "the acks did not go through the relay"
     needle = marker.encode()
-    for name, captured in (("control", control), ("progress", data), ("images", images)):
+    captures = (("control", control), ("progress", data), ("images", images), ("acks", acks))
+    for name, captured in captures:
         if secure:
             assert needle not in captured, f"the {name} traffic carried plaintext under CURVE"
         else:

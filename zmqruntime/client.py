@@ -287,17 +287,18 @@ class ZMQClient:
         """Send a message on the control socket without waiting for anything."""
         self._post(("control", codec.encode(message)))
 
-    def push(self, address: str, message: Message) -> None:
+    def push(self, address: str, message: Message, *, curve: ClientCurve | None = None) -> None:
         """Send ``message`` one way to another endpoint's PULL socket at ``address``.
 
         For notices to a third party (an :class:`~zmqruntime.AckChannel` …) from any thread:
-        the I/O thread keeps one PUSH socket per address (at most 64). Only ``tcp://`` and
-        ``ipc://`` addresses are accepted (``ValueError`` otherwise); a message that cannot be
-        queued is dropped with a warning.
+        the I/O thread keeps one PUSH socket per address (at most 64). ``curve`` holds the keys
+        for that endpoint (default: this client's own). Only ``tcp://`` and ``ipc://``
+        addresses are accepted (``ValueError`` otherwise); a message that cannot be queued is
+        dropped with a warning.
         """
         if not address.startswith(("tcp://", "ipc://")):
             raise ValueError(f"{address!r} is not a tcp:// or ipc:// address")
-        self._post(("push", (address, codec.encode(message))))
+        self._post(("push", (address, codec.encode(message), curve)))
 
     def send_data(self, message: Message) -> None:
         """Send a message on the data socket (e.g. PUSH), without waiting."""

@@ -396,8 +396,14 @@ class PushSockets:
         factory=collections.OrderedDict, init=False
     )
 
-    def send(self, address: str, frames: Sequence[Any]) -> bool:
-        """Queue ``frames`` for ``address``; False (and a warning) if it cannot be."""
+    def send(
+        self, address: str, frames: Sequence[Any], curve: ClientCurve | None = None
+    ) -> bool:
+        """Queue ``frames`` for ``address``; False (and a warning) if it cannot be.
+
+        ``curve`` overrides :attr:`curve` for a socket opened now (an endpoint with keys of
+        its own); an open socket keeps the keys it was opened with.
+        """
         if not address.startswith(("tcp://", "ipc://")):
             logger.warning("refusing to send to %r: not a tcp:// or ipc:// address", address)
             return False
@@ -405,7 +411,7 @@ class PushSockets:
         if socket is None:
             try:
                 socket = open_connected_socket(
-                    self.context, zmq.PUSH, address, self.config, self.curve
+                    self.context, zmq.PUSH, address, self.config, curve or self.curve
                 )
             except zmq.ZMQError as exc:
                 logger.warning("cannot connect to %s: %s", address, exc)

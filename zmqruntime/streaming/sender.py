@@ -89,6 +89,9 @@ class ImageSender:
     send_timeout: float | None = None
     curve: ClientCurve | None = None
     ack_curve: ServerCurve | None = None
+    ack_to_curve: ClientCurve | None = None
+    """Keys for the ``ImageSent`` notices to an ``ack_to`` channel that has a CURVE key pair of
+    its own: this sender's keys and that channel's public key (default: ``curve``)."""
 
     _client: ZMQClient | None = attrs.field(default=None, init=False)
     _channel: AckChannel | None = attrs.field(default=None, init=False)
@@ -218,7 +221,8 @@ class ImageSender:
             ack_to=self.ack_address,
         )
         if self.ack_to is not None:
-            client.push(self.ack_to, ImageSent(image_id=image_id, tracker_key=self._key))
+            notice = ImageSent(image_id=image_id, tracker_key=self._key)
+            client.push(self.ack_to, notice, curve=self.ack_to_curve)
             client.send_data(frame)
             return image_id
         frames = codec.encode(frame)  # before registering: a bad image raises here
