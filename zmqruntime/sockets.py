@@ -51,6 +51,7 @@ _RECEIVING_TYPES = frozenset(
     {zmq.ROUTER, zmq.DEALER, zmq.PULL, zmq.SUB, zmq.XPUB, zmq.PAIR, zmq.REP}
 )
 _BIND_ATTEMPTS = 5
+_PUSH_RECONNECT_MAX = 5.0
 
 Context = zmq.Context[zmq.Socket[bytes]]
 Socket = zmq.Socket[bytes]
@@ -321,15 +322,20 @@ def open_connected_socket(
     url: str,
     config: ZMQConfig,
     curve: ClientCurve | None = None,
+    *,
+    reconnect_max: float | None = None,
 ) -> Socket:
     """A single socket of ``socket_type`` connected to ``url``, configured like a pair's.
 
     For endpoints that talk to many peers one-way (an ack sender pushing to whichever
-    :class:`~zmqruntime.AckChannel` an image names). The caller owns and closes it.
+    :class:`~zmqruntime.AckChannel` an image names). ``reconnect_max`` (seconds) makes
+    reconnection attempts back off up to that interval. The caller owns and closes it.
     """
     socket = context.socket(socket_type)
     try:
         _configure(socket, config, bound=False)
+        if reconnect_max is not None:
+            socket.setsockopt(zmq.RECONNECT_IVL_MAX, _ms(reconnect_max))
         if curve is not None:
             curve.apply(socket)
         socket.connect(url)
@@ -396,9 +402,7 @@ class PushSockets:
         factory=collections.OrderedDict, init=False
     )
 
-    def send(
-        self, address: str, frames: Sequence[Any], curve: ClientCurve | None = None
-    ) -> bool:
+    def send(self, address: str, frames: Sequence[Any], curve: ClientCurve | None = None) -> bool:
         """Queue ``frames`` for ``address``; False (and a warning) if it cannot be.
 
         ``curve`` overrides :attr:`curve` for a socket opened now (an endpoint with keys of
@@ -411,7 +415,14 @@ class PushSockets:
         if socket is None:
             try:
                 socket = open_connected_socket(
-                    self.context, zmq.PUSH, address, self.config, curve or self.curve
+                    self.context,
+                    zmq.PUSH,
+                    address,
+                    self.config,
+                    curve or self.curve,
+                    # A departed endpoint (a sender that closed) is retried ever more rarely
+                    # until the socket is evicted, instead of every 100 ms.
+                    reconnect_max=_PUSH_RECONNECT_MAX,
                 )
             except zmq.ZMQError as exc:
                 logger.warning("cannot connect to %s: %s", address, exc)
