@@ -112,6 +112,14 @@ def bad_progress(task: Any, ctx: TaskContext) -> str:
     return "reported"
 
 
+def square_with_steps(task: Any, ctx: TaskContext) -> int:
+    """Report ``task["steps"]`` progress events (each with this process's pid), return n²."""
+    steps = int(task.get("steps", 0))
+    for step in range(steps):
+        ctx.report_progress((step + 1) / steps, f"step {step}", step=step, pid=os.getpid())
+    return int(task["n"]) ** 2
+
+
 def dispatch(task: Any, ctx: TaskContext) -> Any:
     """One executor for a server subprocess: ``task["op"]`` names what to do."""
     op = task["op"]
@@ -129,4 +137,6 @@ def dispatch(task: Any, ctx: TaskContext) -> Any:
         return bad_progress(task, ctx)
     if op == "thread":
         return threading.current_thread().name
+    if op == "square":
+        return square_with_steps(task, ctx)
     raise KeyError(f"unknown op {op!r}")

@@ -30,6 +30,7 @@ from zmqruntime.messages import (
     Accepted,
     Ack,
     AckOutcome,
+    Attach,
     Cancel,
     Completion,
     ControlMessageType,
@@ -180,6 +181,7 @@ def server_summaries() -> st.SearchStrategy[ServerSummary]:
         counts=st.dictionaries(texts(12), _ints(), max_size=5),
         workers=_ints(),
         uptime=finite_floats(),
+        engine=st.dictionaries(texts(20), st.lists(texts(12), max_size=3).map(tuple), max_size=3),
     )
 
 
@@ -291,6 +293,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         StatusRequest, request_id=request_ids(), execution_id=_optional(texts())
     ),
     Cancel: st.builds(Cancel, request_id=request_ids(), execution_id=texts()),
+    Attach: st.builds(Attach, request_id=request_ids(), execution_id=texts(), worker=texts()),
     Pong: st.builds(
         Pong,
         request_id=request_ids(),

@@ -27,6 +27,7 @@ import contextlib
 import gc
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import queue
@@ -53,7 +54,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import parse_monitor_message
 
-from tests.executors import answer, echo
+from tests.executors import answer, dispatch, echo
 from tests.strategies import garbage_frames, hostile_frames, to_wire
 from zmqruntime import (
     Ack,
@@ -560,6 +561,53 @@ def test_execution_server_survives_hostile_input_on_both_sockets(
         result = client.submit(task).result(WAIT)
         assert result["after"] == task["after"]
         assert numpy.array_equal(result["array"], task["array"])
+    assert not marker.exists(), "a pickle received from a socket was unpickled"
+    assert pickle_spy == []
+
+
+@linux_only
+def test_a_remote_pools_inlet_survives_hostile_input(
+    config: ZMQConfig,
+    tmp_path: Path,
+    hostile_corpus: list[list[bytes]],
+    pickle_spy: list[int],
+    quiet_zmqruntime: None,
+) -> None:
+    """The inlet a remote pool binds for its workers is one more socket exposed to a network."""
+    marker = tmp_path / "unpickled"
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as engine,
+        ExecutionServer(
+            dispatch, port=0, transport_mode=TCP, config=config, pool=WorkerPool.remote(engine)
+        ) as server,
+        ExecutionClient(port=server.port_number, transport_mode=TCP, config=config) as client,
+    ):
+        assert client.submit({"op": "square", "n": 2, "steps": 1}).result(WAIT) == 4
+        address = server.pool.inlet_address
+        assert address is not None
+        before = Resources.now()
+        pongs = 0
+        with raw_context() as context:
+            dealer = raw_socket(context, zmq.DEALER, address)
+            corpus = [*hostile_corpus, *targeted_frames(marker)]
+            for number, batch in enumerate(_batches(corpus)):
+                for frames in batch:
+                    dealer.send_multipart(frames)
+                # one connection keeps order: the pong comes once the batch was handled
+                dealer.send_multipart(codec.encode(Ping(request_id=10**9 + number)))
+                while True:
+                    assert dealer.poll(int(WAIT * 1000)), f"the inlet went quiet: {_show(batch)}"
+                    reply = codec.decode(_body(dealer.recv_multipart()))
+                    if isinstance(reply, Pong) and reply.request_id == 10**9 + number:
+                        pongs += 1
+                        break
+        assert pongs >= 10
+        assert_bounded(before, Resources.now())
+        execution = client.submit({"op": "square", "n": 3, "steps": 2})
+        assert execution.result(WAIT) == 9
+        assert execution.status().progress is not None
+        assert client.summary().counts["complete"] == 2  # nothing hostile became a record
     assert not marker.exists(), "a pickle received from a socket was unpickled"
     assert pickle_spy == []
 

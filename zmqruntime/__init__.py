@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "Accepted": "messages",
     "Ack": "messages",
     "AckOutcome": "messages",
+    "Attach": "messages",
     "Cancel": "messages",
     "Completion": "messages",
     "ControlMessageType": "messages",
@@ -176,6 +177,9 @@ if TYPE_CHECKING:
     )
     from zmqruntime.messages import (
         AckOutcome as AckOutcome,
+    )
+    from zmqruntime.messages import (
+        Attach as Attach,
     )
     from zmqruntime.messages import (
         Cancel as Cancel,

@@ -166,6 +166,7 @@ _SIMPLE: Final[Mapping[str, tuple[_Decoder, _Encoder]]] = {
     "tuple[int, ...]": (_tuple_of(_decode_int), list),
     "dict[str, str]": (_dict_of(_decode_str), dict),
     "dict[str, int]": (_dict_of(_decode_int), dict),
+    "dict[str, tuple[str, ...]]": (_dict_of(_tuple_of(_decode_str)), dict),
 }
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "Accepted",
     "Ack",
     "AckOutcome",
+    "Attach",
     "Cancel",
     "Completion",
     "ControlMessageType",
@@ -64,6 +65,7 @@ class ControlMessageType(enum.Enum):
     EXECUTE = "execute"
     STATUS = "status"
     CANCEL = "cancel"
+    ATTACH = "attach"
 
 
 class ResponseType(enum.Enum):
@@ -134,6 +136,8 @@ class MessageFields(enum.Enum):
     CAPABILITIES = "capabilities"
     FORCE = "force"
     CONFIRM = "confirm"
+    WORKER = "worker"
+    ENGINE = "engine"
     EXECUTION_ID = "execution_id"
     LABELS = "labels"
     SERIALIZER = "serializer"
@@ -217,6 +221,8 @@ class ServerSummary:
     counts: dict[str, int] = attrs.field(factory=dict)
     workers: int = 0
     uptime: float = 0.0
+    engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    """For a pool on a remote engine: each worker's address and the executions it runs."""
 
 
 # --- control requests -----------------------------------------------------------------------
@@ -283,6 +289,22 @@ class Cancel:
 
 
 # --- control replies ------------------------------------------------------------------------
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Attach:
+    """A remote worker announces that it runs ``execution_id`` (sent to a pool's inlet).
+
+    ``worker`` names the worker (its engine address, or host and pid). The inlet replies
+    :class:`Accepted` (status CANCELLED if a cancel already came) and later sends
+    :class:`Cancel` on the same connection when the execution is cancelled.
+    """
+
+    TYPE: ClassVar[ControlMessageType] = ControlMessageType.ATTACH
+    request_id: int
+    execution_id: str
+    worker: str = ""
 
 
 @final
@@ -424,6 +446,7 @@ Message: TypeAlias = (
     | Execute
     | StatusRequest
     | Cancel
+    | Attach
     | Pong
     | ErrorReply
     | ShutdownReply
@@ -444,6 +467,7 @@ MESSAGE_CLASSES: tuple[type[Message], ...] = (
     Execute,
     StatusRequest,
     Cancel,
+    Attach,
     Pong,
     ErrorReply,
     ShutdownReply,

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import FrameType, TracebackType
-from typing import Any, Final, cast, final
+from typing import Any, Final, TypeAlias, cast, final
 
 import attrs
 import zmq
@@ -43,6 +43,7 @@ from zmqruntime.messages import (
     Pong,
     Shutdown,
     ShutdownReply,
+    StreamMessageType,
 )
 from zmqruntime.protocols import Buffer
 from zmqruntime.security import ServerCurve
@@ -72,6 +73,7 @@ class Peer:
 
 ControlHandler = Callable[[Any, Peer], "Message | None"]
 """``handler(message, peer)``: return the reply, or None to reply later via ``server.send``."""
+HandlerKey: TypeAlias = ControlMessageType | StreamMessageType
 
 
 @final
@@ -100,7 +102,7 @@ class ZMQServer:
     :meth:`send`.
     """
 
-    handlers: Mapping[ControlMessageType, ControlHandler] = attrs.field(factory=dict)
+    handlers: Mapping[HandlerKey, ControlHandler] = attrs.field(factory=dict)
     port: int | None = None
     host: str | None = None
     transport_mode: TransportMode | None = None
@@ -415,9 +417,8 @@ class ZMQServer:
         if isinstance(message, Shutdown) and ControlMessageType.SHUTDOWN not in self.handlers:
             return self._shutdown(message)
         message_type = message.TYPE
-        handler = None
-        if isinstance(message_type, ControlMessageType):
-            handler = self.handlers.get(message_type)
+        # Stream messages too (progress …): a peer may need them ordered with its requests.
+        handler = self.handlers.get(cast(HandlerKey, message_type))
         request_id = getattr(message, "request_id", None)
         if handler is None:
             return ErrorReply(

@@ -7,8 +7,12 @@ most ``max_workers`` jobs at a time to one of three backends:
   ``context.cancelled`` and should stop;
 * processes the pool owns — cancelling a running task terminates its worker process, and the
   pool starts a fresh one (the executor must be an importable, picklable function);
-* any injected ``concurrent.futures.Executor`` (threads of your own, or an engine that offers
-  that interface); running tasks see ``context.cancelled`` as with threads.
+* any injected ``concurrent.futures.Executor`` running in this process (threads of your
+  own); running tasks see ``context.cancelled`` as with threads;
+* an executor whose workers are other processes or hosts (``ProcessPoolExecutor``, Dask's
+  ``client.get_executor()``, loky, ``mpi4py.futures``): the executor function and task are
+  shipped by that engine, and a picklable context reports progress and hears cancellation
+  over zmq (see :mod:`zmqruntime.execution.remote`).
 
 Everything the pool learns it reports to a :class:`~zmqruntime.execution.outcomes.PoolListener`.
 """
@@ -24,6 +28,7 @@ from typing import final
 
 import attrs
 
+from zmqruntime.config import ZMQConfig
 from zmqruntime.errors import ChannelClosed, ConfigurationError
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import (
@@ -35,7 +40,9 @@ from zmqruntime.execution.outcomes import (
     run_job,
 )
 from zmqruntime.execution.processes import ProcessWorkers
+from zmqruntime.execution.remote import Inlet
 from zmqruntime.protocols import TaskExecutor
+from zmqruntime.security import ServerCurve
 
 __all__ = ["PoolMode", "PoolStatistics", "WorkerPool"]
 
@@ -48,6 +55,7 @@ class PoolMode(enum.Enum):
     THREADS = "threads"
     PROCESSES = "processes"
     EXECUTOR = "executor"
+    REMOTE = "remote"
 
 
 @final
@@ -62,6 +70,8 @@ class PoolStatistics:
     running_ids: tuple[str, ...]
     worker_pids: tuple[int, ...] = ()
     replaced_workers: int = 0
+    engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    """Remote pools: each engine worker running our executions, and which."""
 
 
 def _positive_workers(_instance: object, _attribute: object, value: int) -> None:
@@ -83,6 +93,10 @@ class WorkerPool:
     backend: concurrent.futures.Executor | None = None
     start_method: str = "spawn"
     kill_timeout: float = 5.0
+    inlet_host: str | None = None
+    """Remote pools: the interface the progress inlet binds (default: the server's)."""
+    advertise_host: str | None = None
+    """Remote pools: the host name workers connect to (default: the bound host)."""
 
     _executor: TaskExecutor | None = attrs.field(default=None, init=False)
     _listener: PoolListener | None = attrs.field(default=None, init=False)
@@ -90,6 +104,7 @@ class WorkerPool:
         default=None, init=False
     )
     _processes: ProcessWorkers | None = attrs.field(default=None, init=False)
+    _inlet: Inlet | None = attrs.field(default=None, init=False)
     _queue: collections.deque[Job] = attrs.field(factory=collections.deque, init=False)
     _running: dict[str, ExecutionContext | None] = attrs.field(factory=dict, init=False)
     _cancel_requested: set[str] = attrs.field(factory=set, init=False)
@@ -120,18 +135,61 @@ class WorkerPool:
         ``max_workers`` defaults to the executor's own worker count where it has one. The
         pool never shuts the executor down: it is yours.
         """
+        if isinstance(executor, concurrent.futures.ProcessPoolExecutor):
+            raise ConfigurationError(
+                "a ProcessPoolExecutor runs tasks in other processes; use WorkerPool.remote()"
+            )
         if max_workers is None:
             max_workers = int(getattr(executor, "_max_workers", 1) or 1)
         return cls(max_workers=max_workers, mode=PoolMode.EXECUTOR, backend=executor)
 
+    @classmethod
+    def remote(
+        cls,
+        executor: concurrent.futures.Executor,
+        max_workers: int | None = None,
+        *,
+        inlet_host: str | None = None,
+        advertise_host: str | None = None,
+    ) -> WorkerPool:
+        """Run jobs on an engine whose workers are other processes or hosts.
+
+        ``executor`` is the engine's ``concurrent.futures`` face (``ProcessPoolExecutor``,
+        Dask's ``client.get_executor()`` …); the executor function and tasks must be
+        picklable and importable there. Workers report progress and hear cancellation
+        through an inlet this pool binds on ``inlet_host`` (default: the server's interface)
+        and advertises as ``advertise_host``. At most ``max_workers`` jobs (default: the
+        executor's worker count) are handed over at once; the rest wait here, where a cancel
+        simply drops them. The pool never shuts the executor down.
+        """
+        if max_workers is None:
+            max_workers = int(getattr(executor, "_max_workers", 1) or 1)
+        return cls(
+            max_workers=max_workers,
+            mode=PoolMode.REMOTE,
+            backend=executor,
+            inlet_host=inlet_host,
+            advertise_host=advertise_host,
+        )
+
     # --- life cycle ------------------------------------------------------------------------
 
-    def start(self, executor: TaskExecutor, listener: PoolListener) -> None:
-        """Start the workers; ``executor`` runs every job, ``listener`` hears about them."""
+    def start(
+        self,
+        executor: TaskExecutor,
+        listener: PoolListener,
+        *,
+        config: ZMQConfig | None = None,
+        curve: ServerCurve | None = None,
+    ) -> None:
+        """Start the workers; ``executor`` runs every job, ``listener`` hears about them.
+
+        ``config`` and ``curve`` (the server's) set up a remote pool's inlet.
+        """
         if self._listener is not None:
             raise RuntimeError("this WorkerPool is already started; a pool serves one server")
-        if self.mode is PoolMode.EXECUTOR and self.backend is None:
-            raise ConfigurationError("PoolMode.EXECUTOR needs an executor; use from_executor()")
+        if self.mode in (PoolMode.EXECUTOR, PoolMode.REMOTE) and self.backend is None:
+            raise ConfigurationError(f"PoolMode.{self.mode.name} needs an executor")
         self._executor, self._listener = executor, listener
         if self.mode is PoolMode.THREADS:
             self._owned_backend = concurrent.futures.ThreadPoolExecutor(
@@ -145,6 +203,18 @@ class WorkerPool:
                 on_progress=listener.progress,
                 on_done=self._finished,
                 kill_timeout=self.kill_timeout,
+            )
+        elif self.mode is PoolMode.REMOTE:
+            assert self.backend is not None
+            self._inlet = Inlet.launch(
+                backend=self.backend,
+                executor=executor,
+                on_progress=listener.progress,
+                on_done=self._finished,
+                config=config or ZMQConfig(),
+                curve=curve,
+                host=self.inlet_host,
+                advertise_host=self.advertise_host,
             )
 
     def close(self, timeout: float = 10.0) -> None:
@@ -160,6 +230,7 @@ class WorkerPool:
             dropped = list(self._queue)
             self._queue.clear()
             self._cancel_requested.update(self._running)
+            stopping = list(self._running)
             for context in self._running.values():
                 if context is not None:
                     context.cancel_event.set()
@@ -167,10 +238,16 @@ class WorkerPool:
             self._report(job, Cancelled())
         if self._processes is not None:
             self._processes.close(timeout)
+        inlet = self._inlet
+        if inlet is not None:
+            for execution_id in stopping:
+                inlet.cancel(execution_id)
         with self._lock:
             idle = self._idle.wait_for(lambda: not self._running, timeout)
             if not idle:
                 logger.warning("worker pool closed with %d tasks still running", len(self._running))
+        if inlet is not None:
+            inlet.close()
         if self._owned_backend is not None:
             # Idle threads exit at once: join them. A stuck task must not hang close().
             self._owned_backend.shutdown(wait=idle, cancel_futures=True)
@@ -193,10 +270,9 @@ class WorkerPool:
         the listener as usual: at once for a queued job, when it stops for a running one.
         """
         with self._lock:
-            for job in self._queue:
-                if job.execution_id == execution_id:
-                    self._queue.remove(job)
-                    break
+            queued = next((j for j in self._queue if j.execution_id == execution_id), None)
+            if queued is not None:
+                self._queue.remove(queued)
             else:
                 if execution_id not in self._running:
                     return False
@@ -207,9 +283,18 @@ class WorkerPool:
                     context.cancel_event.set()
                 if self._processes is not None:
                     self._processes.kill(execution_id)
-                return True
-        self._report(job, Cancelled())
+                inlet = self._inlet
+        if queued is not None:
+            self._report(queued, Cancelled())
+        elif inlet is not None:  # not under the lock: an engine may report the end at once
+            inlet.cancel(execution_id)
         return True
+
+    @property
+    def inlet_address(self) -> str | None:
+        """Remote pools: the URL workers connect to for progress and cancellation (open it
+        in a firewall between workers and server); None for other pools or before start."""
+        return self._inlet.address if self._inlet is not None else None
 
     @property
     def queued(self) -> int:
@@ -230,6 +315,7 @@ class WorkerPool:
             running_ids=running,
             worker_pids=processes.pids() if processes is not None else (),
             replaced_workers=processes.replaced if processes is not None else 0,
+            engine=self._inlet.engine() if self._inlet is not None else {},
         )
 
     # --- internals -------------------------------------------------------------------------
@@ -254,13 +340,17 @@ class WorkerPool:
     def _launch(self, job: Job) -> None:
         listener = self._listener
         assert listener is not None
-        if self._processes is not None:
+        elsewhere = self._processes or self._inlet
+        if elsewhere is not None:
             if self._cancel_was_requested(job) or not listener.started(job):
                 self._finished(job, Cancelled())
                 return
-            self._processes.run(job)
+            elsewhere.run(job)
             if self._cancel_was_requested(job):  # it came while the job went to its worker
-                self._processes.kill(job.execution_id)
+                if self._processes is not None:
+                    self._processes.kill(job.execution_id)
+                if self._inlet is not None:
+                    self._inlet.cancel(job.execution_id)
             return
         context = ExecutionContext(job.execution_id, job.labels, report=listener.progress)
         with self._lock:

@@ -187,6 +187,9 @@ class ExecutionServer:
             self.pool.start(
                 self.executor,
                 PoolListener(started=self._started, progress=self._progress, finished=self._done),
+                # a remote pool's inlet binds where this server does, with its keys
+                config=attrs.evolve(self.config, bind_host=self.host or self.config.bind_host),
+                curve=self.curve,
             )
         except BaseException:
             self._server.close()
@@ -283,6 +286,7 @@ class ExecutionServer:
             counts={status.value: number for status, number in counts.items()},
             workers=pool.workers,
             uptime=uptime,
+            engine=pool.engine,
         )
 
     # --- control handlers (I/O thread) -----------------------------------------------------
