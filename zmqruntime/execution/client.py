@@ -239,10 +239,11 @@ class ExecutionClient:
         Submissions pipeline: nothing waits for the server here. If the server refuses (queue
         full, shutting down …) the execution's future fails with that :class:`RemoteError`;
         if it has not ended within ``timeout`` seconds (``config.result_timeout``, an hour by
-        default: pass more for longer tasks), with :class:`ZMQTimeoutError`. The server answers with the outcome only, which is what
-        keeps a submission cheap; with ``confirm=True`` it also replies as soon as it has
-        queued the task (``execution.accepted`` resolves then, and ``timeout`` bounds only
-        that reply) — for a caller that must know the task is in before it lets go. A
+        default: pass more for longer tasks), with :class:`ZMQTimeoutError`. The server
+        answers with the outcome only, which is what keeps a submission cheap; with
+        ``confirm=True`` it also replies as soon as it has queued the task
+        (``execution.accepted`` resolves then, and ``timeout`` bounds only that reply) — for
+        a caller that must know the task is in before it lets go. A
         client-chosen ``execution_id`` makes resubmission idempotent: the server never runs
         an id twice, and a retry gets the first run's outcome. Raises ``TypeError`` here for
         a task the serializer cannot carry or labels that are not strings.
