@@ -2,7 +2,8 @@
 
 A workload is one row per system in the table. Systems return :class:`Samples` (seconds per
 operation, or seconds per repetition of ``items`` operations) or :class:`Skipped` with the
-reason; the report turns samples into medians, p99s and ratios to the raw baseline.
+reason; the report turns samples into medians, p99s and ratios to the raw baseline (for
+workload 8, zmqruntime over Dask, to plain Dask).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ OURS = "zmqruntime"
 V065 = "zmqruntime 0.6.5"
 DASK = "dask distributed"
 IPP = "ipyparallel"
+OURS_DASK = "zmqruntime over Dask"
+OURS_DASK_ALL = "zmqruntime over Dask, every task handed over"
+"""Workload 8's diagnostic variant: ``dask_pool(client, max_workers=<the task count>)``."""
 
 PEERS = (DASK, IPP)
 ALL_SYSTEMS = (RAW, OURS, V065, DASK, IPP)
@@ -86,6 +90,11 @@ class Plan:
     window: int
     progress_updates: int
     memory_tasks: int
+    dask_tasks: int
+    """Workload 8: no-op tasks per repetition, plain Dask and zmqruntime over Dask."""
+    dask_budget: float
+    """Workload 8: seconds after which no further (interleaved) repetition starts."""
+    dask_progress_updates: int
 
     @classmethod
     def full(cls) -> Plan:
@@ -107,6 +116,9 @@ class Plan:
             window=8,
             progress_updates=10_000,
             memory_tasks=100_000,
+            dask_tasks=1000,
+            dask_budget=40.0,
+            dask_progress_updates=100,
         )
 
     @classmethod
@@ -129,6 +141,9 @@ class Plan:
             window=8,
             progress_updates=1000,
             memory_tasks=3000,
+            dask_tasks=200,
+            dask_budget=1.0,
+            dask_progress_updates=100,
         )
 
 
@@ -137,7 +152,8 @@ class Workload:
     """One line of the table per system.
 
     ``key`` identifies it in code and JSON; ``secondary`` names rows derived from a
-    system's ``extra`` samples: ``(extra key, row key, row title)``.
+    system's ``extra`` samples: ``(extra key, row key, row title)``; ``baseline`` is the
+    system every row's ratio is taken to (raw pyzmq but for workload 8: plain Dask).
     """
 
     key: str
@@ -146,6 +162,7 @@ class Workload:
     unit: str
     systems: tuple[str, ...]
     secondary: tuple[tuple[str, str, str], ...] = ()
+    baseline: str = RAW
 
 
 def workloads(plan: Plan) -> list[Workload]:
@@ -208,6 +225,22 @@ def workloads(plan: Plan) -> list[Workload]:
             Kind.MEMORY,
             "MiB",
             (OURS,),
+        ),
+        Workload(
+            "8-dask-throughput",
+            f"8 over Dask: {plan.dask_tasks:,} no-op, 2 worker processes",
+            Kind.RATE,
+            "tasks",
+            (DASK, OURS_DASK, OURS_DASK_ALL),
+            baseline=DASK,
+        ),
+        Workload(
+            "8-dask-progress",
+            f"8 over Dask: {plan.dask_progress_updates:,} progress updates (submit → last event)",
+            Kind.DURATION,
+            "",
+            (OURS_DASK,),
+            baseline=DASK,
         ),
     ]
     return result

@@ -7,7 +7,9 @@ targets go to stdout; the JSON goes to ``--json`` (default ``benchmarks/results.
 Order: each workload runs raw pyzmq, zmqruntime and zmqruntime 0.6.5 one after another (side
 by side in time), then Dask and ipyparallel each run workloads 1-3 on a cluster of their
 own (started and stopped around their block, so their background threads disturb nobody
-else), then the memory workload. The exit code is 1 if any system raised.
+else), then workload 8 (zmqruntime over Dask against plain Dask, their repetitions
+interleaved on one cluster of worker processes), then the memory workload. The exit code is
+1 if any system raised.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from benchmarks.plan import (
     Workload,
     workloads,
 )
-from benchmarks.systems import ours, peers, raw, v065
+from benchmarks.systems import dask_over, ours, peers, raw, v065
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results.json"
@@ -112,7 +114,7 @@ def measure(plan: Plan, selected: list[Workload], old: v065.Runner) -> list[repo
     for workload in selected:
         if workload.key == "7-memory":
             continue  # last: it is the longest and needs a quiet machine
-        for system, call in calls[workload.key].items():
+        for system, call in calls.get(workload.key, {}).items():
             started = time.perf_counter()
             outcomes[workload.key, system] = outcome = _guard(call)
             took = time.perf_counter() - started
@@ -128,6 +130,19 @@ def measure(plan: Plan, selected: list[Workload], old: v065.Runner) -> list[repo
             for key, outcome in found.items():
                 outcomes[key, peer] = outcome
             log(f"{peer}: {time.perf_counter() - started:.1f}s")
+    if keys & set(dask_over.KEYS):
+        started = time.perf_counter()
+        try:
+            outcomes.update(
+                dask_over.run(plan, log, tuple(key for key in dask_over.KEYS if key in keys))
+            )
+        except Exception as exc:
+            log(traceback.format_exc())
+            failed = Failed(f"{type(exc).__name__}: {exc}")
+            for workload in selected:
+                if workload.key in dask_over.KEYS:
+                    outcomes.update({(workload.key, system): failed for system in workload.systems})
+        log(f"workload 8 (over Dask): {time.perf_counter() - started:.1f}s")
     if "7-memory" in keys:
         started = time.perf_counter()
         outcomes["7-memory", OURS] = _guard(functools.partial(memory.measure, plan))

@@ -26,8 +26,9 @@ def dask_pool(
 ) -> WorkerPool:
     """A remote :class:`WorkerPool` on a ``distributed.Client``.
 
-    At most ``max_workers`` tasks are handed to Dask at once (default: the cluster's threads
-    when the pool is made); the rest wait in the server's queue, where a cancel drops them.
+    At most ``max_workers`` tasks are handed to Dask at once (default: four per thread of the
+    cluster when the pool is made, at least 8, so Dask always has the next tasks at hand);
+    the rest wait in the server's queue. A cancel drops a task from either queue.
     ``inlet_host`` / ``advertise_host``: see :meth:`WorkerPool.remote` — on a real cluster,
     bind an interface the workers can reach and advertise its name. The client stays yours:
     close it after the server.
@@ -39,7 +40,7 @@ def dask_pool(
             "scheduler address, pass distributed.Client(address)"
         )
     if max_workers is None:
-        max_workers = max(1, sum(client.nthreads().values()))
+        max_workers = max(8, 4 * sum(client.nthreads().values()))
     # pure=False: two submissions of equal tasks are two executions, never one cached key.
     return WorkerPool.remote(
         get_executor(pure=False),

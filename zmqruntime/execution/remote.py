@@ -17,6 +17,7 @@ pool's contexts.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import os
 import socket
@@ -62,8 +63,8 @@ _PROCESS_CONTEXT: dict[int, zmq.Context[zmq.Socket[bytes]]] = {}
 
 
 def _process_context() -> zmq.Context[zmq.Socket[bytes]]:
-    """One zmq context per worker process (a fresh one after a fork), never terminated:
-    every socket made from it is closed when its task ends."""
+    """One zmq context per worker process (a fresh one after a fork). It is never terminated:
+    its sockets are the threads' links below, which live as long as the process."""
     with _CONTEXT_LOCK:
         pid = os.getpid()
         context = _PROCESS_CONTEXT.get(pid)
@@ -71,6 +72,34 @@ def _process_context() -> zmq.Context[zmq.Socket[bytes]]:
             _PROCESS_CONTEXT.clear()
             context = _PROCESS_CONTEXT[pid] = zmq.Context()
         return context
+
+
+_LINKS: Final = threading.local()
+_MAX_LINKS: Final = 4
+_LINK_RECONNECT_MAX: Final = 5.0
+
+
+def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> Socket:
+    """This thread's connection to the inlet at ``url``, opened by its first task and kept
+    for the next ones, so a task costs no connection (nor a CURVE handshake) of its own.
+
+    A thread keeps at most a few (one per inlet it served; the oldest is closed first);
+    a link to an inlet that went away retries ever more rarely.
+    """
+    links: dict[tuple[int, str, bytes | None], Socket] | None = getattr(_LINKS, "links", None)
+    if links is None:
+        links = _LINKS.links = {}
+    key = (os.getpid(), url, None if curve is None else curve.keypair.public_key)
+    link = links.get(key)
+    if link is None:
+        context = _process_context()
+        link = open_connected_socket(
+            context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
+        )
+        links[key] = link
+        while len(links) > _MAX_LINKS:
+            links.pop(next(iter(links))).close()
+    return link
 
 
 def worker_name() -> str:
@@ -109,19 +138,23 @@ class RemoteContext:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Only the addresses and keys travel; sockets are made where the task runs.
-        fields = (self.control_url, self.config, self.curve)
-        return (RemoteContext, (self.execution_id, dict(self.labels), *fields))
+        # Only the address, keys and the settings a connection needs travel (a few hundred
+        # bytes fewer per task than the whole config); sockets are made where the task runs.
+        settings = tuple(getattr(self.config, name) for name in _SHIPPED_SETTINGS)
+        return (
+            _revive,
+            (self.execution_id, dict(self.labels), self.control_url, settings, self.curve),
+        )
 
     def open(self) -> RemoteContext:
-        """Connect to the inlet and say which execution this worker runs. Idempotent."""
+        """Connect to the inlet (or reuse this thread's link) and say which execution this
+        worker runs. Idempotent."""
         with self._lock:
             if self._control is not None:
                 return self
-            context = _process_context()
-            self._control = open_connected_socket(
-                context, zmq.DEALER, self.control_url, self.config, self.curve
-            )
+            self._control = _thread_link(self.control_url, self.config, self.curve)
+            self._take_notices(self._control)  # what earlier tasks left unread
+            self._cancelled = False
             self._local = ExecutionContext(
                 self.execution_id, self.labels, report=self._send_progress
             )
@@ -130,7 +163,8 @@ class RemoteContext:
         return self
 
     def close(self) -> None:
-        """Make sure reported progress has reached the server, then close the connection.
+        """Make sure reported progress has reached the server, then let go of the link
+        (it stays open for the thread's next task).
 
         Waits up to ``config.request_timeout`` for the inlet's answer to a ping (only if any
         progress was reported); without one, the progress may still arrive after the outcome,
@@ -140,16 +174,14 @@ class RemoteContext:
             control, self._control = self._control, None
             if control is None:
                 return
-            try:
-                if self._reported and not self._flush(control):
-                    logger.warning(
-                        "%s: the inlet did not answer; late progress may be lost", self.execution_id
-                    )
-            finally:
-                control.close()
+            if self._reported and not self._flush(control):
+                logger.warning(
+                    "%s: the inlet did not answer; late progress may be lost", self.execution_id
+                )
 
     def _flush(self, control: Socket) -> bool:
-        send_frames(control, codec.encode(Ping(request_id=1)), zmq.NOBLOCK)
+        ping = Ping(request_id=next(_PINGS))
+        send_frames(control, codec.encode(ping), zmq.NOBLOCK)
         deadline = time.monotonic() + self.config.request_timeout
         while (remaining := deadline - time.monotonic()) > 0:
             if not control.poll(max(1, round(remaining * 1000)), zmq.POLLIN):
@@ -158,7 +190,7 @@ class RemoteContext:
                 reply = codec.decode(control.recv_multipart())
             except ProtocolError:
                 continue
-            if isinstance(reply, Pong):
+            if isinstance(reply, Pong) and reply.request_id == ping.request_id:
                 return True
         return False
 
@@ -226,6 +258,28 @@ class RemoteContext:
             if ours and stop:
                 self._cancelled = True
         return self._cancelled
+
+
+_SHIPPED_SETTINGS: Final = (
+    "request_timeout",
+    "linger",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "max_header_bytes",
+    "send_high_water_mark",
+)
+_PINGS: Final = itertools.count(1)
+
+
+def _revive(
+    execution_id: str,
+    labels: dict[str, str],
+    control_url: str,
+    settings: tuple[Any, ...],
+    curve: ClientCurve | None,
+) -> RemoteContext:
+    config = ZMQConfig(**dict(zip(_SHIPPED_SETTINGS, settings, strict=True)))
+    return RemoteContext(execution_id, labels, control_url, config, curve)
 
 
 def run_remote(executor: TaskExecutor, job: Job, context: RemoteContext) -> Outcome:
@@ -373,18 +427,19 @@ class Inlet:
                 outcome = Failed("TypeError", f"the engine returned {result!r}", "")
         self.on_done(job, outcome)
 
-    def _on_attach(self, request: Attach, peer: Peer) -> Message:
+    def _on_attach(self, request: Attach, peer: Peer) -> Message | None:
         with self._lock:
             known = request.execution_id in self._jobs
             if known:
                 self._peers[request.execution_id] = (peer, request.worker)
-            cancelled = request.execution_id in self._cancelled or not known
-        if not known:  # ended here already (cancelled, lost): its worker need not go on
-            logger.warning("inlet: %s attached to an unknown execution", request.worker)
-        status = ExecutionStatus.CANCELLED if cancelled else ExecutionStatus.RUNNING
-        return Accepted(
-            request_id=request.request_id, execution_id=request.execution_id, status=status
-        )
+            cancelled = request.execution_id in self._cancelled
+        if known and not cancelled:
+            return None  # no answer needed: a Cancel follows if it comes to that
+        if not known:
+            # Normal for a task that ended before its attach arrived (the outcome travels
+            # through the engine, the attach through here); else it ended here already.
+            logger.debug("inlet: %s attached to an ended execution", request.worker)
+        return Cancel(request_id=request.request_id, execution_id=request.execution_id)
 
     def _on_progress(self, event: ProgressEvent, _peer: Peer) -> None:
         with self._lock:
