@@ -69,6 +69,10 @@ _Command: TypeAlias = tuple[
 ]
 
 
+_REFUSING: Final = "the server is not taking requests"
+_NOT_TAKING: Final = "its queue is full, or the handshake failed (CURVE authentication?)"
+
+
 @final
 @attrs.frozen(kw_only=True)
 class ClientStatistics:
@@ -370,9 +374,9 @@ class ZMQClient:
                 frames, request_id, deadline, description = payload
                 try:
                     send_frames(pair.control, frames, zmq.NOBLOCK)
-                except zmq.Again:
-                    error = ServerLost("the server is not taking requests (queue full)")
-                    self._pending.fail(request_id, error)
+                except zmq.Again:  # no connection that takes messages
+                    why = self._handshake_failure or _NOT_TAKING
+                    self._pending.fail(request_id, ServerLost(f"{_REFUSING}: {why}"))
                     continue
                 self._pending.arm(request_id, deadline, description)
                 continue
