@@ -150,11 +150,7 @@ class QueueTracker:
         stands). An id that was acknowledged earlier and is sent again counts as a new send.
         """
         with self._condition:
-            if item_id in self._pending:
-                return
-            self._recent_acks.pop(item_id, None)
-            self._pending[item_id] = self.clock()
-            self._sent += 1
+            self._register(item_id)
 
     def wait_and_register(self, item_id: str, limit: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
         """Wait until fewer than ``limit`` items are pending, then :meth:`register_sent`
@@ -172,11 +168,16 @@ class QueueTracker:
                 lambda: len(pending) < limit, seconds
             ):
                 return False
-            if item_id not in pending:
-                self._recent_acks.pop(item_id, None)
-                pending[item_id] = self.clock()
-                self._sent += 1
+            self._register(item_id)
         return True
+
+    def _register(self, item_id: str) -> None:
+        """The body of :meth:`register_sent` (condition held)."""
+        if item_id in self._pending:
+            return
+        self._recent_acks.pop(item_id, None)
+        self._pending[item_id] = self.clock()
+        self._sent += 1
 
     def acknowledge(self, item_id: str, outcome: AckOutcome, error: str = "") -> bool:
         """Record the consumer's ``outcome`` for ``item_id``; ``True`` if it was pending.
