@@ -95,6 +95,9 @@ class Plan:
     dask_budget: float
     """Workload 8: seconds after which no further (interleaved) repetition starts."""
     dask_progress_updates: int
+    dask_work_tasks: int
+    """Workload 8, small real tasks: tasks per repetition, each burning ``dask_work_ms``."""
+    dask_work_ms: float
 
     @classmethod
     def full(cls) -> Plan:
@@ -119,6 +122,8 @@ class Plan:
             dask_tasks=1000,
             dask_budget=40.0,
             dask_progress_updates=100,
+            dask_work_tasks=400,
+            dask_work_ms=10.0,
         )
 
     @classmethod
@@ -144,6 +149,8 @@ class Plan:
             dask_tasks=200,
             dask_budget=1.0,
             dask_progress_updates=100,
+            dask_work_tasks=40,
+            dask_work_ms=10.0,
         )
 
 
@@ -232,6 +239,14 @@ def workloads(plan: Plan) -> list[Workload]:
             Kind.RATE,
             "tasks",
             (DASK, OURS_DASK, OURS_DASK_ALL),
+            baseline=DASK,
+        ),
+        Workload(
+            "8-dask-work",
+            f"8 over Dask: {plan.dask_work_tasks:,} tasks of {plan.dask_work_ms:g} ms CPU each",
+            Kind.RATE,
+            "tasks",
+            (DASK, OURS_DASK),
             baseline=DASK,
         ),
         Workload(

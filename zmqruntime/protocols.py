@@ -7,12 +7,14 @@ constructors; nothing here is meant to be subclassed. A plain function satisfies
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from typing_extensions import Buffer
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     import numpy
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "JSONObject",
     "JSONValue",
     "LaunchSpec",
+    "RemoteEngine",
     "TaskContext",
     "TaskExecutor",
     "TaskSerializer",
@@ -74,6 +77,19 @@ class TaskExecutor(Protocol):
     """
 
     def __call__(self, task: Any, context: TaskContext, /) -> object: ...
+
+
+class RemoteEngine(Protocol):
+    """Where a remote :class:`~zmqruntime.execution.WorkerPool` hands its jobs: anything
+    with ``concurrent.futures.Executor.submit``'s shape (``ProcessPoolExecutor``, loky,
+    ``mpi4py.futures``, Dask's ``client.get_executor()`` or
+    :class:`~zmqruntime.execution.dask.DaskEngine`).
+
+    ``submit`` ships ``fn`` and ``args`` to a worker and returns a future of its return
+    value; ``Future.cancel()`` on it must keep a job that has not started from running.
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> concurrent.futures.Future[Any]: ...
 
 
 class TaskSerializer(Protocol):

@@ -18,7 +18,12 @@ from typing_extensions import Buffer
 from zmqruntime.errors import RemoteProtocolError
 from zmqruntime.safe_format import MAX_DEPTH, dump_tree, load_tree
 
-__all__ = ["MAX_DEPTH", "PickleSerializer", "SafeSerializer"]
+__all__ = ["MAX_DEPTH", "PickleSerializer", "SafeSerializer", "serializer_name"]
+
+
+def serializer_name(serializer: object) -> str:
+    """The name a serializer is known by on the wire (its ``name``, else its class name)."""
+    return str(getattr(serializer, "name", type(serializer).__name__))
 
 
 @final

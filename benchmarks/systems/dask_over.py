@@ -36,9 +36,14 @@ from zmqruntime.execution import ExecutionClient, ExecutionServer
 from zmqruntime.messages import Completion, ProgressEvent
 
 THROUGHPUT = "8-dask-throughput"
+WORK = "8-dask-work"
 PROGRESS = "8-dask-progress"
-KEYS = (THROUGHPUT, PROGRESS)
-SYSTEMS = {THROUGHPUT: (DASK, OURS_DASK, OURS_DASK_ALL), PROGRESS: (OURS_DASK,)}
+KEYS = (THROUGHPUT, WORK, PROGRESS)
+SYSTEMS = {
+    THROUGHPUT: (DASK, OURS_DASK, OURS_DASK_ALL),
+    WORK: (DASK, OURS_DASK),
+    PROGRESS: (OURS_DASK,),
+}
 WORKERS = 2
 WAIT = 120.0
 """Seconds to wait for the cluster's workers, or for a task's result."""
@@ -52,6 +57,20 @@ def noop(task: Any) -> Any:
 def run_noop(task: Any, _context: Any) -> Any:
     """zmqruntime's no-op executor (runs in a Dask worker): returns its input."""
     return task
+
+
+def burn(task: Any) -> Any:
+    """Plain Dask's small real task: ``[number, seconds]`` → keeps a CPU busy for
+    ``seconds`` (a stand-in for a little computation), returns ``task``."""
+    deadline = time.perf_counter() + task[1]
+    while time.perf_counter() < deadline:
+        pass
+    return task
+
+
+def run_burn(task: Any, _context: Any) -> Any:
+    """zmqruntime's executor for the same task (runs in a Dask worker)."""
+    return burn(task)
 
 
 def report(task: Any, context: Any) -> int:
@@ -93,22 +112,22 @@ def _served(
             server.close()
 
 
-def _plain_rep(client: Any, count: int) -> float:
+def _plain_rep(client: Any, tasks: list[Any], function: Callable[[Any], Any] = noop) -> float:
     start = time.perf_counter()
-    futures = [client.submit(noop, number, pure=False) for number in range(count)]
+    futures = [client.submit(function, task, pure=False) for task in tasks]
     results = client.gather(futures)
     duration = time.perf_counter() - start
-    if results != list(range(count)):
+    if results != tasks:
         raise AssertionError("plain Dask returned wrong results")
     return duration
 
 
-def _ours_rep(ours: ExecutionClient, count: int) -> float:
+def _ours_rep(ours: ExecutionClient, tasks: list[Any]) -> float:
     start = time.perf_counter()
-    executions = [ours.submit(number) for number in range(count)]
+    executions = [ours.submit(task) for task in tasks]
     results = [execution.result(timeout=WAIT) for execution in executions]
     duration = time.perf_counter() - start
-    if results != list(range(count)):
+    if results != tasks:
         raise AssertionError("zmqruntime over Dask returned wrong results")
     return duration
 
@@ -131,18 +150,19 @@ def _interleaved(runs: list[Callable[[], float]], reps: int, budget: float) -> l
 def _throughput(client: Any, plan: Plan) -> dict[str, Outcome]:
     """Plain Dask, and zmqruntime over Dask capped and uncapped, interleaved."""
     count = plan.dask_tasks
+    tasks, warmup = list(range(count)), list(range(plan.warmup))
     with (
         _served(client, run_noop) as (capped, cap),
         _served(client, run_noop, max_workers=count) as (uncapped, _),
     ):
-        _plain_rep(client, plan.warmup)
-        _ours_rep(capped, plan.warmup)
-        _ours_rep(uncapped, plan.warmup)
+        _plain_rep(client, warmup)
+        _ours_rep(capped, warmup)
+        _ours_rep(uncapped, warmup)
         plain, over, over_all = _interleaved(
             [
-                lambda: _plain_rep(client, count),
-                lambda: _ours_rep(capped, count),
-                lambda: _ours_rep(uncapped, count),
+                lambda: _plain_rep(client, tasks),
+                lambda: _ours_rep(capped, tasks),
+                lambda: _ours_rep(uncapped, tasks),
             ],
             plan.reps,
             plan.dask_budget,
@@ -154,6 +174,27 @@ def _throughput(client: Any, plan: Plan) -> dict[str, Outcome]:
         ),
         OURS_DASK_ALL: Samples(
             over_all, items=count, note=f"dask_pool(client, max_workers={count:,})"
+        ),
+    }
+
+
+def _work(client: Any, plan: Plan) -> dict[str, Outcome]:
+    """Small real tasks (``dask_work_ms`` of CPU each): plain Dask and zmqruntime over Dask
+    with its defaults, interleaved."""
+    count, seconds = plan.dask_work_tasks, plan.dask_work_ms / 1000
+    tasks = [[number, seconds] for number in range(count)]
+    with _served(client, run_burn) as (ours, cap):
+        _plain_rep(client, tasks[:WORKERS], burn)
+        _ours_rep(ours, tasks[:WORKERS])
+        plain, over = _interleaved(
+            [lambda: _plain_rep(client, tasks, burn), lambda: _ours_rep(ours, tasks)],
+            plan.reps,
+            plan.dask_budget,
+        )
+    return {
+        DASK: Samples(plain, items=count, note="the baseline"),
+        OURS_DASK: Samples(
+            over, items=count, note=f"dask_pool(client): at most {cap} tasks in Dask at once"
         ),
     }
 
@@ -228,6 +269,10 @@ def run(
             for system, outcome in _throughput(client, plan).items():
                 results[THROUGHPUT, system] = outcome
             log(f"{OURS_DASK}: {THROUGHPUT} done")
+        if WORK in keys:
+            for system, outcome in _work(client, plan).items():
+                results[WORK, system] = outcome
+            log(f"{OURS_DASK}: {WORK} done")
         if PROGRESS in keys:
             results[PROGRESS, OURS_DASK] = _progress(client, plan)
             log(f"{OURS_DASK}: {PROGRESS} done")

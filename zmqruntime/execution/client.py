@@ -31,7 +31,6 @@ from zmqruntime.errors import (
     TaskFailed,
     ZMQTimeoutError,
 )
-from zmqruntime.execution.server import serializer_name
 from zmqruntime.messages import (
     Accepted,
     Cancel,
@@ -50,7 +49,7 @@ from zmqruntime.messages import (
 )
 from zmqruntime.protocols import TaskSerializer
 from zmqruntime.security import ClientCurve, check_pickle_exposure
-from zmqruntime.serializers import SafeSerializer
+from zmqruntime.serializers import SafeSerializer, serializer_name
 from zmqruntime.transport import get_default_transport_mode
 
 __all__ = ["Execution", "ExecutionClient", "ProgressCallback", "Subscription"]

@@ -10,6 +10,7 @@ import attrs
 
 from zmqruntime.errors import TaskCancelled
 from zmqruntime.messages import ProgressEvent
+from zmqruntime.protocols import Buffer
 
 __all__ = ["Cancelled", "Completed", "Failed", "Job", "Outcome", "PoolListener", "run_job"]
 
@@ -27,9 +28,14 @@ class Job:
 @final
 @attrs.frozen
 class Completed:
-    """The executor returned ``result``."""
+    """The executor returned ``result``.
+
+    ``frames``: the result already encoded with the server's serializer (a remote worker
+    did it, and ``result`` is then None); the server sends them on as they are.
+    """
 
     result: Any
+    frames: tuple[Buffer, ...] | None = None
 
 
 @final

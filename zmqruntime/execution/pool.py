@@ -24,6 +24,7 @@ import concurrent.futures
 import enum
 import logging
 import threading
+from collections.abc import Callable
 from typing import final
 
 import attrs
@@ -31,6 +32,7 @@ import attrs
 from zmqruntime.config import ZMQConfig
 from zmqruntime.errors import ChannelClosed, ConfigurationError
 from zmqruntime.execution.context import ExecutionContext
+from zmqruntime.execution.inlet import Inlet
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Failed,
@@ -40,9 +42,9 @@ from zmqruntime.execution.outcomes import (
     run_job,
 )
 from zmqruntime.execution.processes import ProcessWorkers
-from zmqruntime.execution.remote import Inlet
-from zmqruntime.protocols import TaskExecutor
+from zmqruntime.protocols import RemoteEngine, TaskExecutor, TaskSerializer
 from zmqruntime.security import ServerCurve
+from zmqruntime.serializers import SafeSerializer
 
 __all__ = ["PoolMode", "PoolStatistics", "WorkerPool"]
 
@@ -90,13 +92,16 @@ class WorkerPool:
 
     max_workers: int = attrs.field(default=1, validator=_positive_workers)
     mode: PoolMode = PoolMode.THREADS
-    backend: concurrent.futures.Executor | None = None
+    backend: RemoteEngine | None = None
+    """The injected executor (``EXECUTOR``) or engine (``REMOTE``)."""
     start_method: str = "spawn"
     kill_timeout: float = 5.0
     inlet_host: str | None = None
     """Remote pools: the interface the progress inlet binds (default: the server's)."""
     advertise_host: str | None = None
     """Remote pools: the host name workers connect to (default: the bound host)."""
+    on_close: Callable[[], object] | None = None
+    """Called once by :meth:`close`, after the last job: releases what the pool was built on."""
 
     _executor: TaskExecutor | None = attrs.field(default=None, init=False)
     _listener: PoolListener | None = attrs.field(default=None, init=False)
@@ -146,11 +151,12 @@ class WorkerPool:
     @classmethod
     def remote(
         cls,
-        executor: concurrent.futures.Executor,
+        executor: RemoteEngine,
         max_workers: int | None = None,
         *,
         inlet_host: str | None = None,
         advertise_host: str | None = None,
+        on_close: Callable[[], object] | None = None,
     ) -> WorkerPool:
         """Run jobs on an engine whose workers are other processes or hosts.
 
@@ -160,7 +166,8 @@ class WorkerPool:
         through an inlet this pool binds on ``inlet_host`` (default: the server's interface)
         and advertises as ``advertise_host``. At most ``max_workers`` jobs (default: the
         executor's worker count) are handed over at once; the rest wait here, where a cancel
-        simply drops them. The pool never shuts the executor down.
+        simply drops them. The pool never shuts the executor down; ``on_close`` is called
+        when the pool closes, after its last job (``dask_pool`` closes its engine so).
         """
         if max_workers is None:
             max_workers = int(getattr(executor, "_max_workers", 1) or 1)
@@ -170,6 +177,7 @@ class WorkerPool:
             backend=executor,
             inlet_host=inlet_host,
             advertise_host=advertise_host,
+            on_close=on_close,
         )
 
     # --- life cycle ------------------------------------------------------------------------
@@ -181,10 +189,12 @@ class WorkerPool:
         *,
         config: ZMQConfig | None = None,
         curve: ServerCurve | None = None,
+        serializer: TaskSerializer | None = None,
     ) -> None:
         """Start the workers; ``executor`` runs every job, ``listener`` hears about them.
 
-        ``config`` and ``curve`` (the server's) set up a remote pool's inlet.
+        ``config`` and ``curve`` (the server's) set up a remote pool's inlet; remote workers
+        encode results with ``serializer`` (the server's; default ``SafeSerializer``).
         """
         if self._listener is not None:
             raise RuntimeError("this WorkerPool is already started; a pool serves one server")
@@ -213,6 +223,7 @@ class WorkerPool:
                 on_done=self._finished,
                 config=config or ZMQConfig(),
                 curve=curve,
+                serializer=serializer if serializer is not None else SafeSerializer(),
                 host=self.inlet_host,
                 advertise_host=self.advertise_host,
             )
@@ -251,6 +262,11 @@ class WorkerPool:
         if self._owned_backend is not None:
             # Idle threads exit at once: join them. A stuck task must not hang close().
             self._owned_backend.shutdown(wait=idle, cancel_futures=True)
+        if self.on_close is not None:
+            try:
+                self.on_close()
+            except Exception:
+                logger.exception("the worker pool's on_close hook failed")
 
     # --- jobs ------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from zmqruntime.messages import (
 )
 from zmqruntime.protocols import Buffer, TaskExecutor, TaskSerializer
 from zmqruntime.security import ServerCurve, check_pickle_exposure
-from zmqruntime.serializers import SafeSerializer
+from zmqruntime.serializers import SafeSerializer, serializer_name
 from zmqruntime.server import Peer, ZMQServer
 from zmqruntime.transport import get_default_transport_mode
 
@@ -64,11 +64,6 @@ _WAKE_SECONDS: Final = 1.0
 CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown")
 _RESULT_ENTRY_OVERHEAD: Final = 256
 """Bytes a cached result costs beyond its frames (id, tuple, list), charged to the budget."""
-
-
-def serializer_name(serializer: TaskSerializer) -> str:
-    """The name a serializer is known by on the wire (its ``name``, else its class name)."""
-    return str(getattr(serializer, "name", type(serializer).__name__))
 
 
 @final
@@ -190,6 +185,7 @@ class ExecutionServer:
                 # a remote pool's inlet binds where this server does, with its keys
                 config=attrs.evolve(self.config, bind_host=self.host or self.config.bind_host),
                 curve=self.curve,
+                serializer=self.serializer,  # remote workers encode results with it
             )
         except BaseException:
             self._server.close()
@@ -408,7 +404,9 @@ class ExecutionServer:
 
     def _done(self, job: Job, outcome: Outcome) -> None:
         frames: list[Buffer] | None = None
-        if isinstance(outcome, Completed):
+        if isinstance(outcome, Completed) and outcome.frames is not None:
+            frames = list(outcome.frames)  # a remote worker encoded it with our serializer
+        elif isinstance(outcome, Completed):
             try:
                 frames = self.serializer.dumps(outcome.result)
             except Exception as exc:
