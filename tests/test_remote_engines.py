@@ -148,9 +148,11 @@ class Carrier:
         return future
 
 
-def _serve(pool: WorkerPool, config: ZMQConfig) -> tuple[ExecutionServer, ExecutionClient]:
+def _serve(
+    pool: WorkerPool, config: ZMQConfig, executor: Callable[[Any, Any], Any] = executors.dispatch
+) -> tuple[ExecutionServer, ExecutionClient]:
     server = ExecutionServer(
-        executors.dispatch, port=0, transport_mode=TransportMode.TCP, config=config, pool=pool
+        executor, port=0, transport_mode=TransportMode.TCP, config=config, pool=pool
     ).start()
     client = ExecutionClient(
         port=server.port_number, transport_mode=TransportMode.TCP, config=config
@@ -214,3 +216,73 @@ def test_a_completion_forged_by_another_peer_is_dropped(config: ZMQConfig) -> No
             forger.close()
             client.close()
             server.close()
+
+
+@attrs.define
+class Counting:
+    """Threads of this process as a remote engine, counting the tasks it is given."""
+
+    threads: concurrent.futures.ThreadPoolExecutor
+    submitted: int = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> concurrent.futures.Future[Any]:
+        self.submitted += 1
+        return self.threads.submit(fn, *args)
+
+
+def test_short_jobs_go_to_the_engine_in_batches(config: ZMQConfig) -> None:
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        engine = Counting(threads)
+        server, client = _serve(WorkerPool.remote(engine, 2), config)
+        try:
+            executions = [client.submit({"op": "square", "n": n}) for n in range(300)]
+            assert [e.result(WAIT) for e in executions] == [n * n for n in range(300)]
+            # The first ones go one by one (how long jobs take is not known yet).
+            assert engine.submitted < 150, engine.submitted
+        finally:
+            client.close()
+            server.close()
+
+
+def tracked(task: Any, ctx: Any) -> str:
+    """Notes that ``task["name"]`` ran (in this process); waits for a cancel if asked to."""
+    RAN.append(task["name"])
+    if task.get("wait"):
+        deadline = time.monotonic() + WAIT
+        pause = threading.Event()
+        while not ctx.cancelled and time.monotonic() < deadline:
+            pause.wait(0.01)
+        ctx.raise_if_cancelled()
+    return str(task["name"])
+
+
+def test_a_job_cancelled_while_it_waits_in_a_batch_never_runs(config: ZMQConfig) -> None:
+    RAN.clear()
+    with concurrent.futures.ThreadPoolExecutor(1) as threads:
+        engine = Counting(threads)
+        server, client = _serve(WorkerPool.remote(engine, 1), config, tracked)
+        try:
+            for n in range(5):  # alone: the pool learns that jobs are short
+                assert client.submit({"name": f"warm-{n}"}).result(WAIT) == f"warm-{n}"
+            first = client.submit({"name": "first", "wait": True})
+            wait_until(lambda: _running(client) == {first.execution_id}, "the first job")
+            second = client.submit({"name": "second", "wait": True})
+            skipped = client.submit({"name": "skipped"})
+            last = client.submit({"name": "last"})
+            handed = engine.submitted
+            assert client.cancel(first.execution_id)
+            wait_until(lambda: _running(client) == {second.execution_id}, "the batch to start")
+            assert engine.submitted == handed + 1, "the three did not go as one batch"
+            assert client.cancel(skipped.execution_id)
+            assert client.cancel(second.execution_id)
+            assert isinstance(skipped.exception(WAIT), TaskCancelled)
+            assert last.result(WAIT) == "last"
+            assert "skipped" not in RAN
+            assert RAN[-3:] == ["first", "second", "last"]
+        finally:
+            client.close()
+            server.close()
+
+
+def _running(client: ExecutionClient) -> set[str]:
+    return {execution for ids in client.summary().engine.values() for execution in ids}

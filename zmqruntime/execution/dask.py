@@ -172,9 +172,10 @@ def dask_pool(
     """A remote :class:`WorkerPool` on a ``distributed.Client``, through a
     :class:`DaskEngine` the pool closes with itself.
 
-    At most ``max_workers`` tasks are handed to Dask at once (default: four per thread of the
+    At most ``max_workers`` Dask tasks are in Dask at once (default: four per thread of the
     cluster when the pool is made, at least 8, so Dask always has the next tasks at hand);
-    the rest wait in the server's queue. A cancel drops a task from either queue.
+    short jobs share Dask tasks (see :meth:`WorkerPool.remote`), the rest wait in the
+    server's queue. A cancel drops a job from either queue.
     ``inlet_host`` / ``advertise_host``: see :meth:`WorkerPool.remote` — on a real cluster,
     bind an interface the workers can reach and advertise its name. The client stays yours:
     close it after the server.

@@ -16,14 +16,14 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Final, final
 
 import attrs
 
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.errors import ErrorCode
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
-from zmqruntime.execution.remote import RemoteContext, run_remote
+from zmqruntime.execution.remote import RemoteContext, run_remote, run_remote_batch
 from zmqruntime.messages import (
     Attach,
     Cancel,
@@ -45,6 +45,13 @@ __all__ = ["Inlet"]
 
 logger = logging.getLogger(__name__)
 
+_BATCH_SECONDS: Final = 0.02
+"""Work per engine task worth batching up to: Dask's own overhead is about a millisecond a
+task, so short jobs go in batches; jobs of 20 ms or more go one by one."""
+_MAX_BATCH: Final = 32
+_RUN_WEIGHT: Final = 0.2
+"""How much each finished job moves the running mean of run times."""
+
 
 @final
 @attrs.define(eq=False)
@@ -54,8 +61,12 @@ class Inlet:
 
     backend: RemoteEngine
     executor: TaskExecutor
+    on_started: Callable[[Job], bool]
+    """Called when a job's worker attaches; False: it was cancelled, tell the worker."""
     on_progress: Callable[[ProgressEvent], None]
     on_done: Callable[[Job, Outcome], None]
+    on_engine_free: Callable[[], None]
+    """Called once for every :meth:`run`, when the engine's task for it ended."""
     config: ZMQConfig
     serializer: TaskSerializer
     advertise_host: str
@@ -65,7 +76,16 @@ class Inlet:
     """Jobs handed to the engine that have not ended; whoever pops one reports its end."""
     _futures: dict[str, concurrent.futures.Future[Any]] = attrs.field(factory=dict)
     _peers: dict[str, tuple[Peer, str]] = attrs.field(factory=dict)
+    """Attached (running) jobs: their worker's link and name."""
+    _batches: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    """The execution ids that share one engine task with a job (for batched jobs)."""
+    _routes: dict[str, Peer] = attrs.field(factory=dict)
+    """Where a cancel reaches a job: its worker's link, known once it or a job before it in
+    its batch attached."""
+    _mean_run: float | None = attrs.field(default=None)
     _cancelled: set[str] = attrs.field(factory=set)
+    _started: set[str] = attrs.field(factory=set)
+    """Jobs the server counts as running (their worker attached)."""
     _timers: dict[str, threading.Timer] = attrs.field(factory=dict)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
@@ -75,8 +95,10 @@ class Inlet:
         *,
         backend: RemoteEngine,
         executor: TaskExecutor,
+        on_started: Callable[[Job], bool],
         on_progress: Callable[[ProgressEvent], None],
         on_done: Callable[[Job, Outcome], None],
+        on_engine_free: Callable[[], None],
         config: ZMQConfig,
         curve: ServerCurve | None,
         serializer: TaskSerializer,
@@ -106,8 +128,10 @@ class Inlet:
         inlet = cls(
             backend,
             executor,
+            on_started,
             on_progress,
             on_done,
+            on_engine_free,
             config,
             serializer,
             advertise_host,
@@ -127,28 +151,41 @@ class Inlet:
         port = self.config.control_port(self._server.bound_port)
         return f"tcp://{self.advertise_host}:{port}"
 
-    def run(self, job: Job) -> None:
-        """Hand ``job`` to the engine."""
-        context = RemoteContext(
-            job.execution_id,
-            dict(job.labels),
-            self.address,
-            self.config,
-            self._client_curve,
-            self.serializer,
-        )
-        with self._lock:  # before the engine has it: its worker may attach at once
-            self._jobs[job.execution_id] = job
+    def run(self, jobs: list[Job]) -> None:
+        """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
+        contexts = [
+            RemoteContext(
+                job.execution_id,
+                dict(job.labels),
+                self.address,
+                self.config,
+                self._client_curve,
+                self.serializer,
+            )
+            for job in jobs
+        ]
+        ids = tuple(job.execution_id for job in jobs)
+        with self._lock:  # before the engine has them: a worker may attach at once
+            for job in jobs:
+                self._jobs[job.execution_id] = job
+                if len(jobs) > 1:
+                    self._batches[job.execution_id] = ids
         try:
-            future = self.backend.submit(run_remote, self.executor, job, context)
+            if len(jobs) == 1:
+                future = self.backend.submit(run_remote, self.executor, jobs[0], contexts[0])
+            else:
+                future = self.backend.submit(run_remote_batch, self.executor, jobs, contexts)
         except BaseException:
             with self._lock:
-                self._jobs.pop(job.execution_id, None)
+                for execution_id in ids:
+                    self._jobs.pop(execution_id, None)
+                    self._batches.pop(execution_id, None)
             raise
         with self._lock:
-            if job.execution_id in self._jobs:  # else it ended already
-                self._futures[job.execution_id] = future
-        future.add_done_callback(lambda done: self._engine_done(job, done))
+            for execution_id in ids:
+                if execution_id in self._jobs:  # else it ended already
+                    self._futures[execution_id] = future
+        future.add_done_callback(lambda done: self._engine_done(jobs, done))
 
     def cancel(self, execution_id: str) -> None:
         """Drop the job from the engine's queue, or tell its worker to stop."""
@@ -156,13 +193,29 @@ class Inlet:
             future = self._futures.get(execution_id)
             if execution_id in self._jobs:
                 self._cancelled.add(execution_id)
-            attached = self._peers.get(execution_id)
-        if future is not None:
+            # A batch's engine task is cancelled only when all its open jobs are.
+            whole = all(
+                other in self._cancelled
+                for other in self._batches.get(execution_id, ())
+                if other in self._jobs
+            )
+            route = self._routes.get(execution_id)
+        if future is not None and whole:
             future.cancel()  # not started: the done callback reports it cancelled
-        if attached is not None:
+        if route is not None:
             # Also after a successful future.cancel(): some engines (Dask) "cancel" a task
-            # that already runs, and only its context can tell it to stop.
-            self._server.send(attached[0], Cancel(request_id=0, execution_id=execution_id))
+            # that already runs, and only its context can tell it to stop. A job further
+            # down a batch hears it before it starts, and does not run.
+            self._server.send(route, Cancel(request_id=0, execution_id=execution_id))
+
+    def batch_size(self) -> int:
+        """How many jobs to hand the engine as one task: 1 until tasks are known to be
+        short, then enough for about ``_BATCH_SECONDS`` of work (at most ``_MAX_BATCH``)."""
+        with self._lock:
+            mean = self._mean_run
+        if mean is None:
+            return 1
+        return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / max(mean, 1e-6))))
 
     def engine(self) -> dict[str, tuple[str, ...]]:
         """Each worker that runs one of our executions, and which."""
@@ -183,38 +236,64 @@ class Inlet:
 
     # --- how a job ends ---------------------------------------------------------------------
 
+    def _start(self, job: Job) -> bool:
+        if not self.on_started(job):
+            return False
+        with self._lock:
+            if job.execution_id in self._jobs:
+                self._started.add(job.execution_id)
+        return True
+
     def _end(self, execution_id: str, outcome: Outcome) -> None:
         """Report ``outcome`` for the job, unless it ended already."""
         with self._lock:
+            started = execution_id in self._started
+            self._started.discard(execution_id)
             job = self._jobs.pop(execution_id, None)
             self._futures.pop(execution_id, None)
             self._peers.pop(execution_id, None)
+            self._batches.pop(execution_id, None)
+            self._routes.pop(execution_id, None)
             self._cancelled.discard(execution_id)
             timer = self._timers.pop(execution_id, None)
         if timer is not None:
             timer.cancel()
-        if job is not None:
-            self.on_done(job, outcome)
+        if job is None:
+            return
+        if isinstance(outcome, Completed) and not started and not self.on_started(job):
+            outcome = Cancelled()  # never seen running (its attach was lost): cancelled since
+        self.on_done(job, outcome)
 
-    def _engine_done(self, job: Job, future: concurrent.futures.Future[Any]) -> None:
+    def _engine_done(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
+        try:
+            self._settle(jobs, future)
+        finally:
+            self.on_engine_free()
+
+    def _settle(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
+        """End the jobs the engine's task ended without their worker's completion."""
         with self._lock:
-            if job.execution_id not in self._jobs:
-                return  # its worker's completion came first, as it usually does
-        outcome: Outcome
+            if not any(job.execution_id in self._jobs for job in jobs):
+                return  # every worker's completion came first, as it usually does
         if future.cancelled():
-            outcome = Cancelled()
+            outcomes: list[Any] = [Cancelled()] * len(jobs)
         elif (error := future.exception()) is not None:
-            outcome = Failed.from_exception(error)  # the engine failed it (a dead worker …)
+            # the engine failed it (a dead worker …)
+            outcomes = [Failed.from_exception(error)] * len(jobs)
         else:
             result = future.result()
-            if result is None:  # the worker sent its completion; it is still on its way
+            outcomes = result if len(jobs) > 1 else [result]
+            if not isinstance(outcomes, list) or len(outcomes) != len(jobs):
+                outcomes = [None] * len(jobs)  # not ours: wait, then report them lost
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome is None:  # the worker sent its completion; it is still on its way
                 self._expect_completion(job)
-                return
-            if isinstance(result, (Completed, Failed, Cancelled)):
-                outcome = result
+            elif isinstance(outcome, (Completed, Failed, Cancelled)):
+                self._end(job.execution_id, outcome)
             else:
-                outcome = Failed("TypeError", f"the engine returned {result!r}", "")
-        self._end(job.execution_id, outcome)
+                self._end(
+                    job.execution_id, Failed("TypeError", f"the engine returned {outcome!r}", "")
+                )
 
     def _expect_completion(self, job: Job) -> None:
         """Give the worker's completion ``config.request_timeout`` to arrive, then fail the
@@ -235,16 +314,26 @@ class Inlet:
     # --- what workers send ----------------------------------------------------------------
 
     def _on_attach(self, request: Attach, peer: Peer) -> Message | None:
+        execution_id = request.execution_id
+        stop: list[str] = []
         with self._lock:
-            known = request.execution_id in self._jobs
-            if known:
-                self._peers[request.execution_id] = (peer, request.worker)
-            cancelled = request.execution_id in self._cancelled
-        if known and not cancelled:
+            job = self._jobs.get(execution_id)
+            if job is not None:
+                self._peers[execution_id] = (peer, request.worker)
+                for later in self._batches.get(execution_id, (execution_id,)):
+                    if later in self._jobs:
+                        self._routes[later] = peer  # the rest of its batch runs there too
+                        if later != execution_id and later in self._cancelled:
+                            stop.append(later)  # cancelled before the batch had a worker
+            started = execution_id in self._started  # the engine retries it
+            cancelled = execution_id in self._cancelled
+        for later in stop:
+            self._server.send(peer, Cancel(request_id=0, execution_id=later))
+        if job is not None and not cancelled and (started or self._start(job)):
             return None  # no answer needed: a Cancel follows if it comes to that
-        if not known:
+        if job is None:
             logger.debug("inlet: %s attached to an ended execution", request.worker)
-        return Cancel(request_id=request.request_id, execution_id=request.execution_id)
+        return Cancel(request_id=request.request_id, execution_id=execution_id)
 
     def _on_progress(self, event: ProgressEvent, _peer: Peer) -> None:
         with self._lock:
@@ -261,6 +350,9 @@ class Inlet:
             # Ended already (cancelled, or a retried task's second run), or not its worker.
             logger.debug("inlet: dropped a completion of %s", record.execution_id)
             return
+        if record.status is ExecutionStatus.COMPLETE and record.started_at is not None:
+            # Completed runs show what the work takes (cancelled ones are cut short).
+            self._learn_run_time((record.finished_at or record.started_at) - record.started_at)
         outcome: Outcome
         if record.status is ExecutionStatus.COMPLETE:
             outcome = Completed(None, frames=message.result)
@@ -279,6 +371,12 @@ class Inlet:
         else:
             outcome = Failed("RemoteProtocolError", f"a worker reported {record.status}", "")
         self._end(record.execution_id, outcome)
+
+    def _learn_run_time(self, seconds: float) -> None:
+        with self._lock:
+            seconds = max(0.0, seconds)
+            mean = self._mean_run
+            self._mean_run = seconds if mean is None else mean + _RUN_WEIGHT * (seconds - mean)
 
 
 def _refuse_shutdown(request: Shutdown, _peer: Peer) -> ErrorReply:

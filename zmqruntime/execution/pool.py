@@ -1,7 +1,7 @@
 """WorkerPool: runs executor calls off the server's I/O thread, FIFO, with real cancellation.
 
 The pool keeps its own queue, so a queued job can always be dropped on cancel, and hands at
-most ``max_workers`` jobs at a time to one of three backends:
+most ``max_workers`` jobs at a time to one of four backends:
 
 * threads (the default, one worker: strict FIFO, one task at a time) — a running task sees
   ``context.cancelled`` and should stop;
@@ -9,10 +9,11 @@ most ``max_workers`` jobs at a time to one of three backends:
   pool starts a fresh one (the executor must be an importable, picklable function);
 * any injected ``concurrent.futures.Executor`` running in this process (threads of your
   own); running tasks see ``context.cancelled`` as with threads;
-* an executor whose workers are other processes or hosts (``ProcessPoolExecutor``, Dask's
-  ``client.get_executor()``, loky, ``mpi4py.futures``): the executor function and task are
-  shipped by that engine, and a picklable context reports progress and hears cancellation
-  over zmq (see :mod:`zmqruntime.execution.remote`).
+* an engine whose workers are other processes or hosts (``ProcessPoolExecutor``, Dask,
+  loky, ``mpi4py.futures``): the executor function and task are shipped by that engine, and
+  a picklable context reports progress, hears cancellation and sends the outcome over zmq
+  (see :mod:`zmqruntime.execution.remote` and :mod:`zmqruntime.execution.inlet`); there,
+  ``max_workers`` counts engine tasks, and short jobs share them in batches.
 
 Everything the pool learns it reports to a :class:`~zmqruntime.execution.outcomes.PoolListener`.
 """
@@ -113,6 +114,8 @@ class WorkerPool:
     _queue: collections.deque[Job] = attrs.field(factory=collections.deque, init=False)
     _running: dict[str, ExecutionContext | None] = attrs.field(factory=dict, init=False)
     _cancel_requested: set[str] = attrs.field(factory=set, init=False)
+    _engine_tasks: int = attrs.field(default=0, init=False)
+    """Remote pools: tasks (each one job or a batch of short ones) the engine holds."""
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _idle: threading.Condition = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -160,14 +163,21 @@ class WorkerPool:
     ) -> WorkerPool:
         """Run jobs on an engine whose workers are other processes or hosts.
 
-        ``executor`` is the engine's ``concurrent.futures`` face (``ProcessPoolExecutor``,
-        Dask's ``client.get_executor()`` …); the executor function and tasks must be
-        picklable and importable there. Workers report progress and hear cancellation
-        through an inlet this pool binds on ``inlet_host`` (default: the server's interface)
-        and advertises as ``advertise_host``. At most ``max_workers`` jobs (default: the
-        executor's worker count) are handed over at once; the rest wait here, where a cancel
-        simply drops them. The pool never shuts the executor down; ``on_close`` is called
-        when the pool closes, after its last job (``dask_pool`` closes its engine so).
+        ``executor`` is the engine (a :class:`~zmqruntime.protocols.RemoteEngine`:
+        ``ProcessPoolExecutor``, Dask's ``client.get_executor()``, a
+        :class:`~zmqruntime.execution.dask.DaskEngine` …); the executor function and tasks
+        must be picklable and importable there. Workers report progress, hear cancellation
+        and send outcomes through an inlet this pool binds on ``inlet_host`` (default: the
+        server's interface) and advertises as ``advertise_host``.
+
+        At most ``max_workers`` engine tasks (default: the executor's worker count) are
+        handed over at once; the rest wait here, where a cancel simply drops them. Once
+        finished jobs show that jobs take well under 20 ms, each engine task carries a batch
+        of them (up to 32, spread over the free tasks), so the engine's own per-task cost is
+        shared; each job still attaches, reports and ends on its own, and a job cancelled
+        while it waits in a batch does not run. A job counts as running once its worker
+        attached. The pool never shuts the executor down; ``on_close`` is called when the
+        pool closes, after its last job (``dask_pool`` closes its engine so).
         """
         if max_workers is None:
             max_workers = int(getattr(executor, "_max_workers", 1) or 1)
@@ -219,8 +229,10 @@ class WorkerPool:
             self._inlet = Inlet.launch(
                 backend=self.backend,
                 executor=executor,
+                on_started=self._remote_started,
                 on_progress=listener.progress,
                 on_done=self._finished,
+                on_engine_free=self._engine_free,
                 config=config or ZMQConfig(),
                 curve=curve,
                 serializer=serializer if serializer is not None else SafeSerializer(),
@@ -336,37 +348,56 @@ class WorkerPool:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _take_dispatchable(self) -> list[Job]:
-        """Move jobs from the queue to running while workers are free (lock held)."""
-        taken: list[Job] = []
-        while self._queue and len(self._running) < self.max_workers:
-            job = self._queue.popleft()
-            self._running[job.execution_id] = None
-            taken.append(job)
+    def _take_dispatchable(self) -> list[list[Job]]:
+        """Move jobs from the queue to running while workers are free (lock held).
+
+        Remote pools hand over up to ``max_workers`` engine tasks; once jobs are known to
+        be short, each task carries a batch of them (spread over the free tasks).
+        """
+        taken: list[list[Job]] = []
+        inlet = self._inlet
+        while self._queue:
+            if inlet is None:
+                if len(self._running) >= self.max_workers:
+                    break
+                size = 1
+            else:
+                free = self.max_workers - self._engine_tasks
+                if free <= 0:
+                    break
+                size = min(inlet.batch_size(), -(-len(self._queue) // free))
+                self._engine_tasks += 1
+            batch = [self._queue.popleft() for _ in range(size)]
+            for job in batch:
+                self._running[job.execution_id] = None
+            taken.append(batch)
         return taken
 
-    def _launch_all(self, jobs: list[Job]) -> None:
-        for job in jobs:
+    def _launch_all(self, batches: list[list[Job]]) -> None:
+        for batch in batches:
             try:
-                self._launch(job)
+                self._launch(batch)
             except Exception as exc:
-                logger.exception("could not hand job %s to a worker", job.execution_id)
-                self._finished(job, Failed.from_exception(exc))
+                logger.exception("could not hand %d job(s) to a worker", len(batch))
+                for job in batch:
+                    self._finished(job, Failed.from_exception(exc))
+                if self._inlet is not None:
+                    self._engine_free()
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, batch: list[Job]) -> None:
         listener = self._listener
         assert listener is not None
-        elsewhere = self._processes or self._inlet
-        if elsewhere is not None:
+        if self._inlet is not None:
+            self._launch_remote(batch)
+            return
+        (job,) = batch
+        if self._processes is not None:
             if self._cancel_was_requested(job) or not listener.started(job):
                 self._finished(job, Cancelled())
                 return
-            elsewhere.run(job)
+            self._processes.run(job)
             if self._cancel_was_requested(job):  # it came while the job went to its worker
-                if self._processes is not None:
-                    self._processes.kill(job.execution_id)
-                if self._inlet is not None:
-                    self._inlet.cancel(job.execution_id)
+                self._processes.kill(job.execution_id)
             return
         context = ExecutionContext(job.execution_id, job.labels, report=listener.progress)
         with self._lock:
@@ -376,6 +407,33 @@ class WorkerPool:
         backend = self._owned_backend if self._owned_backend is not None else self.backend
         assert backend is not None
         backend.submit(self._work, job, context)
+
+    def _launch_remote(self, batch: list[Job]) -> None:
+        """Hand a batch to the engine; its jobs count as running once their worker attaches."""
+        inlet = self._inlet
+        assert inlet is not None
+        live = [job for job in batch if not self._cancel_was_requested(job)]
+        for job in batch:
+            if job not in live:
+                self._finished(job, Cancelled())
+        if not live:
+            self._engine_free()
+            return
+        inlet.run(live)
+        for job in live:
+            if self._cancel_was_requested(job):  # it came while the job went to the engine
+                inlet.cancel(job.execution_id)
+
+    def _remote_started(self, job: Job) -> bool:
+        listener = self._listener
+        assert listener is not None
+        return not self._cancel_was_requested(job) and listener.started(job)
+
+    def _engine_free(self) -> None:
+        with self._lock:
+            self._engine_tasks -= 1
+            launch = [] if self._closed else self._take_dispatchable()
+        self._launch_all(launch)
 
     def _work(self, job: Job, context: ExecutionContext) -> None:
         listener, executor = self._listener, self._executor

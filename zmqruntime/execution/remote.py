@@ -15,6 +15,7 @@ sent does it travel back through the engine instead.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -47,7 +48,7 @@ from zmqruntime.security import ClientCurve
 from zmqruntime.serializers import SafeSerializer, serializer_name
 from zmqruntime.sockets import Socket, open_connected_socket, receive_ready, send_frames
 
-__all__ = ["RemoteContext", "run_remote"]
+__all__ = ["RemoteContext", "run_remote", "run_remote_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +71,43 @@ def _process_context() -> zmq.Context[zmq.Socket[bytes]]:
 _LINKS: Final = threading.local()
 _MAX_LINKS: Final = 4
 _LINK_RECONNECT_MAX: Final = 5.0
+_HEARD_CANCELS: Final = 256
 
 
-def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> Socket:
+@final
+@attrs.define(eq=False)
+class _Link:
+    """A worker thread's connection to one inlet, and the executions it heard cancelled
+    (a cancel may come for a task of a batch that has not started yet)."""
+
+    socket: Socket
+    cancelled: collections.deque[str] = attrs.field(
+        factory=lambda: collections.deque(maxlen=_HEARD_CANCELS)
+    )
+
+
+def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> _Link:
     """This thread's connection to the inlet at ``url``, opened by its first task and kept
     for the next ones, so a task costs no connection (nor a CURVE handshake) of its own.
 
     A thread keeps at most a few (one per inlet it served; the oldest is closed first);
     a link to an inlet that went away retries ever more rarely.
     """
-    links: dict[tuple[int, str, bytes | None], Socket] | None = getattr(_LINKS, "links", None)
+    links: dict[tuple[int, str, bytes | None], _Link] | None = getattr(_LINKS, "links", None)
     if links is None:
         links = _LINKS.links = {}
     key = (os.getpid(), url, None if curve is None else curve.keypair.public_key)
     link = links.get(key)
     if link is None:
         context = _process_context()
-        link = open_connected_socket(
-            context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
+        link = _Link(
+            open_connected_socket(
+                context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
+            )
         )
         links[key] = link
         while len(links) > _MAX_LINKS:
-            links.pop(next(iter(links))).close()
+            links.pop(next(iter(links))).socket.close()
     return link
 
 
@@ -136,7 +152,7 @@ class RemoteContext:
     """The server's serializer: :meth:`deliver` encodes the result with it."""
 
     _local: ExecutionContext | None = attrs.field(default=None, init=False)
-    _control: Socket | None = attrs.field(default=None, init=False)
+    _link: _Link | None = attrs.field(default=None, init=False)
     _cancelled: bool = attrs.field(default=False, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
@@ -151,22 +167,24 @@ class RemoteContext:
         """Connect to the inlet (or reuse this thread's link) and say which execution this
         worker runs. Idempotent."""
         with self._lock:
-            if self._control is not None:
+            if self._link is not None:
                 return self
-            self._control = _thread_link(self.control_url, self.config, self.curve)
+            self._link = _thread_link(self.control_url, self.config, self.curve)
             self._cancelled = False
-            self._take_notices(self._control)  # what earlier tasks left unread
+            self._take_notices(self._link)  # what came while earlier tasks ran
             self._local = ExecutionContext(
                 self.execution_id, self.labels, report=self._send_progress
             )
             attach = Attach(request_id=0, execution_id=self.execution_id, worker=worker_name())
-            send_frames(self._control, codec.encode(attach), zmq.NOBLOCK)
+            send_frames(self._link.socket, codec.encode(attach), zmq.NOBLOCK)
         return self
 
-    def deliver(self, outcome: Outcome) -> bool:
+    def deliver(self, outcome: Outcome, started: float | None = None) -> bool:
         """Send the task's outcome to the server over the link, behind its progress events;
         a result is encoded with the server's serializer first (if that fails, the task
-        failed). False if it could not be sent: the engine must carry it instead."""
+        failed). ``started``: when the task started (``time.time()``), so the server learns
+        how long tasks take. False if it could not be sent: the engine must carry it
+        instead."""
         frames: tuple[Buffer, ...] = ()
         if isinstance(outcome, Completed):
             try:
@@ -174,15 +192,15 @@ class RemoteContext:
             except Exception as exc:
                 outcome = Failed.from_exception(exc)
         message = Completion(
-            record=_record(self.execution_id, outcome),
+            record=_record(self.execution_id, outcome, started),
             serializer=serializer_name(self.serializer),
             result=frames,
         )
         with self._lock:
-            if self._control is None:
+            if self._link is None:
                 return False
             try:
-                send_frames(self._control, codec.encode(message), zmq.NOBLOCK)
+                send_frames(self._link.socket, codec.encode(message), zmq.NOBLOCK)
             except zmq.Again:
                 logger.warning("%s: the inlet is not taking messages", self.execution_id)
                 return False
@@ -191,7 +209,7 @@ class RemoteContext:
     def close(self) -> None:
         """Let go of the link (it stays open for the thread's next task). Idempotent."""
         with self._lock:
-            self._control = None
+            self._link = None
 
     @property
     def cancelled(self) -> bool:
@@ -203,16 +221,16 @@ class RemoteContext:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                if self._cancelled or self._control is None:
+                if self._cancelled or self._link is None:
                     return self._cancelled
-                control = self._control
-                if self._take_notices(control):
+                link = self._link
+                if self._take_notices(link):
                     return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             # Waiting without the lock: progress from another thread is not held up.
-            control.poll(max(1, round(remaining * 1000)), zmq.POLLIN)
+            link.socket.poll(max(1, round(remaining * 1000)), zmq.POLLIN)
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`~zmqruntime.TaskCancelled` if a cancellation was requested."""
@@ -232,16 +250,16 @@ class RemoteContext:
 
     def _send_progress(self, event: ProgressEvent) -> None:
         with self._lock:
-            if self._control is None:
+            if self._link is None:
                 return
             try:
-                send_frames(self._control, codec.encode(event), zmq.NOBLOCK)
+                send_frames(self._link.socket, codec.encode(event), zmq.NOBLOCK)
             except zmq.Again:
                 logger.debug("progress %d of %s dropped: queue full", event.sequence, event)
 
-    def _take_notices(self, control: Socket) -> bool:
-        """Read what the inlet sent (lock held); True once a cancel is among it."""
-        while (frames := receive_ready(control)) is not None:
+    def _take_notices(self, link: _Link) -> bool:
+        """Read what the inlet sent (lock held); True once this execution is cancelled."""
+        while (frames := receive_ready(link.socket)) is not None:
             try:
                 notice = codec.decode(
                     cast("list[Buffer]", frames), max_header_bytes=self.config.max_header_bytes
@@ -249,12 +267,13 @@ class RemoteContext:
             except ProtocolError as exc:
                 logger.warning("dropped a malformed notice from the inlet: %s", exc)
                 continue
-            ours = getattr(notice, "execution_id", None) == self.execution_id
             stop = isinstance(notice, Cancel) or (
                 isinstance(notice, Accepted) and notice.status is ExecutionStatus.CANCELLED
             )
-            if ours and stop:
-                self._cancelled = True
+            if stop:
+                link.cancelled.append(getattr(notice, "execution_id", ""))
+        if self.execution_id in link.cancelled:
+            self._cancelled = True
         return self._cancelled
 
 
@@ -287,29 +306,46 @@ def _shipped_config(settings: tuple[Any, ...]) -> ZMQConfig:
     return ZMQConfig(**dict(zip(_SHIPPED_SETTINGS, settings, strict=True)))
 
 
-def _record(execution_id: str, outcome: Outcome) -> ExecutionRecord:
-    """What a worker tells the inlet about how its task ended (the server keeps the times)."""
-    if isinstance(outcome, Completed):
-        return ExecutionRecord(execution_id=execution_id, status=ExecutionStatus.COMPLETE)
+def _record(execution_id: str, outcome: Outcome, started: float | None) -> ExecutionRecord:
+    """What a worker tells the inlet about how its task ended and how long it ran (the
+    server keeps its own times in the record it publishes)."""
+    status, error = ExecutionStatus.COMPLETE, None
     if isinstance(outcome, Cancelled):
-        return ExecutionRecord(execution_id=execution_id, status=ExecutionStatus.CANCELLED)
+        status = ExecutionStatus.CANCELLED
+    elif isinstance(outcome, Failed):
+        status, error = ExecutionStatus.FAILED, outcome
     return ExecutionRecord(
         execution_id=execution_id,
-        status=ExecutionStatus.FAILED,
-        error_type=outcome.error_type,
-        error_message=outcome.error_message,
-        traceback=outcome.traceback,
+        status=status,
+        started_at=started,
+        finished_at=time.time(),
+        error_type=error.error_type if error else None,
+        error_message=error.error_message if error else None,
+        traceback=error.traceback if error else None,
     )
 
 
 def run_remote(executor: TaskExecutor, job: Job, context: RemoteContext) -> Outcome | None:
     """What the engine runs in its worker: the executor, with the context connected.
 
-    Returns None once the outcome went to the inlet, else the outcome itself.
+    A job cancelled before it starts does not run. Returns None once the outcome went to
+    the inlet, else the outcome itself.
     """
     context.open()
     try:
-        outcome = run_job(executor, job, context, lambda: context.cancelled)
-        return None if context.deliver(outcome) else outcome
+        started = time.time()
+        if context.cancelled:
+            outcome: Outcome = Cancelled()
+        else:
+            outcome = run_job(executor, job, context, lambda: context.cancelled)
+        return None if context.deliver(outcome, started) else outcome
     finally:
         context.close()
+
+
+def run_remote_batch(
+    executor: TaskExecutor, jobs: list[Job], contexts: list[RemoteContext]
+) -> list[Outcome | None]:
+    """Several small jobs as one engine task, one after another, each as :func:`run_remote`
+    runs it (its own attach, progress, cancellation and outcome)."""
+    return [run_remote(executor, job, context) for job, context in zip(jobs, contexts, strict=True)]
