@@ -18,8 +18,9 @@ V065 = "zmqruntime 0.6.5"
 DASK = "dask distributed"
 IPP = "ipyparallel"
 OURS_DASK = "zmqruntime over Dask"
-OURS_DASK_ALL = "zmqruntime over Dask, every task handed over"
-"""Workload 8's diagnostic variant: ``dask_pool(client, max_workers=<the task count>)``."""
+OURS_DASK_ALL = "zmqruntime over Dask, a Dask task per job"
+"""Workload 8's diagnostic variant: ``dask_pool(client, max_workers=<the task count>)``:
+every job handed over at once, each as a Dask task of its own (no batches)."""
 
 PEERS = (DASK, IPP)
 ALL_SYSTEMS = (RAW, OURS, V065, DASK, IPP)

@@ -6,11 +6,14 @@ machine hurts all alike:
 
 * plain Dask: ``client.submit(noop, n, pure=False)`` for every task, then ``client.gather``;
 * zmqruntime over Dask: an :class:`~zmqruntime.execution.ExecutionServer` whose pool is
-  ``dask_pool(client)`` (its defaults: at most as many tasks in Dask as the cluster has
-  threads), an :class:`~zmqruntime.execution.ExecutionClient` submitting every task, then
-  waiting for every result;
-* the same with ``dask_pool(client, max_workers=<the task count>)``: every task handed to
-  Dask at once, as plain Dask has them — what the layer costs without its dispatch cap.
+  ``dask_pool(client)`` (its defaults: at most four Dask tasks per cluster thread, short
+  jobs in batches), an :class:`~zmqruntime.execution.ExecutionClient` submitting every
+  task, then waiting for every result;
+* the same with ``dask_pool(client, max_workers=<the task count>)``: every job handed to
+  Dask at once, each as a Dask task of its own, as plain Dask has them — what the layer
+  costs per Dask task, without batches of short jobs;
+* for the second row, tasks that keep a CPU busy for ``dask_work_ms`` (10 ms), plain Dask
+  against ``dask_pool(client)``.
 
 Server, client and the Dask client (with LocalCluster's scheduler) share this process, like
 the rest of the suite. The functions shipped to Dask live here, at module level: Dask starts
@@ -173,7 +176,9 @@ def _throughput(client: Any, plan: Plan) -> dict[str, Outcome]:
             over, items=count, note=f"dask_pool(client): at most {cap} tasks in Dask at once"
         ),
         OURS_DASK_ALL: Samples(
-            over_all, items=count, note=f"dask_pool(client, max_workers={count:,})"
+            over_all,
+            items=count,
+            note=f"dask_pool(client, max_workers={count:,}): no batches",
         ),
     }
 
