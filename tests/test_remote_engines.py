@@ -110,11 +110,16 @@ def test_cancelling_a_dask_engine_future_keeps_the_task_from_running(dask_client
         queued = engine.submit(mark, "cancelled")
         assert queued.cancel()
 
-        def scheduled() -> list[str]:
-            return [key for keys in dask_client.processing().values() for key in keys]
+        def cancelled() -> bool:  # the scheduler took the cancel, and no worker has it
+            pending = [
+                key
+                for key, state in list(dask_client.futures.items())
+                if str(key).startswith("mark") and state.status != "cancelled"
+            ]
+            scheduled = [key for keys in dask_client.processing().values() for key in keys]
+            return not pending and not any("mark" in str(key) for key in scheduled)
 
-        # the worker hears of it from the scheduler; release the thread only after that
-        wait_until(lambda: not any("mark" in str(key) for key in scheduled()), "the cancel")
+        wait_until(cancelled, "the cancel")
         RELEASE.set()
         assert busy.result(WAIT) == "released"
         assert engine.submit(mark, "after").result(WAIT) == "after"  # one thread: FIFO

@@ -72,16 +72,29 @@ class DaskEngine:
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args)`` on the cluster; the future resolves to its return value."""
-        with self._lock:
-            if self._closed:
-                raise ChannelClosed("this DaskEngine is closed")
+        if not self._register(None, None):
+            raise ChannelClosed("this DaskEngine is closed")
         task = self.client.submit(fn, *args, pure=False)
         mirror: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
-            self._tasks[task.key] = (task, mirror)
-        mirror.add_done_callback(lambda done: _cancel_task(task) if done.cancelled() else None)
+        if not self._register(task, mirror):  # close() came meanwhile: it would miss it
+            _cancel_task(task)
+            raise ChannelClosed("this DaskEngine is closed")
+        # Cancelling talks to the scheduler and waits: the collecting thread does it, not
+        # the caller (often a server's I/O thread).
+        mirror.add_done_callback(
+            lambda done: self._done.put(_Cancel(task)) if done.cancelled() else None
+        )
         task.add_done_callback(self._done.put)  # Dask calls it from a thread of its own
         return mirror
+
+    def _register(self, task: Any, mirror: concurrent.futures.Future[Any] | None) -> bool:
+        """Keep ``task`` and its mirror until it is done (if given); False once closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            if mirror is not None:
+                self._tasks[task.key] = (task, mirror)
+            return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop collecting results and cancel the futures still waiting. Idempotent."""
@@ -95,8 +108,9 @@ class DaskEngine:
         with self._lock:
             left = list(self._tasks.values())
             self._tasks.clear()
-        for _task, mirror in left:
-            mirror.cancel()
+        for task, mirror in left:
+            if mirror.cancel():
+                _cancel_task(task)  # the collecting thread is gone
 
     def _collect(self) -> None:
         stop = False
@@ -108,7 +122,10 @@ class DaskEngine:
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
-            tasks = [item for item in batch if item is not _STOP]
+            for item in batch:
+                if isinstance(item, _Cancel):
+                    _cancel_task(item.task)
+            tasks = [item for item in batch if item is not _STOP and not isinstance(item, _Cancel)]
             try:
                 self._settle(tasks)
             except Exception:  # the thread must outlive any one batch
@@ -153,6 +170,14 @@ def _resolve(mirror: concurrent.futures.Future[Any], task: Any, values: dict[Any
         return
     with contextlib.suppress(concurrent.futures.InvalidStateError):
         mirror.set_result(value)
+
+
+@final
+@attrs.frozen
+class _Cancel:
+    """A request to the collecting thread: cancel this Dask task."""
+
+    task: Any
 
 
 def _cancel_task(task: Any) -> None:

@@ -284,7 +284,9 @@ class Inlet:
             result = future.result()
             outcomes = result if len(jobs) > 1 else [result]
             if not isinstance(outcomes, list) or len(outcomes) != len(jobs):
-                outcomes = [None] * len(jobs)  # not ours: wait, then report them lost
+                # None: every worker's completion is on its way (anything else is not
+                # ours; then too, wait for them, then report them lost).
+                outcomes = [None] * len(jobs)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if outcome is None:  # the worker sent its completion; it is still on its way
                 self._expect_completion(job)

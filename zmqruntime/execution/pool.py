@@ -419,10 +419,13 @@ class WorkerPool:
         if not live:
             self._engine_free()
             return
-        inlet.run(live)
+        inlet.run(live)  # if it raises, nothing was handed over (see _launch_all)
         for job in live:
             if self._cancel_was_requested(job):  # it came while the job went to the engine
-                inlet.cancel(job.execution_id)
+                try:
+                    inlet.cancel(job.execution_id)
+                except ChannelClosed:
+                    logger.debug("the inlet closed before %s was cancelled", job.execution_id)
 
     def _remote_started(self, job: Job) -> bool:
         listener = self._listener

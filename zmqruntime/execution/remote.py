@@ -345,7 +345,13 @@ def run_remote(executor: TaskExecutor, job: Job, context: RemoteContext) -> Outc
 
 def run_remote_batch(
     executor: TaskExecutor, jobs: list[Job], contexts: list[RemoteContext]
-) -> list[Outcome | None]:
+) -> list[Outcome | None] | None:
     """Several small jobs as one engine task, one after another, each as :func:`run_remote`
-    runs it (its own attach, progress, cancellation and outcome)."""
-    return [run_remote(executor, job, context) for job, context in zip(jobs, contexts, strict=True)]
+    runs it (its own attach, progress, cancellation and outcome).
+
+    None when every outcome went to the inlet, else each job's :func:`run_remote` result.
+    """
+    outcomes = [
+        run_remote(executor, job, context) for job, context in zip(jobs, contexts, strict=True)
+    ]
+    return None if all(outcome is None for outcome in outcomes) else outcomes
