@@ -99,6 +99,9 @@ class Plan:
     dask_work_tasks: int
     """Workload 8, small real tasks: tasks per repetition, each burning ``dask_work_ms``."""
     dask_work_ms: float
+    dask_long_tasks: int
+    """Workload 8, longer tasks (run one per Dask task): tasks per repetition."""
+    dask_long_ms: float
 
     @classmethod
     def full(cls) -> Plan:
@@ -125,6 +128,8 @@ class Plan:
             dask_progress_updates=100,
             dask_work_tasks=400,
             dask_work_ms=10.0,
+            dask_long_tasks=100,
+            dask_long_ms=50.0,
         )
 
     @classmethod
@@ -152,6 +157,8 @@ class Plan:
             dask_progress_updates=100,
             dask_work_tasks=40,
             dask_work_ms=10.0,
+            dask_long_tasks=10,
+            dask_long_ms=50.0,
         )
 
 
@@ -245,6 +252,14 @@ def workloads(plan: Plan) -> list[Workload]:
         Workload(
             "8-dask-work",
             f"8 over Dask: {plan.dask_work_tasks:,} tasks of {plan.dask_work_ms:g} ms CPU each",
+            Kind.RATE,
+            "tasks",
+            (DASK, OURS_DASK),
+            baseline=DASK,
+        ),
+        Workload(
+            "8-dask-long",
+            f"8 over Dask: {plan.dask_long_tasks:,} tasks of {plan.dask_long_ms:g} ms CPU each",
             Kind.RATE,
             "tasks",
             (DASK, OURS_DASK),

@@ -12,7 +12,8 @@ machine hurts all alike:
 * the same with ``dask_pool(client, max_workers=<the task count>)``: every job handed to
   Dask at once, each as a Dask task of its own, as plain Dask has them — what the layer
   costs per Dask task, without batches of short jobs;
-* for the second row, tasks that keep a CPU busy for ``dask_work_ms`` (10 ms), plain Dask
+* for the second and third rows, tasks that keep a CPU busy for ``dask_work_ms`` (10 ms:
+  the pool batches them) and ``dask_long_ms`` (50 ms: one job per Dask task), plain Dask
   against ``dask_pool(client)``.
 
 Server, client and the Dask client (with LocalCluster's scheduler) share this process, like
@@ -40,11 +41,13 @@ from zmqruntime.messages import Completion, ProgressEvent
 
 THROUGHPUT = "8-dask-throughput"
 WORK = "8-dask-work"
+LONG = "8-dask-long"
 PROGRESS = "8-dask-progress"
-KEYS = (THROUGHPUT, WORK, PROGRESS)
+KEYS = (THROUGHPUT, WORK, LONG, PROGRESS)
 SYSTEMS = {
     THROUGHPUT: (DASK, OURS_DASK, OURS_DASK_ALL),
     WORK: (DASK, OURS_DASK),
+    LONG: (DASK, OURS_DASK),
     PROGRESS: (OURS_DASK,),
 }
 WORKERS = 2
@@ -183,10 +186,10 @@ def _throughput(client: Any, plan: Plan) -> dict[str, Outcome]:
     }
 
 
-def _work(client: Any, plan: Plan) -> dict[str, Outcome]:
-    """Small real tasks (``dask_work_ms`` of CPU each): plain Dask and zmqruntime over Dask
-    with its defaults, interleaved."""
-    count, seconds = plan.dask_work_tasks, plan.dask_work_ms / 1000
+def _work(client: Any, plan: Plan, count: int, milliseconds: float) -> dict[str, Outcome]:
+    """``count`` real tasks of ``milliseconds`` of CPU each: plain Dask and zmqruntime over
+    Dask with its defaults, interleaved."""
+    seconds = milliseconds / 1000
     tasks = [[number, seconds] for number in range(count)]
     with _served(client, run_burn) as (ours, cap):
         _plain_rep(client, tasks[:WORKERS], burn)
@@ -274,10 +277,14 @@ def run(
             for system, outcome in _throughput(client, plan).items():
                 results[THROUGHPUT, system] = outcome
             log(f"{OURS_DASK}: {THROUGHPUT} done")
-        if WORK in keys:
-            for system, outcome in _work(client, plan).items():
-                results[WORK, system] = outcome
-            log(f"{OURS_DASK}: {WORK} done")
+        for key, count, milliseconds in (
+            (WORK, plan.dask_work_tasks, plan.dask_work_ms),
+            (LONG, plan.dask_long_tasks, plan.dask_long_ms),
+        ):
+            if key in keys:
+                for system, outcome in _work(client, plan, count, milliseconds).items():
+                    results[key, system] = outcome
+                log(f"{OURS_DASK}: {key} done")
         if PROGRESS in keys:
             results[PROGRESS, OURS_DASK] = _progress(client, plan)
             log(f"{OURS_DASK}: {PROGRESS} done")

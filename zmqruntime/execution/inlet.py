@@ -45,9 +45,10 @@ __all__ = ["Inlet"]
 
 logger = logging.getLogger(__name__)
 
-_BATCH_SECONDS: Final = 0.02
-"""Work per engine task worth batching up to: Dask's own overhead is about a millisecond a
-task, so short jobs go in batches; jobs of 20 ms or more go one by one."""
+_BATCH_SECONDS: Final = 0.05
+"""Work per engine task worth batching up to. An engine's own cost per task (Dask: about a
+millisecond of scheduler work, more with our bookkeeping) stays a few percent of 50 ms;
+jobs of 25 ms or more go one by one, so the engine still balances them."""
 _MAX_BATCH: Final = 32
 _RUN_WEIGHT: Final = 0.2
 """How much each finished job moves the running mean of run times."""
