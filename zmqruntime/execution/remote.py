@@ -176,7 +176,11 @@ class RemoteContext:
                 self.execution_id, self.labels, report=self._send_progress
             )
             attach = Attach(request_id=0, execution_id=self.execution_id, worker=worker_name())
-            send_frames(self._link.socket, codec.encode(attach), zmq.NOBLOCK)
+            try:
+                send_frames(self._link.socket, codec.encode(attach), zmq.NOBLOCK)
+            except zmq.Again:  # the task still runs; it shows in no status, and its
+                # completion tells the server it ran
+                logger.warning("%s: the inlet is not taking messages", self.execution_id)
         return self
 
     def deliver(self, outcome: Outcome, started: float | None = None) -> bool:
