@@ -6,7 +6,8 @@ each worker's :class:`~zmqruntime.messages.Attach`, its progress and its
 :class:`~zmqruntime.messages.Completion`, and sends :class:`~zmqruntime.messages.Cancel` to
 the worker running a cancelled execution. A job ends exactly once: by its worker's
 completion (the usual way, with the result already encoded), or by the engine's future when
-the engine cancelled or failed it, or carried the outcome itself.
+the engine cancelled or failed it, or carried the outcome itself. When the server has CURVE,
+the inlet uses the server's key pair and admits one key pair made for the pool's contexts.
 """
 
 from __future__ import annotations
