@@ -3,8 +3,10 @@
 ``WorkerPool.remote`` takes anything with ``submit(fn, *args) -> Future`` (the
 ``RemoteEngine`` protocol). These tests use a real in-process Dask cluster for
 ``DaskEngine``, and small engines of their own to show that an outcome the engine carries is
-used, that one that never arrives fails the execution instead of hanging it, and that a
-completion forged by another peer on the inlet is dropped. Real sockets throughout.
+used, that one that never arrives fails the execution instead of hanging it, that a
+completion forged by another peer on the inlet is dropped, that short jobs reach the engine
+in batches, and that a job cancelled while it waits in a batch never runs. Real sockets
+throughout.
 """
 
 from __future__ import annotations
