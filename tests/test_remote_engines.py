@@ -293,3 +293,15 @@ def test_a_job_cancelled_while_it_waits_in_a_batch_never_runs(config: ZMQConfig)
 
 def _running(client: ExecutionClient) -> set[str]:
     return {execution for ids in client.summary().engine.values() for execution in ids}
+
+
+def test_an_ipv6_advertised_host_is_bracketed_in_the_inlet_address(config: ZMQConfig) -> None:
+    pool = WorkerPool.remote(Carrier(), 1, advertise_host="::1")
+    server, client = _serve(pool, config)
+    try:
+        address = pool.inlet_address
+        assert address is not None and address.startswith("tcp://[::1]:"), address
+        int(address.rsplit(":", 1)[1])  # a port follows
+    finally:
+        client.close()
+        server.close()

@@ -151,7 +151,10 @@ class Inlet:
     def address(self) -> str:
         """The URL remote contexts connect to (the inlet's control socket)."""
         port = self.config.control_port(self._server.bound_port)
-        return f"tcp://{self.advertise_host}:{port}"
+        host = self.advertise_host
+        if ":" in host and not host.startswith("["):  # an IPv6 literal
+            host = f"[{host}]"
+        return f"tcp://{host}:{port}"
 
     def run(self, jobs: list[Job]) -> None:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
