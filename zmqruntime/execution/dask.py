@@ -3,8 +3,8 @@
 ``ExecutionServer(run, pool=dask_pool(client))`` keeps zmqruntime's protocol, progress,
 cancellation and records, and hands the work to a Dask cluster: the executor function and
 each task are shipped to Dask workers (so both must be picklable and importable there), and
-the workers report progress and hear cancellation through the pool's inlet. Needs the
-``dask`` extra (``pip install 'zmqruntime[dask]'``).
+the workers report progress, hear cancellation and send outcomes through the pool's inlet.
+Needs the ``dask`` extra (``pip install 'zmqruntime[dask]'``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ class DaskEngine:
 
     ``submit`` is ``client.submit(fn, *args, pure=False)`` (two submissions of equal tasks
     are two executions, never one cached key) and returns a ``concurrent.futures.Future``.
-    A thread of the engine's own takes every task that finished since it last looked and
-    fetches their results with one ``client.gather``: Dask's own ``client.get_executor()``
-    fetches each result on its own, which costs the cluster a round trip per task.
+    A thread of the engine's own takes every task that finished since it last looked, skips
+    the results Dask reports to be None, and fetches the rest with one ``client.gather``:
+    Dask's own ``client.get_executor()`` fetches each result on its own, which costs the
+    cluster a round trip per task.
     Cancelling a returned future cancels the Dask task. Build one with :meth:`start`;
     :meth:`close` stops the thread (the client stays yours).
     """
