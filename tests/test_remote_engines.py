@@ -22,14 +22,13 @@ import pytest
 import zmq
 
 from tests import executors
+from tests.test_remote import WAIT, wait_until
 from zmqruntime import TransportMode, ZMQConfig, codec
 from zmqruntime.errors import ChannelClosed, TaskCancelled, TaskFailed
 from zmqruntime.execution import ExecutionClient, ExecutionServer, WorkerPool
 from zmqruntime.execution.outcomes import Completed
 from zmqruntime.messages import Completion, ExecutionRecord, ExecutionStatus, Ping, Pong
 from zmqruntime.serializers import SafeSerializer
-
-WAIT = 60.0
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,15 +60,6 @@ def held() -> str:
     if not RELEASE.wait(WAIT):
         raise TimeoutError("the test never released the task")
     return "released"
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT}s waiting for {what}")
-        pause.wait(0.02)
 
 
 @pytest.fixture(scope="module")

@@ -27,17 +27,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from benchmarks.plan import DASK, OURS_DASK, OURS_DASK_ALL, Outcome, Plan, Samples, Skipped
+from benchmarks.systems.ours import ProgressCounter
 from benchmarks.timing import repeat
 from zmqruntime import TransportMode, ZMQConfig
 from zmqruntime.execution import ExecutionClient, ExecutionServer
-from zmqruntime.messages import Completion, ProgressEvent
 
 THROUGHPUT = "8-dask-throughput"
 WORK = "8-dask-work"
@@ -174,10 +173,7 @@ def _throughput(client: Any, plan: Plan) -> dict[str, Outcome]:
             plan.dask_budget,
         )
     return {
-        DASK: Samples(plain, items=count, note="the baseline"),
-        OURS_DASK: Samples(
-            over, items=count, note=f"dask_pool(client): at most {cap} tasks in Dask at once"
-        ),
+        **_plain_and_ours(plain, over, count, cap),
         OURS_DASK_ALL: Samples(
             over_all,
             items=count,
@@ -199,6 +195,13 @@ def _work(client: Any, plan: Plan, count: int, milliseconds: float) -> dict[str,
             plan.reps,
             plan.dask_budget,
         )
+    return _plain_and_ours(plain, over, count, cap)
+
+
+def _plain_and_ours(
+    plain: list[float], over: list[float], count: int, cap: int
+) -> dict[str, Outcome]:
+    """The samples of plain Dask and of ``dask_pool(client)`` with its cap of ``cap``."""
     return {
         DASK: Samples(plain, items=count, note="the baseline"),
         OURS_DASK: Samples(
@@ -207,31 +210,11 @@ def _work(client: Any, plan: Plan, count: int, milliseconds: float) -> dict[str,
     }
 
 
-class _Finished:
-    """A progress callback counting events; notes when the final record arrives."""
-
-    def __init__(self) -> None:
-        self.events = 0
-        self.end = 0.0
-        self.finished = threading.Event()
-
-    def reset(self) -> None:
-        self.events, self.end = 0, 0.0
-        self.finished.clear()
-
-    def __call__(self, message: ProgressEvent | Completion) -> None:
-        if isinstance(message, ProgressEvent):
-            self.events += 1
-        else:
-            self.end = time.perf_counter()
-            self.finished.set()
-
-
 def _progress(client: Any, plan: Plan) -> Samples:
     """A task on a Dask worker reporting ``dask_progress_updates`` events, with a
     subscriber: submit → the final record seen after every event."""
     updates = plan.dask_progress_updates
-    heard = _Finished()
+    heard = ProgressCounter()
     delivered: list[int] = []
     with _served(client, report) as (ours, _cap):
         ours.on_progress(heard)

@@ -117,7 +117,7 @@ def progress(plan: Plan, subscribed: bool) -> Samples:
     ``extra["delivered"]`` the events the subscriber received.
     """
     updates = plan.progress_updates
-    counter = _Counter()
+    counter = ProgressCounter()
     with _Pair(report, "tcp") as pair:
         client = pair.clients[0]
         bodies: list[float] = []
@@ -146,8 +146,9 @@ def progress(plan: Plan, subscribed: bool) -> Samples:
     return Samples(durations, extra={"body": bodies, "delivered": delivered, "updates": updates})
 
 
-class _Counter:
-    """A progress callback counting events; notes when the final record arrives."""
+class ProgressCounter:
+    """A progress callback counting events; notes when the final record arrives (also used
+    by workload 8)."""
 
     def __init__(self) -> None:
         self.events = 0

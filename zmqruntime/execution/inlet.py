@@ -158,11 +158,12 @@ class Inlet:
 
     def run(self, jobs: list[Job]) -> None:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
+        address = self.address
         contexts = [
             RemoteContext(
                 job.execution_id,
                 dict(job.labels),
-                self.address,
+                address,
                 self.config,
                 self._client_curve,
                 self.serializer,
