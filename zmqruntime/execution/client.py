@@ -456,7 +456,10 @@ class ExecutionClient:
                     logger.exception("progress callback failed")
 
     def _on_lost(self) -> None:
-        self._fail_all(ServerLost("the connection to the execution server was lost"))
+        # A refused handshake also ends in a disconnect: say why, whichever failure lands first.
+        failure = self._zmq.handshake_failure
+        why = "" if failure is None else f": {failure}"
+        self._fail_all(ServerLost(f"the connection to the execution server was lost{why}"))
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
