@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import zmq
 
-from zmqruntime import Ping, TransportMode, ZMQClient, ZMQConfig, ZMQServer
+from zmqruntime import TransportMode, ZMQClient, ZMQConfig, ZMQServer
+from zmqruntime.core.messages import Ping
 
 
 def _raw_echo_server(url: str, ready: threading.Event, stop: threading.Event) -> None:

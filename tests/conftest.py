@@ -17,9 +17,9 @@ import pytest
 import zmq
 import zmq.utils.garbage
 
-from zmqruntime.client import ZMQClient
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.server import ControlHandler, ZMQServer
+from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.server import ControlHandler, ZMQServer
 
 THREAD_PREFIX = "zmqruntime-"
 """Every thread zmqruntime starts is named with this prefix."""

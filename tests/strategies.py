@@ -22,9 +22,8 @@ import numpy
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
-from zmqruntime import codec
-from zmqruntime.errors import ErrorCode
-from zmqruntime.messages import (
+from zmqruntime.core import codec
+from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
     Accepted,
@@ -51,6 +50,7 @@ from zmqruntime.messages import (
     StatusRequest,
     SummaryReply,
 )
+from zmqruntime.errors import ErrorCode
 
 __all__ = [
     "HOSTILE_STRATEGIES",
@@ -346,7 +346,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
 
 
 def messages() -> st.SearchStrategy[Message]:
-    """Any message of any class in :data:`~zmqruntime.messages.MESSAGE_CLASSES`."""
+    """Any message of any class in :data:`~zmqruntime.core.messages.MESSAGE_CLASSES`."""
     return st.one_of([MESSAGE_STRATEGIES[cls] for cls in MESSAGE_CLASSES])
 
 

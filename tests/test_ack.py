@@ -10,22 +10,16 @@ import time
 import pytest
 import zmq
 
-from zmqruntime import (
-    Ack,
-    AckChannel,
-    AckOutcome,
-    AckSender,
-    GlobalQueueTrackerRegistry,
-    Ping,
-    TransportMode,
-    ZMQClient,
-    ZMQConfig,
-    codec,
-)
+from zmqruntime import AckChannel, GlobalQueueTrackerRegistry, TransportMode, ZMQClient, ZMQConfig
+from zmqruntime.core import codec
+from zmqruntime.core.ack import AckSender
+from zmqruntime.core.messages import Ack, AckOutcome, Ping
 
 CONSUMER = """
 import sys
-from zmqruntime import AckOutcome, AckSender, ZMQConfig
+from zmqruntime import ZMQConfig
+from zmqruntime.core.ack import AckSender
+from zmqruntime.core.messages import AckOutcome
 address, key, first, count, ipc_root = sys.argv[1:6]
 config = ZMQConfig(ipc_root=ipc_root)
 with AckSender(config=config) as sender:
@@ -169,7 +163,9 @@ def test_sent_notices_from_another_process_register_items(tmp_path) -> None:
     with AckChannel(registry, port=0, transport_mode=TransportMode.IPC, config=config) as channel:
         code = (
             "import sys\n"
-            "from zmqruntime import AckSender, ImageSent, ZMQConfig\n"
+            "from zmqruntime import ZMQConfig\n"
+            "from zmqruntime.core.ack import AckSender\n"
+            "from zmqruntime.core.messages import ImageSent\n"
             "with AckSender(config=ZMQConfig(ipc_root=sys.argv[2])) as sender:\n"
             "    for n in range(50):\n"
             "        for key, prefix in (('gui', 'i'), ('nobody', 'x')):\n"

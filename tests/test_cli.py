@@ -29,8 +29,8 @@ import pytest
 import zmq.auth
 
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.streaming import ImageSender
-from zmqruntime.transport import find_free_ipc_port, find_free_port_pair
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("serve", "submit", "status", "cancel", "ping", "shutdown", "view", "keygen", "demo")

@@ -27,9 +27,8 @@ from tests.strategies import (
     messages,
     to_wire,
 )
-from zmqruntime import codec
-from zmqruntime.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from zmqruntime.messages import (
+from zmqruntime.core import codec
+from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
     Ack,
@@ -49,6 +48,7 @@ from zmqruntime.messages import (
     Shutdown,
     StatusRequest,
 )
+from zmqruntime.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 # numpy 2 warns when a peer's dtype text is the deprecated alias 'a' (the codec refuses it
 # anyway: 'a' is a byte string, not a number); the hostile strategies send it on purpose.
@@ -684,7 +684,7 @@ def test_default_dict_fields_are_not_shared_between_decoded_messages() -> None:
 
 def test_importing_the_codec_imports_no_zmq() -> None:
     code = (
-        "import sys, zmqruntime.codec\n"
+        "import sys, zmqruntime.core.codec\n"
         "loaded = sorted(m for m in sys.modules if m == 'zmq' or m.startswith('zmq.'))\n"
         "assert not loaded, loaded\n"
     )
@@ -719,7 +719,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_the_codec_and_what_it_imports_from_the_package_import_no_threads_or_zmq() -> None:
     package = Path(zmqruntime.__file__).parent
-    todo, seen = ["zmqruntime.codec"], set()
+    todo, seen = ["zmqruntime.core.codec"], set()
     while todo:
         module = todo.pop()
         if module in seen:
@@ -735,7 +735,7 @@ def test_the_codec_and_what_it_imports_from_the_package_import_no_threads_or_zmq
                 f"{path.name} imports {name}"
             )
         todo += [name for name in imported if name.startswith("zmqruntime.")]
-    assert "zmqruntime.messages" in seen and "zmqruntime.errors" in seen
+    assert "zmqruntime.core.messages" in seen and "zmqruntime.errors" in seen
 
 
 def test_decoded_messages_are_frozen() -> None:

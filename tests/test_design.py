@@ -70,7 +70,10 @@ def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
 
 
 def test_importing_the_codec_does_not_import_zmq() -> None:
-    code = "import sys, zmqruntime.codec, zmqruntime.messages; assert 'zmq' not in sys.modules"
+    code = (
+        "import sys, zmqruntime.core.codec, zmqruntime.core.messages; "
+        "assert 'zmq' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -136,6 +139,122 @@ def test_nothing_unpickles_outside_the_pickle_serializer() -> None:
         assert "pickle.loads" not in text and "recv_pyobj" not in text, path.name
 
 
-@pytest.mark.parametrize("module", ["zmqruntime.server", "zmqruntime.client", "zmqruntime.ack"])
+@pytest.mark.parametrize(
+    "module", ["zmqruntime.core.server", "zmqruntime.core.client", "zmqruntime.core.ack"]
+)
 def test_public_modules_import(module: str) -> None:
     importlib.import_module(module)
+
+
+# --- the layout: tiers that import one way, no cycles ------------------------------------
+
+_TIERS = {"base": 0, "core": 1, "execution": 2, "streaming": 2, "cli": 3}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _tier(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) >= 2 and parts[1] in _TIERS:
+        return parts[1]
+    return "base"  # protocols, errors, config (and the package's own __init__/__main__)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every zmqruntime module ``path`` imports, at any depth of the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("zmqruntime")
+        ):
+            found.add(node.module)
+            for alias in node.names:  # ``from zmqruntime.core import codec`` imports a module
+                candidate = f"{node.module}.{alias.name}"
+                if _known_module(candidate):
+                    found.add(candidate)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("zmqruntime"))
+    return found
+
+
+def _known_module(name: str) -> bool:
+    relative = Path(*name.split("."))
+    return (PACKAGE.parent / relative).with_suffix(".py").exists() or (
+        PACKAGE.parent / relative / "__init__.py"
+    ).exists()
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {_module_name(path): path for path in SOURCES}
+    return {
+        name: {target for target in _imports(path) if target in modules and target != name}
+        for name, path in modules.items()
+    }
+
+
+def _check_direction(graph: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for module, targets in graph.items():
+        if module in ("zmqruntime", "zmqruntime.__main__"):
+            continue  # the curated facade and ``python -m zmqruntime`` sit above the tiers
+        for target in targets:
+            if target == "zmqruntime":
+                continue  # only ``__version__``: defined before the package imports anything
+            mine, theirs = _tier(module), _tier(target)
+            if _TIERS[theirs] > _TIERS[mine] or (_TIERS[theirs] == _TIERS[mine] and mine != theirs):
+                wrong.append(f"{module} ({mine}) imports {target} ({theirs})")
+    return wrong
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (cycle := visit(target)) is not None:
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def test_the_tiers_import_one_way() -> None:
+    assert _check_direction(_import_graph()) == []
+
+
+def test_no_import_cycle() -> None:
+    graph = _import_graph()
+    # A package's __init__ importing its own modules is how packages work, not a cycle.
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    assert _find_cycle(graph) is None
+
+
+def test_the_layout_rules_catch_violations() -> None:
+    bad = {"zmqruntime.core.client": {"zmqruntime.execution.server"}}
+    assert _check_direction(bad) == [
+        "zmqruntime.core.client (core) imports zmqruntime.execution.server (execution)"
+    ]
+    assert _check_direction({"zmqruntime.streaming.sinks": {"zmqruntime.execution.pool"}})
+    assert _find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
+def test_the_top_level_is_curated() -> None:
+    assert len(zmqruntime.__all__) <= 45
+    exported = {name for names in zmqruntime._EXPORTS.values() for name in names}
+    assert exported | {"__version__"} == set(zmqruntime.__all__)

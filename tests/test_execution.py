@@ -33,8 +33,21 @@ from hypothesis.extra import numpy as npst
 
 from tests import broken_worker_module, executors
 from tests.strategies import garbage_frames, hostile_frames, image_dtypes, json_values
-from zmqruntime import codec
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core import codec
+from zmqruntime.core.messages import (
+    Accepted,
+    Completion,
+    ErrorReply,
+    Execute,
+    Message,
+    Pong,
+    ProgressEvent,
+    Shutdown,
+)
+from zmqruntime.core.serializers import PickleSerializer, SafeSerializer
+from zmqruntime.core.subscriptions import SubscriberTopics
+from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.errors import (
     ErrorCode,
     RemoteError,
@@ -54,20 +67,7 @@ from zmqruntime.execution import (
     ServerSummary,
     WorkerPool,
 )
-from zmqruntime.messages import (
-    Accepted,
-    Completion,
-    ErrorReply,
-    Execute,
-    Message,
-    Pong,
-    ProgressEvent,
-    Shutdown,
-)
 from zmqruntime.protocols import TaskContext
-from zmqruntime.serializers import PickleSerializer, SafeSerializer
-from zmqruntime.subscriptions import SubscriberTopics
-from zmqruntime.transport import find_free_ipc_port, find_free_port_pair
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 

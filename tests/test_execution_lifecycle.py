@@ -30,13 +30,13 @@ from hypothesis.stateful import (
     rule,
 )
 
+from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ChannelClosed
 from zmqruntime.execution import pool as pool_module
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, PoolListener
 from zmqruntime.execution.pool import WorkerPool
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
-from zmqruntime.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 from zmqruntime.protocols import TaskContext
 
 QUEUED = ExecutionStatus.QUEUED

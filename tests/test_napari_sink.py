@@ -22,6 +22,7 @@ napari = pytest.importorskip("napari")
 from napari.components import ViewerModel  # noqa: E402
 
 from zmqruntime import TransportMode  # noqa: E402
+from zmqruntime.core.transport import find_free_port_pair  # noqa: E402
 from zmqruntime.streaming import (  # noqa: E402
     ImageSender,
     NapariSink,
@@ -29,7 +30,6 @@ from zmqruntime.streaming import (  # noqa: E402
     VisualizerProcessManager,
     python_module_spec,
 )
-from zmqruntime.transport import find_free_port_pair  # noqa: E402
 
 
 def test_images_become_layers_named_from_metadata_and_update_in_place() -> None:

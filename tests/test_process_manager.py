@@ -29,6 +29,7 @@ from zmqruntime import (
     ZMQConfig,
     ZMQTimeoutError,
 )
+from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair, is_endpoint_in_use
 from zmqruntime.errors import ProcessLaunchError
 from zmqruntime.streaming import (
     CommandSpec,
@@ -36,7 +37,6 @@ from zmqruntime.streaming import (
     VisualizerProcessManager,
     python_module_spec,
 )
-from zmqruntime.transport import find_free_ipc_port, find_free_port_pair, is_endpoint_in_use
 
 WAIT = 10.0
 SCRIPTS = Path(__file__).with_name("viewer_scripts.py")

@@ -14,13 +14,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from zmqruntime.errors import ConfigurationError
-from zmqruntime.queue_tracker import (
+from zmqruntime.core.queue_tracker import (
     AckOutcome,
     GlobalQueueTrackerRegistry,
     QueueTracker,
     TrackerStatistics,
 )
+from zmqruntime.errors import ConfigurationError
 
 JOIN_TIMEOUT = 10.0
 
@@ -222,7 +222,7 @@ def test_unknown_and_duplicate_acks_are_counted_not_raised(
 ) -> None:
     tracker = QueueTracker("viewer")
     tracker.register_sent("a")
-    with caplog.at_level(logging.DEBUG, logger="zmqruntime.queue_tracker"):
+    with caplog.at_level(logging.DEBUG, logger="zmqruntime.core.queue_tracker"):
         assert tracker.mark_processed("a") is True
         assert tracker.mark_processed("a") is False
         assert tracker.mark_failed("never-sent", "oops") is False

@@ -57,23 +57,39 @@ from zmq.utils.monitor import parse_monitor_message
 from tests.executors import answer, dispatch, echo
 from tests.strategies import garbage_frames, hostile_frames, to_wire
 from zmqruntime import (
-    Ack,
     AckChannel,
-    AckOutcome,
-    AckSender,
     ClientCurve,
     CurveKeyPair,
     GlobalQueueTrackerRegistry,
-    ImageSent,
     QueueTracker,
     ServerCurve,
     TransportMode,
     ZMQClient,
     ZMQConfig,
     ZMQTimeoutError,
-    codec,
     generate_curve_keypair,
 )
+from zmqruntime.core import codec
+from zmqruntime.core.ack import AckSender
+from zmqruntime.core.messages import (
+    Accepted,
+    Ack,
+    AckOutcome,
+    Cancel,
+    Completion,
+    ErrorReply,
+    Execute,
+    ExecutionRecord,
+    ImageFrame,
+    ImageSent,
+    Message,
+    Ping,
+    Pong,
+    ProgressEvent,
+    Shutdown,
+)
+from zmqruntime.core.serializers import PickleSerializer, SafeSerializer
+from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.errors import RemoteProtocolError, ServerLost, TaskCancelled, TaskFailed
 from zmqruntime.execution import (
     Execution,
@@ -83,24 +99,8 @@ from zmqruntime.execution import (
     RetentionPolicy,
     WorkerPool,
 )
-from zmqruntime.messages import (
-    Accepted,
-    Cancel,
-    Completion,
-    ErrorReply,
-    Execute,
-    ExecutionRecord,
-    ImageFrame,
-    Message,
-    Ping,
-    Pong,
-    ProgressEvent,
-    Shutdown,
-)
 from zmqruntime.protocols import TaskContext
-from zmqruntime.serializers import PickleSerializer, SafeSerializer
 from zmqruntime.streaming import ImageSender, StreamingServer, StreamMode
-from zmqruntime.transport import find_free_ipc_port, find_free_port_pair
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 

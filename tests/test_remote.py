@@ -23,11 +23,11 @@ import pytest
 
 from tests import executors
 from zmqruntime import ClientCurve, ServerCurve, TransportMode, ZMQConfig, generate_curve_keypair
+from zmqruntime.core.messages import Completion, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ConfigurationError, TaskCancelled, TaskFailed
 from zmqruntime.execution import ExecutionClient, ExecutionServer, PoolMode, WorkerPool
-from zmqruntime.execution.dask import dask_pool
-from zmqruntime.execution.remote import RemoteContext
-from zmqruntime.messages import Completion, ExecutionStatus, ProgressEvent
+from zmqruntime.execution.backends.dask import dask_pool
+from zmqruntime.execution.backends.remote import RemoteContext
 
 WAIT = 60.0
 """Generous: worker processes start, and Dask schedules, on a loaded 2-core machine."""

@@ -23,12 +23,13 @@ import zmq
 
 from tests import executors
 from tests.test_remote import WAIT, wait_until
-from zmqruntime import TransportMode, ZMQConfig, codec
+from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core import codec
+from zmqruntime.core.messages import Completion, ExecutionRecord, ExecutionStatus, Ping, Pong
+from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ChannelClosed, TaskCancelled, TaskFailed
 from zmqruntime.execution import ExecutionClient, ExecutionServer, WorkerPool
 from zmqruntime.execution.outcomes import Completed
-from zmqruntime.messages import Completion, ExecutionRecord, ExecutionStatus, Ping, Pong
-from zmqruntime.serializers import SafeSerializer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,7 +76,7 @@ def dask_client() -> Iterator[Any]:
 
 
 def test_dask_engine_resolves_values_none_and_errors(dask_client: Any) -> None:
-    from zmqruntime.execution.dask import DaskEngine  # noqa: PLC0415 (optional extra)
+    from zmqruntime.execution.backends.dask import DaskEngine  # noqa: PLC0415 (optional extra)
 
     engine = DaskEngine.start(dask_client)
     try:
@@ -91,7 +92,7 @@ def test_dask_engine_resolves_values_none_and_errors(dask_client: Any) -> None:
 
 
 def test_cancelling_a_dask_engine_future_keeps_the_task_from_running(dask_client: Any) -> None:
-    from zmqruntime.execution.dask import DaskEngine  # noqa: PLC0415 (optional extra)
+    from zmqruntime.execution.backends.dask import DaskEngine  # noqa: PLC0415 (optional extra)
 
     RELEASE.clear()
     RAN.clear()

@@ -18,8 +18,8 @@ from zmqruntime import (
     ZMQTimeoutError,
     generate_curve_keypair,
 )
+from zmqruntime.core.security import check_pickle_exposure, is_loopback_host
 from zmqruntime.execution import ExecutionClient, ExecutionServer
-from zmqruntime.security import check_pickle_exposure, is_loopback_host
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_a_pickle_client_for_a_remote_host_without_curve_is_refused_before_conne
 
 
 def test_binding_beyond_loopback_without_curve_warns(config, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="zmqruntime.sockets")
+    caplog.set_level(logging.WARNING, logger="zmqruntime.core.sockets")
     with ZMQServer(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config):
         pass
     assert any("without CURVE" in record.getMessage() for record in caplog.records)

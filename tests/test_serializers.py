@@ -1,4 +1,4 @@
-"""Tests of zmqruntime.serializers: bit-exact round trips, refusals, and hostile input."""
+"""Tests of zmqruntime.core.serializers: bit-exact round trips, refusals, and hostile input."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zmqruntime.core.serializers import MAX_DEPTH, PickleSerializer, SafeSerializer
 from zmqruntime.errors import RemoteProtocolError
-from zmqruntime.serializers import MAX_DEPTH, PickleSerializer, SafeSerializer
 
 SAFE = SafeSerializer()
 PICKLE = PickleSerializer()

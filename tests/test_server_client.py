@@ -20,20 +20,10 @@ import pytest
 import zmq
 
 import zmqruntime
-from zmqruntime import codec
-from zmqruntime.client import ZMQClient
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import (
-    AddressInUseError,
-    ChannelClosed,
-    ConfigurationError,
-    ErrorCode,
-    RemoteError,
-    RemoteProtocolError,
-    ServerLost,
-    ZMQTimeoutError,
-)
-from zmqruntime.messages import (
+from zmqruntime.core import codec
+from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.messages import (
     PROTOCOL_VERSION,
     Accepted,
     Cancel,
@@ -54,7 +44,7 @@ from zmqruntime.messages import (
     StatusRequest,
     SummaryReply,
 )
-from zmqruntime.security import (
+from zmqruntime.core.security import (
     ClientCurve,
     ServerCurve,
     generate_curve_keypair,
@@ -62,13 +52,23 @@ from zmqruntime.security import (
     load_public_key,
     write_curve_keypair,
 )
-from zmqruntime.server import Peer, ZMQServer
-from zmqruntime.transport import (
+from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.core.transport import (
     ensure_ipc_directory,
     find_free_ipc_port,
     find_free_port_pair,
     get_ipc_socket_path,
     is_port_in_use,
+)
+from zmqruntime.errors import (
+    AddressInUseError,
+    ChannelClosed,
+    ConfigurationError,
+    ErrorCode,
+    RemoteError,
+    RemoteProtocolError,
+    ServerLost,
+    ZMQTimeoutError,
 )
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")

@@ -28,10 +28,7 @@ from hypothesis.extra import numpy as npst
 
 from tests.strategies import image_dtypes, json_objects
 from zmqruntime import (
-    Ack,
     AckChannel,
-    AckOutcome,
-    AckSender,
     ConfigurationError,
     GlobalQueueTrackerRegistry,
     ServerLost,
@@ -39,9 +36,11 @@ from zmqruntime import (
     ZMQClient,
     ZMQConfig,
     ZMQTimeoutError,
-    codec,
 )
-from zmqruntime.messages import ImageSent, Ping, Pong, Shutdown, ShutdownReply
+from zmqruntime.core import codec
+from zmqruntime.core.ack import AckSender
+from zmqruntime.core.messages import Ack, AckOutcome, ImageSent, Ping, Pong, Shutdown, ShutdownReply
+from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair, get_zmq_transport_url
 from zmqruntime.streaming import (
     DirectorySink,
     ImageSender,
@@ -49,7 +48,6 @@ from zmqruntime.streaming import (
     StreamMode,
     sink_from_spec,
 )
-from zmqruntime.transport import find_free_ipc_port, find_free_port_pair, get_zmq_transport_url
 
 WAIT = 10.0
 """Deadline for anything that should happen promptly; reached only when something is broken."""

@@ -1,4 +1,4 @@
-"""Tests of zmqruntime.transport against real TCP sockets and real Unix sockets in tmp_path."""
+"""Tests of zmqruntime.core.transport against real TCP sockets and real Unix sockets in tmp_path."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from zmqruntime import transport
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import ConfigurationError, ZMQRuntimeError
-from zmqruntime.transport import (
+from zmqruntime.core import transport
+from zmqruntime.core.transport import (
     ensure_ipc_directory,
     find_free_ipc_port,
     find_free_port_pair,
@@ -33,6 +32,7 @@ from zmqruntime.transport import (
     remove_ipc_socket,
     validate_ipc_socket_path,
 )
+from zmqruntime.errors import ConfigurationError, ZMQRuntimeError
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="IPC needs Unix domain sockets")
 
@@ -263,7 +263,7 @@ def test_live_zmq_ipc_socket_is_in_use_and_kept(
         assert is_endpoint_in_use(7777, TransportMode.IPC, config=cfg)
         assert is_endpoint_in_use(7777, config=cfg)  # default mode is IPC here
         assert not ipc_socket_is_stale(7777, cfg)
-        with caplog.at_level(logging.WARNING, logger="zmqruntime.transport"):
+        with caplog.at_level(logging.WARNING, logger="zmqruntime.core.transport"):
             assert remove_ipc_socket(7777, cfg) is False
         assert "listening" in caplog.text
         assert path.exists()

@@ -24,8 +24,8 @@ import numpy
 
 from zmqruntime import ZMQConfig
 from zmqruntime.config import TransportMode
-from zmqruntime.messages import ControlMessageType, Shutdown, ShutdownReply
-from zmqruntime.server import Peer, ZMQServer
+from zmqruntime.core.messages import ControlMessageType, Shutdown, ShutdownReply
+from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.streaming import ImageSender, VisualizerProcessManager, python_module_spec
 
 

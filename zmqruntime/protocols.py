@@ -83,7 +83,7 @@ class RemoteEngine(Protocol):
     """Where a remote :class:`~zmqruntime.execution.WorkerPool` hands its jobs: anything
     with ``concurrent.futures.Executor.submit``'s shape (``ProcessPoolExecutor``, loky,
     ``mpi4py.futures``, Dask's ``client.get_executor()`` or
-    :class:`~zmqruntime.execution.dask.DaskEngine`).
+    :class:`~zmqruntime.execution.backends.dask.DaskEngine`).
 
     ``submit`` ships ``fn`` and ``args`` to a worker and returns a future of its return
     value; ``Future.cancel()`` on it must keep a job that has not started from running.

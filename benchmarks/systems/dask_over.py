@@ -96,7 +96,7 @@ def _served(
 ) -> Iterator[tuple[ExecutionClient, int]]:
     """An ExecutionServer on ``dask_pool(client)``, one connected ExecutionClient, and the
     pool's cap on tasks handed to Dask at once."""
-    from zmqruntime.execution.dask import dask_pool  # noqa: PLC0415 (optional peer)
+    from zmqruntime.execution.backends.dask import dask_pool  # noqa: PLC0415 (optional peer)
 
     with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
         config = ZMQConfig(ipc_root=folder)

@@ -16,8 +16,8 @@ import numpy
 from benchmarks.plan import Plan, Samples
 from benchmarks.timing import repeat, run_clients, sample_calls, shares
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core.messages import Completion, ProgressEvent
 from zmqruntime.execution import ExecutionClient, ExecutionServer
-from zmqruntime.messages import Completion, ProgressEvent
 from zmqruntime.streaming import ImageSender, StreamingServer
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy
 import zmq
+from zmqruntime.messages import ImageTransferIdentity
 
 from zmqruntime import (
     ExecuteRequest,
@@ -38,7 +39,6 @@ from zmqruntime import (
 )
 from zmqruntime import __version__ as VERSION
 from zmqruntime.execution import ExecutionClient, ExecutionServer
-from zmqruntime.messages import ImageTransferIdentity
 from zmqruntime.streaming import StreamingVisualizerServer
 
 HOST = "127.0.0.1"

@@ -3,20 +3,20 @@
 :class:`ExecutionServer` runs tasks with an application-supplied
 :class:`~zmqruntime.TaskExecutor` on a :class:`WorkerPool`; :class:`ExecutionClient` submits
 them and returns :class:`Execution` handles backed by ``concurrent.futures.Future``.
-``WorkerPool.remote`` (and :func:`zmqruntime.execution.dask.dask_pool`) run the tasks on
+``WorkerPool.remote`` (and :func:`zmqruntime.execution.backends.dask.dask_pool`) run the tasks on
 another engine's workers, which get a :class:`RemoteContext`.
 """
 
 from __future__ import annotations
 
+from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ServerSummary
 from zmqruntime.errors import ServerLost, TaskCancelled, TaskFailed
+from zmqruntime.execution.backends.remote import RemoteContext
 from zmqruntime.execution.client import Execution, ExecutionClient, Subscription
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.pool import PoolMode, PoolStatistics, WorkerPool
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
-from zmqruntime.execution.remote import RemoteContext
 from zmqruntime.execution.server import ExecutionServer
-from zmqruntime.messages import ExecutionRecord, ExecutionStatus, ServerSummary
 
 __all__ = [
     "Execution",

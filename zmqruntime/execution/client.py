@@ -21,17 +21,9 @@ from typing import Any, Final, cast, final
 import attrs
 import zmq
 
-from zmqruntime.client import ZMQClient
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import (
-    ProtocolError,
-    RemoteProtocolError,
-    ServerLost,
-    TaskCancelled,
-    TaskFailed,
-    ZMQTimeoutError,
-)
-from zmqruntime.messages import (
+from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.messages import (
     Accepted,
     Cancel,
     Completion,
@@ -47,10 +39,18 @@ from zmqruntime.messages import (
     StatusRequest,
     SummaryReply,
 )
+from zmqruntime.core.security import ClientCurve, check_pickle_exposure
+from zmqruntime.core.serializers import SafeSerializer, serializer_name
+from zmqruntime.core.transport import get_default_transport_mode
+from zmqruntime.errors import (
+    ProtocolError,
+    RemoteProtocolError,
+    ServerLost,
+    TaskCancelled,
+    TaskFailed,
+    ZMQTimeoutError,
+)
 from zmqruntime.protocols import TaskSerializer
-from zmqruntime.security import ClientCurve, check_pickle_exposure
-from zmqruntime.serializers import SafeSerializer, serializer_name
-from zmqruntime.transport import get_default_transport_mode
 
 __all__ = ["Execution", "ExecutionClient", "ProgressCallback", "Subscription"]
 

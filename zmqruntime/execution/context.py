@@ -15,9 +15,9 @@ from typing import final
 
 import attrs
 
-from zmqruntime.codec import check_json_object
+from zmqruntime.core.codec import check_json_object
+from zmqruntime.core.messages import ProgressEvent
 from zmqruntime.errors import TaskCancelled
-from zmqruntime.messages import ProgressEvent
 from zmqruntime.protocols import JSONValue
 
 __all__ = ["ExecutionContext"]

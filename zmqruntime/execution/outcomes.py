@@ -8,8 +8,8 @@ from typing import Any, TypeAlias, final
 
 import attrs
 
+from zmqruntime.core.messages import ProgressEvent
 from zmqruntime.errors import TaskCancelled
-from zmqruntime.messages import ProgressEvent
 from zmqruntime.protocols import Buffer
 
 __all__ = ["Cancelled", "Completed", "Failed", "Job", "Outcome", "PoolListener", "run_job"]

@@ -12,7 +12,8 @@ most ``max_workers`` jobs at a time to one of four backends:
 * an engine whose workers are other processes or hosts (``ProcessPoolExecutor``, Dask,
   loky, ``mpi4py.futures``): the executor function and task are shipped by that engine, and
   a picklable context reports progress, hears cancellation and sends the outcome over zmq
-  (see :mod:`zmqruntime.execution.remote` and :mod:`zmqruntime.execution.inlet`); there,
+  (see :mod:`zmqruntime.execution.backends.remote` and
+  :mod:`zmqruntime.execution.backends.inlet`); there,
   ``max_workers`` counts engine tasks, and short jobs share them in batches.
 
 Everything the pool learns it reports to a :class:`~zmqruntime.execution.outcomes.PoolListener`.
@@ -31,9 +32,12 @@ from typing import final
 import attrs
 
 from zmqruntime.config import ZMQConfig
+from zmqruntime.core.security import ServerCurve
+from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ChannelClosed, ConfigurationError
+from zmqruntime.execution.backends.inlet import Inlet
+from zmqruntime.execution.backends.processes import ProcessWorkers
 from zmqruntime.execution.context import ExecutionContext
-from zmqruntime.execution.inlet import Inlet
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Failed,
@@ -42,10 +46,7 @@ from zmqruntime.execution.outcomes import (
     PoolListener,
     run_job,
 )
-from zmqruntime.execution.processes import ProcessWorkers
 from zmqruntime.protocols import RemoteEngine, TaskExecutor, TaskSerializer
-from zmqruntime.security import ServerCurve
-from zmqruntime.serializers import SafeSerializer
 
 __all__ = ["PoolMode", "PoolStatistics", "WorkerPool"]
 
@@ -165,7 +166,7 @@ class WorkerPool:
 
         ``executor`` is the engine (a :class:`~zmqruntime.protocols.RemoteEngine`:
         ``ProcessPoolExecutor``, Dask's ``client.get_executor()``, a
-        :class:`~zmqruntime.execution.dask.DaskEngine` …); the executor function and tasks
+        :class:`~zmqruntime.execution.backends.dask.DaskEngine` …); the executor function and tasks
         must be picklable and importable there. Workers report progress, hear cancellation
         and send outcomes through an inlet this pool binds on ``inlet_host`` (default: the
         server's interface) and advertises as ``advertise_host``.

@@ -20,8 +20,8 @@ from typing import Any, Final, final
 
 import attrs
 
+from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ConfigurationError
-from zmqruntime.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 
 __all__ = ["ExecutionStore", "RetentionPolicy"]
 

@@ -7,7 +7,7 @@ lifecycle; a :class:`~zmqruntime.execution.WorkerPool` that runs the application
 
 Progress is published on the data socket (XPUB, topic = execution id) — only while somebody
 subscribes to it, so unobserved progress costs no encoding. When an execution ends, its
-:class:`~zmqruntime.messages.Completion` — record plus serialized result — answers every
+:class:`~zmqruntime.core.messages.Completion` — record plus serialized result — answers every
 client that submitted it (as the reply to its ``Execute``, or pushed after an ``Accepted``
 when the client asked to be confirmed at once), and its final record (a Completion without
 the result) is published on its topic, so progress observers see it end.
@@ -27,11 +27,7 @@ import attrs
 import zmq
 
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
-from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, PoolListener
-from zmqruntime.execution.pool import WorkerPool
-from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
-from zmqruntime.messages import (
+from zmqruntime.core.messages import (
     Accepted,
     Cancel,
     Completion,
@@ -49,11 +45,15 @@ from zmqruntime.messages import (
     StatusRequest,
     SummaryReply,
 )
+from zmqruntime.core.security import ServerCurve, check_pickle_exposure
+from zmqruntime.core.serializers import SafeSerializer, serializer_name
+from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.core.transport import get_default_transport_mode
+from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
+from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, PoolListener
+from zmqruntime.execution.pool import WorkerPool
+from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
 from zmqruntime.protocols import Buffer, TaskExecutor, TaskSerializer
-from zmqruntime.security import ServerCurve, check_pickle_exposure
-from zmqruntime.serializers import SafeSerializer, serializer_name
-from zmqruntime.server import Peer, ZMQServer
-from zmqruntime.transport import get_default_transport_mode
 
 __all__ = ["ExecutionServer"]
 

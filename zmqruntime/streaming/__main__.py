@@ -13,7 +13,7 @@ import logging
 import sys
 
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.lifeline import watch_lifeline
+from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.streaming.server import StreamingServer, StreamMode
 from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
 

@@ -22,8 +22,12 @@ from typing import IO, Any, Final, final
 
 import attrs
 
-from zmqruntime.client import ZMQClient
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
+from zmqruntime.core.messages import Pong, Shutdown
+from zmqruntime.core.security import ClientCurve
+from zmqruntime.core.transport import is_endpoint_in_use
 from zmqruntime.errors import (
     AddressInUseError,
     ProcessLaunchError,
@@ -31,11 +35,7 @@ from zmqruntime.errors import (
     ZMQRuntimeError,
     ZMQTimeoutError,
 )
-from zmqruntime.lifeline import LIFELINE_ENV, open_lifeline
-from zmqruntime.messages import Pong, Shutdown
 from zmqruntime.protocols import LaunchSpec
-from zmqruntime.security import ClientCurve
-from zmqruntime.transport import is_endpoint_in_use
 
 __all__ = ["CommandSpec", "VisualizerProcessManager", "python_module_spec"]
 

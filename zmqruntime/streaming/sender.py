@@ -28,17 +28,17 @@ import attrs
 import numpy
 import zmq
 
-from zmqruntime import codec
-from zmqruntime.ack import AckChannel
-from zmqruntime.client import ZMQClient
-from zmqruntime.codec import check_json_object, image_from_array
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core import codec
+from zmqruntime.core.ack import AckChannel
+from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.codec import check_json_object, image_from_array
+from zmqruntime.core.messages import AckOutcome, ImageSent
+from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry, QueueTracker
+from zmqruntime.core.security import ClientCurve, ServerCurve
+from zmqruntime.core.sockets import Socket, open_connected_socket, send_frames
+from zmqruntime.core.transport import get_zmq_transport_url
 from zmqruntime.errors import ChannelClosed, ConfigurationError, ZMQTimeoutError
-from zmqruntime.messages import AckOutcome, ImageSent
-from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry, QueueTracker
-from zmqruntime.security import ClientCurve, ServerCurve
-from zmqruntime.sockets import Socket, open_connected_socket, send_frames
-from zmqruntime.transport import get_zmq_transport_url
 
 __all__ = ["ImageSender"]
 

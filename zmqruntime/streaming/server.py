@@ -20,14 +20,14 @@ from typing import Final, final
 import attrs
 import zmq
 
-from zmqruntime.ack import AckSender
-from zmqruntime.codec import array_from_image
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.ack import AckSender
+from zmqruntime.core.codec import array_from_image
+from zmqruntime.core.messages import AckOutcome, ImageFrame, Message
+from zmqruntime.core.security import ClientCurve, ServerCurve
+from zmqruntime.core.server import ZMQServer
 from zmqruntime.errors import ChannelClosed
-from zmqruntime.messages import AckOutcome, ImageFrame, Message
 from zmqruntime.protocols import ImageSink
-from zmqruntime.security import ClientCurve, ServerCurve
-from zmqruntime.server import ZMQServer
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 

@@ -2,7 +2,7 @@
 
 The tracker of a stream need not be its sender: a worker process sends images to a viewer,
 while the GUI that launched the work shows "processed 812 of 900". The GUI runs an
-:class:`AckChannel` — a server whose data socket (PULL) takes :class:`~zmqruntime.messages.Ack`
+:class:`AckChannel` — a server whose data socket (PULL) takes :class:`~zmqruntime.core.messages.Ack`
 messages from any number of consumer processes, updates the matching tracker of its
 :class:`~zmqruntime.GlobalQueueTrackerRegistry` and calls registered callbacks. Each image
 names the channel's :attr:`AckChannel.address` in its ``ack_to`` header; the consumer answers
@@ -25,15 +25,15 @@ from typing import final
 import attrs
 import zmq
 
-from zmqruntime import codec
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core import codec
+from zmqruntime.core.messages import Ack, AckOutcome, ImageSent, Message
+from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
+from zmqruntime.core.security import ClientCurve, ServerCurve
+from zmqruntime.core.server import ZMQServer
+from zmqruntime.core.sockets import Context, PushSockets
+from zmqruntime.core.transport import get_zmq_transport_url
 from zmqruntime.errors import ChannelClosed
-from zmqruntime.messages import Ack, AckOutcome, ImageSent, Message
-from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry
-from zmqruntime.security import ClientCurve, ServerCurve
-from zmqruntime.server import ZMQServer
-from zmqruntime.sockets import Context, PushSockets
-from zmqruntime.transport import get_zmq_transport_url
 
 __all__ = ["AckCallbackHandle", "AckChannel", "AckChannelStatistics", "AckSender"]
 
@@ -44,7 +44,7 @@ AckCallback = Callable[[Ack], None]
 
 EARLY_ACK_CAPACITY = 4096
 """How many acks that matched no pending item a channel keeps, in case the item's
-:class:`~zmqruntime.messages.ImageSent` notice is still on its way (oldest dropped first)."""
+:class:`~zmqruntime.core.messages.ImageSent` notice is still on its way (oldest dropped first)."""
 
 
 @final
@@ -92,7 +92,7 @@ class AckChannel:
     it back from :attr:`port_number`). ``advertise_host`` is the host consumers use to reach
     a TCP channel, and so the host in :attr:`address`.
 
-    Besides acks it takes :class:`~zmqruntime.messages.ImageSent` notices, which register an
+    Besides acks it takes :class:`~zmqruntime.core.messages.ImageSent` notices, which register an
     item as sent with its tracker: a worker that sends images on the tracker's behalf tells
     the channel what it sent, so the tracker's counts stay exact. Trackers are never created
     by input: create the tracker for a key before items for it arrive.

@@ -14,9 +14,20 @@ from typing import Any, final
 
 import attrs
 
-from zmqruntime.messages import Completion, ExecutionRecord, ProgressEvent, ServerSummary
+from zmqruntime.core.messages import Completion, ExecutionRecord, ProgressEvent, ServerSummary
 
-__all__ = ["Bars", "follow", "show_record", "show_summary", "show_table"]
+__all__ = ["EXIT_USAGE", "Bars", "CLIError", "follow", "show_record", "show_summary", "show_table"]
+
+EXIT_USAGE = 2
+"""The exit code of a command given wrong arguments (1 is reserved for a failed task)."""
+
+
+class CLIError(Exception):
+    """A person-made error: reported as one line with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _rich() -> Any:

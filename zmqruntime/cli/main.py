@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from zmqruntime.cli.display import EXIT_USAGE, CLIError, follow, show_record, show_summary
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.messages import ExecutionRecord, ServerSummary
+from zmqruntime.core.transport import get_default_transport_mode
 from zmqruntime.errors import (
     ConfigurationError,
     RemoteError,
@@ -38,8 +41,6 @@ from zmqruntime.errors import (
     ZMQRuntimeError,
     ZMQTimeoutError,
 )
-from zmqruntime.messages import ExecutionRecord, ServerSummary
-from zmqruntime.transport import get_default_transport_mode
 
 if TYPE_CHECKING:
     from zmqruntime.execution import ExecutionServer
@@ -49,19 +50,10 @@ __all__ = ["CLIError", "main"]
 logger = logging.getLogger(__name__)
 
 EXIT_TASK_FAILED = 1
-EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
 EXIT_WAIT_TIMEOUT = 5
 _ONE_SHOT_LINGER = 0.1  # a command's last message is answered before it exits; no need to linger
-
-
-class CLIError(Exception):
-    """A person-made error: reported as one line with its exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _write(text: str) -> None:
@@ -144,8 +136,8 @@ def _where(args: argparse.Namespace) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run an execution server for an importable TaskExecutor until stopped."""
+    from zmqruntime.core.lifeline import watch_lifeline  # noqa: PLC0415
     from zmqruntime.execution import ExecutionServer, WorkerPool  # noqa: PLC0415
-    from zmqruntime.lifeline import watch_lifeline  # noqa: PLC0415
 
     executor = load_executor(args.executor)
     if args.workers is not None and args.processes is not None:
@@ -239,8 +231,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
             execution.accepted.result(timeout=args.timeout)
             _write(dumps({"execution_id": execution_id}) if args.json else execution_id)
             return 0
-        from zmqruntime.cli_display import follow  # noqa: PLC0415
-
         with follow(client, execution_id, quiet=args.json) as display:
             execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             try:
@@ -265,13 +255,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         answer = client.status(args.execution_id, timeout=args.timeout)
     if args.json:
         _write(dumps(answer))
-    else:
-        from zmqruntime.cli_display import show_record, show_summary  # noqa: PLC0415
-
-        if isinstance(answer, ServerSummary):
-            show_summary(answer)
-        elif isinstance(answer, ExecutionRecord):
-            show_record(answer)
+    elif isinstance(answer, ServerSummary):
+        show_summary(answer)
+    elif isinstance(answer, ExecutionRecord):
+        show_record(answer)
     return 0
 
 
@@ -289,7 +276,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_ping(args: argparse.Namespace) -> int:
     """Ask the server on a port who it is."""
-    from zmqruntime.client import ZMQClient  # noqa: PLC0415
+    from zmqruntime.core.client import ZMQClient  # noqa: PLC0415
 
     mode, config = _endpoint(args)
     with ZMQClient(
@@ -313,8 +300,8 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
     """Stop the server on a port (gracefully, or with --force)."""
-    from zmqruntime.client import ZMQClient  # noqa: PLC0415
-    from zmqruntime.messages import Shutdown  # noqa: PLC0415
+    from zmqruntime.core.client import ZMQClient  # noqa: PLC0415
+    from zmqruntime.core.messages import Shutdown  # noqa: PLC0415
 
     mode, config = _endpoint(args)
     with ZMQClient(
@@ -350,7 +337,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a CURVE key pair for the secure mode."""
-    from zmqruntime.security import write_curve_keypair  # noqa: PLC0415
+    from zmqruntime.core.security import write_curve_keypair  # noqa: PLC0415
 
     try:
         public, secret = write_curve_keypair(Path(args.directory), args.name)
@@ -365,7 +352,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything at once: see ``zmqruntime demo --help``."""
-    from zmqruntime.cli_demo import run_demo  # noqa: PLC0415
+    from zmqruntime.cli.demo import run_demo  # noqa: PLC0415 - keeps startup quick
 
     return run_demo(tasks=args.tasks, out=Path(args.out), use_napari=args.napari)
 

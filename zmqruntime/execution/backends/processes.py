@@ -25,10 +25,10 @@ from typing import Any, final
 
 import attrs
 
+from zmqruntime.core.messages import ProgressEvent
 from zmqruntime.errors import ConfigurationError
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import Cancelled, Failed, Job, Outcome, run_job
-from zmqruntime.messages import ProgressEvent
 from zmqruntime.protocols import TaskExecutor
 
 __all__ = ["ProcessWorkers"]

@@ -1,9 +1,10 @@
 """The server end of remote contexts: where a remote pool's workers attach and report.
 
 A remote :class:`~zmqruntime.execution.WorkerPool` hands each job to its engine with a
-:class:`~zmqruntime.execution.remote.RemoteContext` that connects back here. The inlet hears
-each worker's :class:`~zmqruntime.messages.Attach`, its progress and its
-:class:`~zmqruntime.messages.Completion`, and sends :class:`~zmqruntime.messages.Cancel` to
+:class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back here. The
+inlet hears each worker's :class:`~zmqruntime.core.messages.Attach`, its progress and its
+:class:`~zmqruntime.core.messages.Completion`, and sends
+:class:`~zmqruntime.core.messages.Cancel` to
 the worker running a cancelled execution. A job ends exactly once: by its worker's
 completion (the usual way, with the result already encoded), or by the engine's future when
 the engine cancelled or failed it, or carried the outcome itself. When the server has CURVE,
@@ -22,10 +23,7 @@ from typing import Any, Final, final
 import attrs
 
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import ErrorCode
-from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
-from zmqruntime.execution.remote import RemoteContext, run_remote, run_remote_batch
-from zmqruntime.messages import (
+from zmqruntime.core.messages import (
     Attach,
     Cancel,
     Completion,
@@ -37,10 +35,13 @@ from zmqruntime.messages import (
     Shutdown,
     StreamMessageType,
 )
+from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
+from zmqruntime.core.serializers import serializer_name
+from zmqruntime.core.server import HandlerKey, Peer, ZMQServer
+from zmqruntime.errors import ErrorCode
+from zmqruntime.execution.backends.remote import RemoteContext, run_remote, run_remote_batch
+from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
 from zmqruntime.protocols import RemoteEngine, TaskExecutor, TaskSerializer
-from zmqruntime.security import ClientCurve, ServerCurve, generate_curve_keypair
-from zmqruntime.serializers import serializer_name
-from zmqruntime.server import HandlerKey, Peer, ZMQServer
 
 __all__ = ["Inlet"]
 

@@ -19,6 +19,8 @@ import zmq
 import zmq.auth
 import zmq.auth.thread
 
+from zmqruntime.config import TransportMode
+from zmqruntime.core.serializers import PickleSerializer
 from zmqruntime.errors import ConfigurationError
 
 __all__ = [
@@ -191,9 +193,6 @@ def check_pickle_exposure(
     socket hands the process to anyone who can reach it. ``allow_insecure=True`` is the
     explicit way to accept that risk (e.g. on a private, trusted network).
     """
-    from zmqruntime.config import TransportMode  # noqa: PLC0415 - config imports this module
-    from zmqruntime.serializers import PickleSerializer  # noqa: PLC0415
-
     exposed = mode is TransportMode.TCP and not is_loopback_host(host)
     if isinstance(serializer, PickleSerializer) and exposed and curve is None:
         if allow_insecure:

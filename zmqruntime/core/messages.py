@@ -1,6 +1,6 @@
 """The vocabulary of the wire: enums and one frozen attrs type per message.
 
-Nothing here encodes or decodes; :mod:`zmqruntime.codec` turns these values into frames and
+Nothing here encodes or decodes; :mod:`zmqruntime.core.codec` turns these values into frames and
 back. Each message class names its wire type in ``TYPE``; its attrs fields are the header
 fields (named as in :class:`MessageFields`), except fields marked as buffers, which travel as
 raw frames after the header.

@@ -1,6 +1,6 @@
 """ZMQServer: a control socket answered by a table of handlers, plus a data socket.
 
-The server binds a :class:`~zmqruntime.sockets.SocketPair` (ROUTER control, and a data socket
+The server binds a :class:`~zmqruntime.core.sockets.SocketPair` (ROUTER control, and a data socket
 of the caller's choice: PUB to publish, PULL to receive) and drives it with a ``zmq.Poller``
 in one I/O thread — its own (:meth:`ZMQServer.start`) or the caller's
 (:meth:`ZMQServer.serve_forever`). Behaviour is supplied, never subclassed: ``handlers`` maps
@@ -8,8 +8,8 @@ each :class:`~zmqruntime.ControlMessageType` the server accepts to a callable
 ``handler(message, peer) -> reply | None``; ``data_handler`` receives decoded messages from a
 receiving data socket.
 
-The server answers :class:`~zmqruntime.messages.Ping` and (unless ``handlers`` has one)
-:class:`~zmqruntime.messages.Shutdown` itself, turns undecodable input into an error reply
+The server answers :class:`~zmqruntime.core.messages.Ping` and (unless ``handlers`` has one)
+:class:`~zmqruntime.core.messages.Shutdown` itself, turns undecodable input into an error reply
 (or a logged drop), and turns an exception in a handler into an error reply. It never dies of
 input. Other threads send through :meth:`ZMQServer.send` and :meth:`ZMQServer.publish`, which
 hand the frames to the I/O thread.
@@ -29,11 +29,11 @@ from typing import Any, Final, TypeAlias, cast, final
 import attrs
 import zmq
 
-from zmqruntime import codec
+from zmqruntime import __version__
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import ChannelClosed, ErrorCode, RemoteProtocolError, ZMQTimeoutError
-from zmqruntime.mailbox import Mailbox
-from zmqruntime.messages import (
+from zmqruntime.core import codec
+from zmqruntime.core.mailbox import Mailbox
+from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
     ControlMessageType,
@@ -45,10 +45,11 @@ from zmqruntime.messages import (
     ShutdownReply,
     StreamMessageType,
 )
+from zmqruntime.core.security import ServerCurve
+from zmqruntime.core.sockets import Context, SocketPair, envelope_end, receive_ready, send_frames
+from zmqruntime.core.subscriptions import SubscriberTopics
+from zmqruntime.errors import ChannelClosed, ErrorCode, RemoteProtocolError, ZMQTimeoutError
 from zmqruntime.protocols import Buffer
-from zmqruntime.security import ServerCurve
-from zmqruntime.sockets import Context, SocketPair, envelope_end, receive_ready, send_frames
-from zmqruntime.subscriptions import SubscriberTopics
 
 __all__ = ["ControlHandler", "Peer", "ServerStatistics", "ZMQServer"]
 
@@ -446,8 +447,6 @@ class ZMQServer:
         return reply
 
     def _pong(self, ping: Ping) -> Pong:
-        from zmqruntime import __version__  # noqa: PLC0415 - the package is loaded by now
-
         return Pong(
             request_id=ping.request_id,
             role=self.role,

@@ -1,9 +1,9 @@
 """The demo's moving parts: a microscopy-like image task and the worker process that runs it.
 
-``zmqruntime demo`` (see :mod:`zmqruntime.cli`) launches ``python -m zmqruntime.demo worker``
-as an execution server subprocess. Each task synthesises a field of Gaussian blobs with numpy,
-reports progress while it "acquires", and streams the image to the demo's viewer from inside
-the executor, with the acks going to the launcher's :class:`~zmqruntime.AckChannel`.
+``zmqruntime demo`` (see :mod:`zmqruntime.cli`) launches ``python -m zmqruntime.cli.demo_server
+worker`` as an execution server subprocess. Each task synthesises a field of Gaussian blobs with
+numpy, reports progress while it "acquires", and streams the image to the demo's viewer from
+inside the executor, with the acks going to the launcher's :class:`~zmqruntime.AckChannel`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import attrs
 import numpy
 
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.execution import ExecutionServer, WorkerPool
-from zmqruntime.lifeline import watch_lifeline
 from zmqruntime.protocols import TaskContext
 from zmqruntime.streaming import ImageSender
 
@@ -94,8 +94,8 @@ class BlobTask:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m zmqruntime.demo worker …``: serve :class:`BlobTask` until stopped."""
-    parser = argparse.ArgumentParser(prog="python -m zmqruntime.demo")
+    """``python -m zmqruntime.cli.demo_server worker …``: serve :class:`BlobTask` until stopped."""
+    parser = argparse.ArgumentParser(prog="python -m zmqruntime.cli.demo_server")
     parser.add_argument("role", choices=["worker"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--viewer-port", type=int, required=True)

@@ -4,10 +4,10 @@ When a :class:`~zmqruntime.execution.WorkerPool` hands jobs to an engine whose w
 other processes or hosts (``ProcessPoolExecutor``, Dask, loky, ``mpi4py.futures``), the
 executor function, the task and a :class:`RemoteContext` travel to the worker by that
 engine's own means. The context opens a zmq connection of its own (DEALER) to the pool's
-:class:`~zmqruntime.execution.inlet.Inlet` and sends on it an
-:class:`~zmqruntime.messages.Attach`, the progress events, and at the end the task's
-:class:`~zmqruntime.messages.Completion`, its result already encoded with the server's
-serializer; the inlet answers with :class:`~zmqruntime.messages.Cancel` when the execution
+:class:`~zmqruntime.execution.backends.inlet.Inlet` and sends on it an
+:class:`~zmqruntime.core.messages.Attach`, the progress events, and at the end the task's
+:class:`~zmqruntime.core.messages.Completion`, its result already encoded with the server's
+serializer; the inlet answers with :class:`~zmqruntime.core.messages.Cancel` when the execution
 is cancelled. One connection keeps order, so every progress event reaches the server before
 the outcome. The engine's own return value is then None: only when the outcome cannot be
 sent does it travel back through the engine instead.
@@ -29,12 +29,9 @@ from typing import Any, Final, cast, final
 import attrs
 import zmq
 
-from zmqruntime import codec
 from zmqruntime.config import ZMQConfig
-from zmqruntime.errors import ProtocolError
-from zmqruntime.execution.context import ExecutionContext
-from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, run_job
-from zmqruntime.messages import (
+from zmqruntime.core import codec
+from zmqruntime.core.messages import (
     Accepted,
     Attach,
     Cancel,
@@ -43,10 +40,13 @@ from zmqruntime.messages import (
     ExecutionStatus,
     ProgressEvent,
 )
+from zmqruntime.core.security import ClientCurve
+from zmqruntime.core.serializers import SafeSerializer, serializer_name
+from zmqruntime.core.sockets import Socket, open_connected_socket, receive_ready, send_frames
+from zmqruntime.errors import ProtocolError
+from zmqruntime.execution.context import ExecutionContext
+from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, run_job
 from zmqruntime.protocols import Buffer, JSONValue, TaskExecutor, TaskSerializer
-from zmqruntime.security import ClientCurve
-from zmqruntime.serializers import SafeSerializer, serializer_name
-from zmqruntime.sockets import Socket, open_connected_socket, receive_ready, send_frames
 
 __all__ = ["RemoteContext", "run_remote", "run_remote_batch"]
 

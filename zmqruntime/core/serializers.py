@@ -2,7 +2,7 @@
 
 :class:`SafeSerializer` is the default. It never executes anything it receives: it carries
 JSON values, ``bytes`` and numpy arrays, and nothing else (its wire format is described in
-:mod:`zmqruntime.safe_format`). :class:`PickleSerializer` carries any picklable object and is
+:mod:`zmqruntime.core.safe_format`). :class:`PickleSerializer` carries any picklable object and is
 for trusted setups only — unpickling runs code chosen by the sender.
 """
 
@@ -15,8 +15,8 @@ from typing import ClassVar, final
 import attrs
 from typing_extensions import Buffer
 
+from zmqruntime.core.safe_format import MAX_DEPTH, dump_tree, load_tree
 from zmqruntime.errors import RemoteProtocolError
-from zmqruntime.safe_format import MAX_DEPTH, dump_tree, load_tree
 
 __all__ = ["MAX_DEPTH", "PickleSerializer", "SafeSerializer", "serializer_name"]
 

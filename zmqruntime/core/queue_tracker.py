@@ -27,8 +27,8 @@ from typing import Any, final
 
 import attrs
 
+from zmqruntime.core.messages import AckOutcome
 from zmqruntime.errors import ConfigurationError
-from zmqruntime.messages import AckOutcome
 
 __all__ = ["AckOutcome", "GlobalQueueTrackerRegistry", "QueueTracker", "TrackerStatistics"]
 

@@ -22,9 +22,8 @@ import zmq
 import zmq.auth.thread
 
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.errors import AddressInUseError, ConfigurationError
-from zmqruntime.security import ClientCurve, ServerCurve, is_loopback_host
-from zmqruntime.transport import (
+from zmqruntime.core.security import ClientCurve, ServerCurve, is_loopback_host
+from zmqruntime.core.transport import (
     ensure_ipc_directory,
     find_free_ipc_port,
     find_free_port_pair,
@@ -34,6 +33,7 @@ from zmqruntime.transport import (
     is_ipc_socket_in_use,
     remove_ipc_socket,
 )
+from zmqruntime.errors import AddressInUseError, ConfigurationError
 
 __all__ = [
     "PushSockets",

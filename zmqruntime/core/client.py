@@ -1,6 +1,6 @@
 """ZMQClient: requests with ids over a DEALER, from any number of threads.
 
-The client connects a :class:`~zmqruntime.sockets.SocketPair` (DEALER control, and a data
+The client connects a :class:`~zmqruntime.core.sockets.SocketPair` (DEALER control, and a data
 socket such as SUB or PUSH) and owns it from one I/O thread. Callers in any thread send
 requests through a mailbox and wait on a ``concurrent.futures.Future`` with a timeout. Each
 request carries an id, so many may be in flight; a request that times out is simply forgotten
@@ -26,20 +26,20 @@ import attrs
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from zmqruntime import codec
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core import codec
+from zmqruntime.core.mailbox import Mailbox
+from zmqruntime.core.messages import ErrorReply, Message, Ping, Pong
+from zmqruntime.core.pending import PendingRequests
+from zmqruntime.core.security import ClientCurve, describe_handshake_failure
+from zmqruntime.core.sockets import Context, PushSockets, SocketPair, receive_ready, send_frames
 from zmqruntime.errors import (
     ChannelClosed,
     RemoteProtocolError,
     ServerLost,
     ZMQTimeoutError,
 )
-from zmqruntime.mailbox import Mailbox
-from zmqruntime.messages import ErrorReply, Message, Ping, Pong
 from zmqruntime.protocols import Buffer
-from zmqruntime.requests import PendingRequests
-from zmqruntime.security import ClientCurve, describe_handshake_failure
-from zmqruntime.sockets import Context, PushSockets, SocketPair, receive_ready, send_frames
 
 __all__ = ["ClientStatistics", "ZMQClient"]
 

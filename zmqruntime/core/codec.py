@@ -1,4 +1,4 @@
-"""Sans-IO encoding of :mod:`zmqruntime.messages` to multipart frames, and back.
+"""Sans-IO encoding of :mod:`zmqruntime.core.messages` to multipart frames, and back.
 
 A message is ``[header, *buffers]``: the header is a UTF-8 JSON object holding the protocol
 ``version``, the message ``type``, the number of buffer ``frames`` that follow, and the
@@ -24,9 +24,9 @@ from typing import Any, Final, TypeVar, cast, final
 import attrs
 import numpy
 
-from zmqruntime import messages
+from zmqruntime.core import messages
+from zmqruntime.core.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, ImageFrame, Message
 from zmqruntime.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from zmqruntime.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, ImageFrame, Message
 from zmqruntime.protocols import Buffer, JSONObject
 
 __all__ = [

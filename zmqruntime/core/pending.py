@@ -17,8 +17,8 @@ from typing import Final, final
 
 import attrs
 
+from zmqruntime.core.messages import ErrorReply, Message
 from zmqruntime.errors import RemoteError, ZMQTimeoutError
-from zmqruntime.messages import ErrorReply, Message
 
 __all__ = ["PendingRequests"]
 

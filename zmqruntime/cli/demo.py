@@ -20,16 +20,19 @@ from typing import Any
 
 import numpy
 
-from zmqruntime.ack import AckChannel
-from zmqruntime.cli import CLIError
-from zmqruntime.cli_display import Bars, show_table
+from zmqruntime.cli.display import Bars, CLIError, show_table
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.ack import AckChannel
+from zmqruntime.core.messages import Completion, ProgressEvent
+from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
+from zmqruntime.core.transport import (
+    find_free_ipc_port,
+    find_free_port_pair,
+    get_default_transport_mode,
+)
 from zmqruntime.errors import TaskCancelled, TaskFailed, ZMQRuntimeError
 from zmqruntime.execution import ExecutionClient
-from zmqruntime.messages import Completion, ProgressEvent
-from zmqruntime.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.streaming import VisualizerProcessManager, python_module_spec
-from zmqruntime.transport import find_free_ipc_port, find_free_port_pair, get_default_transport_mode
 
 __all__ = ["contact_sheet", "run_demo"]
 
@@ -68,7 +71,7 @@ def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
             )
             worker = VisualizerProcessManager(
                 python_module_spec(
-                    "zmqruntime.demo",
+                    "zmqruntime.cli.demo_server",
                     "worker",
                     "--port",
                     str(server_port),

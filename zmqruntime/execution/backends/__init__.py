@@ -1,0 +1,1 @@
+"""Worker backends: owned processes, remote engines (and their inlet), Dask."""
