@@ -131,7 +131,15 @@ class QueueTrackerMachine(RuleBasedStateMachine):
 
     @rule()
     def reset_for_new_batch(self) -> None:
+        # Like the predecessor's: pending items are forgotten along with everything else.
         self.tracker.reset_for_new_batch()
+        self.pending.clear()
+        self.recent.clear()
+        self._zero()
+
+    @rule()
+    def start_batch_keeping_pending(self) -> None:
+        self.tracker.start_batch_keeping_pending()
         self._zero()
         self.sent = len(self.pending)
 
@@ -243,14 +251,48 @@ def test_recent_ack_memory_is_bounded() -> None:
     assert (stats.unknown_acks, stats.duplicate_acks) == (2, 1)
 
 
-def test_reset_for_new_batch_keeps_pending_items() -> None:
+def test_reset_for_new_batch_forgets_pending_items() -> None:
     clock = FakeClock()
     tracker = QueueTracker("viewer", timeout=5.0, clock=clock)
     for item_id in "abc":
         tracker.register_sent(item_id)
     tracker.mark_processed("a")
     tracker.mark_processed("zzz")
+    waiting = threading.Event()
+    woke: list[bool] = []
+
+    def waiter() -> None:
+        waiting.set()
+        # Longer than join_all waits: only a wake-up from the reset ends it in time.
+        woke.append(tracker.wait_all_acknowledged(timeout=3 * JOIN_TIMEOUT))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert waiting.wait(JOIN_TIMEOUT)
     tracker.reset_for_new_batch()
+    join_all([thread])
+    assert woke == [True]  # nothing is pending any more
+    assert tracker.get_progress() == (0, 0)
+    assert tracker.get_pending_count() == 0
+    clock.advance(6.0)
+    assert tracker.get_stuck_images() == []
+    assert tracker.has_stuck_images() is False
+    assert tracker.mark_processed("b") is False  # a late ack of the old batch: unknown
+    assert tracker.mark_processed("a") is False  # acked before the reset: forgotten too
+    stats = tracker.statistics()
+    assert (stats.sent, stats.unknown_acks, stats.duplicate_acks) == (0, 2, 0)
+    tracker.register_sent("b")  # sent again in the new batch: a new send
+    assert tracker.get_progress() == (0, 1)
+
+
+def test_start_batch_keeping_pending_keeps_pending_items() -> None:
+    clock = FakeClock()
+    tracker = QueueTracker("viewer", timeout=5.0, clock=clock)
+    for item_id in "abc":
+        tracker.register_sent(item_id)
+    tracker.mark_processed("a")
+    tracker.mark_processed("zzz")
+    tracker.start_batch_keeping_pending()
     assert tracker.get_progress() == (0, 2)
     assert tracker.get_pending_count() == 2
     assert tracker.statistics().unknown_acks == 0

@@ -23,7 +23,6 @@ import numpy
 from zmqruntime.cli.display import Bars, CLIError, show_table
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.ack import AckChannel
-from zmqruntime.core.messages import Completion, ProgressEvent
 from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.core.transport import (
     find_free_ipc_port,
@@ -57,35 +56,19 @@ def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
         registry = GlobalQueueTrackerRegistry()
         tracker = registry.get_or_create_tracker("demo")
         sink = "napari" if use_napari else f"npy:{frames}"
-        common = ["--transport", mode.value, "--ipc-root", private]
+
+        def launch(module: str, port: int, role: str, *args: str) -> VisualizerProcessManager:
+            where = ("--port", str(port), "--transport", mode.value, "--ipc-root", private)
+            spec = python_module_spec(module, *where, *args)
+            return VisualizerProcessManager(
+                spec, port=port, transport_mode=mode, config=config, role=role
+            )
+
         with AckChannel(registry, port=0, transport_mode=mode, config=config) as channel:
             viewer_port, server_port = _two_ports(mode, config)  # after the channel's port
-            viewer = VisualizerProcessManager(
-                python_module_spec(
-                    "zmqruntime.streaming", "--port", str(viewer_port), "--sink", sink, *common
-                ),
-                port=viewer_port,
-                transport_mode=mode,
-                config=config,
-                role="viewer",
-            )
-            worker = VisualizerProcessManager(
-                python_module_spec(
-                    "zmqruntime.cli.demo_server",
-                    "worker",
-                    "--port",
-                    str(server_port),
-                    "--viewer-port",
-                    str(viewer_port),
-                    "--ack-to",
-                    channel.address,
-                    *common,
-                ),
-                port=server_port,
-                transport_mode=mode,
-                config=config,
-                role="execution",
-            )
+            viewer = launch("zmqruntime.streaming", viewer_port, "viewer", "--sink", sink)
+            images = ("--viewer-port", str(viewer_port), "--ack-to", channel.address)
+            worker = launch("zmqruntime.cli.demo_server", server_port, "execution", *images)
             with viewer.start(timeout=60), worker.start(timeout=60):
                 outcome = _run_tasks(tasks, server_port, mode, config)
                 acked = tracker.wait_all_acknowledged(timeout=30)
@@ -124,19 +107,9 @@ def _run_tasks(tasks: int, port: int, mode: TransportMode, config: ZMQConfig) ->
     bars.update("all tasks", 0.0, f"0/{tasks}")
     names: dict[str, str] = {}
 
-    def on_event(event: ProgressEvent | Completion) -> None:
-        if isinstance(event, ProgressEvent):
-            name = names.get(event.execution_id)
-            if name is not None:
-                bars.update(name, event.fraction, event.message)
-        else:
-            name = names.get(event.record.execution_id)
-            if name is not None:
-                bars.update(name, 1.0, event.record.status.value)
-
     try:
         with ExecutionClient(port=port, transport_mode=mode, config=config) as client:
-            subscription = client.on_progress(on_event)
+            subscription = client.on_progress(lambda event: bars.show(event, names))
             client.ping(timeout=10)
             executions = []
             for index in range(tasks):

@@ -1,7 +1,7 @@
 """The demo's moving parts: a microscopy-like image task and the worker process that runs it.
 
-``zmqruntime demo`` (see :mod:`zmqruntime.cli`) launches ``python -m zmqruntime.cli.demo_server
-worker`` as an execution server subprocess. Each task synthesises a field of Gaussian blobs with
+``zmqruntime demo`` (see :mod:`zmqruntime.cli`) launches ``python -m zmqruntime.cli.demo_server``
+as an execution server subprocess. Each task synthesises a field of Gaussian blobs with
 numpy, reports progress while it "acquires", and streams the image to the demo's viewer from
 inside the executor, with the acks going to the launcher's :class:`~zmqruntime.AckChannel`.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 from typing import Any, final
 
 import attrs
@@ -43,20 +42,15 @@ def blob_field(size: int, blobs: int, seed: int) -> numpy.ndarray[Any, Any]:
 
 
 @final
-@attrs.define(eq=False)
+@attrs.frozen
 class BlobTask:
     """The demo's :class:`~zmqruntime.TaskExecutor`: acquire, synthesise, stream one image.
 
     A task is ``{"index": n, "size": px, "blobs": k, "steps": s, "step_seconds": t}``. The
-    image goes to the viewer at ``viewer_port``; its ack goes to ``ack_to``.
+    image goes out through ``images`` (which the worker threads share).
     """
 
-    viewer_port: int
-    ack_to: str
-    transport_mode: TransportMode
-    config: ZMQConfig
-    _sender: ImageSender | None = attrs.field(default=None, init=False)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    images: ImageSender
 
     def __call__(self, task: Any, context: TaskContext) -> dict[str, Any]:
         """Run one acquisition."""
@@ -70,56 +64,39 @@ class BlobTask:
                 wait(float(task.get("step_seconds", 0.05)))
         context.raise_if_cancelled()
         image = blob_field(int(task.get("size", 256)), int(task.get("blobs", 30)), index)
-        image_id = self._images().send(image, {"name": f"tile {index}", "index": index})
+        image_id = self.images.send(image, {"name": f"tile {index}", "index": index})
         context.report_progress(1.0, f"tile {index} sent", image_id=image_id)
         return {"index": index, "image_id": image_id, "mean": float(image.mean())}
 
-    def _images(self) -> ImageSender:
-        with self._lock:
-            if self._sender is None:
-                self._sender = ImageSender(
-                    port=self.viewer_port,
-                    transport_mode=self.transport_mode,
-                    config=self.config,
-                    ack_to=self.ack_to,
-                    tracker_key="demo",
-                ).connect()
-            return self._sender
-
-    def close(self) -> None:
-        """Close the image connection (the worker calls it on exit)."""
-        with self._lock:
-            if self._sender is not None:
-                self._sender.close()
-
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m zmqruntime.cli.demo_server worker …``: serve :class:`BlobTask` until stopped."""
+    """``python -m zmqruntime.cli.demo_server …``: serve :class:`BlobTask` until stopped."""
     parser = argparse.ArgumentParser(prog="python -m zmqruntime.cli.demo_server")
-    parser.add_argument("role", choices=["worker"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--viewer-port", type=int, required=True)
-    parser.add_argument("--ack-to", required=True)
+    parser.add_argument("--ack-to", required=True, help="where the viewer sends image acks")
     parser.add_argument("--transport", choices=["tcp", "ipc"], required=True)
-    parser.add_argument("--ipc-root", default=None)
+    parser.add_argument("--ipc-root")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    mode = TransportMode(args.transport)
-    config = ZMQConfig(ipc_root=args.ipc_root)
-    executor = BlobTask(args.viewer_port, args.ack_to, mode, config)
-    server = ExecutionServer(
-        executor,
-        port=args.port,
+    mode, config = TransportMode(args.transport), ZMQConfig(ipc_root=args.ipc_root)
+    with ImageSender(
+        port=args.viewer_port,
         transport_mode=mode,
         config=config,
-        pool=WorkerPool.threads(args.workers),
-    )
-    watch_lifeline(server.request_stop)
-    try:
+        ack_to=args.ack_to,
+        tracker_key="demo",  # the launcher's AckChannel counts acks under this key
+    ) as images:
+        server = ExecutionServer(
+            BlobTask(images),
+            port=args.port,
+            transport_mode=mode,
+            config=config,
+            pool=WorkerPool.threads(args.workers),
+        )
+        watch_lifeline(server.request_stop)
         server.serve_forever()
-    finally:
-        executor.close()
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, final
 
 import attrs
@@ -128,10 +128,18 @@ class Bars:
             task = self._tasks.get(name)
             if task is None:
                 task = self._tasks[name] = self._progress.add_task(name, total=1.0, note="")
-            if fraction is not None:
-                self._progress.update(task, completed=fraction, note=note)
-            else:
-                self._progress.update(task, note=note)
+            self._progress.update(task, completed=fraction, note=note)  # None: as it was
+
+    def show(self, event: ProgressEvent | Completion, names: Mapping[str, str]) -> None:
+        """Move the bar named ``names[execution id]`` to where ``event`` says (a completion
+        fills it); events of executions not in ``names`` are ignored."""
+        if isinstance(event, ProgressEvent):
+            name, fraction, note = names.get(event.execution_id), event.fraction, event.message
+        else:
+            record = event.record
+            name, fraction, note = names.get(record.execution_id), 1.0, record.status.value
+        if name is not None:
+            self.update(name, fraction, note)
 
     def finish(self) -> None:
         """Stop drawing (idempotent)."""
@@ -146,14 +154,8 @@ class Bars:
 def follow(client: Any, execution_id: str, *, quiet: bool = False) -> Iterator[Bars]:
     """Show one execution's progress events while the body waits for it."""
     bars = Bars(quiet=quiet).start()
-
-    def on_event(event: ProgressEvent | Completion) -> None:
-        if isinstance(event, ProgressEvent):
-            bars.update(execution_id[:8], event.fraction, event.message)
-        else:
-            bars.update(execution_id[:8], 1.0, event.record.status.value)
-
-    subscription = client.on_progress(on_event, execution_id)
+    names = {execution_id: execution_id[:8]}
+    subscription = client.on_progress(lambda event: bars.show(event, names), execution_id)
     try:
         yield bars
     finally:

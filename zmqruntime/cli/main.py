@@ -14,6 +14,7 @@ task is still running on the server).
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib
 import json
 import logging
@@ -28,22 +29,18 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from zmqruntime import errors
 from zmqruntime.cli.display import EXIT_USAGE, CLIError, follow, show_record, show_summary
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.core.messages import ExecutionRecord, ServerSummary
+from zmqruntime.core.lifeline import watch_lifeline
+from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
 from zmqruntime.core.transport import get_default_transport_mode
-from zmqruntime.errors import (
-    ConfigurationError,
-    RemoteError,
-    ServerLost,
-    TaskCancelled,
-    TaskFailed,
-    ZMQRuntimeError,
-    ZMQTimeoutError,
-)
 
+# Each command imports the tiers it needs when it runs ("lazy" below): ``--help`` and a
+# usage mistake answer without loading them all, which takes about half a second.
 if TYPE_CHECKING:
-    from zmqruntime.execution import ExecutionServer
+    from zmqruntime.core.client import ZMQClient
+    from zmqruntime.execution import ExecutionClient, ExecutionServer
 
 __all__ = ["CLIError", "main"]
 
@@ -61,20 +58,21 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+def _answer(args: argparse.Namespace, data: Any, human: str) -> None:
+    """Print ``data`` as JSON with ``--json``, else the ``human`` line."""
+    _write(dumps(data) if args.json else human)
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.value
     if attrs.has(type(value)):
-        return attrs.asdict(value, value_serializer=lambda _i, _a, v: _json_default_or(v))
+        return attrs.asdict(value, recurse=False)  # json comes back here for what it holds
     raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _json_default_or(value: Any) -> Any:
-    if hasattr(value, "value") and not isinstance(value, int | float | str):
-        return value.value  # enums
-    return value
 
 
 def dumps(value: Any) -> str:
@@ -82,53 +80,36 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, indent=2)
 
 
-# --- shared options --------------------------------------------------------------------------
+# --- where the server is ------------------------------------------------------------------------
 
 
-def _add_endpoint(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
-    parser.add_argument("--port", type=int, default=None, help="data port (default 7777)")
-    parser.add_argument(
-        "--host",
-        default=None,
-        help="interface to bind" if server else "server host for TCP (default localhost)",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--tcp", action="store_true", help="use TCP")
-    mode.add_argument("--ipc", action="store_true", help="use IPC sockets (POSIX)")
-    parser.add_argument("--ipc-root", default=None, help="folder of IPC sockets (default ~)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (5)")
-
-
-def _endpoint(
-    args: argparse.Namespace, *, one_shot: bool = True
-) -> tuple[TransportMode, ZMQConfig]:
-    mode = get_default_transport_mode()
-    if args.tcp:
-        mode = TransportMode.TCP
-    elif args.ipc:
-        mode = TransportMode.IPC
-    try:
-        config = ZMQConfig(ipc_root=args.ipc_root)
-        if one_shot:
-            config = attrs.evolve(config, linger=_ONE_SHOT_LINGER)
-    except ConfigurationError as exc:
-        raise CLIError(str(exc)) from None
-    return mode, config
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from zmqruntime.execution import ExecutionClient  # noqa: PLC0415 - keeps startup quick
-
-    mode, config = _endpoint(args)
-    return ExecutionClient(
-        port=args.port, host=args.host or "localhost", transport_mode=mode, config=config
-    )
+def _mode(args: argparse.Namespace) -> TransportMode:
+    return args.mode or get_default_transport_mode()
 
 
 def _where(args: argparse.Namespace) -> str:
-    mode, _config = _endpoint(args)
-    port = 7777 if args.port is None else args.port
-    return f"port {port} ({mode.value})"
+    return f"port {7777 if args.port is None else args.port} ({_mode(args).value})"
+
+
+def _address(args: argparse.Namespace, *, one_shot: bool = True) -> dict[str, Any]:
+    """The keyword arguments that place a server or client where the options say."""
+    config = ZMQConfig(ipc_root=args.ipc_root)
+    if one_shot:
+        config = attrs.evolve(config, linger=_ONE_SHOT_LINGER)
+    return {"port": args.port, "transport_mode": _mode(args), "config": config}
+
+
+def _client(args: argparse.Namespace) -> ExecutionClient:
+    from zmqruntime.execution import ExecutionClient  # noqa: PLC0415 - lazy, see top
+
+    return ExecutionClient(**_address(args), host=args.host or "localhost")
+
+
+def _control_client(args: argparse.Namespace) -> ZMQClient:
+    """A client for ping and shutdown: any role of server, no data socket."""
+    from zmqruntime.core.client import ZMQClient  # noqa: PLC0415 - lazy, see top
+
+    return ZMQClient(**_address(args), host=args.host or "localhost", connect_data=False)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -136,8 +117,7 @@ def _where(args: argparse.Namespace) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run an execution server for an importable TaskExecutor until stopped."""
-    from zmqruntime.core.lifeline import watch_lifeline  # noqa: PLC0415
-    from zmqruntime.execution import ExecutionServer, WorkerPool  # noqa: PLC0415
+    from zmqruntime.execution import ExecutionServer, WorkerPool  # noqa: PLC0415 - lazy, see top
 
     executor = load_executor(args.executor)
     if args.workers is not None and args.processes is not None:
@@ -147,22 +127,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.processes is not None
         else WorkerPool.threads(1 if args.workers is None else args.workers)
     )
-    mode, config = _endpoint(args, one_shot=False)
-    server = ExecutionServer(
-        executor, port=args.port, host=args.host, transport_mode=mode, config=config, pool=pool
-    )
+    server = ExecutionServer(executor, **_address(args, one_shot=False), host=args.host, pool=pool)
     server.start()  # bound (or failed) before the line below claims it serves
     try:
         watch_lifeline(server.request_stop)
-        where = f"port {server.port_number} ({mode.value})"  # the real one, also for --port 0
+        where = f"port {server.port_number} ({_mode(args).value})"  # also right for --port 0
         _write(f"serving {args.executor} on {where}; Ctrl-C stops")
         _wait_until_stopped(server)
     finally:
         server.close()
     return 0
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _wait_until_stopped(server: ExecutionServer) -> None:
@@ -182,7 +156,7 @@ def _wait_until_stopped(server: ExecutionServer) -> None:
 
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():  # signals only reach that one
-        previous = {signum: signal.signal(signum, on_signal) for signum in _STOP_SIGNALS}
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not server.server.wait_stopped(0.2):
             pass  # signal handlers run in this thread between waits
@@ -229,13 +203,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.wait:
             execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             execution.accepted.result(timeout=args.timeout)
-            _write(dumps({"execution_id": execution_id}) if args.json else execution_id)
+            _answer(args, {"execution_id": execution_id}, execution_id)
             return 0
         with follow(client, execution_id, quiet=args.json) as display:
             execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             try:
                 result = execution.result(timeout=args.wait_timeout)
-            except ZMQTimeoutError:
+            except errors.ZMQTimeoutError:
                 if not execution.accepted.done():
                     raise  # the server never answered the submission
                 raise CLIError(
@@ -266,121 +240,123 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel one execution."""
     with _client(args) as client:
         cancelled = client.cancel(args.execution_id, timeout=args.timeout)
-    if args.json:
-        _write(dumps({"execution_id": args.execution_id, "cancelled": cancelled}))
-    else:
-        state = "cancelled" if cancelled else "already finished; nothing to cancel"
-        _write(f"{args.execution_id}: {state}")
+    state = "cancelled" if cancelled else "already finished; nothing to cancel"
+    human = f"{args.execution_id}: {state}"
+    _answer(args, {"execution_id": args.execution_id, "cancelled": cancelled}, human)
     return 0
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
     """Ask the server on a port who it is."""
-    from zmqruntime.core.client import ZMQClient  # noqa: PLC0415
-
-    mode, config = _endpoint(args)
-    with ZMQClient(
-        port=args.port,
-        host=args.host or "localhost",
-        transport_mode=mode,
-        config=config,
-        connect_data=False,
-    ) as client:
+    with _control_client(args) as client:
         pong = client.ping(timeout=args.timeout)
-    if args.json:
-        _write(dumps(pong))
-    else:
-        _write(
-            f"{pong.role} server, pid {pong.pid}, zmqruntime {pong.library_version} "
-            f"(protocol {pong.protocol_version}), up {pong.uptime:.1f}s, "
-            f"capabilities: {', '.join(pong.capabilities) or '-'}"
-        )
+    human = (
+        f"{pong.role} server, pid {pong.pid}, zmqruntime {pong.library_version} (protocol "
+        f"{pong.protocol_version}), up {pong.uptime:.1f}s, "
+        f"capabilities: {', '.join(pong.capabilities) or '-'}"
+    )
+    _answer(args, pong, human)
     return 0
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
     """Stop the server on a port (gracefully, or with --force)."""
-    from zmqruntime.core.client import ZMQClient  # noqa: PLC0415
-    from zmqruntime.core.messages import Shutdown  # noqa: PLC0415
-
-    mode, config = _endpoint(args)
-    with ZMQClient(
-        port=args.port,
-        host=args.host or "localhost",
-        transport_mode=mode,
-        config=config,
-        connect_data=False,
-    ) as client:
+    with _control_client(args) as client:
         client.request(Shutdown(request_id=0, force=args.force), timeout=args.timeout)
-    _write(dumps({"shutdown": True}) if args.json else f"shutdown requested on {_where(args)}")
+    _answer(args, {"shutdown": True}, f"shutdown requested on {_where(args)}")
     return 0
 
 
 def cmd_view(args: argparse.Namespace) -> int:
     """Run the ready-made viewer process."""
-    from zmqruntime.streaming.__main__ import main as viewer_main  # noqa: PLC0415
+    from zmqruntime.streaming.__main__ import main as viewer_main  # noqa: PLC0415 - lazy, see top
 
     kind, _, folder = args.sink.partition(":")
     if not (kind == "napari" or (kind == "npy" and folder)):
         raise CLIError(f"--sink must be npy:DIR or napari, not {args.sink!r}")
-    argv = ["--sink", args.sink]
-    if args.port is not None:
-        argv += ["--port", str(args.port)]
-    if args.tcp or args.ipc:
-        argv += ["--transport", "tcp" if args.tcp else "ipc"]
-    if args.ipc_root:
-        argv += ["--ipc-root", args.ipc_root]
-    if args.host:
-        argv += ["--host", args.host]
+    argv = ["--sink", args.sink, "--transport", _mode(args).value]
+    given = (("--port", args.port), ("--ipc-root", args.ipc_root), ("--host", args.host))
+    argv += [str(part) for option, value in given if value is not None for part in (option, value)]
     return viewer_main(argv)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a CURVE key pair for the secure mode."""
-    from zmqruntime.core.security import write_curve_keypair  # noqa: PLC0415
+    from zmqruntime.core.security import write_curve_keypair  # noqa: PLC0415 - lazy, see top
 
     try:
         public, secret = write_curve_keypair(Path(args.directory), args.name)
     except OSError as exc:
         raise CLIError(f"cannot write keys into {args.directory}: {exc}") from None
-    if args.json:
-        _write(dumps({"public": str(public), "secret": str(secret)}))
-    else:
-        _write(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    human = f"public key: {public}\nsecret key: {secret} (keep it private)"
+    _answer(args, {"public": str(public), "secret": str(secret)}, human)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything at once: see ``zmqruntime demo --help``."""
-    from zmqruntime.cli.demo import run_demo  # noqa: PLC0415 - keeps startup quick
+    from zmqruntime.cli.demo import run_demo  # noqa: PLC0415 - lazy, see top
 
     return run_demo(tasks=args.tasks, out=Path(args.out), use_napari=args.napari)
 
 
-def _add_query_commands(commands: Any) -> None:
-    """status, cancel, ping and shutdown: one request to a running server each."""
-    status = commands.add_parser("status", help="server summary, or one execution")
-    status.add_argument("execution_id", nargs="?", default=None, metavar="ID")
-    status.add_argument("--json", action="store_true")
-    _add_endpoint(status)
-    status.set_defaults(handler=cmd_status)
+# --- the parser: one row a command ------------------------------------------------------------
 
-    cancel = commands.add_parser("cancel", help="cancel an execution")
-    cancel.add_argument("execution_id", metavar="ID")
-    cancel.add_argument("--json", action="store_true")
-    _add_endpoint(cancel)
-    cancel.set_defaults(handler=cmd_cancel)
+_Option = tuple[tuple[str, ...], dict[str, Any]]
 
-    ping = commands.add_parser("ping", help="is a server answering, and what is it?")
-    ping.add_argument("--json", action="store_true")
-    _add_endpoint(ping)
-    ping.set_defaults(handler=cmd_ping)
 
-    shutdown = commands.add_parser("shutdown", help="stop a server")
-    shutdown.add_argument("--force", action="store_true", help="cancel running work too")
-    shutdown.add_argument("--json", action="store_true")
-    _add_endpoint(shutdown)
-    shutdown.set_defaults(handler=cmd_shutdown)
+def _option(*names: str, **settings: Any) -> _Option:
+    return names, settings
+
+
+_JSON = _option("--json", action="store_true", help="machine-readable output")
+_ID = _option("execution_id", metavar="ID")
+_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_Option]]] = {
+    # name: (handler, help, which endpoint options ("server", "client" or none), own options)
+    "serve": (cmd_serve, "run an execution server", "server", [
+        _option("--executor", required=True, help="package.module:function"),
+        _option("--workers", type=int, help="worker threads (1)"),
+        _option("--processes", type=int, help="worker processes"),
+    ]),
+    "submit": (cmd_submit, "submit a task", "client", [
+        _option("task", metavar="TASK_JSON"),
+        _option("--label", action="append", default=[], metavar="KEY=VALUE"),
+        _option("--wait", action="store_true", help="show progress, print the result"),
+        _option("--wait-timeout", type=float, default=3600.0, help="seconds (3600)"),
+        _JSON,
+    ]),
+    "status": (cmd_status, "server summary, or one execution", "client", [
+        _option("execution_id", nargs="?", metavar="ID"), _JSON,
+    ]),
+    "cancel": (cmd_cancel, "cancel an execution", "client", [_ID, _JSON]),
+    "ping": (cmd_ping, "is a server answering, and what is it?", "client", [_JSON]),
+    "shutdown": (cmd_shutdown, "stop a server", "client", [
+        _option("--force", action="store_true", help="cancel running work too"), _JSON,
+    ]),
+    "view": (cmd_view, "run a viewer process", "server", [
+        _option("--sink", required=True, help="npy:DIR or napari"),
+    ]),
+    "keygen": (cmd_keygen, "write a CURVE key pair", "", [
+        _option("directory", metavar="DIR"), _option("--name", default="zmqruntime"), _JSON,
+    ]),
+    "demo": (cmd_demo, "run the end-to-end demo", "", [
+        _option("--tasks", type=int, default=12, help="how many tasks (12)"),
+        _option("--out", default="zmqruntime-demo", help="output folder"),
+        _option("--napari", action="store_true", help="show the images in napari"),
+    ]),
+}  # fmt: skip
+
+
+def _add_endpoint(parser: argparse.ArgumentParser, side: str) -> None:
+    parser.add_argument("--port", type=int, help="data port (default 7777)")
+    host = "interface to bind" if side == "server" else "server host for TCP (default localhost)"
+    parser.add_argument("--host", help=host)
+    mode = parser.add_mutually_exclusive_group()
+    tcp, ipc = TransportMode.TCP, TransportMode.IPC
+    mode.add_argument("--tcp", dest="mode", action="store_const", const=tcp, help="use TCP")
+    mode.add_argument("--ipc", dest="mode", action="store_const", const=ipc, help="use IPC (POSIX)")
+    parser.add_argument("--ipc-root", help="folder of IPC sockets (default ~)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,67 +364,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zmqruntime", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="WARNING", help="library log level (WARNING)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = commands.add_parser("serve", help="run an execution server")
-    serve.add_argument("--executor", required=True, help="package.module:function")
-    serve.add_argument("--workers", type=int, default=None, help="worker threads (1)")
-    serve.add_argument("--processes", type=int, default=None, help="worker processes")
-    _add_endpoint(serve, server=True)
-    serve.set_defaults(handler=cmd_serve)
-
-    submit = commands.add_parser("submit", help="submit a task")
-    submit.add_argument("task", metavar="TASK_JSON")
-    submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    submit.add_argument("--wait", action="store_true", help="show progress, print the result")
-    submit.add_argument("--wait-timeout", type=float, default=3600.0, help="seconds (3600)")
-    submit.add_argument("--json", action="store_true")
-    _add_endpoint(submit)
-    submit.set_defaults(handler=cmd_submit)
-
-    _add_query_commands(commands)
-
-    view = commands.add_parser("view", help="run a viewer process")
-    view.add_argument("--sink", required=True, help="npy:DIR or napari")
-    _add_endpoint(view, server=True)
-    view.set_defaults(handler=cmd_view)
-
-    keygen = commands.add_parser("keygen", help="write a CURVE key pair")
-    keygen.add_argument("directory", metavar="DIR")
-    keygen.add_argument("--name", default="zmqruntime")
-    keygen.add_argument("--json", action="store_true")
-    keygen.set_defaults(handler=cmd_keygen)
-
-    demo = commands.add_parser("demo", help="run the end-to-end demo")
-    demo.add_argument("--tasks", type=int, default=12, help="how many tasks (12)")
-    demo.add_argument("--out", default="zmqruntime-demo", help="output folder")
-    demo.add_argument("--napari", action="store_true", help="show the images in napari")
-    demo.set_defaults(handler=cmd_demo)
+    for name, (handler, summary, side, options) in _COMMANDS.items():
+        command = commands.add_parser(name, help=summary)
+        for names, settings in options:
+            command.add_argument(*names, **settings)
+        if side:
+            _add_endpoint(command, side)
+        command.set_defaults(handler=handler)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.handler(args)
         return code
     except CLIError as exc:
         return _fail(str(exc), exc.code)
-    except TaskFailed as exc:
+    except errors.TaskFailed as exc:
         sys.stderr.write(exc.remote_traceback or f"{exc.error_type}: {exc.error_message}\n")
         return _fail(f"task failed: {exc.error_type}: {exc.error_message}", EXIT_TASK_FAILED)
-    except TaskCancelled as exc:
+    except errors.TaskCancelled as exc:
         return _fail(f"task {exc.execution_id} was cancelled", EXIT_TASK_FAILED)
-    except (ZMQTimeoutError, ServerLost):
+    except (errors.ZMQTimeoutError, errors.ServerLost) as exc:
+        if "port" not in args:  # demo: the error names the process that did not answer
+            return _fail(str(exc), EXIT_UNREACHABLE)
+        where = _where(args)
         return _fail(
-            f"no zmqruntime server answered on {_where(args)}; is one running there?",
-            EXIT_UNREACHABLE,
+            f"no zmqruntime server answered on {where}; is one running there?", EXIT_UNREACHABLE
         )
-    except RemoteError as exc:
+    except errors.RemoteError as exc:
         return _fail(f"the server refused: {exc.detail}", EXIT_REFUSED)
-    except (ZMQRuntimeError, OSError) as exc:
+    except (errors.ZMQRuntimeError, OSError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -41,18 +41,21 @@ DEFAULT_RECENT_ACK_CAPACITY = 10_000
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and (number > 0 or (allow_zero and number == 0))):
         bound = "0 or more" if allow_zero else "above 0"
         raise ConfigurationError(
             f"{name} must be a finite number of seconds {bound}, got {value!r}"
         )
-    return float(value)
+    return float(number)
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(
+            f"{name} must be a whole number of {minimum} or more, got {value!r}"
+        )
+    return value
 
 
 def _positive_seconds(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -60,10 +63,7 @@ def _positive_seconds(_instance: Any, attribute: attrs.Attribute[Any], value: fl
 
 
 def _non_negative_int(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(
-            f"{attribute.name} must be a whole number of 0 or more, got {value!r}"
-        )
+    _check_count(attribute.name, value, 0)
 
 
 def _viewer_key(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -76,14 +76,14 @@ def _viewer_key(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
 class TrackerStatistics:
     """A consistent snapshot of one tracker's counters, taken under its lock.
 
-    Counters cover the current batch: they restart at :meth:`QueueTracker.reset_for_new_batch`
-    and :meth:`QueueTracker.clear`. ``sent - acknowledged == pending`` always holds.
+    Counters cover the current batch: they restart at :meth:`QueueTracker.clear` and whenever
+    a new batch starts. ``sent - acknowledged == pending`` always holds.
     """
 
     viewer_key: str
     """The viewer the tracker follows."""
     sent: int
-    """Items sent in this batch (items still pending from before a batch reset included)."""
+    """Items sent in this batch (plus those still pending when it started)."""
     processed: int
     """Items acknowledged as processed."""
     skipped: int
@@ -159,8 +159,7 @@ class QueueTracker:
         Unlike :meth:`wait_pending_below` followed by :meth:`register_sent`, concurrent
         senders can never push the pending count past ``limit`` together.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be a whole number of 1 or more, got {limit!r}")
+        _check_count("limit", limit, 1)
         seconds = _check_seconds("timeout", timeout, allow_zero=True)
         pending = self._pending
         with self._condition:
@@ -193,19 +192,9 @@ class QueueTracker:
             if self._pending.pop(item_id, None) is None:
                 self._unknown_acks += 1
                 previous = self._recent_acks.get(item_id)
-                if previous is not None:
-                    self._duplicate_acks += 1
-                    logger.debug(
-                        "%s: duplicate %s ack for %r (already %s)",
-                        self.viewer_key,
-                        outcome.value,
-                        item_id,
-                        previous.value,
-                    )
-                else:
-                    logger.debug(
-                        "%s: %s ack for unknown item %r", self.viewer_key, outcome.value, item_id
-                    )
+                self._duplicate_acks += previous is not None
+                why = "unknown item" if previous is None else f"duplicate, already {previous.value}"
+                logger.debug("%s: %s ack for %r: %s", self.viewer_key, outcome.value, item_id, why)
                 return False
             self._outcomes[outcome] += 1
             if self.recent_ack_capacity:
@@ -264,30 +253,37 @@ class QueueTracker:
 
         Threads waiting in :meth:`wait_all_acknowledged` wake and see nothing pending.
         """
-        with self._condition:
-            self._pending.clear()
-            self._recent_acks.clear()
-            self._zero_counters_locked()
-            self._condition.notify_all()
+        self._restart(keep_pending=False)
         logger.debug("%s: queue tracker cleared", self.viewer_key)
 
     def reset_for_new_batch(self) -> None:
-        """Start counting a new batch while still tracking items that are pending.
+        """Start a new batch from nothing, as the predecessor's method did: like :meth:`clear`,
+        pending items, remembered acks and every counter are forgotten.
 
-        Items pending at the reset stay pending (they can still be acknowledged or become
-        stuck) and count as sent in the new batch: afterwards ``get_progress()`` is
-        ``(0, pending count)``. Acknowledgement counters and unknown-ack counts restart at 0.
+        A late ack for an item that was pending then counts as unknown. To begin a new count
+        while still tracking what is pending, use :meth:`start_batch_keeping_pending`.
         """
-        with self._condition:
-            self._zero_counters_locked()
-            self._sent = len(self._pending)
-        logger.debug("%s: queue tracker reset for a new batch", self.viewer_key)
+        self.clear()
 
-    def _zero_counters_locked(self) -> None:
-        self._sent = 0
-        self._outcomes = dict.fromkeys(AckOutcome, 0)
-        self._unknown_acks = 0
-        self._duplicate_acks = 0
+    def start_batch_keeping_pending(self) -> None:
+        """Start counting a new batch while still tracking the items that are pending.
+
+        Items pending now stay pending (they can still be acknowledged or become stuck) and
+        count as sent in the new batch: afterwards ``get_progress()`` is ``(0, pending count)``.
+        Acknowledgement and unknown-ack counters restart at 0; remembered acks are kept.
+        """
+        self._restart(keep_pending=True)
+        logger.debug("%s: queue tracker counts a new batch", self.viewer_key)
+
+    def _restart(self, *, keep_pending: bool) -> None:
+        with self._condition:
+            if not keep_pending:
+                self._pending.clear()
+                self._recent_acks.clear()
+            self._sent = len(self._pending)
+            self._outcomes = dict.fromkeys(AckOutcome, 0)
+            self._unknown_acks = self._duplicate_acks = 0
+            self._condition.notify_all()
 
     def wait_all_acknowledged(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
         """Block until nothing is pending or ``timeout`` seconds pass; ``True`` if drained.
@@ -305,8 +301,7 @@ class QueueTracker:
         Returns whether the pending count is below ``limit``. Senders use it for
         backpressure: wait before sending when ``limit`` items are already in flight.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be a whole number of 1 or more, got {limit!r}")
+        _check_count("limit", limit, 1)
         seconds = _check_seconds("timeout", timeout, allow_zero=True)
         with self._condition:
             return self._condition.wait_for(lambda: len(self._pending) < limit, seconds)

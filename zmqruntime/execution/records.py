@@ -100,13 +100,7 @@ class ExecutionStore:
             record = self._records.get(execution_id)
             if record is None or record.status is not _QUEUED:
                 return None
-            running = ExecutionRecord(
-                execution_id=execution_id,
-                status=_RUNNING,
-                labels=record.labels,
-                submitted_at=record.submitted_at,
-                started_at=self.clock(),
-            )
+            running = attrs.evolve(record, status=_RUNNING, started_at=self.clock())
             self._counts[_QUEUED] -= 1
             self._counts[_RUNNING] += 1
             self._records[execution_id] = running
@@ -179,12 +173,9 @@ class ExecutionStore:
             if running_only and record.status is not _RUNNING:
                 return None
             now = self.clock()
-            finished = ExecutionRecord(
-                execution_id=execution_id,
+            finished = attrs.evolve(
+                record,
                 status=status,
-                labels=record.labels,
-                submitted_at=record.submitted_at,
-                started_at=record.started_at,
                 finished_at=now,
                 progress=self._progress.pop(execution_id, record.progress),
                 error_type=error_type,

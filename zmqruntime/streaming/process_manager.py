@@ -17,24 +17,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
-from typing import IO, Any, Final, final
+from typing import IO, Final, final
 
 import attrs
 
+from zmqruntime import errors
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
 from zmqruntime.core.messages import Pong, Shutdown
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.transport import is_endpoint_in_use
-from zmqruntime.errors import (
-    AddressInUseError,
-    ProcessLaunchError,
-    ServerLost,
-    ZMQRuntimeError,
-    ZMQTimeoutError,
-)
 from zmqruntime.protocols import LaunchSpec
 
 __all__ = ["CommandSpec", "VisualizerProcessManager", "python_module_spec"]
@@ -112,21 +105,21 @@ class VisualizerProcessManager:
         if pong is not None:
             try:
                 self._check_role(pong)
-            except AddressInUseError:
+            except errors.AddressInUseError:
                 self._release()  # a refused start leaves no probe client behind
                 raise
             self._attached = True
             logger.info("attached to the %s already serving port %s", self.role, self._port)
             return self
         if is_endpoint_in_use(self._port, self.transport_mode, config=self.config):
-            raise AddressInUseError(
+            raise errors.AddressInUseError(
                 f"port {self._port} is held by something that does not answer as a zmqruntime "
                 "server; stop it or choose another port"
             )
-        self._launch()
         try:
+            self._launch()
             self._wait_ready(time.monotonic() + limit, limit)
-        except BaseException:
+        except BaseException:  # stopped again: no child, lifeline or log file is left behind
             self.stop(timeout=self.config.close_timeout)
             raise
         return self
@@ -164,12 +157,7 @@ class VisualizerProcessManager:
     def __enter__(self) -> VisualizerProcessManager:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc_info: object) -> None:
         self.stop()
 
     @property
@@ -211,7 +199,7 @@ class VisualizerProcessManager:
     def _probe(self) -> Pong | None:
         try:
             return self._connection().ping(_PROBE_SECONDS)
-        except (ZMQTimeoutError, ServerLost):
+        except (errors.ZMQTimeoutError, errors.ServerLost):
             self._reset_connection()  # a fresh socket: no stale requests queued for later
             return None
 
@@ -222,19 +210,19 @@ class VisualizerProcessManager:
 
     def _check_role(self, pong: Pong) -> None:
         if pong.role != self.role:
-            raise AddressInUseError(
+            raise errors.AddressInUseError(
                 f"port {self._port} is served by a {pong.role!r} server (pid {pong.pid}), not "
                 f"a {self.role!r}; choose another port"
             )
 
     def _launch(self) -> None:
-        env: dict[str, Any] = {**os.environ, **self.spec.env}
+        env: dict[str, str] = {**os.environ, **self.spec.env}
         lifeline = open_lifeline()
-        pass_fds: tuple[int, ...] = ()
-        if lifeline is not None:
-            env[LIFELINE_ENV] = str(lifeline[0])
-            pass_fds = (lifeline[0],)
+        if lifeline is not None:  # the child gets the read end; the write end lives in _release
+            read_end, self._lifeline = lifeline
+            env[LIFELINE_ENV] = str(read_end)
         self._log = tempfile.NamedTemporaryFile(prefix="zmqruntime-child-", suffix=".log")  # noqa: SIM115 - lives as long as the child
+        command = " ".join(self.spec.argv)
         try:
             self._process = subprocess.Popen(
                 list(self.spec.argv),
@@ -243,18 +231,15 @@ class VisualizerProcessManager:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
-                pass_fds=pass_fds,
+                pass_fds=lifeline[:1] if lifeline is not None else (),
                 start_new_session=os.name == "posix",
             )
         except OSError as exc:
-            if lifeline is not None:
-                os.close(lifeline[1])
-            raise ProcessLaunchError(" ".join(self.spec.argv), -1, str(exc)) from exc
+            raise errors.ProcessLaunchError(command, -1, str(exc)) from exc
         finally:
             if lifeline is not None:
                 os.close(lifeline[0])
-        self._lifeline = lifeline[1] if lifeline is not None else None
-        logger.info("launched %s (pid %s)", " ".join(self.spec.argv), self._process.pid)
+        logger.info("launched %s (pid %s)", command, self._process.pid)
 
     def _wait_ready(self, deadline: float, limit: float) -> None:
         process = self._process
@@ -262,13 +247,13 @@ class VisualizerProcessManager:
         while True:
             code = process.poll()
             if code is not None:
-                raise ProcessLaunchError(" ".join(self.spec.argv), code, self._tail())
+                raise errors.ProcessLaunchError(" ".join(self.spec.argv), code, self._tail())
             pong = self._probe()  # each probe waits up to a quarter second for the answer
             if pong is not None:
                 self._check_role(pong)
                 return
             if time.monotonic() >= deadline:
-                raise ZMQTimeoutError(
+                raise errors.ZMQTimeoutError(
                     f"the {self.role} launched with {' '.join(self.spec.argv)} did not answer on "
                     f"port {self._port} within {limit}s; its output:\n{self._tail()}"
                 )
@@ -278,7 +263,7 @@ class VisualizerProcessManager:
             steps: tuple[Callable[[], None] | None, ...] = (None, process.terminate, process.kill)
             try:
                 self._connection().request(Shutdown(request_id=0), timeout=min(limit, 2.0))
-            except ZMQRuntimeError:
+            except errors.ZMQRuntimeError:
                 steps = steps[1:]  # it did not take the request: no point waiting for it
             for step in steps:
                 if step is not None:
