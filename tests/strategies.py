@@ -29,6 +29,9 @@ from zmqruntime.core.messages import (
     Accepted,
     Ack,
     AckOutcome,
+    AppEvent,
+    AppReply,
+    AppRequest,
     Attach,
     Cancel,
     Completion,
@@ -221,10 +224,9 @@ _DTYPE_SPELLINGS = (
     "b",
     "B",
     "d",
-    "g",
-    "G",
 )
-"""How people spell dtypes in headers; the codec accepts any numpy spelling of a numeric dtype."""
+"""How people spell dtypes in headers; the codec accepts any numpy spelling of a numeric dtype
+the wire carries (not long double: ``"g"``, ``"G"``)."""
 
 
 def _strided(array: numpy.ndarray[Any, Any], how: int) -> numpy.ndarray[Any, Any]:
@@ -310,6 +312,15 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         request_id=_optional(request_ids()),
         code=st.sampled_from(ErrorCode),
         message=texts(200),
+        error_type=_optional(texts()),
+        traceback=_optional(texts(200)),
+    ),
+    AppRequest: st.builds(
+        AppRequest,
+        request_id=request_ids(),
+        name=st.text(min_size=1, max_size=128),
+        serializer=st.sampled_from(["safe", "pickle"]) | texts(),
+        payload=_buffer_tuples(),
     ),
     ShutdownReply: st.builds(ShutdownReply, request_id=request_ids()),
     Accepted: st.builds(
@@ -321,6 +332,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     RecordReply: st.builds(RecordReply, request_id=request_ids(), record=execution_records()),
     SummaryReply: st.builds(SummaryReply, request_id=request_ids(), summary=server_summaries()),
+    AppReply: st.builds(AppReply, request_id=request_ids(), payload=_buffer_tuples()),
     ProgressEvent: progress_events(),
     Completion: st.builds(
         Completion,
@@ -341,6 +353,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ImageSent: st.builds(
         ImageSent, image_id=texts(), tracker_key=texts(), timestamp=finite_floats()
     ),
+    AppEvent: st.builds(AppEvent, topic=texts(), payload=_buffer_tuples()),
 }
 """One strategy per message class (keyed by the class)."""
 
@@ -594,6 +607,9 @@ _BAD_DTYPES: tuple[Any, ...] = (
     "<U4",
     "S3",
     "a",
+    "g",  # long double: its padding bytes are undefined
+    "G",
+    "<f16",
     "M8[ns]",
     "<m8[s]",
     "i4,i4",

@@ -32,6 +32,9 @@ from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
     Ack,
+    AppEvent,
+    AppReply,
+    AppRequest,
     Completion,
     ErrorReply,
     Execute,
@@ -213,6 +216,69 @@ def test_lone_surrogates_and_non_ascii_text() -> None:
         codec.decode([text_header.replace('"k"', '"\\udc00"').encode()])
     decoded = codec.decode([text_header.replace('"x"', '"\\ud83d\\ude00"').encode()])
     assert isinstance(decoded, Ack) and decoded.image_id == "\U0001f600"
+
+
+# --- application requests, replies and events ----------------------------------------------
+
+
+def test_app_messages_carry_their_payload_frames_and_fields() -> None:
+    request = AppRequest(request_id=5, name="resize", serializer="pickle", payload=(b"a", b"b"))
+    reply = AppReply(request_id=5, payload=(b"c",))
+    event = AppEvent(topic="stage/moved", payload=(b"x", b"", b"y"))
+    for message in (request, reply, event):
+        frames = to_wire(codec.encode(message))
+        header = _header(frames)
+        assert header["type"] == message.TYPE.value and header["frames"] == len(frames) - 1
+        assert "payload" not in header
+        assert_same_message(codec.decode(frames), message)
+    assert _header(codec.encode(request))["name"] == "resize"
+    assert _header(codec.encode(event))["topic"] == "stage/moved"
+
+
+@pytest.mark.parametrize("name", ["", "x" * 129])
+def test_an_app_request_name_is_1_to_128_characters(name: str) -> None:
+    with pytest.raises(ValueError):
+        AppRequest(request_id=1, name=name)
+    header = _header(codec.encode(AppRequest(request_id=1, name="x" * 128)))
+    header["name"] = name
+    exc = _refusal(_frames(header))
+    assert exc.code is ErrorCode.MALFORMED
+    assert "name" in str(exc)
+    assert codec.peek_request_id(_frames(header)) == 1  # the refusal can be addressed
+
+
+def test_an_error_reply_carries_the_remote_exception_and_old_replies_still_decode() -> None:
+    reply = ErrorReply(
+        request_id=3,
+        code=ErrorCode.HANDLER_FAILED,
+        message="no such key",
+        error_type="KeyError",
+        traceback='Traceback (most recent call last):\n  File "h.py", line 1\nKeyError',
+    )
+    assert codec.decode(to_wire(codec.encode(reply))) == reply
+    header = _header(codec.encode(reply))
+    del header["error_type"], header["traceback"]  # what a peer without them sends
+    decoded = codec.decode(_frames(header))
+    assert isinstance(decoded, ErrorReply)
+    assert (decoded.error_type, decoded.traceback) == (None, None)
+    assert decoded.message == "no such key"
+
+
+# --- the dtype rule --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(numpy.dtype(numpy.longdouble).itemsize == 8, reason="long double is a double")
+def test_long_double_images_are_refused() -> None:
+    # Their padding bytes are uninitialised memory, and their layout depends on the platform.
+    with pytest.raises(TypeError):
+        codec.image_from_array(numpy.zeros(2, numpy.longdouble), image_id="g")
+    itemsize = numpy.dtype(numpy.longdouble).itemsize
+    for dtype in ("g", "G", numpy.dtype(numpy.longdouble).str):
+        size = itemsize * (2 if dtype == "G" else 1)
+        refused = _refusal(_frames(_image_header(dtype=dtype, shape=[1]), bytes(size)))
+        assert "long double" in str(refused)
+    with pytest.raises(LocalProtocolError):
+        codec.encode(ImageFrame(image_id="g", dtype="g", shape=(1,), pixels=bytes(itemsize)))
 
 
 # --- hostile input ---------------------------------------------------------------------------
@@ -425,6 +491,12 @@ def test_request_ids_are_ints_in_range(field: str, value: Any) -> None:
     exc = _refusal(_frames(_ping_header(**{field: value})))
     assert exc.code is ErrorCode.MALFORMED
     assert "request_id" in str(exc)
+
+
+def test_an_int_too_large_for_a_float_field_is_refused() -> None:
+    header = _header(codec.encode(Ack(image_id="i", tracker_key="k")))
+    header["timestamp"] = 10**400  # JSON allows it; float() overflows
+    assert _refusal(_frames(header)).code is ErrorCode.MALFORMED
 
 
 # --- schema evolution ------------------------------------------------------------------------

@@ -136,14 +136,14 @@ INTS = st.one_of(
 
 @st.composite
 def dtypes(draw: st.DrawFn, *, exotic: bool = True) -> np.dtype[Any]:
-    """Every supported dtype kind, in both byte orders (``exotic`` adds long double, void)."""
+    """Every supported dtype kind, in both byte orders (``exotic`` adds void)."""
     kinds = [
         hnp.scalar_dtypes(),
         hnp.byte_string_dtypes(max_len=5),
         hnp.unicode_string_dtypes(max_len=5),
     ]
     if exotic:
-        kinds.append(st.sampled_from([np.dtype(np.longdouble), np.dtype(np.clongdouble), "V3"]))
+        kinds.append(st.just("V3"))
     base = np.dtype(draw(st.one_of(kinds)))
     order = draw(st.sampled_from(["<", ">", "="]))
     return base.newbyteorder(order)  # type: ignore[arg-type,no-any-return]
@@ -281,7 +281,6 @@ def test_roundtrip_arrays_bit_exact(arr: np.ndarray[Any, Any]) -> None:
         np.complex128(1 + 2j),
         np.datetime64("2024-02-29T12:00:00.123456789"),
         np.timedelta64("NaT"),
-        np.longdouble(1) / 3,
         np.str_("numpy str"),
         np.bytes_(b"numpy bytes"),
         np.array(3, dtype=">u2"),
@@ -302,6 +301,31 @@ def test_roundtrip_arrays_bit_exact(arr: np.ndarray[Any, Any]) -> None:
 def test_roundtrip_examples(obj: Any) -> None:
     roundtrip(obj)
     roundtrip([obj, {"k": obj}])
+
+
+LONG_DOUBLE_IS_WIDER = np.dtype(np.longdouble).itemsize > 8
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_IS_WIDER, reason="long double is a plain double here")
+@pytest.mark.parametrize(
+    "obj",
+    [
+        np.longdouble(1) / 3,
+        np.clongdouble(1j) / 3,
+        np.arange(3, dtype=np.longdouble) / 3,
+        {"a": [np.zeros((2, 2), dtype=np.clongdouble)]},
+    ],
+    ids=_short_id,
+)
+def test_long_doubles_are_refused_their_padding_is_undefined(obj: Any) -> None:
+    # An 80-bit long double fills 12 or 16 bytes; the rest is uninitialised memory, which
+    # would reach the peer (and means something else on a platform with 128-bit long doubles).
+    with pytest.raises(TypeError, match="long double"):
+        SAFE.dumps(obj)
+    dtype = np.dtype(np.longdouble).str
+    tagged = f'{{"$zr":"array","dtype":"{dtype}","shape":[1],"frame":1}}'.encode()
+    with pytest.raises(RemoteProtocolError, match="long double"):
+        SAFE.loads([tagged, bytes(np.dtype(np.longdouble).itemsize)])
 
 
 def test_numpy_scalars_come_back_as_numpy_scalars() -> None:

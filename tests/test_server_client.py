@@ -44,6 +44,7 @@ from zmqruntime.core.messages import (
     StatusRequest,
     SummaryReply,
 )
+from zmqruntime.core.pending import PendingRequests
 from zmqruntime.core.security import (
     ClientCurve,
     ServerCurve,
@@ -213,6 +214,28 @@ def test_handlers_answer_and_failures_become_error_replies(
         odd_client.request(Execute(request_id=0), timeout=WAIT)
     assert bad_reply.value.code is ErrorCode.HANDLER_FAILED
     assert isinstance(odd_client.ping(), Pong)
+
+
+def test_an_error_reply_with_the_handlers_exception_becomes_a_remote_error_carrying_it() -> None:
+    pending = PendingRequests()
+    request_id, future = pending.open()
+    trace = "Traceback (most recent call last):\n  File \"app.py\", line 3\nKeyError: 'k'"
+    failure = ErrorReply(
+        request_id=request_id,
+        code=ErrorCode.HANDLER_FAILED,
+        message="'k'",
+        error_type="KeyError",
+        traceback=trace,
+    )
+    assert pending.resolve(request_id, failure)
+    error = future.exception(timeout=0)
+    assert isinstance(error, RemoteError)
+    assert (error.code, error.detail) == (ErrorCode.HANDLER_FAILED, "'k'")
+    assert (error.error_type, error.remote_traceback) == ("KeyError", trace)
+    assert "KeyError: 'k'" in str(error)
+    plain = RemoteError(ErrorCode.REFUSED, "shutting down")  # the two-argument form still works
+    assert (plain.error_type, plain.remote_traceback) == (None, None)
+    assert str(plain) == "server refused the request (refused): shutting down"
 
 
 def test_concurrent_requests_from_four_clients(

@@ -84,13 +84,24 @@ class RemoteProtocolError(ProtocolError):
 class RemoteError(ZMQRuntimeError):
     """The server answered a request with an error reply.
 
-    ``code`` is the :class:`ErrorCode` the server sent; ``detail`` its message text.
+    ``code`` is the :class:`ErrorCode` the server sent; ``detail`` its message text. When a
+    handler raised, ``error_type`` names its exception (it leads ``str(error)``) and
+    ``remote_traceback`` shows where; both are None otherwise.
     """
 
-    def __init__(self, code: ErrorCode, detail: str) -> None:
-        super().__init__(f"server refused the request ({code.value}): {detail}")
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: str,
+        error_type: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        what = detail if error_type is None else f"{error_type}: {detail}"
+        super().__init__(f"server refused the request ({code.value}): {what}")
         self.code = code
         self.detail = detail
+        self.error_type = error_type
+        self.remote_traceback = remote_traceback
 
 
 class ZMQTimeoutError(ZMQRuntimeError, TimeoutError):

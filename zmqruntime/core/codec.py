@@ -1,31 +1,39 @@
 """Sans-IO encoding of :mod:`zmqruntime.core.messages` to multipart frames, and back.
 
-A message is ``[header, *buffers]``: the header is a UTF-8 JSON object holding the protocol
-``version``, the message ``type``, the number of buffer ``frames`` that follow, and the
-message's fields; buffers (task payloads, pixels) follow as raw frames and are never copied
-by the codec.
+A message is ``[header, *buffers]``: a strict JSON object (:mod:`zmqruntime.core.wire`) holding
+the protocol ``version``, the message ``type``, the number of buffer ``frames`` that follow and
+the message's fields, then the raw buffer frames (payloads, pixels), never copied by the codec.
 
-:func:`decode` treats its input as hostile: anything that is not a valid message raises
+Fields travel as their resolved attrs types say, by one plan per class made at import: ``str``,
+``int``, ``float`` (an int is taken too) and ``bool`` as themselves, enums as their values,
+``X | None`` as X or ``null``, ``tuple[X, ...]`` as lists, ``dict[str, X]`` as objects,
+``JSONObject`` as plain JSON objects, attrs classes as objects of their fields. A missing field
+takes its default; unknown keys are ignored. The field marked ``{"buffer": "one"}`` (or
+``"many"``) in its metadata holds the buffer frame (frames). ``request_id`` is in
+``0..2**63-1``; an image's dtype, shape and pixels make an array by the wire's rules, with a
+numeric dtype.
+
+:func:`decode` treats its input as hostile: what is not a valid message raises
 :class:`~zmqruntime.RemoteProtocolError` (and nothing else), with an :class:`ErrorCode` saying
 which rule was broken. :func:`encode` raises :class:`~zmqruntime.LocalProtocolError` for a
-message that could not be sent (a field that is not JSON, an image whose pixels do not match
-its shape). This module imports neither zmq nor threading; the socket layers drive it.
+message that cannot be sent. This module imports neither zmq nor threading.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-import json
-import math
+import operator
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, TypeVar, cast, final
+from typing import Any, Final, cast, final
 
 import attrs
 import numpy
 
-from zmqruntime.core import messages
+from zmqruntime.core import wire
 from zmqruntime.core.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, ImageFrame, Message
+from zmqruntime.core.wire import check_json_object
 from zmqruntime.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from zmqruntime.protocols import Buffer, JSONObject
 
@@ -40,259 +48,160 @@ __all__ = [
 ]
 
 DEFAULT_MAX_HEADER_BYTES: Final = 1 << 20
-MAX_IMAGE_DIMENSIONS: Final = 32
-_MAX_ID = (1 << 63) - 1
-_MAX_ARRAY_BYTES: Final = int(numpy.iinfo(numpy.intp).max)
+_MAX_ID: Final = (1 << 63) - 1
 
+_RequestId = typing.NewType("_RequestId", int)  # stands for int in ``request_id`` fields
 _Decoder = Callable[[Any, str], Any]
-_Encoder = Callable[[Any], Any]
-_T = TypeVar("_T")
+_Encoder = Callable[[Any], Any] | None  # None: the value is its own JSON
 
 
 def _fail(path: str, expected: str, value: object) -> RemoteProtocolError:
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return RemoteProtocolError(f"field {path!r} must be {expected}, got {shown}")
+    return RemoteProtocolError(f"field {path!r} must be {expected}, got {repr(value)[:60]}")
 
 
-def _decode_str(value: Any, path: str) -> str:
-    if type(value) is not str:
-        raise _fail(path, "a string", value)
-    return value
+def _scalar(expected: str, *kinds: type[Any]) -> _Decoder:
+    def decode_scalar(value: Any, path: str) -> Any:
+        if type(value) not in kinds:
+            raise _fail(path, expected, value)
+        return value if type(value) is kinds[0] else kinds[0](value)  # an int for a float
+
+    return decode_scalar
 
 
-def _decode_int(value: Any, path: str) -> int:
-    if type(value) is not int:
-        raise _fail(path, "an integer", value)
-    return value
-
-
-def _decode_float(value: Any, path: str) -> float:
-    if type(value) is float:
+def _request_id(value: Any, path: str) -> int:
+    if type(value) is int and 0 <= value <= _MAX_ID:
         return value
-    if type(value) is int:
-        return float(value)
-    raise _fail(path, "a number", value)
+    raise _fail(path, "an integer in 0..2**63-1", value)
 
 
-def _decode_bool(value: Any, path: str) -> bool:
-    if type(value) is not bool:
-        raise _fail(path, "true or false", value)
+def _json_object(value: Any, path: str, error: type[Exception] = RemoteProtocolError) -> Any:
+    problem = wire.json_problem(value) if type(value) is dict else " is not a JSON object"
+    if problem is not None:
+        raise error(f"field {path!r}{problem}")
     return value
 
 
-def _decode_json_object(value: Any, path: str) -> JSONObject:
-    if type(value) is not dict:
-        raise _fail(path, "a JSON object", value)
-    return cast(JSONObject, value)
+def _member(members: Mapping[Any, enum.Enum], value: Any, path: str) -> enum.Enum:
+    try:
+        return members[value]
+    except (KeyError, TypeError):
+        raise _fail(path, f"one of {', '.join(map(repr, members))}", value) from None
 
 
-def _identity(value: Any) -> Any:
+_SIMPLE: Final[Mapping[Any, _Decoder]] = {
+    str: _scalar("a string", str),
+    int: _scalar("an integer", int),
+    float: _scalar("a number", float, int),
+    bool: _scalar("true or false", bool),
+    _RequestId: _request_id,
+}
+
+
+def _codec(tp: Any, path: str) -> tuple[_Decoder, _Encoder]:
+    """The decoder and encoder of the field at ``path`` whose resolved type is ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _SIMPLE:
+        return _SIMPLE[tp], None
+    if len(args) == 2 and args[1] is type(None):  # X | None
+        inner, encoder = _codec(args[0], path)
+        optional = functools.partial(_optional, encoder) if encoder else None
+        return functools.partial(_optional, inner), optional
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        members = {member.value: member for member in tp}
+        return functools.partial(_member, members), operator.attrgetter("value")
+    if isinstance(tp, type) and attrs.has(tp):
+        plan = _plan(tp, path + ".")
+        return lambda value, at: plan.build(_of(dict, value, at), {}), plan.to_header
+    if origin is dict and args == (str, Any):
+        return _json_object, lambda value: _json_object(value, path, TypeError)
+    if (origin is tuple and args[1:] == (Ellipsis,)) or (origin is dict and args[0] is str):
+        item, encoder = _codec(args[-1] if origin is dict else args[0], path + "[]")
+        if encoder is None:  # items must be their own JSON (the codec's types all are)
+            return functools.partial(_collection, origin, item), None
+    raise TypeError(f"the codec has no rule for fields of type {tp!r}")  # a bug, not input
+
+
+def _optional(codec: Callable[..., Any], value: Any, *path: str) -> Any:
+    return None if value is None else codec(value, *path)
+
+
+def _of(kind: type[Any], value: Any, path: str) -> Any:
+    if type(value) is not kind:
+        raise _fail(path, "a list" if kind is list else "a JSON object", value)
     return value
 
 
-def _optional(decoder: _Decoder, encoder: _Encoder) -> tuple[_Decoder, _Encoder]:
-    def decode_optional(value: Any, path: str) -> Any:
-        return None if value is None else decoder(value, path)
-
-    def encode_optional(value: Any) -> Any:
-        return None if value is None else encoder(value)
-
-    return decode_optional, encode_optional
-
-
-def _tuple_of(decoder: _Decoder) -> _Decoder:
-    def decode_tuple(value: Any, path: str) -> tuple[Any, ...]:
-        if type(value) is not list:
-            raise _fail(path, "a list", value)
-        return tuple(decoder(item, f"{path}[{i}]") for i, item in enumerate(value))
-
-    return decode_tuple
-
-
-def _dict_of(decoder: _Decoder) -> _Decoder:
-    def decode_dict(value: Any, path: str) -> dict[str, Any]:
-        if type(value) is not dict:
-            raise _fail(path, "a JSON object", value)
-        return {key: decoder(item, f"{path}[{key!r}]") for key, item in value.items()}
-
-    return decode_dict
-
-
-def _enum_codec(enum_type: type[enum.Enum]) -> tuple[_Decoder, _Encoder]:
-    by_value = {member.value: member for member in enum_type}
-    allowed = ", ".join(repr(v) for v in by_value)
-
-    def decode_enum(value: Any, path: str) -> enum.Enum:
-        try:
-            return by_value[value]
-        except (KeyError, TypeError):
-            raise _fail(path, f"one of {allowed}", value) from None
-
-    def encode_enum(value: enum.Enum) -> Any:
-        return value.value
-
-    return decode_enum, encode_enum
+def _collection(origin: type[Any], item: _Decoder, value: Any, path: str) -> Any:
+    if origin is dict:
+        return {
+            key: item(inner, f"{path}[{key!r}]") for key, inner in _of(dict, value, path).items()
+        }
+    return tuple([item(inner, f"{path}[{i}]") for i, inner in enumerate(_of(list, value, path))])
 
 
 @final
 @attrs.frozen
-class _Field:
-    name: str
-    decode: _Decoder
-    encode: _Encoder
-    required: bool
-    default: Any
+class _Plan:
+    """How one attrs class travels: its header fields, and the field that holds its buffers."""
 
-
-@final
-@attrs.frozen
-class _Spec:
     cls: type[Any]
-    type_name: str | None
-    fields: tuple[_Field, ...]
-    buffer_field: str | None
-    many_buffers: bool
+    fields: tuple[tuple[str, str, _Decoder, _Encoder, bool], ...]  # name, path, …, required
+    type_name: str | None = None
+    buffers: str | None = None
+    frames: int | None = 0  # how many buffer frames it carries (None: any number)
+
+    def build(self, header: Mapping[str, Any], values: dict[str, Any]) -> Any:
+        for name, path, decode, _encode, required in self.fields:
+            if name in header:
+                values[name] = decode(header[name], path)
+            elif required:
+                raise RemoteProtocolError(f"required field {path!r} is missing")
+        try:
+            return self.cls(**values)  # absent fields take their defaults here
+        except (TypeError, ValueError) as exc:  # the class's own validators
+            raise RemoteProtocolError(f"invalid {self.cls.__name__}: {exc}") from None
+
+    def to_header(self, value: Any, header: dict[str, Any] | None = None) -> dict[str, Any]:
+        header = {} if header is None else header
+        for name, _path, _decode, encode, _required in self.fields:
+            field = getattr(value, name)
+            header[name] = field if encode is None else encode(field)
+        return header
 
 
-_SIMPLE: Final[Mapping[str, tuple[_Decoder, _Encoder]]] = {
-    "str": (_decode_str, _identity),
-    "int": (_decode_int, _identity),
-    "float": (_decode_float, _identity),
-    "bool": (_decode_bool, _identity),
-    "JSONObject": (_decode_json_object, _identity),
-    "tuple[str, ...]": (_tuple_of(_decode_str), list),
-    "tuple[int, ...]": (_tuple_of(_decode_int), list),
-    "dict[str, str]": (_dict_of(_decode_str), dict),
-    "dict[str, int]": (_dict_of(_decode_int), dict),
-    "dict[str, tuple[str, ...]]": (_dict_of(_tuple_of(_decode_str)), dict),
-}
-
-
-def _field_codec(annotation: str) -> tuple[_Decoder, _Encoder]:
-    """Build the decoder/encoder pair for a field from its annotation string."""
-    if annotation.endswith(" | None"):
-        return _optional(*_field_codec(annotation.removesuffix(" | None")))
-    if annotation in _SIMPLE:
-        return _SIMPLE[annotation]
-    target = ErrorCode if annotation == "ErrorCode" else getattr(messages, annotation, None)
-    if isinstance(target, type) and issubclass(target, enum.Enum):
-        return _enum_codec(target)
-    if isinstance(target, type) and attrs.has(target):
-        spec = _compile(target)
-        return _nested_decoder(spec), _nested_encoder(spec)
-    raise TypeError(f"codec cannot handle field annotation {annotation!r}")  # a bug here
-
-
-def _compile(cls: type[Any]) -> _Spec:
-    fields: list[_Field] = []
-    buffer_field: str | None = None
-    many = False
+def _plan(cls: type[Any], prefix: str = "") -> _Plan:
+    # JSONObject names a recursive alias; the header holds a dict of plain JSON values.
+    types = typing.get_type_hints(cls, localns={"JSONObject": dict[str, Any]})
+    fields, buffers = [], {}
     for field in attrs.fields(cls):
-        kind = field.metadata.get("buffer")
-        if kind is not None:
-            buffer_field, many = field.name, kind == "many"
+        if "buffer" in field.metadata:
+            many = field.metadata["buffer"] == "many"
+            buffers = {"buffers": field.name, "frames": None if many else 1}
             continue
-        decoder, encoder = _field_codec(str(field.type))
+        tp = types[field.name]
+        if field.name == "request_id":  # the envelope's id, bounded in every message
+            tp = _RequestId if tp is int else _RequestId | None
+        decode, encode = _codec(tp, prefix + field.name)
         required = field.default is attrs.NOTHING
-        default = field.default
-        fields.append(_Field(field.name, decoder, encoder, required, default))
-    type_enum = getattr(cls, "TYPE", None)
-    type_name = type_enum.value if isinstance(type_enum, enum.Enum) else None
-    return _Spec(cls, type_name, tuple(fields), buffer_field, many)
+        fields.append((field.name, prefix + field.name, decode, encode, required))
+    kind = getattr(cls, "TYPE", None)
+    return _Plan(cls, tuple(fields), kind.value if kind else None, **buffers)
 
 
-def _default_value(field: _Field) -> Any:
-    default = field.default
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        return default.factory()
-    return default
+_PLANS: Final = {cls: _plan(cls) for cls in MESSAGE_CLASSES}
+_BY_TYPE: Final = {plan.type_name: plan for plan in _PLANS.values()}
 
 
-def _decode_fields(spec: _Spec, header: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for field in spec.fields:
-        if field.name in header:
-            values[field.name] = field.decode(header[field.name], prefix + field.name)
-        elif field.required:
-            raise RemoteProtocolError(f"required field {prefix + field.name!r} is missing")
-        else:
-            values[field.name] = _default_value(field)
-    return values
-
-
-def _encode_fields(spec: _Spec, message: Any, into: dict[str, Any]) -> dict[str, Any]:
-    for field in spec.fields:
-        into[field.name] = field.encode(getattr(message, field.name))
-    return into
-
-
-def _nested_decoder(spec: _Spec) -> _Decoder:
-    def decode_nested(value: Any, path: str) -> Any:
-        if type(value) is not dict:
-            raise _fail(path, "a JSON object", value)
-        return spec.cls(**_decode_fields(spec, value, path + "."))
-
-    return decode_nested
-
-
-def _nested_encoder(spec: _Spec) -> _Encoder:
-    def encode_nested(value: Any) -> Any:
-        return _encode_fields(spec, value, {})
-
-    return encode_nested
-
-
-_SPECS: Final[Mapping[type[Any], _Spec]] = {cls: _compile(cls) for cls in MESSAGE_CLASSES}
-_BY_TYPE: Final[Mapping[str, _Spec]] = {
-    spec.type_name: spec for spec in _SPECS.values() if spec.type_name is not None
-}
-
-
-def _image_problem(dtype_text: str, shape: Sequence[int], nbytes: int) -> str | None:
-    """What is wrong with an image's declared dtype/shape against its pixel bytes, if anything."""
-    if type(dtype_text) is not str:
-        return f"dtype must be a dtype string such as '<u2', not {dtype_text!r}"
+@functools.lru_cache(maxsize=256)  # a stream repeats a handful of layouts
+def _image_problem(dtype_text: object, shape: tuple[Any, ...], nbytes: int) -> str | None:
     try:
-        key = tuple(shape)
-        hash(key)
-    except TypeError:
-        return _check_image(dtype_text, shape, nbytes)
-    # A stream repeats a handful of layouts: checking one costs a numpy dtype parse.
-    return _cached_image_check(dtype_text, key, nbytes)
-
-
-def _check_image(dtype_text: str, shape: Sequence[int], nbytes: int) -> str | None:
-    try:
-        dtype = numpy.dtype(dtype_text)
-    except (TypeError, ValueError, SyntaxError, DeprecationWarning):  # the last under -W error
-        return f"dtype {dtype_text!r} is not a numpy dtype"
-    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
-        return f"dtype {dtype_text!r} is not a plain numeric dtype"
-    if len(shape) > MAX_IMAGE_DIMENSIONS:
-        return f"shape has {len(shape)} dimensions, more than {MAX_IMAGE_DIMENSIONS}"
-    if any(extent < 0 for extent in shape):
-        return f"shape {tuple(shape)} has a negative extent"
-    if math.prod(extent for extent in shape if extent) * dtype.itemsize > _MAX_ARRAY_BYTES:
-        return f"shape {tuple(shape)} is too large for a numpy array"
-    expected = math.prod(shape) * dtype.itemsize
-    if expected != nbytes:
-        return f"shape {tuple(shape)} of {dtype.str} needs {expected} bytes, pixels hold {nbytes}"
+        dtype = wire.parse_dtype(dtype_text)
+        if dtype.kind not in wire.NUMERIC_KINDS:
+            return f"dtype {dtype_text!r} is not a numeric dtype"
+        wire.check_array(dtype, shape, nbytes)
+    except RemoteProtocolError as exc:
+        return str(exc)
     return None
-
-
-_cached_image_check: Final = functools.lru_cache(maxsize=256)(_check_image)
-
-
-def _check_decoded(message: Message) -> None:
-    request_id = getattr(message, "request_id", None)
-    if request_id is not None and not 0 <= request_id <= _MAX_ID:
-        raise RemoteProtocolError(f"request_id {request_id} is outside 0..2**63-1")
-    if isinstance(message, ImageFrame):
-        problem = _image_problem(message.dtype, message.shape, memoryview(message.pixels).nbytes)
-        if problem is not None:
-            raise RemoteProtocolError(f"image {message.image_id!r}: {problem}")
 
 
 def decode(
@@ -304,78 +213,42 @@ def decode(
     alive as long as the message.
     """
     try:
-        return _decode(frames, max_header_bytes)
+        if len(frames) == 0:
+            raise RemoteProtocolError("empty message: expected a JSON header frame")
+        if (size := memoryview(frames[0]).nbytes) > max_header_bytes:
+            too_large = f"header of {size} bytes exceeds the limit of {max_header_bytes}"
+            raise RemoteProtocolError(too_large, ErrorCode.TOO_LARGE)
+        header = wire.load_json(frames[0], lone_surrogates=False)
+        if type(header) is not dict:
+            raise RemoteProtocolError("header must be a JSON object")
+        if (version := header.get("version")) != PROTOCOL_VERSION or type(version) is not int:
+            raise RemoteProtocolError(
+                f"peer speaks protocol version {version!r}; this side speaks {PROTOCOL_VERSION}. "
+                "Install the same major version of zmqruntime on both sides.",
+                ErrorCode.UNSUPPORTED_VERSION,
+            )
+        name = header.get("type")
+        if (plan := _BY_TYPE.get(name) if type(name) is str else None) is None:
+            raise RemoteProtocolError(f"unknown message type {name!r}", ErrorCode.UNKNOWN_TYPE)
+        declared, count = header.get("frames"), len(frames) - 1
+        if type(declared) is not int or declared != count:
+            raise RemoteProtocolError(f"{name} declares {declared!r} buffer frames, {count} came")
+        if plan.frames is not None and count != plan.frames:
+            raise RemoteProtocolError(f"{name} carries {plan.frames} buffer frames, not {count}")
+        values: dict[str, Any] = {}
+        if plan.buffers is not None:
+            views = tuple(memoryview(frame) for frame in frames[1:])
+            values[plan.buffers] = views if plan.frames is None else views[0]
+        message = cast(Message, plan.build(header, values))
+        if isinstance(message, ImageFrame):
+            nbytes = memoryview(message.pixels).nbytes
+            if (problem := _image_problem(message.dtype, message.shape, nbytes)) is not None:
+                raise RemoteProtocolError(f"image {message.image_id!r}: {problem}")
+        return message
     except ProtocolError:
         raise
-    except (RecursionError, MemoryError, ValueError, TypeError, KeyError) as exc:
+    except (ArithmeticError, BufferError, LookupError, MemoryError, TypeError, ValueError) as exc:
         raise RemoteProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
-
-
-def _reject_constant(token: str) -> Any:
-    raise RemoteProtocolError(f"header holds {token}; strict JSON carries only finite numbers")
-
-
-def _finite_float(token: str) -> float:
-    value = float(token)
-    if not math.isfinite(value):
-        raise RemoteProtocolError(f"header number {token[:40]} does not fit a float")
-    return value
-
-
-_STRICT_JSON: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-def _decode(frames: Sequence[Buffer], max_header_bytes: int) -> Message:
-    if len(frames) == 0:
-        raise RemoteProtocolError("empty message: expected a JSON header frame")
-    header_view = memoryview(frames[0])
-    if header_view.nbytes > max_header_bytes:
-        raise RemoteProtocolError(
-            f"header of {header_view.nbytes} bytes exceeds the limit of {max_header_bytes}",
-            ErrorCode.TOO_LARGE,
-        )
-    try:
-        text = header_view.tobytes().decode()
-        header = _STRICT_JSON.decode(text)
-        if "\\u" in text:  # escapes can smuggle in lone surrogates, which no peer can re-send
-            json.dumps(header, ensure_ascii=False).encode()
-    except (UnicodeError, json.JSONDecodeError) as exc:
-        raise RemoteProtocolError(f"header is not UTF-8 JSON: {exc}") from None
-    if type(header) is not dict:
-        raise RemoteProtocolError("header must be a JSON object")
-    version = header.get("version")
-    if version != PROTOCOL_VERSION or type(version) is not int:
-        raise RemoteProtocolError(
-            f"peer speaks protocol version {version!r}; this side speaks {PROTOCOL_VERSION}. "
-            "Install the same major version of zmqruntime on both sides.",
-            ErrorCode.UNSUPPORTED_VERSION,
-        )
-    type_name = header.get("type")
-    spec = _BY_TYPE.get(type_name) if type(type_name) is str else None
-    if spec is None:
-        raise RemoteProtocolError(f"unknown message type {type_name!r}", ErrorCode.UNKNOWN_TYPE)
-    declared = header.get("frames")
-    if type(declared) is not int or declared != len(frames) - 1:
-        raise RemoteProtocolError(
-            f"{type_name} header declares {declared!r} buffer frames, {len(frames) - 1} arrived"
-        )
-    values = _decode_fields(spec, header, "")
-    if spec.buffer_field is not None:
-        views = tuple(memoryview(frame) for frame in frames[1:])
-        if spec.many_buffers:
-            values[spec.buffer_field] = views
-        elif len(views) == 1:
-            values[spec.buffer_field] = views[0]
-        else:
-            raise RemoteProtocolError(f"{type_name} carries exactly 1 buffer frame, not {declared}")
-    elif declared:
-        raise RemoteProtocolError(f"{type_name} carries no buffer frames, {declared} arrived")
-    message = cast(Message, spec.cls(**values))
-    _check_decoded(message)
-    return message
-
-
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode(message: Message, *, request_id: int | None = None) -> list[Buffer]:
@@ -384,70 +257,24 @@ def encode(message: Message, *, request_id: int | None = None) -> list[Buffer]:
     ``request_id`` replaces the message's own (clients stamp their ids this way without
     building a new message).
     """
-    spec = _SPECS.get(type(message))
-    if spec is None:
+    plan = _PLANS.get(type(message))
+    if plan is None:
         raise LocalProtocolError(f"{type(message).__name__} is not a zmqruntime message")
-    buffers: list[Buffer]
-    if spec.buffer_field is None:
-        buffers = []
-    elif spec.many_buffers:
-        buffers = list(getattr(message, spec.buffer_field))
-    else:
-        buffers = [getattr(message, spec.buffer_field)]
-    if isinstance(message, ImageFrame):
-        try:
-            nbytes = memoryview(message.pixels).nbytes
-        except (TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"image {message.image_id!r}: pixels: {exc}") from exc
-        problem = _image_problem(message.dtype, message.shape, nbytes)
-        if problem is not None:
-            raise LocalProtocolError(f"image {message.image_id!r}: {problem}")
-    header: dict[str, Any] = {"version": PROTOCOL_VERSION, "type": spec.type_name}
-    header["frames"] = len(buffers)
+    header = {"version": PROTOCOL_VERSION, "type": plan.type_name}
     try:
-        _encode_fields(spec, message, header)
+        held: Any = getattr(message, plan.buffers) if plan.buffers is not None else ()
+        buffers: list[Buffer] = [held] if plan.frames == 1 else list(held)
+        header["frames"] = len(buffers)
+        if isinstance(message, ImageFrame):
+            nbytes = memoryview(message.pixels).nbytes
+            if (problem := _image_problem(message.dtype, tuple(message.shape), nbytes)) is not None:
+                raise LocalProtocolError(f"image {message.image_id!r}: {problem}")
+        plan.to_header(message, header)
         if request_id is not None:
             header["request_id"] = request_id
-        text = _ENCODER.encode(header)
-        encoded = text.encode()  # UnicodeEncodeError (a ValueError) for lone surrogates
+        return [wire.dump_json(header), *buffers]
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc
-    return [encoded, *buffers]
-
-
-def check_json_object(value: Mapping[str, Any], what: str = "value") -> None:
-    """Raise ``TypeError`` naming the first part of ``value`` that JSON cannot carry.
-
-    Used where user data enters a message (progress fields, image metadata, labels), so the
-    caller hears about a bad value where it made it, not on a server loop.
-    """
-    _check_json(value, what, 0)
-
-
-def _check_json(value: Any, path: str, depth: int) -> None:
-    if depth > 100:
-        raise TypeError(f"{path} nests deeper than 100 levels")
-    kind = type(value)
-    if value is None or kind in (bool, int, str):
-        return
-    if kind is float:
-        if not math.isfinite(value):
-            raise TypeError(f"{path} is {value!r}; JSON headers carry only finite numbers")
-        return
-    if kind in (list, tuple):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
-        return
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise TypeError(f"{path} has key {key!r}; JSON object keys must be strings")
-            _check_json(item, f"{path}[{key!r}]", depth + 1)
-        return
-    raise TypeError(
-        f"{path} is a {kind.__module__}.{kind.__qualname__}, not a JSON value "
-        "(None, bool, int, float, str, list, dict with str keys)"
-    )
 
 
 def image_from_array(
@@ -460,8 +287,8 @@ def image_from_array(
 ) -> ImageFrame:
     """An :class:`ImageFrame` whose pixels are ``array``'s buffer (copied only if strided)."""
     pixels = numpy.asarray(array, order="C")  # ascontiguousarray would make 0-d arrays 1-d
-    if pixels.dtype.kind not in "biufc" or pixels.dtype.fields is not None:
-        raise TypeError(f"images must have a plain numeric dtype, not {pixels.dtype}")
+    if pixels.dtype.kind not in wire.NUMERIC_KINDS or wire.dtype_problem(pixels.dtype):
+        raise TypeError(f"images must have a numeric dtype the wire carries, not {pixels.dtype}")
     return ImageFrame(
         image_id=image_id,
         dtype=pixels.dtype.str,
@@ -487,10 +314,7 @@ def peek_request_id(frames: Sequence[Buffer]) -> int | None:
     try:
         if not frames or memoryview(frames[0]).nbytes > DEFAULT_MAX_HEADER_BYTES:
             return None
-        header = json.loads(memoryview(frames[0]).tobytes())
-        request_id = header.get("request_id") if type(header) is dict else None
+        request_id = wire.load_json(frames[0]).get("request_id")
     except Exception:  # hostile input: any failure just means "no id to answer"
         return None
-    if type(request_id) is int and 0 <= request_id <= _MAX_ID:
-        return request_id
-    return None
+    return request_id if type(request_id) is int and 0 <= request_id <= _MAX_ID else None

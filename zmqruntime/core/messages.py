@@ -12,6 +12,7 @@ a client can keep many requests in flight on one socket.
 from __future__ import annotations
 
 import enum
+import typing
 from typing import ClassVar, TypeAlias, final
 
 import attrs
@@ -25,6 +26,9 @@ __all__ = [
     "Accepted",
     "Ack",
     "AckOutcome",
+    "AppEvent",
+    "AppReply",
+    "AppRequest",
     "Attach",
     "Cancel",
     "Completion",
@@ -66,6 +70,7 @@ class ControlMessageType(enum.Enum):
     STATUS = "status"
     CANCEL = "cancel"
     ATTACH = "attach"
+    REQUEST = "request"
 
 
 class ResponseType(enum.Enum):
@@ -77,16 +82,18 @@ class ResponseType(enum.Enum):
     ACCEPTED = "accepted"
     RECORD = "record"
     SUMMARY = "summary"
+    REPLY = "reply"
 
 
 class StreamMessageType(enum.Enum):
-    """Messages that flow without a request: progress, completions, images and acks."""
+    """Messages that flow without a request: progress, events, completions, images and acks."""
 
     PROGRESS = "progress"
     COMPLETION = "completion"
     IMAGE = "image"
     ACK = "ack"
     SENT = "sent"
+    EVENT = "event"
 
 
 class ExecutionStatus(enum.Enum):
@@ -101,10 +108,7 @@ class ExecutionStatus(enum.Enum):
     @property
     def is_terminal(self) -> bool:
         """True for the three states an execution never leaves."""
-        return self in _TERMINAL
-
-
-_TERMINAL = frozenset({ExecutionStatus.COMPLETE, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+        return self in (ExecutionStatus.COMPLETE, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 
 
 class AckOutcome(enum.Enum):
@@ -116,64 +120,6 @@ class AckOutcome(enum.Enum):
     """The consumer dropped it on purpose (e.g. a newer frame arrived in latest-frame mode)."""
     FAILED = "failed"
     """The consumer tried and raised; the ack carries the error text."""
-
-
-class MessageFields(enum.Enum):
-    """Every key that can appear in a message's JSON header."""
-
-    VERSION = "version"
-    TYPE = "type"
-    FRAMES = "frames"
-    REQUEST_ID = "request_id"
-    CODE = "code"
-    MESSAGE = "message"
-    ROLE = "role"
-    APP_NAME = "app_name"
-    PID = "pid"
-    LIBRARY_VERSION = "library_version"
-    PROTOCOL_VERSION = "protocol_version"
-    UPTIME = "uptime"
-    CAPABILITIES = "capabilities"
-    FORCE = "force"
-    CONFIRM = "confirm"
-    WORKER = "worker"
-    ENGINE = "engine"
-    EXECUTION_ID = "execution_id"
-    LABELS = "labels"
-    SERIALIZER = "serializer"
-    PAYLOAD = "payload"
-    STATUS = "status"
-    DUPLICATE = "duplicate"
-    RECORD = "record"
-    SUMMARY = "summary"
-    SEQUENCE = "sequence"
-    FRACTION = "fraction"
-    FIELDS = "fields"
-    TIMESTAMP = "timestamp"
-    SUBMITTED_AT = "submitted_at"
-    STARTED_AT = "started_at"
-    FINISHED_AT = "finished_at"
-    PROGRESS = "progress"
-    ERROR_TYPE = "error_type"
-    ERROR_MESSAGE = "error_message"
-    TRACEBACK = "traceback"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COUNTS = "counts"
-    WORKERS = "workers"
-    RESULT = "result"
-    IMAGE_ID = "image_id"
-    TRACKER_KEY = "tracker_key"
-    DTYPE = "dtype"
-    SHAPE = "shape"
-    METADATA = "metadata"
-    ACK_TO = "ack_to"
-    PIXELS = "pixels"
-    OUTCOME = "outcome"
-    ERROR = "error"
-
-
-# --- values carried inside messages -------------------------------------------------------
 
 
 @final
@@ -223,9 +169,6 @@ class ServerSummary:
     uptime: float = 0.0
     engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     """For a pool on a remote engine: each worker's address and the executions it runs."""
-
-
-# --- control requests -----------------------------------------------------------------------
 
 
 @final
@@ -288,7 +231,19 @@ class Cancel:
     execution_id: str
 
 
-# --- control replies ------------------------------------------------------------------------
+@final
+@attrs.frozen(kw_only=True)
+class AppRequest:
+    """A named application request; ``payload`` holds the frames that the endpoint's
+    TaskSerializer (named by ``serializer``) made of its argument. ``name`` is 1 to 128
+    characters. Answered by :class:`AppReply`, or by an :class:`ErrorReply` carrying the
+    handler's exception."""
+
+    TYPE: ClassVar[ControlMessageType] = ControlMessageType.REQUEST
+    request_id: int
+    name: str = attrs.field(validator=[attrs.validators.min_len(1), attrs.validators.max_len(128)])
+    serializer: str = "safe"
+    payload: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
 
 
 @final
@@ -326,12 +281,17 @@ class Pong:
 @final
 @attrs.frozen(kw_only=True)
 class ErrorReply:
-    """A refused request. ``request_id`` is None when the request could not even be read."""
+    """A refused request. ``request_id`` is None when the request could not even be read.
+
+    When a handler raised, ``error_type`` and ``traceback`` name its exception and show where.
+    """
 
     TYPE: ClassVar[ResponseType] = ResponseType.ERROR
     request_id: int | None
     code: ErrorCode
     message: str
+    error_type: str | None = None
+    traceback: str | None = None
 
 
 @final
@@ -375,7 +335,26 @@ class SummaryReply:
     summary: ServerSummary
 
 
-# --- stream messages ------------------------------------------------------------------------
+@final
+@attrs.frozen(kw_only=True)
+class AppReply:
+    """Answers an :class:`AppRequest`: ``payload`` holds the frames of the handler's result, made
+    by the request's serializer."""
+
+    TYPE: ClassVar[ResponseType] = ResponseType.REPLY
+    request_id: int
+    payload: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class AppEvent:
+    """An application event published on the data socket under ``topic``; ``payload`` holds the
+    frames the endpoint's TaskSerializer made of it."""
+
+    TYPE: ClassVar[StreamMessageType] = StreamMessageType.EVENT
+    topic: str
+    payload: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
 
 
 @final
@@ -447,37 +426,35 @@ Message: TypeAlias = (
     | StatusRequest
     | Cancel
     | Attach
+    | AppRequest
     | Pong
     | ErrorReply
     | ShutdownReply
     | Accepted
     | RecordReply
     | SummaryReply
+    | AppReply
     | ProgressEvent
     | Completion
     | ImageFrame
     | Ack
     | ImageSent
+    | AppEvent
 )
 """Any message the codec can encode or decode."""
 
-MESSAGE_CLASSES: tuple[type[Message], ...] = (
-    Ping,
-    Shutdown,
-    Execute,
-    StatusRequest,
-    Cancel,
-    Attach,
-    Pong,
-    ErrorReply,
-    ShutdownReply,
-    Accepted,
-    RecordReply,
-    SummaryReply,
-    ProgressEvent,
-    Completion,
-    ImageFrame,
-    Ack,
-    ImageSent,
-)
+MESSAGE_CLASSES: tuple[type[Message], ...] = typing.get_args(Message)
 """Every message class, one per wire type."""
+
+
+def _header_keys() -> dict[str, str]:
+    names = ["version", "type", "frames"]
+    for cls in (*MESSAGE_CLASSES, ExecutionRecord, ServerSummary):
+        names += [field.name for field in attrs.fields(cls)]
+    return {name.upper(): name for name in dict.fromkeys(names)}
+
+
+MessageFields = enum.Enum("MessageFields", _header_keys(), module=__name__)  # type: ignore[misc]
+MessageFields.__doc__ = """Every key that can appear in a message's JSON header, named by the key in
+upper case (``MessageFields.EXECUTION_ID.value == "execution_id"``); made from the message
+classes, so it cannot go stale."""

@@ -76,9 +76,11 @@ class PendingRequests:
         return expired
 
     def resolve(self, request_id: int, reply: Message) -> bool:
-        """Resolve with ``reply`` (an :class:`ErrorReply` becomes :class:`RemoteError`)."""
+        """Resolve with ``reply`` (an :class:`ErrorReply` becomes :class:`RemoteError`, with the
+        remote exception's type and traceback when the reply carries them)."""
         if isinstance(reply, ErrorReply):
-            return self.fail(request_id, RemoteError(reply.code, reply.message))
+            error = RemoteError(reply.code, reply.message, reply.error_type, reply.traceback)
+            return self.fail(request_id, error)
         future = self._take(request_id)
         if future is None:
             return False

@@ -33,9 +33,10 @@ class SafeSerializer:
 
     ``dumps`` accepts ``None``, ``bool``, ``int`` (any size), ``float`` (``nan`` and ``inf``
     included), ``str``, ``list``, ``tuple``, ``dict`` with ``str`` keys, ``bytes``,
-    ``bytearray``, ``memoryview``, numpy arrays of any non-object, non-structured dtype (any
-    shape, byte order or memory layout) and numpy scalars, nested up to 100 levels. Anything else
-    raises ``TypeError`` naming where in the object it sits, e.g.
+    ``bytearray``, ``memoryview``, and numpy arrays (any shape, byte order or memory layout, up
+    to 32 dimensions) and scalars whose dtype the wire carries (:mod:`zmqruntime.core.wire`: not
+    object, structured or long double), nested up to 100 levels. Anything else raises
+    ``TypeError`` naming where in the object it sits, e.g.
     ``cannot serialize set at obj['items'][3]: ...``.
 
     Arrays and bytes travel out of band, one frame each; C-contiguous arrays and bytes objects
