@@ -24,6 +24,7 @@ import zmq
 
 from benchmarks.systems import raw
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.execution import ExecutionClient, ExecutionServer
 
 
@@ -49,8 +50,12 @@ def _raw(url: str, tasks: int) -> tuple[list[float], float]:
 
 def _ours(mode: TransportMode, config: ZMQConfig, tasks: int) -> tuple[list[float], float]:
     with (
-        ExecutionServer(_noop, port=0, transport_mode=mode, config=config) as server,
-        ExecutionClient(port=server.port_number, transport_mode=mode, config=config) as client,
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=mode, config=config), _noop
+        ) as server,
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=mode, config=config)
+        ) as client,
     ):
         samples = _measure(lambda number: client.submit(number).result(timeout=30), tasks)
         start = time.perf_counter()

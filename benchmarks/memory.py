@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.plan import Plan, Samples, Skipped
 from zmqruntime import TransportMode
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.execution import Execution, ExecutionClient
 
 IN_FLIGHT = 1000
@@ -49,7 +50,7 @@ def measure(plan: Plan) -> Samples | Skipped:
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        with ExecutionClient(port=port, transport_mode=TransportMode.TCP) as client:
+        with ExecutionClient.to(Endpoint.of(port=port, transport_mode=TransportMode.TCP)) as client:
             client.submit(0).result(timeout=30)
             start_rss = read_status(server.pid)["VmRSS"]
             series = _run(client, server.pid, total)

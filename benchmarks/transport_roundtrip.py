@@ -19,6 +19,7 @@ from collections.abc import Callable
 import zmq
 
 from zmqruntime import TransportMode, ZMQClient, ZMQConfig, ZMQServer
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Ping
 
 
@@ -77,8 +78,10 @@ def _raw(url: str, count: int) -> tuple[list[float], float]:
 
 def _ours(mode: TransportMode, config: ZMQConfig, count: int) -> tuple[list[float], float]:
     with (
-        ZMQServer(port=0, transport_mode=mode, config=config) as server,
-        ZMQClient(port=server.bound_port, transport_mode=mode, config=config) as client,
+        ZMQServer(Endpoint.of(port=0, transport_mode=mode, config=config)) as server,
+        ZMQClient(
+            Endpoint.of(port=server.bound_port, transport_mode=mode, config=config)
+        ) as client,
     ):
         samples = _measure(lambda: client.ping(timeout=10), count)
         start = time.perf_counter()

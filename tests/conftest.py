@@ -19,6 +19,7 @@ import zmq.utils.garbage
 
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.server import ControlHandler, ZMQServer
 
 THREAD_PREFIX = "zmqruntime-"
@@ -84,6 +85,14 @@ ServerFactory = Callable[..., ZMQServer]
 ClientFactory = Callable[..., ZMQClient]
 
 
+def split_endpoint(
+    fields: dict[str, Any], port: int, mode: TransportMode | None
+) -> tuple[Endpoint, dict[str, Any]]:
+    """The endpoint named by the address keywords among ``fields``, and the other fields."""
+    address = {key: fields.pop(key) for key in ("host", "config", "curve") if key in fields}
+    return Endpoint.of(fields.pop("port", port), transport_mode=mode, **address), fields
+
+
 @pytest.fixture
 def start_server(config: ZMQConfig, no_thread_leak: None) -> Iterator[ServerFactory]:
     """``start_server(mode, handlers=None, **fields)``: a started ZMQServer on a free port.
@@ -99,9 +108,8 @@ def start_server(config: ZMQConfig, no_thread_leak: None) -> Iterator[ServerFact
         **fields: Any,
     ) -> ZMQServer:
         fields.setdefault("config", config)
-        server = ZMQServer(
-            handlers=handlers or {}, port=fields.pop("port", 0), transport_mode=mode, **fields
-        )
+        endpoint, rest = split_endpoint(fields, 0, mode)
+        server = ZMQServer(endpoint, handlers=handlers or {}, **rest)
         servers.append(server)
         return server.start()
 
@@ -136,7 +144,8 @@ def connect_client(config: ZMQConfig, no_thread_leak: None) -> Iterator[ClientFa
         if mode is None:
             raise TypeError("connect_client needs mode= when given a bare port")
         fields.setdefault("config", config)
-        client = ZMQClient(port=port, transport_mode=mode, **fields)
+        endpoint, rest = split_endpoint(fields, port, mode)
+        client = ZMQClient(endpoint, **rest)
         clients.append(client)
         return client.connect()
 

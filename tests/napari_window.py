@@ -17,6 +17,7 @@ import numpy
 from superqt.utils import ensure_main_thread
 
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.streaming import ImageSender, NapariSink, StreamingServer
 
 
@@ -27,14 +28,16 @@ def main() -> int:
     image = numpy.zeros((64, 64), numpy.uint8)
     image[:, 32:] = 255
     result: dict[str, object] = {}
-    server = StreamingServer(
-        NapariSink(viewer), port=0, transport_mode=TransportMode.IPC, config=config
+    server = StreamingServer.bind(
+        Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config), NapariSink(viewer)
     ).start()
 
     def stream() -> None:
         try:
-            with ImageSender(
-                port=server.port_number, transport_mode=TransportMode.IPC, config=config
+            with ImageSender.to(
+                Endpoint.of(
+                    port=server.port_number, transport_mode=TransportMode.IPC, config=config
+                )
             ) as sender:
                 sender.send(numpy.zeros((8, 8), numpy.uint8), {"name": "live"})
                 sender.send(image, {"name": "live"})  # the same layer, updated in place

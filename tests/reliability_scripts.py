@@ -20,6 +20,7 @@ import threading
 
 from tests.executors import dispatch
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.execution import ExecutionClient, ExecutionServer, RetentionPolicy, WorkerPool
 
 
@@ -37,19 +38,21 @@ def child_config(ipc_root: str) -> ZMQConfig:
 
 
 def server(port: str, mode: str, ipc_root: str, workers: str, max_records: str) -> None:
-    ExecutionServer(
+    ExecutionServer.bind(
+        Endpoint.of(
+            port=int(port), transport_mode=TransportMode(mode), config=child_config(ipc_root)
+        ),
         dispatch,
-        port=int(port),
-        transport_mode=TransportMode(mode),
-        config=child_config(ipc_root),
         pool=WorkerPool.threads(int(workers)),
         retention=RetentionPolicy(max_records=int(max_records)),
     ).serve_forever()
 
 
 def client(port: str, mode: str, ipc_root: str, count: str) -> None:
-    connection = ExecutionClient(
-        port=int(port), transport_mode=TransportMode(mode), config=child_config(ipc_root)
+    connection = ExecutionClient.to(
+        Endpoint.of(
+            port=int(port), transport_mode=TransportMode(mode), config=child_config(ipc_root)
+        )
     )
     executions = [
         connection.submit({"block": True, "n": n}, confirm=True) for n in range(int(count))

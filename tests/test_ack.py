@@ -13,6 +13,7 @@ import zmq
 from zmqruntime import AckChannel, GlobalQueueTrackerRegistry, TransportMode, ZMQClient, ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckSender
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Ack, AckOutcome, Ping
 
 CONSUMER = """
@@ -47,7 +48,9 @@ def test_two_consumer_processes_ack_into_one_registry(tmp_path, mode) -> None:
         with lock:
             seen.append(ack)
 
-    with AckChannel(registry, port=0, transport_mode=mode, config=config) as channel:
+    with AckChannel.bind(
+        Endpoint.of(port=0, transport_mode=mode, config=config), registry=registry
+    ) as channel:
         handle = channel.add_callback(remember)
         consumers = [
             subprocess.Popen(
@@ -84,7 +87,9 @@ def test_malformed_input_is_dropped_and_the_channel_goes_on(tmp_path) -> None:
     registry = GlobalQueueTrackerRegistry()
     tracker = registry.get_or_create_tracker("v")
     tracker.register_sent("good")
-    with AckChannel(registry, port=0, transport_mode=TransportMode.TCP, config=config) as channel:
+    with AckChannel.bind(
+        Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config), registry=registry
+    ) as channel:
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 1000)
@@ -100,7 +105,7 @@ def test_malformed_input_is_dropped_and_the_channel_goes_on(tmp_path) -> None:
             context.term()
         assert tracker.wait_all_acknowledged(timeout=10)
         with ZMQClient(
-            port=channel.port_number, transport_mode=TransportMode.TCP, config=config
+            Endpoint.of(port=channel.port_number, transport_mode=TransportMode.TCP, config=config)
         ) as client:
             assert client.ping(timeout=5).role == "ack"
         stats = channel.statistics()
@@ -125,7 +130,9 @@ def test_callback_errors_are_contained_and_handles_unregister(tmp_path) -> None:
         calls.append(ack.image_id)
         arrived[ack.image_id].set()
 
-    with AckChannel(registry, port=0, transport_mode=TransportMode.IPC, config=config) as channel:
+    with AckChannel.bind(
+        Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config), registry=registry
+    ) as channel:
         channel.add_callback(broken)
         handle = channel.add_callback(counting)
         with AckSender(config=config) as sender:
@@ -151,7 +158,7 @@ def test_sender_refuses_addresses_that_are_not_zmq_endpoints() -> None:
 
 def test_default_port_is_the_shared_ack_port(tmp_path) -> None:
     config = ZMQConfig(ipc_root=tmp_path, shared_ack_port=7655)
-    with AckChannel(transport_mode=TransportMode.IPC, config=config) as channel:
+    with AckChannel.bind(Endpoint.ipc(config.shared_ack_port, config=config)) as channel:
         assert channel.port_number == 7655
         assert channel.address.endswith("zmq-7655.sock")
 
@@ -160,7 +167,9 @@ def test_sent_notices_from_another_process_register_items(tmp_path) -> None:
     config = ZMQConfig(ipc_root=tmp_path)
     registry = GlobalQueueTrackerRegistry()
     tracker = registry.get_or_create_tracker("gui")
-    with AckChannel(registry, port=0, transport_mode=TransportMode.IPC, config=config) as channel:
+    with AckChannel.bind(
+        Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config), registry=registry
+    ) as channel:
         code = (
             "import sys\n"
             "from zmqruntime import ZMQConfig\n"

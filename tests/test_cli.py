@@ -29,6 +29,7 @@ import pytest
 import zmq.auth
 
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint as ServerEndpoint
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.streaming import ImageSender
 
@@ -699,7 +700,9 @@ def test_view_writes_streamed_images(
         pong = viewer.wait_ready("viewer")
         assert "images" in pong["capabilities"]
         images = [numpy.arange(64 * 48, dtype=numpy.uint16).reshape(64, 48) * n for n in (1, 2, 3)]
-        with ImageSender(port=endpoint.port, transport_mode=mode, config=endpoint.config) as sender:
+        with ImageSender.to(
+            ServerEndpoint.of(port=endpoint.port, transport_mode=mode, config=endpoint.config)
+        ) as sender:
             for number, image in enumerate(images):
                 sender.send(image, {"number": number, "name": f"tile {number}"})
             sender.wait_all_acked(timeout=20)

@@ -166,7 +166,11 @@ def _tier(module: str) -> str:
 def _imports(path: Path) -> set[str]:
     """Every zmqruntime module ``path`` imports, at any depth of the file."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for block in [n for n in ast.walk(tree) if isinstance(n, ast.If)]:
+        if ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            block.body = []  # imports for type checkers only never run
+    for node in ast.walk(tree):
         if (
             isinstance(node, ast.ImportFrom)
             and node.module

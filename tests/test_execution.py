@@ -32,9 +32,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
 from tests import broken_worker_module, executors
+from tests.conftest import split_endpoint
 from tests.strategies import garbage_frames, hostile_frames, image_dtypes, json_values
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Accepted,
     Completion,
@@ -92,9 +94,8 @@ def serve(config: ZMQConfig, no_thread_leak: None) -> Iterator[ServeFactory]:
 
     def factory(executor: Any, mode: TransportMode = TCP, **fields: Any) -> ExecutionServer:
         fields.setdefault("config", config)
-        server = ExecutionServer(
-            executor, port=fields.pop("port", 0), transport_mode=mode, **fields
-        )
+        endpoint, rest = split_endpoint(fields, 0, mode)
+        server = ExecutionServer.bind(endpoint, executor, **rest)
         servers.append(server)
         return server.start()
 
@@ -126,7 +127,8 @@ def connect(config: ZMQConfig, serve: ServeFactory) -> Iterator[ConnectFactory]:
         else:
             port = target
         fields.setdefault("config", config)
-        client = ExecutionClient(port=port, transport_mode=mode, **fields)
+        endpoint, rest = split_endpoint(fields, port, mode)
+        client = ExecutionClient.to(endpoint, **rest)
         clients.append(client)
         return client.connect()
 
@@ -236,11 +238,11 @@ def test_readme_usage(
 ) -> None:
     before = time.time()
     with (
-        ExecutionServer(
-            executors.answer, port=0, transport_mode=transport_mode, config=config
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=transport_mode, config=config), executors.answer
         ) as server,
-        ExecutionClient(
-            port=server.port_number, transport_mode=transport_mode, config=config
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=transport_mode, config=config)
         ) as client,
     ):
         ex = client.submit({"x": 21}, labels={"plate": "A1"})
@@ -966,6 +968,8 @@ SERVER_SCRIPT = """
 import sys
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.execution import ExecutionServer
+from tests.conftest import split_endpoint
+from zmqruntime.core.endpoint import Endpoint
 from tests.executors import dispatch
 
 port, mode, root = int(sys.argv[1]), TransportMode(sys.argv[2]), sys.argv[3]
@@ -976,7 +980,8 @@ config = ZMQConfig(
     close_timeout=5.0,
     linger=0.5,
 )
-ExecutionServer(dispatch, port=port, transport_mode=mode, config=config).serve_forever()
+endpoint = Endpoint.of(port, transport_mode=mode, config=config)
+ExecutionServer.bind(endpoint, dispatch).serve_forever()
 """
 
 
@@ -1382,15 +1387,13 @@ def test_an_injected_executor_runs_tasks_and_is_not_shut_down(
 
 def test_process_workers_that_keep_dying_at_start_stop_being_replaced(config) -> None:
     with (
-        ExecutionServer(
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config),
             broken_worker_module.run,
-            port=0,
-            transport_mode=TransportMode.TCP,
-            config=config,
             pool=WorkerPool.processes(1),
         ) as server,
-        ExecutionClient(
-            port=server.port_number, transport_mode=TransportMode.TCP, config=config
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=TransportMode.TCP, config=config)
         ) as client,
     ):
         errors = []

@@ -22,6 +22,7 @@ napari = pytest.importorskip("napari")
 from napari.components import ViewerModel  # noqa: E402
 
 from zmqruntime import TransportMode  # noqa: E402
+from zmqruntime.core.endpoint import Endpoint  # noqa: E402
 from zmqruntime.core.transport import find_free_port_pair  # noqa: E402
 from zmqruntime.streaming import (  # noqa: E402
     ImageSender,
@@ -54,11 +55,11 @@ def test_images_become_layers_named_from_metadata_and_update_in_place() -> None:
 def test_a_stream_fills_a_headless_viewer(config) -> None:
     viewer = ViewerModel()
     with (
-        StreamingServer(
-            NapariSink(viewer), port=0, transport_mode=TransportMode.IPC, config=config
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config), NapariSink(viewer)
         ) as server,
-        ImageSender(
-            port=server.port_number, transport_mode=TransportMode.IPC, config=config
+        ImageSender.to(
+            Endpoint.of(port=server.port_number, transport_mode=TransportMode.IPC, config=config)
         ) as sender,
     ):
         for channel in ("a", "b", "a"):
@@ -134,7 +135,9 @@ def test_the_ready_made_viewer_runs_napari_in_its_main_thread(display: str, conf
     )
     manager.start(timeout=90)
     try:
-        with ImageSender(port=port, transport_mode=TransportMode.TCP, config=config) as sender:
+        with ImageSender.to(
+            Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config)
+        ) as sender:
             sender.send(numpy.ones((32, 32), numpy.uint16), {"name": "tile"})
             sender.wait_all_acked(timeout=60)
             assert sender.tracker is not None

@@ -29,6 +29,7 @@ from zmqruntime import (
     ZMQConfig,
     ZMQTimeoutError,
 )
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair, is_endpoint_in_use
 from zmqruntime.errors import ProcessLaunchError
 from zmqruntime.streaming import (
@@ -143,7 +144,9 @@ def test_launch_stream_and_stop_the_ready_made_viewer(
         assert manager.log_path is not None and Path(manager.log_path).exists()
 
         count = 12
-        with ImageSender(port=port, transport_mode=transport_mode, config=config) as sender:
+        with ImageSender.to(
+            Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+        ) as sender:
             for number in range(count):
                 image = (numpy.arange(20).reshape(4, 5) * number).astype(">i4")
                 sender.send(image[:, ::2], {"n": number})
@@ -206,7 +209,9 @@ def test_a_viewer_killed_from_outside_is_noticed_and_replaced(
     with managed(second):
         second.start(timeout=30)
         assert not second.attached and second.pid not in (None, pid)
-        with ImageSender(port=port, transport_mode=transport_mode, config=config) as sender:
+        with ImageSender.to(
+            Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+        ) as sender:
             sender.send(numpy.zeros((2, 2), numpy.uint8))
             sender.wait_all_acked(WAIT)
         assert second.stop(timeout=WAIT) == 0
@@ -333,7 +338,9 @@ def test_a_second_manager_on_the_same_port_attaches(
 def test_a_server_of_another_role_on_the_port_is_refused(
     tmp_path: Path, transport_mode: TransportMode, config: ZMQConfig, no_thread_leak: None
 ) -> None:
-    with AckChannel(port=0, transport_mode=transport_mode, config=config) as channel:
+    with AckChannel.bind(
+        Endpoint.of(port=0, transport_mode=transport_mode, config=config)
+    ) as channel:
         port = channel.port_number
         manager = VisualizerProcessManager(
             viewer_spec(port, transport_mode, config, tmp_path / "frames"),
@@ -424,7 +431,9 @@ def test_the_viewer_exits_when_its_launcher_dies(
             pytest.fail(f"launcher failed: {line!r} {launcher.communicate()[1]}")
         viewer_pid = int(line.split()[1])
         assert not process_gone(viewer_pid)
-        with ImageSender(port=port, transport_mode=transport_mode, config=config) as sender:
+        with ImageSender.to(
+            Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+        ) as sender:
             sender.send(numpy.ones((2, 2), numpy.uint8))
             sender.wait_all_acked(WAIT)
 

@@ -71,6 +71,7 @@ from zmqruntime import (
 )
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckSender
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Accepted,
     Ack,
@@ -518,8 +519,12 @@ def test_execution_server_survives_hostile_input_on_both_sockets(
     marker = tmp_path / "unpickled"
     targeted = targeted_frames(marker)
     with (
-        ExecutionServer(echo, port=0, transport_mode=TCP, config=config) as server,
-        ExecutionClient(port=server.port_number, transport_mode=TCP, config=config) as client,
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config), echo
+        ) as server,
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=TCP, config=config)
+        ) as client,
     ):
         assert client.submit({"warm": "up"}).result(WAIT) == {"warm": "up"}
         before = Resources.now()
@@ -578,10 +583,14 @@ def test_a_remote_pools_inlet_survives_hostile_input(
     spawn = multiprocessing.get_context("spawn")
     with (
         concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as engine,
-        ExecutionServer(
-            dispatch, port=0, transport_mode=TCP, config=config, pool=WorkerPool.remote(engine)
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config),
+            dispatch,
+            pool=WorkerPool.remote(engine),
         ) as server,
-        ExecutionClient(port=server.port_number, transport_mode=TCP, config=config) as client,
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=TCP, config=config)
+        ) as client,
     ):
         assert client.submit({"op": "square", "n": 2, "steps": 1}).result(WAIT) == 4
         address = server.pool.inlet_address
@@ -672,8 +681,12 @@ def test_viewer_survives_hostile_input_on_both_sockets(
     targeted = targeted_frames(marker)
     sink = Recorder(keep_all=False)
     with (
-        StreamingServer(sink, port=0, transport_mode=TCP, config=config) as viewer,
-        ImageSender(port=viewer.port_number, transport_mode=TCP, config=config) as sender,
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config), sink
+        ) as viewer,
+        ImageSender.to(
+            Endpoint.of(port=viewer.port_number, transport_mode=TCP, config=config)
+        ) as sender,
     ):
         sender.send(numpy.zeros((4, 4), numpy.uint8), {"warm": "up"})
         sender.wait_all_acked(WAIT)
@@ -745,7 +758,9 @@ def _ack_addresses(ports: range) -> list[list[bytes]]:
 
 
 def client_ping(port: int, mode: TransportMode, config: ZMQConfig) -> Pong:
-    with ZMQClient(port=port, transport_mode=mode, config=config, connect_data=False) as client:
+    with ZMQClient(
+        Endpoint.of(port=port, transport_mode=mode, config=config), connect_data=False
+    ) as client:
         return client.ping(timeout=WAIT)
 
 
@@ -766,7 +781,9 @@ def test_ack_channel_survives_hostile_input_on_both_sockets(
     registry = GlobalQueueTrackerRegistry()
     tracker = registry.get_or_create_tracker("sentinels")
     with (
-        AckChannel(registry, port=0, transport_mode=TCP, config=config) as channel,
+        AckChannel.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config), registry=registry
+        ) as channel,
         AckSender(config=config) as acks,
     ):
         tracker.register_sent("warm-up")
@@ -846,11 +863,17 @@ def test_frames_over_the_size_limit_drop_only_that_peer(
     sink = Recorder()
     registry = GlobalQueueTrackerRegistry()
     with (
-        ExecutionServer(echo, port=0, transport_mode=mode, config=cfg) as server,
-        ExecutionClient(port=server.port_number, transport_mode=mode, config=cfg) as client,
-        StreamingServer(sink, port=0, transport_mode=mode, config=cfg) as viewer,
-        ImageSender(port=viewer.port_number, transport_mode=mode, config=cfg) as sender,
-        AckChannel(registry, port=0, transport_mode=mode, config=cfg) as channel,
+        ExecutionServer.bind(Endpoint.of(port=0, transport_mode=mode, config=cfg), echo) as server,
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=mode, config=cfg)
+        ) as client,
+        StreamingServer.bind(Endpoint.of(port=0, transport_mode=mode, config=cfg), sink) as viewer,
+        ImageSender.to(
+            Endpoint.of(port=viewer.port_number, transport_mode=mode, config=cfg)
+        ) as sender,
+        AckChannel.bind(
+            Endpoint.of(port=0, transport_mode=mode, config=cfg), registry=registry
+        ) as channel,
     ):
         assert client.submit("up").result(WAIT) == "up"
         sender.send(at_limit)
@@ -900,8 +923,12 @@ def test_nothing_received_is_ever_unpickled(
     marker = tmp_path / "unpickled"
     blobs = trap_pickles(marker)
     with (
-        ExecutionServer(echo, port=0, transport_mode=TCP, config=config) as server,
-        ExecutionClient(port=server.port_number, transport_mode=TCP, config=config) as client,
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config), echo
+        ) as server,
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=TCP, config=config)
+        ) as client,
     ):
         # a pickle as the payload of an execute, named "safe" and named "pickle"
         with raw_context() as context:
@@ -915,10 +942,8 @@ def test_nothing_received_is_ever_unpickled(
                     assert isinstance(reply, ErrorReply), reply
                     assert ("cannot be decoded" if name == "safe" else "'pickle'") in reply.message
         # a client that pickles is refused by a server that does not
-        pickler = ExecutionClient(
-            port=server.port_number,
-            transport_mode=TCP,
-            config=config,
+        pickler = ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=TCP, config=config),
             serializer=PickleSerializer(),
         )
         with pickler, pytest.raises(Exception, match="serialized with 'pickle'"):
@@ -936,7 +961,9 @@ def test_nothing_received_is_ever_unpickled(
         pub.bind(f"tcp://127.0.0.1:{port}")
         router.bind(f"tcp://127.0.0.1:{config.control_port(port)}")
         received: list[Message] = []
-        with ExecutionClient(port=port, transport_mode=TCP, config=config) as victim:
+        with ExecutionClient.to(
+            Endpoint.of(port=port, transport_mode=TCP, config=config)
+        ) as victim:
             victim.on_progress(received.append)
             execution = victim.submit({"n": 1}, execution_id="victim")
             assert router.poll(int(WAIT * 1000))
@@ -954,7 +981,7 @@ def test_nothing_received_is_ever_unpickled(
                 for blob in blobs:
                     pub.send_multipart([b"victim", blob])
                     pub.send_multipart([b"victim", blob, blob])
-                return victim.transport.statistics().dropped >= 2 * len(blobs)
+                return victim.client.statistics().dropped >= 2 * len(blobs)
 
             wait_until(published, "the client to receive the published pickles")
             completion = Completion(
@@ -1012,7 +1039,9 @@ class Children:
         role: str,
     ) -> Pong:
         deadline = time.monotonic() + WAIT
-        with ZMQClient(port=port, transport_mode=mode, config=config, connect_data=False) as probe:
+        with ZMQClient(
+            Endpoint.of(port=port, transport_mode=mode, config=config), connect_data=False
+        ) as probe:
             while True:
                 if process.poll() is not None:
                     pytest.fail(f"the child exited with {process.returncode}: {self.logs()}")
@@ -1074,7 +1103,10 @@ def test_killing_the_server_fails_three_waiting_clients_then_they_continue(
 ) -> None:
     port = free_port(mode, config)
     server = children.script("server", port, mode.value, tmp_path, 1, 1000)
-    clients = [ExecutionClient(port=port, transport_mode=mode, config=config) for _ in range(3)]
+    clients = [
+        ExecutionClient.to(Endpoint.of(port=port, transport_mode=mode, config=config))
+        for _ in range(3)
+    ]
     with contextlib.ExitStack() as stack:
         for client in clients:
             stack.enter_context(client)
@@ -1162,10 +1194,8 @@ def test_killing_the_viewer_mid_stream_reports_every_missing_image(
     children.wait_serving(viewer, port, mode, config, "viewer")
     overdue_after, send_timeout, max_in_flight = 0.5, 0.5, 32
     tracker = QueueTracker("doomed-viewer", timeout=overdue_after)
-    with ImageSender(
-        port=port,
-        transport_mode=mode,
-        config=config,
+    with ImageSender.to(
+        Endpoint.of(port=port, transport_mode=mode, config=config),
         tracker=tracker,
         max_in_flight=max_in_flight,
         send_timeout=send_timeout,
@@ -1258,8 +1288,8 @@ def test_a_killed_client_process_does_not_stop_the_server(
     children: Children, config: ZMQConfig, mode: TransportMode, tmp_path: Path
 ) -> None:
     gate = Gate()
-    with ExecutionServer(
-        gate, port=0, transport_mode=mode, config=config, pool=WorkerPool.threads(2)
+    with ExecutionServer.bind(
+        Endpoint.of(port=0, transport_mode=mode, config=config), gate, pool=WorkerPool.threads(2)
     ) as server:
         doomed = children.script(
             "client", server.port_number, mode.value, tmp_path, 4, stdout_pipe=True
@@ -1275,7 +1305,9 @@ def test_a_killed_client_process_does_not_stop_the_server(
         assert doomed.wait(WAIT) == -signal.SIGKILL
         lines.join()
 
-        with ExecutionClient(port=server.port_number, transport_mode=mode, config=config) as other:
+        with ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=mode, config=config)
+        ) as other:
             assert other.ping().role == "execution"
             summary = other.summary()
             assert (summary.running, summary.queued) == (2, 2)  # its work goes on
@@ -1335,23 +1367,25 @@ def test_eight_clients_twenty_thousand_tasks_lose_nothing(config: ZMQConfig) -> 
                 published_status[message.record.execution_id] = message.record.status
 
     with (
-        ExecutionServer(
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config),
             work,
-            port=0,
-            transport_mode=TCP,
-            config=config,
             pool=WorkerPool.threads(2),
             retention=RetentionPolicy(max_records=100_000),
             queue_limit=100_000,
         ) as server,
-        ExecutionClient(port=server.port_number, transport_mode=TCP, config=config) as observer,
+        ExecutionClient.to(
+            Endpoint.of(port=server.port_number, transport_mode=TCP, config=config)
+        ) as observer,
         contextlib.ExitStack() as stack,
     ):
         observer.on_progress(observe)
         probes = confirm_subscription(observer, lambda: published)
         clients = [
             stack.enter_context(
-                ExecutionClient(port=server.port_number, transport_mode=TCP, config=config)
+                ExecutionClient.to(
+                    Endpoint.of(port=server.port_number, transport_mode=TCP, config=config)
+                )
             )
             for _ in range(clients_n)
         ]
@@ -1460,17 +1494,15 @@ def test_four_senders_twenty_thousand_images_every_one_accounted_for(
             shown[key] += 1
 
     with (
-        StreamingServer(
-            sink, port=0, transport_mode=TCP, config=config, mode=stream_mode
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config), sink, mode=stream_mode
         ) as viewer,
         contextlib.ExitStack() as stack,
     ):
         senders = [
             stack.enter_context(
-                ImageSender(
-                    port=viewer.port_number,
-                    transport_mode=TCP,
-                    config=config,
+                ImageSender.to(
+                    Endpoint.of(port=viewer.port_number, transport_mode=TCP, config=config),
                     tracker_key=f"sender-{i}",
                     max_in_flight=64,
                 )
@@ -1522,7 +1554,7 @@ def test_a_hundred_thousand_tasks_leave_the_server_flat(
     port = free_port(IPC, config)
     process = children.script("server", port, IPC.value, tmp_path, 2, 1000)
     samples: dict[int, tuple[int, int, int]] = {}
-    with ExecutionClient(port=port, transport_mode=IPC, config=config) as client:
+    with ExecutionClient.to(Endpoint.of(port=port, transport_mode=IPC, config=config)) as client:
         children.wait_serving(process, port, IPC, config, "execution")
         task = {"op": "echo"}
         done = 0
@@ -1560,19 +1592,27 @@ def test_a_hundred_thousand_tasks_leave_the_server_flat(
 def test_a_thousand_client_cycles_leak_no_thread_and_no_file(config: ZMQConfig) -> None:
     sink = Recorder()
     with (
-        ExecutionServer(echo, port=0, transport_mode=TCP, config=config) as server,
-        StreamingServer(sink, port=0, transport_mode=TCP, config=config) as viewer,
+        ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config), echo
+        ) as server,
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=TCP, config=config), sink
+        ) as viewer,
     ):
 
         def execution_cycle(n: int) -> None:
-            with ExecutionClient(port=server.port_number, transport_mode=TCP, config=config) as c:
+            with ExecutionClient.to(
+                Endpoint.of(port=server.port_number, transport_mode=TCP, config=config)
+            ) as c:
                 if n % 10 == 0:
                     assert c.submit(n).result(WAIT) == n
                 else:
                     c.ping()
 
         def sender_cycle(n: int) -> None:
-            with ImageSender(port=viewer.port_number, transport_mode=TCP, config=config) as s:
+            with ImageSender.to(
+                Endpoint.of(port=viewer.port_number, transport_mode=TCP, config=config)
+            ) as s:
                 s.send(numpy.full((2, 2), n % 256, numpy.uint8))
                 s.wait_all_acked(WAIT)
 
@@ -1612,11 +1652,19 @@ def test_clean_shutdowns_leave_no_ipc_socket_files(
     folder = config.ipc_directory()
     for _ in range(3):
         with (
-            ExecutionServer(echo, port=0, transport_mode=IPC, config=config) as server,
-            ExecutionClient(port=server.port_number, transport_mode=IPC, config=config) as client,
-            StreamingServer(Recorder(), port=0, transport_mode=IPC, config=config) as viewer,
-            ImageSender(port=viewer.port_number, transport_mode=IPC, config=config) as sender,
-            AckChannel(port=0, transport_mode=IPC, config=config) as channel,
+            ExecutionServer.bind(
+                Endpoint.of(port=0, transport_mode=IPC, config=config), echo
+            ) as server,
+            ExecutionClient.to(
+                Endpoint.of(port=server.port_number, transport_mode=IPC, config=config)
+            ) as client,
+            StreamingServer.bind(
+                Endpoint.of(port=0, transport_mode=IPC, config=config), Recorder()
+            ) as viewer,
+            ImageSender.to(
+                Endpoint.of(port=viewer.port_number, transport_mode=IPC, config=config)
+            ) as sender,
+            AckChannel.bind(Endpoint.of(port=0, transport_mode=IPC, config=config)) as channel,
         ):
             assert client.submit("x").result(WAIT) == "x"
             sender.send(numpy.ones((2, 2), numpy.uint8))
@@ -1629,7 +1677,7 @@ def test_clean_shutdowns_leave_no_ipc_socket_files(
     port = free_port(IPC, config)
     process = children.script("server", port, IPC.value, tmp_path, 1, 1000)
     children.wait_serving(process, port, IPC, config, "execution")
-    with ExecutionClient(port=port, transport_mode=IPC, config=config) as client:
+    with ExecutionClient.to(Endpoint.of(port=port, transport_mode=IPC, config=config)) as client:
         assert client.submit({"op": "echo", "value": 1}).result(WAIT) == 1
         client.shutdown()
     assert process.wait(WAIT) == 0
@@ -1668,18 +1716,22 @@ def test_curve_end_to_end_execution_streaming_and_acks(config: ZMQConfig) -> Non
 
     # --- execution: the allowed user works, with progress; outsiders get nothing
     with (
-        ExecutionServer(
+        ExecutionServer.bind(
+            Endpoint.of(
+                port=0,
+                transport_mode=TCP,
+                config=config,
+                curve=ServerCurve(server_keys, allowed_client_keys={user_keys.public_key}),
+            ),
             answer,
-            port=0,
-            transport_mode=TCP,
-            config=config,
-            curve=ServerCurve(server_keys, allowed_client_keys={user_keys.public_key}),
         ) as server,
-        ExecutionClient(
-            port=server.port_number,
-            transport_mode=TCP,
-            config=config,
-            curve=ClientCurve(user_keys, server_keys.public_key),
+        ExecutionClient.to(
+            Endpoint.of(
+                port=server.port_number,
+                transport_mode=TCP,
+                config=config,
+                curve=ClientCurve(user_keys, server_keys.public_key),
+            )
         ) as client,
     ):
         events: dict[str, list[ProgressEvent | Completion]] = collections.defaultdict(list)
@@ -1700,8 +1752,10 @@ def test_curve_end_to_end_execution_streaming_and_acks(config: ZMQConfig) -> Non
 
         for outsider_curve in (ClientCurve(stranger_keys, server_keys.public_key), None):
             requests = server.server.statistics().requests
-            with ExecutionClient(
-                port=server.port_number, transport_mode=TCP, config=config, curve=outsider_curve
+            with ExecutionClient.to(
+                Endpoint.of(
+                    port=server.port_number, transport_mode=TCP, config=config, curve=outsider_curve
+                )
             ) as outsider:
                 heard: list[object] = []
                 outsider.on_progress(heard.append)
@@ -1714,24 +1768,28 @@ def test_curve_end_to_end_execution_streaming_and_acks(config: ZMQConfig) -> Non
                 assert other.result(WAIT) == {"answer": 10}
                 wait_until(lambda e=other: _ended(events[e.execution_id]), "its published end")  # type: ignore[misc]
                 assert heard == []
-                assert outsider.transport.statistics().replies == 0
+                assert outsider.client.statistics().replies == 0
 
     # --- streaming and acks: images in over CURVE, acks back over CURVE
     sink = Recorder()
     with (
-        StreamingServer(
+        StreamingServer.bind(
+            Endpoint.of(
+                port=0,
+                transport_mode=TCP,
+                config=config,
+                curve=ServerCurve(viewer_keys, allowed_client_keys={user_keys.public_key}),
+            ),
             sink,
-            port=0,
-            transport_mode=TCP,
-            config=config,
-            curve=ServerCurve(viewer_keys, allowed_client_keys={user_keys.public_key}),
             ack_curve=ClientCurve(viewer_ack_keys, ack_keys.public_key),
         ) as viewer,
-        ImageSender(
-            port=viewer.port_number,
-            transport_mode=TCP,
-            config=config,
-            curve=ClientCurve(user_keys, viewer_keys.public_key),
+        ImageSender.to(
+            Endpoint.of(
+                port=viewer.port_number,
+                transport_mode=TCP,
+                config=config,
+                curve=ClientCurve(user_keys, viewer_keys.public_key),
+            ),
             ack_curve=ServerCurve(ack_keys, allowed_client_keys={viewer_ack_keys.public_key}),
         ) as sender,
     ):
@@ -1747,11 +1805,10 @@ def test_curve_end_to_end_execution_streaming_and_acks(config: ZMQConfig) -> Non
 
         data_messages = viewer.server.statistics().data_messages
         for outsider_curve in (ClientCurve(stranger_keys, viewer_keys.public_key), None):
-            with ImageSender(
-                port=viewer.port_number,
-                transport_mode=TCP,
-                config=config,
-                curve=outsider_curve,
+            with ImageSender.to(
+                Endpoint.of(
+                    port=viewer.port_number, transport_mode=TCP, config=config, curve=outsider_curve
+                ),
                 max_in_flight=2,
                 send_timeout=0.5,
             ) as outsider:
@@ -1792,29 +1849,35 @@ def test_curve_acks_routed_to_a_channel_with_keys_of_its_own(config: ZMQConfig) 
     watched = registry.get_or_create_tracker("gui")
     count = 12
     with (
-        AckChannel(
-            registry,
-            port=0,
-            transport_mode=TCP,
-            config=config,
-            curve=ServerCurve(
-                channel_keys,
-                allowed_client_keys={worker_keys.public_key, viewer_ack_keys.public_key},
+        AckChannel.bind(
+            Endpoint.of(
+                port=0,
+                transport_mode=TCP,
+                config=config,
+                curve=ServerCurve(
+                    channel_keys,
+                    allowed_client_keys={worker_keys.public_key, viewer_ack_keys.public_key},
+                ),
             ),
+            registry=registry,
         ) as channel,
-        StreamingServer(
+        StreamingServer.bind(
+            Endpoint.of(
+                port=0,
+                transport_mode=TCP,
+                config=config,
+                curve=ServerCurve(viewer_keys, allowed_client_keys={worker_keys.public_key}),
+            ),
             Recorder(),
-            port=0,
-            transport_mode=TCP,
-            config=config,
-            curve=ServerCurve(viewer_keys, allowed_client_keys={worker_keys.public_key}),
             ack_curve=ClientCurve(viewer_ack_keys, channel_keys.public_key),
         ) as viewer,
-        ImageSender(
-            port=viewer.port_number,
-            transport_mode=TCP,
-            config=config,
-            curve=ClientCurve(worker_keys, viewer_keys.public_key),
+        ImageSender.to(
+            Endpoint.of(
+                port=viewer.port_number,
+                transport_mode=TCP,
+                config=config,
+                curve=ClientCurve(worker_keys, viewer_keys.public_key),
+            ),
             ack_to=channel.address,
             ack_to_curve=ClientCurve(worker_keys, channel_keys.public_key),
             tracker_key="gui",
@@ -1958,8 +2021,11 @@ def test_a_relay_in_the_middle_sees_plaintext_only_without_curve(
         return ClientCurve(keys, server.public_key) if secure else None
 
     # execution: task and result on the control port, progress on the data port
-    with ExecutionServer(
-        shout, port=0, transport_mode=TCP, config=config, curve=server_curve(server_keys, user_keys)
+    with ExecutionServer.bind(
+        Endpoint.of(
+            port=0, transport_mode=TCP, config=config, curve=server_curve(server_keys, user_keys)
+        ),
+        shout,
     ) as server:
         port = find_free_port_pair(config)
         routes = {
@@ -1968,11 +2034,13 @@ def test_a_relay_in_the_middle_sees_plaintext_only_without_curve(
         }
         with (
             TcpTap(routes) as tap,
-            ExecutionClient(
-                port=port,
-                transport_mode=TCP,
-                config=config,
-                curve=client_curve(user_keys, server_keys),
+            ExecutionClient.to(
+                Endpoint.of(
+                    port=port,
+                    transport_mode=TCP,
+                    config=config,
+                    curve=client_curve(user_keys, server_keys),
+                )
             ) as client,
         ):
             ended: dict[str, int] = {}
@@ -1995,12 +2063,11 @@ def test_a_relay_in_the_middle_sees_plaintext_only_without_curve(
 
     # streaming: metadata and pixels through the relay; acks straight back
     pixels = numpy.frombuffer(marker.encode(), numpy.uint8).copy()
-    with StreamingServer(
+    with StreamingServer.bind(
+        Endpoint.of(
+            port=0, transport_mode=TCP, config=config, curve=server_curve(viewer_keys, user_keys)
+        ),
         Recorder(),
-        port=0,
-        transport_mode=TCP,
-        config=config,
-        curve=server_curve(viewer_keys, user_keys),
         ack_curve=client_curve(viewer_ack_keys, ack_keys),
     ) as viewer:
         port = find_free_port_pair(config)
@@ -2010,11 +2077,13 @@ def test_a_relay_in_the_middle_sees_plaintext_only_without_curve(
         }
         with (
             TcpTap(routes) as tap,
-            ImageSender(
-                port=port,
-                transport_mode=TCP,
-                config=config,
-                curve=client_curve(user_keys, viewer_keys),
+            ImageSender.to(
+                Endpoint.of(
+                    port=port,
+                    transport_mode=TCP,
+                    config=config,
+                    curve=client_curve(user_keys, viewer_keys),
+                ),
                 ack_curve=server_curve(ack_keys, viewer_ack_keys),
             ) as sender,
         ):
@@ -2024,24 +2093,28 @@ def test_a_relay_in_the_middle_sees_plaintext_only_without_curve(
 
         # the ack path: acks (and the sender's notices) routed through the relay to a channel
         registry = GlobalQueueTrackerRegistry()
-        with AckChannel(
-            registry,
-            port=0,
-            transport_mode=TCP,
-            config=config,
-            curve=server_curve(ack_keys, viewer_ack_keys, user_keys),
+        with AckChannel.bind(
+            Endpoint.of(
+                port=0,
+                transport_mode=TCP,
+                config=config,
+                curve=server_curve(ack_keys, viewer_ack_keys, user_keys),
+            ),
+            registry=registry,
         ) as channel:
             port = find_free_port_pair(config)
             with (
                 TcpTap({port: channel.port_number}) as tap,
-                ImageSender(
-                    port=viewer.port_number,
-                    transport_mode=TCP,
-                    config=config,
-                    curve=client_curve(user_keys, viewer_keys),
+                ImageSender.to(
+                    Endpoint.of(
+                        port=viewer.port_number,
+                        transport_mode=TCP,
+                        config=config,
+                        curve=client_curve(user_keys, viewer_keys),
+                    ),
                     ack_to=f"tcp://127.0.0.1:{port}",
                     ack_to_curve=client_curve(user_keys, ack_keys),
-                    tracker_key=marker,  # every ack and notice carries it
+                    tracker_key=marker,
                 ) as routed,
             ):
                 routed.send(pixels)

@@ -23,6 +23,7 @@ import pytest
 
 from tests import executors
 from zmqruntime import ClientCurve, ServerCurve, TransportMode, ZMQConfig, generate_curve_keypair
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Completion, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ConfigurationError, TaskCancelled, TaskFailed
 from zmqruntime.execution import ExecutionClient, ExecutionServer, PoolMode, WorkerPool
@@ -119,20 +120,19 @@ def serve(engine: Engine, config: ZMQConfig) -> Iterator[Callable[..., Execution
     opened: list[Any] = []
 
     def start(curve: ServerCurve | None = None, client_curve: ClientCurve | None = None) -> Any:
-        server = ExecutionServer(
+        server = ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config, curve=curve),
             executors.dispatch,
-            port=0,
-            transport_mode=TransportMode.TCP,
-            config=config,
             pool=engine.make_pool(),
-            curve=curve,
         ).start()
         opened.append(server)
-        client = ExecutionClient(
-            port=server.port_number,
-            transport_mode=TransportMode.TCP,
-            config=config,
-            curve=client_curve,
+        client = ExecutionClient.to(
+            Endpoint.of(
+                port=server.port_number,
+                transport_mode=TransportMode.TCP,
+                config=config,
+                curve=client_curve,
+            )
         ).connect()
         opened.append(client)
         return server, client

@@ -25,6 +25,7 @@ from tests import executors
 from tests.test_remote import WAIT, wait_until
 from zmqruntime import TransportMode, ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Completion, ExecutionRecord, ExecutionStatus, Ping, Pong
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ChannelClosed, TaskCancelled, TaskFailed
@@ -149,11 +150,11 @@ class Carrier:
 def _serve(
     pool: WorkerPool, config: ZMQConfig, executor: Callable[[Any, Any], Any] = executors.dispatch
 ) -> tuple[ExecutionServer, ExecutionClient]:
-    server = ExecutionServer(
-        executor, port=0, transport_mode=TransportMode.TCP, config=config, pool=pool
+    server = ExecutionServer.bind(
+        Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config), executor, pool=pool
     ).start()
-    client = ExecutionClient(
-        port=server.port_number, transport_mode=TransportMode.TCP, config=config
+    client = ExecutionClient.to(
+        Endpoint.of(port=server.port_number, transport_mode=TransportMode.TCP, config=config)
     ).connect()
     return server, client
 

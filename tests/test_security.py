@@ -18,6 +18,7 @@ from zmqruntime import (
     ZMQTimeoutError,
     generate_curve_keypair,
 )
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import check_pickle_exposure, is_loopback_host
 from zmqruntime.execution import ExecutionClient, ExecutionServer
 
@@ -44,12 +45,9 @@ def _echo(task, ctx):  # type: ignore[no-untyped-def]
 
 
 def test_pickle_on_an_exposed_tcp_server_without_curve_is_refused(config) -> None:
-    server = ExecutionServer(
+    server = ExecutionServer.bind(
+        Endpoint.of(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config),
         _echo,
-        port=0,
-        host="0.0.0.0",
-        transport_mode=TransportMode.TCP,
-        config=config,
         serializer=PickleSerializer(),
     )
     with pytest.raises(ConfigurationError, match="allow_insecure"):
@@ -63,14 +61,12 @@ def test_pickle_on_loopback_or_with_curve_or_explicitly_allowed_is_accepted(conf
         ("0.0.0.0", ServerCurve(generate_curve_keypair()), False),
         ("0.0.0.0", None, True),
     ):
-        with ExecutionServer(
+        with ExecutionServer.bind(
+            Endpoint.of(
+                port=0, host=host, transport_mode=TransportMode.TCP, config=config, curve=curve
+            ),
             _echo,
-            port=0,
-            host=host,
-            transport_mode=TransportMode.TCP,
-            config=config,
             serializer=PickleSerializer(),
-            curve=curve,
             allow_insecure=allow,
         ) as server:
             assert server.port_number > 0
@@ -78,19 +74,19 @@ def test_pickle_on_loopback_or_with_curve_or_explicitly_allowed_is_accepted(conf
 
 def test_a_pickle_client_for_a_remote_host_without_curve_is_refused_before_connecting() -> None:
     with pytest.raises(ConfigurationError, match="PickleSerializer"):
-        ExecutionClient(
-            port=7777,
-            host="10.1.2.3",
-            transport_mode=TransportMode.TCP,
+        ExecutionClient.to(
+            Endpoint.of(port=7777, host="10.1.2.3", transport_mode=TransportMode.TCP),
             serializer=PickleSerializer(),
         )
     keys = generate_curve_keypair()
-    ExecutionClient(  # with CURVE it is allowed (nothing connects until first use)
-        port=7777,
-        host="10.1.2.3",
-        transport_mode=TransportMode.TCP,
+    ExecutionClient.to(
+        Endpoint.of(
+            port=7777,
+            host="10.1.2.3",
+            transport_mode=TransportMode.TCP,
+            curve=ClientCurve(keys, generate_curve_keypair().public_key),
+        ),
         serializer=PickleSerializer(),
-        curve=ClientCurve(keys, generate_curve_keypair().public_key),
     )
     check_pickle_exposure(
         serializer=PickleSerializer(),
@@ -104,11 +100,13 @@ def test_a_pickle_client_for_a_remote_host_without_curve_is_refused_before_conne
 
 def test_binding_beyond_loopback_without_curve_warns(config, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="zmqruntime.core.sockets")
-    with ZMQServer(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config):
+    with ZMQServer(
+        Endpoint.of(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config)
+    ):
         pass
     assert any("without CURVE" in record.getMessage() for record in caplog.records)
     caplog.clear()
-    with ZMQServer(port=0, transport_mode=TransportMode.TCP, config=config):
+    with ZMQServer(Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config)):
         pass
     assert not any("without CURVE" in record.getMessage() for record in caplog.records)
 
@@ -118,16 +116,20 @@ def test_a_client_with_an_unknown_key_is_told_authentication_may_be_why(config) 
     allowed = generate_curve_keypair()
     stranger = ClientCurve(generate_curve_keypair(), server_keys.public_key)
     with ZMQServer(
-        port=0,
-        transport_mode=TransportMode.TCP,
-        config=config,
-        curve=ServerCurve(server_keys, allowed_client_keys={allowed.public_key}),
-    ) as server:
-        with ZMQClient(
-            port=server.bound_port,
+        Endpoint.of(
+            port=0,
             transport_mode=TransportMode.TCP,
             config=config,
-            curve=stranger,
+            curve=ServerCurve(server_keys, allowed_client_keys={allowed.public_key}),
+        )
+    ) as server:
+        with ZMQClient(
+            Endpoint.of(
+                port=server.bound_port,
+                transport_mode=TransportMode.TCP,
+                config=config,
+                curve=stranger,
+            )
         ) as client:
             with pytest.raises((ZMQTimeoutError, ServerLost)) as refused:
                 client.ping(timeout=1.0)

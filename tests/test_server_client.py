@@ -23,6 +23,7 @@ import zmqruntime
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     PROTOCOL_VERSION,
     Accepted,
@@ -493,7 +494,7 @@ def _answer_everyone_then_stop(
 ) -> None:
     """``clients`` clients each wait on a request; the server answers all of them, then stops."""
     waiting: list[tuple[Peer, int, str]] = []
-    server = ZMQServer(port=0, transport_mode=mode, config=config)
+    server = ZMQServer(Endpoint.of(port=0, transport_mode=mode, config=config))
 
     def answer_all_then_stop(message: StatusRequest, peer: Peer) -> None:
         waiting.append((peer, message.request_id, message.execution_id or ""))
@@ -508,7 +509,9 @@ def _answer_everyone_then_stop(
     with server:
         try:
             for _ in range(clients):
-                client = ZMQClient(port=server.bound_port, transport_mode=mode, config=config)
+                client = ZMQClient(
+                    Endpoint.of(port=server.bound_port, transport_mode=mode, config=config)
+                )
                 connected.append(client.connect())
             futures = [
                 (
@@ -543,7 +546,9 @@ def test_replies_sent_just_before_the_server_goes_are_not_lost(
 def test_serve_forever_in_a_thread_stops_on_request_stop(
     connect_client: ClientFactory, transport_mode: TransportMode, config: ZMQConfig
 ) -> None:
-    server = ZMQServer(port=0, transport_mode=transport_mode, config=config, role="foreground")
+    server = ZMQServer(
+        Endpoint.of(port=0, transport_mode=transport_mode, config=config), role="foreground"
+    )
     try:
         server.bind()
         port = server.bound_port
@@ -676,7 +681,7 @@ def test_a_server_whose_start_failed_leaves_nothing_open(
     with blocker:
         blocker.listen()
         fds, natives = _open_fds(), _native_threads()
-        server = ZMQServer(port=port, transport_mode=transport_mode, config=config)
+        server = ZMQServer(Endpoint.of(port=port, transport_mode=transport_mode, config=config))
         with pytest.raises(AddressInUseError) as taken:
             server.start()
         assert isinstance(taken.value, OSError)
@@ -701,15 +706,19 @@ def test_binding_a_taken_address_fails_and_steals_nothing(
     config: ZMQConfig,
 ) -> None:
     first = start_server(transport_mode, role="first")
-    second = ZMQServer(port=first.bound_port, transport_mode=transport_mode, config=config)
+    second = ZMQServer(
+        Endpoint.of(port=first.bound_port, transport_mode=transport_mode, config=config)
+    )
     with pytest.raises(AddressInUseError):
         second.start()
     second.close()
     # A server whose control port is the first server's data port is refused as well.
     third = ZMQServer(
-        port=first.bound_port - config.control_port_offset,
-        transport_mode=transport_mode,
-        config=config,
+        Endpoint.of(
+            port=first.bound_port - config.control_port_offset,
+            transport_mode=transport_mode,
+            config=config,
+        )
     )
     with pytest.raises(AddressInUseError):
         third.start()
@@ -909,7 +918,12 @@ def test_curve_without_a_client_list_admits_any_keyed_client(
     assert isinstance(anyone.ping(), Pong)
     with pytest.raises(ConfigurationError):
         ZMQServer(
-            port=0, transport_mode=TransportMode.IPC, config=config, curve=ServerCurve(server_keys)
+            Endpoint.of(
+                port=0,
+                transport_mode=TransportMode.IPC,
+                config=config,
+                curve=ServerCurve(server_keys),
+            )
         ).start()
 
 

@@ -39,6 +39,7 @@ from zmqruntime import (
 )
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckSender
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Ack, AckOutcome, ImageSent, Ping, Pong, Shutdown, ShutdownReply
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair, get_zmq_transport_url
 from zmqruntime.streaming import (
@@ -84,11 +85,11 @@ def streaming(
 ) -> Iterator[tuple[StreamingServer, ImageSender]]:
     """A started viewer on a free port and a connected sender pointed at it."""
     with (
-        StreamingServer(
-            sink, port=0, transport_mode=mode, config=config, mode=stream_mode
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=mode, config=config), sink, mode=stream_mode
         ) as viewer,
-        ImageSender(
-            port=viewer.port_number, transport_mode=mode, config=config, **sender_fields
+        ImageSender.to(
+            Endpoint.of(viewer.port_number, transport_mode=mode, config=config), **sender_fields
         ) as sender,
     ):
         yield viewer, sender
@@ -121,9 +122,11 @@ def test_readme_usage(
     def sink(image: Image, metadata: Mapping[str, Any]) -> None:  # a plain function is a sink
         received.append((image, metadata))
 
-    with StreamingServer(sink, port=0, transport_mode=transport_mode, config=config) as viewer:
-        with ImageSender(
-            port=viewer.port_number, transport_mode=transport_mode, config=config
+    with StreamingServer.bind(
+        Endpoint.of(port=0, transport_mode=transport_mode, config=config), sink
+    ) as viewer:
+        with ImageSender.to(
+            Endpoint.of(port=viewer.port_number, transport_mode=transport_mode, config=config)
         ) as sender:
             image_id = sender.send(numpy.zeros((512, 512), numpy.uint16), {"channel": 1})
             sender.wait_all_acked(timeout=5)
@@ -356,8 +359,10 @@ def test_send_times_out_at_max_in_flight_without_a_viewer(
     transport_mode: TransportMode, config: ZMQConfig, no_thread_leak: None
 ) -> None:
     port = free_port(transport_mode, config)  # nothing listens there
-    with ImageSender(
-        port=port, transport_mode=transport_mode, config=config, max_in_flight=3, send_timeout=0.2
+    with ImageSender.to(
+        Endpoint.of(port=port, transport_mode=transport_mode, config=config),
+        max_in_flight=3,
+        send_timeout=0.2,
     ) as sender:
         for _ in range(3):
             sender.send(numpy.zeros((4, 4), numpy.uint8))
@@ -378,7 +383,7 @@ def test_sender_validates_its_input(
 ) -> None:
     sink = Recorder()
     with pytest.raises(ConfigurationError):
-        ImageSender(port=1, max_in_flight=0)
+        ImageSender.to(Endpoint.of(port=1), max_in_flight=0)
     with streaming(sink, transport_mode, config) as (_viewer, sender):
         good = numpy.ones((2, 2), numpy.int16)
         for metadata, where in [
@@ -466,8 +471,12 @@ def test_acks_cross_a_process_boundary_to_an_ack_channel(
         shown.append(int(metadata["value"]))
 
     with (
-        AckChannel(registry, port=0, transport_mode=transport_mode, config=config) as channel,
-        StreamingServer(gated_sink, port=0, transport_mode=transport_mode, config=config) as viewer,
+        AckChannel.bind(
+            Endpoint.of(port=0, transport_mode=transport_mode, config=config), registry=registry
+        ) as channel,
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=transport_mode, config=config), gated_sink
+        ) as viewer,
     ):
         try:
             # Two workers at once, their images all pending together (the sink is gated):
@@ -501,7 +510,9 @@ def test_an_ack_that_overtakes_its_sent_notice_still_counts(
     registry = GlobalQueueTrackerRegistry()
     tracker = registry.get_or_create_tracker("gui")
     with (
-        AckChannel(registry, port=0, transport_mode=transport_mode, config=config) as channel,
+        AckChannel.bind(
+            Endpoint.of(port=0, transport_mode=transport_mode, config=config), registry=registry
+        ) as channel,
         AckSender(config=config) as viewer_side,
         AckSender(config=config) as worker_side,
     ):
@@ -545,12 +556,12 @@ def test_sink_that_raises_on_every_third_image(
             acks.append(ack)
 
     with (
-        AckChannel(registry, port=0, transport_mode=transport_mode, config=config) as channel,
+        AckChannel.bind(
+            Endpoint.of(port=0, transport_mode=transport_mode, config=config), registry=registry
+        ) as channel,
         streaming(sink, transport_mode, config) as (viewer, sender),
-        ImageSender(
-            port=viewer.port_number,
-            transport_mode=transport_mode,
-            config=config,
+        ImageSender.to(
+            Endpoint.of(port=viewer.port_number, transport_mode=transport_mode, config=config),
             ack_to=channel.address,
             tracker_key="watched",
         ) as routed,
@@ -640,8 +651,8 @@ def test_latest_frame_mode_keeps_streams_apart(
         streaming(
             slow_sink, transport_mode, config, stream_mode=StreamMode.LATEST, max_in_flight=20
         ) as (viewer, first),
-        ImageSender(
-            port=viewer.port_number, transport_mode=transport_mode, config=config
+        ImageSender.to(
+            Endpoint.of(port=viewer.port_number, transport_mode=transport_mode, config=config)
         ) as second,
     ):
         try:
@@ -678,11 +689,13 @@ def test_close_acks_waiting_images_as_skipped(
         if not release.wait(WAIT):
             raise AssertionError("the test never released the sink")
 
-    viewer = StreamingServer(blocking_sink, port=0, transport_mode=transport_mode, config=config)
+    viewer = StreamingServer.bind(
+        Endpoint.of(port=0, transport_mode=transport_mode, config=config), blocking_sink
+    )
     viewer.start()
     try:
-        with ImageSender(
-            port=viewer.port_number, transport_mode=transport_mode, config=config
+        with ImageSender.to(
+            Endpoint.of(port=viewer.port_number, transport_mode=transport_mode, config=config)
         ) as sender:
             for number in range(count):
                 sender.send(numpy.full(3, number, numpy.int8), {"n": number})
@@ -714,7 +727,9 @@ def test_close_with_an_idle_sink_closes_the_sink(
     transport_mode: TransportMode, config: ZMQConfig, no_thread_leak: None
 ) -> None:
     sink = Recorder()
-    viewer = StreamingServer(sink, port=0, transport_mode=transport_mode, config=config).start()
+    viewer = StreamingServer.bind(
+        Endpoint.of(port=0, transport_mode=transport_mode, config=config), sink
+    ).start()
     viewer.close()
     viewer.close()  # idempotent
     assert sink.closed
@@ -730,18 +745,22 @@ def test_viewer_answers_ping_and_stops_on_shutdown(
 ) -> None:
     port = free_port(transport_mode, config)
     sink = Recorder()
-    viewer = StreamingServer(sink, port=port, transport_mode=transport_mode, config=config)
+    viewer = StreamingServer.bind(
+        Endpoint.of(port=port, transport_mode=transport_mode, config=config), sink
+    )
     served = threading.Thread(target=viewer.serve_forever, name="test-serve-forever")
     served.start()
     try:
         with ZMQClient(
-            port=port, transport_mode=transport_mode, config=config, connect_data=False
+            Endpoint.of(port=port, transport_mode=transport_mode, config=config), connect_data=False
         ) as client:
             pong = client.ping(WAIT)
             assert isinstance(pong, Pong)
             assert pong.role == "viewer"
             assert "images" in pong.capabilities
-            with ImageSender(port=port, transport_mode=transport_mode, config=config) as sender:
+            with ImageSender.to(
+                Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+            ) as sender:
                 sender.send(numpy.arange(6, dtype=numpy.float32).reshape(2, 3), {"k": "v"})
                 sender.wait_all_acked(WAIT)
             reply = client.request(Shutdown(request_id=0), WAIT)
@@ -863,5 +882,7 @@ def test_ports_are_free_after_close(
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", number))
     # The same port can be served again at once.
-    with StreamingServer(sink, port=port, transport_mode=transport_mode, config=config) as again:
+    with StreamingServer.bind(
+        Endpoint.of(port=port, transport_mode=transport_mode, config=config), sink
+    ) as again:
         assert again.port_number == port

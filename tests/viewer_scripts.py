@@ -24,6 +24,7 @@ import numpy
 
 from zmqruntime import ZMQConfig
 from zmqruntime.config import TransportMode
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import ControlMessageType, Shutdown, ShutdownReply
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.streaming import ImageSender, VisualizerProcessManager, python_module_spec
@@ -37,10 +38,8 @@ def sender(
     port: str, mode: str, ipc_root: str, ack_to: str, key: str, count: str, first: str
 ) -> None:
     start = int(first)
-    with ImageSender(
-        port=int(port),
-        transport_mode=TransportMode(mode),
-        config=_config(ipc_root),
+    with ImageSender.to(
+        Endpoint.of(port=int(port), transport_mode=TransportMode(mode), config=_config(ipc_root)),
         ack_to=ack_to,
         tracker_key=key,
     ) as images:
@@ -59,10 +58,8 @@ def stubborn(port: str, mode: str, ipc_root: str) -> None:
         return ShutdownReply(request_id=message.request_id)
 
     server = ZMQServer(
+        Endpoint.of(port=int(port), transport_mode=TransportMode(mode), config=_config(ipc_root)),
         handlers={ControlMessageType.SHUTDOWN: refuse_to_stop},
-        port=int(port),
-        transport_mode=TransportMode(mode),
-        config=_config(ipc_root),
         role="viewer",
     )
     server.serve_forever(handle_signals=False)

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigurationError",
     "ControlMessageType",
     "CurveKeyPair",
+    "Endpoint",
     "ExecutionClient",
     "ExecutionRecord",
     "ExecutionServer",
@@ -37,6 +38,7 @@ __all__ = [
     "ProtocolError",
     "QueueTracker",
     "RemoteError",
+    "RequestHandler",
     "ResponseType",
     "SafeSerializer",
     "ServerCurve",
@@ -78,6 +80,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "zmqruntime.protocols": (
         "ImageSink",
         "LaunchSpec",
+        "RequestHandler",
         "TaskContext",
         "TaskExecutor",
         "TaskSerializer",
@@ -97,6 +100,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ServerCurve",
         "generate_curve_keypair",
     ),
+    "zmqruntime.core.endpoint": ("Endpoint",),
     "zmqruntime.core.sockets": ("SocketPair",),
     "zmqruntime.core.server": ("ZMQServer",),
     "zmqruntime.core.client": ("ZMQClient",),
@@ -111,6 +115,7 @@ if TYPE_CHECKING:
     from zmqruntime.config import TransportMode, ZMQConfig
     from zmqruntime.core.ack import AckChannel
     from zmqruntime.core.client import ZMQClient
+    from zmqruntime.core.endpoint import Endpoint
     from zmqruntime.core.messages import (
         ControlMessageType,
         ExecutionRecord,

@@ -25,6 +25,7 @@ __all__ = [
     "JSONValue",
     "LaunchSpec",
     "RemoteEngine",
+    "RequestHandler",
     "TaskContext",
     "TaskExecutor",
     "TaskSerializer",
@@ -77,6 +78,21 @@ class TaskExecutor(Protocol):
     """
 
     def __call__(self, task: Any, context: TaskContext, /) -> object: ...
+
+
+class RequestHandler(Protocol):
+    """Answers one of an application's own named requests. A plain
+    ``def catalog(payload, peer): ...`` is a RequestHandler.
+
+    ``payload`` is what the client sent, decoded with the server's :class:`TaskSerializer`
+    (so JSON values, bytes and numpy arrays by default); the return value is the reply's
+    payload and must be something that serializer can encode. ``peer`` identifies the
+    client (:class:`~zmqruntime.core.server.Peer`). Handlers run on worker threads, several
+    at once, so they may block; an exception reaches the client as a
+    :class:`~zmqruntime.RemoteError` with its type, message and traceback.
+    """
+
+    def __call__(self, payload: Any, peer: Any, /) -> object: ...
 
 
 class RemoteEngine(Protocol):

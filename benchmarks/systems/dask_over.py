@@ -36,6 +36,7 @@ from benchmarks.plan import DASK, OURS_DASK, OURS_DASK_ALL, Outcome, Plan, Sampl
 from benchmarks.systems.ours import ProgressCounter
 from benchmarks.timing import repeat
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.execution import ExecutionClient, ExecutionServer
 
 THROUGHPUT = "8-dask-throughput"
@@ -101,13 +102,17 @@ def _served(
     with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
         config = ZMQConfig(ipc_root=folder)
         pool = dask_pool(client, max_workers=max_workers)
-        server = ExecutionServer(
-            executor, port=0, transport_mode=TransportMode.TCP, config=config, pool=pool
+        server = ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config),
+            executor,
+            pool=pool,
         )
         server.start()
         try:
-            ours = ExecutionClient(
-                port=server.port_number, transport_mode=TransportMode.TCP, config=config
+            ours = ExecutionClient.to(
+                Endpoint.of(
+                    port=server.port_number, transport_mode=TransportMode.TCP, config=config
+                )
             ).connect()
             try:
                 yield ours, pool.max_workers

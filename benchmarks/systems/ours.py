@@ -16,6 +16,7 @@ import numpy
 from benchmarks.plan import Plan, Samples
 from benchmarks.timing import repeat, run_clients, sample_calls, shares
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Completion, ProgressEvent
 from zmqruntime.execution import ExecutionClient, ExecutionServer
 from zmqruntime.streaming import ImageSender, StreamingServer
@@ -42,11 +43,13 @@ class _Pair:
         self._folder = tempfile.TemporaryDirectory(prefix="zmqrt-bench-")
         mode = TransportMode(transport)
         config = ZMQConfig(ipc_root=self._folder.name)
-        self.server = ExecutionServer(executor, port=0, transport_mode=mode, config=config)
+        self.server = ExecutionServer.bind(
+            Endpoint.of(port=0, transport_mode=mode, config=config), executor
+        )
         self.server.start()
         self.clients = [
-            ExecutionClient(
-                port=self.server.port_number, transport_mode=mode, config=config
+            ExecutionClient.to(
+                Endpoint.of(port=self.server.port_number, transport_mode=mode, config=config)
             ).connect()
             for _ in range(clients)
         ]
@@ -180,9 +183,12 @@ def stream_rate(
     image = numpy.zeros((size, size), numpy.uint16)
     rates = []
     with (
-        StreamingServer(_touch, port=0, transport_mode=mode, config=config) as viewer,
-        ImageSender(
-            port=viewer.port_number, transport_mode=mode, config=config, max_in_flight=window
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=mode, config=config), _touch
+        ) as viewer,
+        ImageSender.to(
+            Endpoint.of(port=viewer.port_number, transport_mode=mode, config=config),
+            max_in_flight=window,
         ) as sender,
     ):
         sender.send(image)

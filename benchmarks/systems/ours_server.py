@@ -10,11 +10,14 @@ import sys
 
 from benchmarks.systems.ours import noop
 from zmqruntime import TransportMode
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.execution import ExecutionServer
 
 
 def main() -> int:
-    server = ExecutionServer(noop, port=0, transport_mode=TransportMode.TCP).start()
+    server = ExecutionServer.bind(
+        Endpoint.of(port=0, transport_mode=TransportMode.TCP), noop
+    ).start()
     sys.stdout.write(f"{server.port_number}\n")
     sys.stdout.flush()
     try:

@@ -23,6 +23,7 @@ import numpy
 from zmqruntime.cli.display import Bars, CLIError, show_table
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.ack import AckChannel
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.core.transport import (
     find_free_ipc_port,
@@ -64,7 +65,9 @@ def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
                 spec, port=port, transport_mode=mode, config=config, role=role
             )
 
-        with AckChannel(registry, port=0, transport_mode=mode, config=config) as channel:
+        with AckChannel.bind(
+            Endpoint.of(port=0, transport_mode=mode, config=config), registry=registry
+        ) as channel:
             viewer_port, server_port = _two_ports(mode, config)  # after the channel's port
             viewer = launch("zmqruntime.streaming", viewer_port, "viewer", "--sink", sink)
             images = ("--viewer-port", str(viewer_port), "--ack-to", channel.address)
@@ -108,7 +111,9 @@ def _run_tasks(tasks: int, port: int, mode: TransportMode, config: ZMQConfig) ->
     names: dict[str, str] = {}
 
     try:
-        with ExecutionClient(port=port, transport_mode=mode, config=config) as client:
+        with ExecutionClient.to(
+            Endpoint.of(port=port, transport_mode=mode, config=config)
+        ) as client:
             subscription = client.on_progress(lambda event: bars.show(event, names))
             client.ping(timeout=10)
             executions = []

@@ -17,6 +17,7 @@ import attrs
 import numpy
 
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.execution import ExecutionServer, WorkerPool
 from zmqruntime.protocols import TaskContext
@@ -81,18 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     mode, config = TransportMode(args.transport), ZMQConfig(ipc_root=args.ipc_root)
-    with ImageSender(
-        port=args.viewer_port,
-        transport_mode=mode,
-        config=config,
+    with ImageSender.to(
+        Endpoint.of(port=args.viewer_port, transport_mode=mode, config=config),
         ack_to=args.ack_to,
-        tracker_key="demo",  # the launcher's AckChannel counts acks under this key
+        tracker_key="demo",
     ) as images:
-        server = ExecutionServer(
+        server = ExecutionServer.bind(
+            Endpoint.of(port=args.port, transport_mode=mode, config=config),
             BlobTask(images),
-            port=args.port,
-            transport_mode=mode,
-            config=config,
             pool=WorkerPool.threads(args.workers),
         )
         watch_lifeline(server.request_stop)

@@ -40,6 +40,7 @@ from zmqruntime.core.transport import get_default_transport_mode
 # usage mistake answer without loading them all, which takes about half a second.
 if TYPE_CHECKING:
     from zmqruntime.core.client import ZMQClient
+    from zmqruntime.core.endpoint import Endpoint
     from zmqruntime.execution import ExecutionClient, ExecutionServer
 
 __all__ = ["CLIError", "main"]
@@ -91,25 +92,29 @@ def _where(args: argparse.Namespace) -> str:
     return f"port {7777 if args.port is None else args.port} ({_mode(args).value})"
 
 
-def _address(args: argparse.Namespace, *, one_shot: bool = True) -> dict[str, Any]:
-    """The keyword arguments that place a server or client where the options say."""
+def _address(
+    args: argparse.Namespace, *, one_shot: bool = True, host: str | None = None
+) -> Endpoint:
+    """The endpoint the options name (``host``: where a client connects by default)."""
+    from zmqruntime.core.endpoint import Endpoint  # noqa: PLC0415 - lazy, see top
+
     config = ZMQConfig(ipc_root=args.ipc_root)
     if one_shot:
         config = attrs.evolve(config, linger=_ONE_SHOT_LINGER)
-    return {"port": args.port, "transport_mode": _mode(args), "config": config}
+    return Endpoint.of(args.port, host=args.host or host, transport_mode=_mode(args), config=config)
 
 
 def _client(args: argparse.Namespace) -> ExecutionClient:
     from zmqruntime.execution import ExecutionClient  # noqa: PLC0415 - lazy, see top
 
-    return ExecutionClient(**_address(args), host=args.host or "localhost")
+    return ExecutionClient.to(_address(args, host="localhost"))
 
 
 def _control_client(args: argparse.Namespace) -> ZMQClient:
     """A client for ping and shutdown: any role of server, no data socket."""
     from zmqruntime.core.client import ZMQClient  # noqa: PLC0415 - lazy, see top
 
-    return ZMQClient(**_address(args), host=args.host or "localhost", connect_data=False)
+    return ZMQClient(_address(args, host="localhost"), connect_data=False)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -127,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.processes is not None
         else WorkerPool.threads(1 if args.workers is None else args.workers)
     )
-    server = ExecutionServer(executor, **_address(args, one_shot=False), host=args.host, pool=pool)
+    server = ExecutionServer.bind(_address(args, one_shot=False), executor, pool=pool)
     server.start()  # bound (or failed) before the line below claims it serves
     try:
         watch_lifeline(server.request_stop)

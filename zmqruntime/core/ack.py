@@ -19,20 +19,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import final
 
 import attrs
 import zmq
 
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.core.messages import Ack, AckOutcome, ImageSent, Message
+from zmqruntime.core.push import PushSockets
 from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
-from zmqruntime.core.security import ClientCurve, ServerCurve
+from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.server import ZMQServer
-from zmqruntime.core.sockets import Context, PushSockets
-from zmqruntime.core.transport import get_zmq_transport_url
+from zmqruntime.core.sockets import Context
 from zmqruntime.errors import ChannelClosed
 
 __all__ = ["AckCallbackHandle", "AckChannel", "AckChannelStatistics", "AckSender"]
@@ -74,12 +75,7 @@ class AckCallbackHandle:
     def __enter__(self) -> AckCallbackHandle:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc_info: object) -> None:
         self.remove()
 
 
@@ -88,9 +84,10 @@ class AckCallbackHandle:
 class AckChannel:
     """A listener for acks from any number of consumers, feeding a tracker registry.
 
-    ``port=None`` listens on ``config.shared_ack_port``; ``port=0`` on any free port (read
-    it back from :attr:`port_number`). ``advertise_host`` is the host consumers use to reach
-    a TCP channel, and so the host in :attr:`address`.
+    It listens with the ``server`` it is given (:meth:`bind` builds one: by default on
+    ``config.shared_ack_port``; read the port back from :attr:`port_number`).
+    ``advertise_host`` is the host consumers use to reach a TCP channel, and so the host in
+    :attr:`address`.
 
     Besides acks it takes :class:`~zmqruntime.core.messages.ImageSent` notices, which register an
     item as sent with its tracker: a worker that sends images on the tracker's behalf tells
@@ -103,15 +100,10 @@ class AckChannel:
     tracker counts it once among its ``unknown_acks`` meanwhile.
     """
 
+    server: ZMQServer
     registry: GlobalQueueTrackerRegistry = attrs.field(factory=GlobalQueueTrackerRegistry)
-    port: int | None = None
-    host: str | None = None
     advertise_host: str = "127.0.0.1"
-    transport_mode: TransportMode | None = None
-    config: ZMQConfig = attrs.field(factory=ZMQConfig)
-    curve: ServerCurve | None = None
 
-    _server: ZMQServer | None = attrs.field(default=None, init=False)
     _callbacks: tuple[AckCallback, ...] = attrs.field(default=(), init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _early: collections.OrderedDict[tuple[str, str], Ack] = attrs.field(
@@ -124,47 +116,38 @@ class AckChannel:
         init=False,
     )
 
-    def start(self) -> AckChannel:
-        """Bind and listen in a background thread. Returns the channel."""
-        if self._server is not None:
-            raise RuntimeError("this AckChannel is already started")
-        port = self.config.shared_ack_port if self.port is None else self.port
-        self._server = ZMQServer(
-            port=port,
-            host=self.host,
-            transport_mode=self.transport_mode,
-            config=self.config,
-            role="ack",
-            capabilities=("ack",),
-            data_socket_type=zmq.PULL,
-            data_handler=self._on_message,
-            curve=self.curve,
+    @classmethod
+    def bind(
+        cls,
+        endpoint: Endpoint | None = None,
+        *,
+        registry: GlobalQueueTrackerRegistry | None = None,
+        advertise_host: str = "127.0.0.1",
+        context: Context | None = None,
+    ) -> AckChannel:
+        """A channel with its own server at ``endpoint`` (by default
+        ``Endpoint.of(config.shared_ack_port)``; port 0 picks a free one)."""
+        if endpoint is None:
+            endpoint = Endpoint.of(ZMQConfig().shared_ack_port)
+        server = ZMQServer(
+            endpoint, role="ack", capabilities=("ack",), data_socket_type=zmq.PULL, context=context
         )
-        self._server.start()
+        return cls(server, registry or GlobalQueueTrackerRegistry(), advertise_host)
+
+    def start(self) -> AckChannel:
+        """Route the data socket to this channel, bind, and listen in a background thread."""
+        self.server.route({}, data_handler=self._on_message)
+        self.server.start()
         return self
 
     def close(self) -> None:
         """Stop listening and close the sockets (idempotent)."""
-        if self._server is not None:
-            self._server.close()
+        self.server.close()
 
     def __enter__(self) -> AckChannel:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def server(self) -> ZMQServer:
-        """The composed server (for its ports and statistics)."""
-        if self._server is None:
-            raise ChannelClosed("the AckChannel is not started; call start() first")
-        return self._server
+    __exit__ = close_on_exit
 
     @property
     def port_number(self) -> int:
@@ -174,8 +157,8 @@ class AckChannel:
     @property
     def address(self) -> str:
         """The URL consumers send acks to; put it in an image's ``ack_to``."""
-        pair = self.server.sockets
-        return get_zmq_transport_url(pair.data_port, self.advertise_host, pair.mode, self.config)
+        bound = self.server.sockets.endpoint
+        return attrs.evolve(bound, host=self.advertise_host, curve=None).data_url
 
     def add_callback(self, callback: AckCallback) -> AckCallbackHandle:
         """Call ``callback(ack)`` for every ack received; the handle unregisters it."""
@@ -192,14 +175,7 @@ class AckChannel:
 
     def statistics(self) -> AckChannelStatistics:
         """Counters of acks received, applied to a tracker, untracked and malformed."""
-        counts = dict(self._counts)
-        return AckChannelStatistics(
-            received=counts["received"],
-            applied=counts["applied"],
-            untracked=counts["untracked"],
-            malformed=counts["malformed"],
-            sent_notices=counts["sent_notices"],
-        )
+        return AckChannelStatistics(**self._counts)
 
     def _on_sent(self, notice: ImageSent) -> None:
         tracker = self.registry.get_tracker(notice.tracker_key)
@@ -307,10 +283,4 @@ class AckSender:
     def __enter__(self) -> AckSender:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+    __exit__ = close_on_exit

@@ -14,51 +14,40 @@ timed out, the connection broke), every request in flight fails at once with
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Final, Literal, TypeAlias, cast, final
+from typing import Any, Final, Literal, TypeAlias, final
 
 import attrs
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.client_loop import ClientLoop
+from zmqruntime.core.connection import MONITORED, ConnectionWatch
+from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.core.mailbox import Mailbox
-from zmqruntime.core.messages import ErrorReply, Message, Ping, Pong
+from zmqruntime.core.messages import AppReply, AppRequest, Message, Ping, Pong
 from zmqruntime.core.pending import PendingRequests
-from zmqruntime.core.security import ClientCurve, describe_handshake_failure
-from zmqruntime.core.sockets import Context, PushSockets, SocketPair, receive_ready, send_frames
+from zmqruntime.core.security import ClientCurve
+from zmqruntime.core.serializers import SafeSerializer, serializer_name
+from zmqruntime.core.sockets import Context, SocketPair
 from zmqruntime.errors import (
     ChannelClosed,
     RemoteProtocolError,
-    ServerLost,
     ZMQTimeoutError,
 )
-from zmqruntime.protocols import Buffer
+from zmqruntime.protocols import TaskSerializer
 
 __all__ = ["ClientStatistics", "ZMQClient"]
 
 logger = logging.getLogger(__name__)
 
-_POLL_TICK_MS: Final = 1000
 _BACKSTOP_SECONDS: Final = 5.0
-_BURST: Final = 256
-_MONITORED: Final = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
-_HANDSHAKE_FAILURES: Final = (
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-)
 _AUTH_HINT: Final = (
     " CURVE is on: a server that does not accept this client's key drops it without a word, "
     "so check that the client's public key is allowed and the server key is right."
@@ -67,10 +56,6 @@ _AUTH_HINT: Final = (
 _Command: TypeAlias = tuple[
     Literal["request", "control", "data", "push", "subscribe", "unsubscribe"], Any
 ]
-
-
-_REFUSING: Final = "the server is not taking requests"
-_NOT_TAKING: Final = "its queue is full, or the handshake failed (CURVE authentication?)"
 
 
 @final
@@ -100,11 +85,7 @@ class ZMQClient:
     The client connects on first use, or explicitly with :meth:`connect` / ``with``.
     """
 
-    port: int | None = None
-    host: str = "localhost"
-    transport_mode: TransportMode | None = None
-    config: ZMQConfig = attrs.field(factory=ZMQConfig)
-    curve: ClientCurve | None = None
+    endpoint: Endpoint
     data_socket_type: int = zmq.SUB
     connect_data: bool = True
     subscriptions: tuple[bytes, ...] = ()
@@ -113,6 +94,8 @@ class ZMQClient:
     on_disconnect: Callable[[], None] | None = None
     context: Context | None = None
     name: str = "client"
+    serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
+    """Encodes and decodes the payloads of application requests and events."""
 
     _pair: SocketPair | None = attrs.field(default=None, init=False)
     _mailbox: Mailbox | None = attrs.field(default=None, init=False)
@@ -120,15 +103,50 @@ class ZMQClient:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _pending: PendingRequests = attrs.field(factory=PendingRequests, init=False)
     _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
-    _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _watch: ConnectionWatch = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    _handshake_failure: str | None = attrs.field(default=None, init=False)
     _counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys(
-            ("requests", "replies", "timeouts", "unsolicited", "dropped", "disconnects"), 0
+            ("requests", "replies", "timeouts", "unsolicited", "dropped"), 0
         ),
         init=False,
     )
+
+    @_watch.default
+    def _make_watch(self) -> ConnectionWatch:
+        return ConnectionWatch(self.name, curve=self.endpoint.curve is not None)
+
+    @property
+    def config(self) -> ZMQConfig:
+        """The endpoint's configuration."""
+        return self.endpoint.config
+
+    @property
+    def curve(self) -> ClientCurve | None:
+        """This client's CURVE keys (from the endpoint), if any."""
+        return self.endpoint.client_curve
+
+    def listen(
+        self,
+        *,
+        on_message: Callable[[Message], None] | None = None,
+        on_data: Callable[[Message, bytes | None], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
+        """Set the callbacks of a component that was given this client, before it connects.
+
+        Raises ``RuntimeError`` once connected, or when a callback is already set.
+        """
+        wanted = {"on_message": on_message, "on_data": on_data, "on_disconnect": on_disconnect}
+        with self._lock:
+            if self._pair is not None:
+                raise RuntimeError(f"{self.name} is already connected; call listen() before")
+            for name, callback in wanted.items():
+                if callback is None:
+                    continue
+                if getattr(self, name) is not None:
+                    raise RuntimeError(f"{self.name} already has an {name} callback")
+                setattr(self, name, callback)
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -140,26 +158,34 @@ class ZMQClient:
             if self._pair is not None:
                 return self
             pair = SocketPair.connect(
-                port=self.port,
-                host=self.host,
+                self.endpoint,
                 data_type=self.data_socket_type,
                 connect_data=self.connect_data,
-                mode=self.transport_mode,
-                config=self.config,
-                curve=self.curve,
                 context=self.context,
             )
             if pair.data.type == zmq.SUB:
                 for topic in self.subscriptions:
                     pair.data.setsockopt(zmq.SUBSCRIBE, topic)
-            monitor = pair.control.get_monitor_socket(_MONITORED)
+            monitor = pair.control.get_monitor_socket(MONITORED)
             self._pair = pair
             self._mailbox = Mailbox.open()
+            loop = ClientLoop(
+                self.name,
+                self.config,
+                self.curve,
+                pair,
+                self._mailbox,
+                monitor,
+                self._pending,
+                self._watch,
+                self._counts,
+                self._stop,
+                self.on_message,
+                self.on_data,
+                self.on_disconnect,
+            )
             self._thread = threading.Thread(
-                target=self._run,
-                args=(pair, self._mailbox, monitor),
-                name=f"zmqruntime-{self.name}-{pair.data_port}",
-                daemon=True,
+                target=loop.run, name=f"zmqruntime-{self.name}-{pair.data_port}", daemon=True
             )
             self._thread.start()
         return self
@@ -184,13 +210,7 @@ class ZMQClient:
     def __enter__(self) -> ZMQClient:
         return self.connect()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+    __exit__ = close_on_exit
 
     @property
     def sockets(self) -> SocketPair:
@@ -202,30 +222,25 @@ class ZMQClient:
     @property
     def connected(self) -> bool:
         """True while a handshake with the server has succeeded and not broken since."""
-        return self._connected.is_set()
+        return self._watch.connected.is_set()
 
     @property
     def handshake_failure(self) -> str | None:
         """Why the last connection handshake with the server failed (e.g. CURVE refused this
         client, or only one end uses CURVE); None once a handshake has succeeded."""
-        return self._handshake_failure
+        return self._watch.handshake_failure
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until the control connection is up (or ``timeout``); True if it is."""
         self.connect()
-        return self._connected.wait(self.config.connect_timeout if timeout is None else timeout)
+        return self._watch.connected.wait(
+            self.config.connect_timeout if timeout is None else timeout
+        )
 
     def statistics(self) -> ClientStatistics:
         """Counters of requests, replies, timeouts and drops."""
-        counts = dict(self._counts)
         return ClientStatistics(
-            requests=counts["requests"],
-            replies=counts["replies"],
-            timeouts=counts["timeouts"],
-            in_flight=len(self._pending),
-            unsolicited=counts["unsolicited"],
-            dropped=counts["dropped"],
-            disconnects=counts["disconnects"],
+            **self._counts, in_flight=len(self._pending), disconnects=self._watch.disconnects
         )
 
     # --- requests -------------------------------------------------------------------------
@@ -249,8 +264,7 @@ class ZMQClient:
             frames = codec.encode(message, request_id=request_id)
             description = (
                 f"no reply to {type(message).__name__} within {limit}s; is a server running "
-                f"at port {self.port if self.port is not None else self.config.default_port}?"
-                + (_AUTH_HINT if self.curve is not None else "")
+                f"at {self.endpoint}?" + (_AUTH_HINT if self.curve is not None else "")
             )
             self._post(("request", (frames, request_id, deadline, description)))
         except BaseException:
@@ -279,6 +293,44 @@ class ZMQClient:
                 f"no reply to {type(message).__name__} from {self.sockets.control_url} within "
                 f"{limit}s; is a server running there?"
             ) from None
+
+    def call_async(
+        self, name: str, payload: Any = None, *, timeout: float | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """Send the application request ``name``; the future resolves to the reply's payload.
+
+        ``payload`` and the reply travel through :attr:`serializer` (arrays out of band). The
+        future fails like :meth:`request_async`'s; a handler's exception arrives as
+        :class:`~zmqruntime.RemoteError` with its ``error_type`` and ``remote_traceback``.
+        """
+        request = AppRequest(
+            request_id=0,
+            name=name,
+            serializer=serializer_name(self.serializer),
+            payload=tuple(self.serializer.dumps(payload)),
+        )
+        reply = self.request_async(request, timeout)
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        result.add_done_callback(lambda done: done.cancelled() and reply.cancel())
+        reply.add_done_callback(lambda done: _settle_call(done, result, self.serializer))
+        return result
+
+    def call(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+        """Send the application request ``name`` and wait for the reply's payload.
+
+        Raises :class:`~zmqruntime.RemoteError` (the handler failed, the name is unknown, the
+        server is busy), :class:`ZMQTimeoutError` and :class:`ServerLost` like
+        :meth:`request`.
+        """
+        limit = self.config.request_timeout if timeout is None else timeout
+        future = self.call_async(name, payload, timeout=limit)
+        try:
+            return future.result(limit + _BACKSTOP_SECONDS)
+        except concurrent.futures.TimeoutError as exc:
+            if isinstance(exc, ZMQTimeoutError):
+                raise
+            future.cancel()
+            raise ZMQTimeoutError(f"no reply to request {name!r} within {limit}s") from None
 
     def ping(self, timeout: float | None = None) -> Pong:
         """Ask the server who it is; raises like :meth:`request`."""
@@ -323,178 +375,23 @@ class ZMQClient:
             raise ChannelClosed(f"this {self.name} is closed")
         mailbox.put(command)
 
-    # --- the I/O loop ---------------------------------------------------------------------
 
-    def _run(self, pair: SocketPair, mailbox: Mailbox, monitor: zmq.Socket[bytes]) -> None:
-        poller = zmq.Poller()
-        poller.register(pair.control, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        if pair.data_receives:
-            poller.register(pair.data, zmq.POLLIN)
-        poller.register(mailbox.fileno, zmq.POLLIN)
-        pushers = PushSockets(pair.context, self.config, self.curve)
-        try:
-            while not self._stop.is_set():
-                try:
-                    ready = dict(poller.poll(self._poll_timeout_ms()))
-                    if mailbox.fileno in ready:
-                        self._flush(pair, mailbox, pushers)
-                    if pair.control in ready:
-                        self._drain_control(pair)
-                    if pair.data in ready:
-                        self._drain_data(pair)
-                    if monitor in ready:
-                        self._drain_monitor(monitor, pair)
-                    if self._pending.next_deadline() is not None:
-                        self._counts["timeouts"] += self._pending.expire(time.monotonic())
-                except zmq.ContextTerminated:
-                    break
-                except Exception:
-                    logger.exception("%s: unexpected error in the I/O loop", self.name)
-            self._flush(pair, mailbox, pushers)
-        finally:
-            self._connected.clear()
-            self._pending.fail_all(ChannelClosed(f"{self.name} closed"))
-            pair.control.disable_monitor()
-            monitor.close(linger=0)
-            pushers.close()
-            pair.close()
-            mailbox.close()
-
-    def _poll_timeout_ms(self) -> int:
-        deadline = self._pending.next_deadline()
-        if deadline is None:
-            return _POLL_TICK_MS
-        wait = (deadline - time.monotonic()) * 1000
-        return max(0, min(_POLL_TICK_MS, int(wait) + 1))
-
-    def _flush(self, pair: SocketPair, mailbox: Mailbox, pushers: PushSockets) -> None:
-        for kind, payload in mailbox.drain():
-            if kind == "request":
-                frames, request_id, deadline, description = payload
-                try:
-                    send_frames(pair.control, frames, zmq.NOBLOCK)
-                except zmq.Again:  # no connection that takes messages
-                    why = self._handshake_failure or _NOT_TAKING
-                    self._pending.fail(request_id, ServerLost(f"{_REFUSING}: {why}"))
-                    continue
-                self._pending.arm(request_id, deadline, description)
-                continue
-            if kind == "push":
-                if not pushers.send(*payload):
-                    self._counts["dropped"] += 1
-                continue
-            if kind == "subscribe":
-                pair.data.setsockopt(zmq.SUBSCRIBE, payload)
-                continue
-            if kind == "unsubscribe":
-                pair.data.setsockopt(zmq.UNSUBSCRIBE, payload)
-                continue
-            socket = pair.control if kind == "control" else pair.data
-            try:
-                send_frames(socket, payload, zmq.NOBLOCK)
-            except zmq.Again:
-                self._counts["dropped"] += 1
-                logger.warning("%s: send queue full; dropped an outgoing message", self.name)
-
-    def _drain_control(self, pair: SocketPair, limit: int = _BURST) -> None:
-        for _ in range(limit):
-            frames = receive_ready(pair.control)
-            if frames is None:
-                return
-            try:
-                message = codec.decode(
-                    cast("list[Buffer]", frames), max_header_bytes=self.config.max_header_bytes
-                )
-            except RemoteProtocolError as exc:
-                self._counts["dropped"] += 1
-                logger.warning("%s: dropped a malformed reply: %s", self.name, exc)
-                continue
-            self._deliver(message)
-
-    def _deliver(self, message: Message) -> None:
-        request_id = getattr(message, "request_id", None)
-        if request_id is not None and self._pending.resolve(request_id, message):
-            self._counts["replies"] += 1
-            return
-        if isinstance(message, ErrorReply) and request_id is None:
-            logger.warning("%s: server reported an error: %s", self.name, message.message)
-            return
-        if request_id is not None:
-            logger.debug("%s: dropped a late reply to request %d", self.name, request_id)
-            return
-        self._counts["unsolicited"] += 1
-        if self.on_message is None:
-            logger.debug("%s: no on_message callback; dropped a %s", self.name, message.TYPE)
-            return
-        try:
-            self.on_message(message)
-        except Exception:
-            logger.exception("%s: on_message callback failed", self.name)
-
-    def _drain_data(self, pair: SocketPair) -> None:
-        subscribed = pair.data.type == zmq.SUB
-        for _ in range(_BURST):
-            frames = receive_ready(pair.data)
-            if frames is None:
-                return
-            topic: bytes | None = None
-            body = cast("list[Buffer]", frames)
-            if subscribed and frames:  # published messages lead with their topic frame
-                topic, body = frames[0].bytes, body[1:]
-            try:
-                message = codec.decode(body, max_header_bytes=self.config.max_header_bytes)
-            except RemoteProtocolError as exc:
-                self._counts["dropped"] += 1
-                logger.warning("%s: dropped a malformed data message: %s", self.name, exc)
-                continue
-            if self.on_data is None:
-                continue
-            try:
-                self.on_data(message, topic)
-            except Exception:
-                logger.exception("%s: on_data callback failed", self.name)
-
-    def _drain_monitor(self, monitor: zmq.Socket[bytes], pair: SocketPair) -> None:
-        while True:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(flags=zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._handshake_failure = None
-                self._connected.set()
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                logger.warning("%s: the server refused this client's credentials", self.name)
-                self._handshake_failure = (
-                    "the server refused this client's CURVE credentials (authentication "
-                    "failed); is the client's public key in its allowed keys?"
-                )
-                self._pending.fail_all(ServerLost(self._handshake_failure))
-            elif event["event"] in _HANDSHAKE_FAILURES:
-                self._handshake_failure = describe_handshake_failure(
-                    event["event"], event["value"], curve=self.curve is not None
-                )
-                logger.warning("%s: %s", self.name, self._handshake_failure)
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self._connected.clear()
-                self._counts["disconnects"] += 1
-                # Replies the server sent before it went are already queued on the control
-                # socket (the poll that saw this event may have looked at it a moment too
-                # early); deliver them before failing what is still pending.
-                self._drain_control(pair, limit=sys.maxsize)
-                level = logging.WARNING if len(self._pending) else logging.INFO
-                logger.log(level, "%s: lost the connection to %s", self.name, event["endpoint"])
-                failure = self._handshake_failure
-                self._pending.fail_all(
-                    ServerLost(
-                        f"the server at {event['endpoint']!r} went away mid-request"
-                        if failure is None
-                        else f"no connection to the server at {event['endpoint']!r}: {failure}"
-                    )
-                )
-                if self.on_disconnect is not None:
-                    try:
-                        self.on_disconnect()
-                    except Exception:
-                        logger.exception("%s: on_disconnect callback failed", self.name)
+def _settle_call(
+    reply: concurrent.futures.Future[Message],
+    result: concurrent.futures.Future[Any],
+    serializer: TaskSerializer,
+) -> None:
+    """Resolve an application call's future from the future of its reply message."""
+    if result.done():
+        return
+    try:
+        message = reply.result()
+        if not isinstance(message, AppReply):
+            raise RemoteProtocolError(f"a request was answered with {type(message).__name__}")
+        value = serializer.loads(message.payload)
+    except BaseException as exc:  # the future carries whatever happened
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            result.set_exception(exc)
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        result.set_result(value)

@@ -18,63 +18,43 @@ hand the frames to the I/O thread.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from types import FrameType, TracebackType
-from typing import Any, Final, TypeAlias, cast, final
+from typing import Any, Final, final
 
 import attrs
 import zmq
 
-from zmqruntime import __version__
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import close_on_exit, stop_on_signals
 from zmqruntime.core.mailbox import Mailbox
 from zmqruntime.core.messages import (
-    MESSAGE_CLASSES,
-    PROTOCOL_VERSION,
-    ControlMessageType,
-    ErrorReply,
+    AppEvent,
     Message,
-    Ping,
-    Pong,
-    Shutdown,
-    ShutdownReply,
-    StreamMessageType,
 )
-from zmqruntime.core.security import ServerCurve
-from zmqruntime.core.sockets import Context, SocketPair, envelope_end, receive_ready, send_frames
+from zmqruntime.core.requests import RequestTable, as_request_table
+from zmqruntime.core.router import ControlHandler, ControlRouter, HandlerKey
+from zmqruntime.core.serializers import SafeSerializer
+from zmqruntime.core.server_loop import Peer, ServerLoop
+from zmqruntime.core.sockets import Context, SocketPair
 from zmqruntime.core.subscriptions import SubscriberTopics
-from zmqruntime.errors import ChannelClosed, ErrorCode, RemoteProtocolError, ZMQTimeoutError
-from zmqruntime.protocols import Buffer
+from zmqruntime.errors import ChannelClosed, ZMQTimeoutError
+from zmqruntime.protocols import Buffer, TaskSerializer
 
-__all__ = ["ControlHandler", "Peer", "ServerStatistics", "ZMQServer"]
+__all__ = ["EVENT_PREFIX", "ControlHandler", "Peer", "ServerStatistics", "ZMQServer", "event_topic"]
 
 logger = logging.getLogger(__name__)
 
-_POLL_TICK_MS: Final = 1000  # housekeeping period; all real work is event-driven
-_BURST: Final = 256  # messages taken from one socket before the others get a turn
+EVENT_PREFIX: Final = b"event:"
+"""What an application event's zmq topic starts with, apart from execution ids' progress."""
 
 
-@final
-@attrs.frozen
-class Peer:
-    """Who sent a control request: the routing envelope needed to answer it, now or later."""
-
-    envelope: tuple[bytes, ...]
-
-    @property
-    def identity(self) -> bytes:
-        """The peer's ROUTER routing id."""
-        return self.envelope[0]
-
-
-ControlHandler = Callable[[Any, Peer], "Message | None"]
-"""``handler(message, peer)``: return the reply, or None to reply later via ``server.send``."""
-HandlerKey: TypeAlias = ControlMessageType | StreamMessageType
+def event_topic(topic: str) -> bytes:
+    """The zmq topic that carries application events named ``topic``."""
+    return EVENT_PREFIX + topic.encode()
 
 
 @final
@@ -96,30 +76,30 @@ class ServerStatistics:
 class ZMQServer:
     """A composed zmq server: a handler table on ROUTER control, any data socket beside it.
 
-    ``port=None`` means ``config.default_port``; ``port=0`` picks a free port pair (read it
-    back from :attr:`bound_port`). ``host`` overrides the
-    interface TCP binds (``config.bind_host``, loopback by default). Handlers run on the I/O
-    thread, so they should be quick; long work belongs to a worker that answers later through
-    :meth:`send`.
+    It binds ``endpoint`` (port 0 picks a free port pair: read it back from
+    :attr:`bound_port`). Handlers run on the I/O thread, so they should be quick; long work
+    belongs to a worker that answers later through :meth:`send`. A component that composes a
+    server adds its handlers with :meth:`route` before starting it.
     """
 
+    endpoint: Endpoint
     handlers: Mapping[HandlerKey, ControlHandler] = attrs.field(factory=dict)
-    port: int | None = None
-    host: str | None = None
-    transport_mode: TransportMode | None = None
-    config: ZMQConfig = attrs.field(factory=ZMQConfig)
     role: str = "server"
     capabilities: tuple[str, ...] = ()
     data_socket_type: int = zmq.PUB
     data_handler: Callable[[Message], None] | None = None
     on_shutdown: Callable[[bool], None] | None = None
-    curve: ServerCurve | None = None
     context: Context | None = None
     clock: Callable[[], float] = time.monotonic
+    requests: RequestTable = attrs.field(factory=RequestTable, converter=as_request_table)
+    """The application's own named requests (a mapping of handlers is taken as a table)."""
+    serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
+    """Encodes and decodes the payloads of application requests and events."""
 
     _pair: SocketPair | None = attrs.field(default=None, init=False)
     _topics: SubscriberTopics = attrs.field(factory=SubscriberTopics, init=False)
     _mailbox: Mailbox | None = attrs.field(default=None, init=False)
+    _loop: ServerLoop | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _loop_thread_id: int | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -129,10 +109,49 @@ class ZMQServer:
     _started_at: float = attrs.field(default=0.0, init=False)
     _counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys(
-            ("requests", "replies", "error_replies", "undeliverable", "data", "data_errors"), 0
+            (
+                "requests",
+                "replies",
+                "error_replies",
+                "undeliverable",
+                "data_messages",
+                "data_errors",
+            ),
+            0,
         ),
         init=False,
     )
+
+    @property
+    def config(self) -> ZMQConfig:
+        """The endpoint's configuration."""
+        return self.endpoint.config
+
+    def route(
+        self,
+        handlers: Mapping[HandlerKey, ControlHandler],
+        *,
+        data_handler: Callable[[Message], None] | None = None,
+        on_shutdown: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Add handlers (and the data handler, the shutdown hook) before the server starts.
+
+        For components that are given a server: an execution server routes execute, status
+        and cancel to itself. Raises ``RuntimeError`` once the server is bound, or when a
+        request type already has a handler.
+        """
+        with self._lock:
+            if self._pair is not None:
+                raise RuntimeError(f"{self.role} is already bound; route handlers before start()")
+            taken = set(handlers) & set(self.handlers)
+            if taken:
+                names = ", ".join(sorted(key.value for key in taken))
+                raise RuntimeError(f"{self.role} already has handlers for {names}")
+            self.handlers = {**self.handlers, **handlers}
+            if data_handler is not None:
+                self.data_handler = data_handler
+            if on_shutdown is not None:
+                self.on_shutdown = on_shutdown
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -142,20 +161,36 @@ class ZMQServer:
             if self._closed:
                 raise ChannelClosed("this server was closed; create a new one")
             if self._pair is None:
-                config = self.config
-                if self.host is not None:
-                    config = attrs.evolve(config, bind_host=self.host)
-                port = config.default_port if self.port is None else self.port
                 self._pair = SocketPair.bind(
-                    port=port or None,
-                    data_type=self.data_socket_type,
-                    mode=self.transport_mode,
-                    config=config,
-                    curve=self.curve,
-                    context=self.context,
+                    self.endpoint, data_type=self.data_socket_type, context=self.context
                 )
                 self._mailbox = Mailbox.open()
                 self._started_at = self.clock()
+                router = ControlRouter(
+                    self.role,
+                    self.config.app_name,
+                    self.capabilities,
+                    self.handlers,
+                    self.requests,
+                    self.serializer,
+                    self.config.max_header_bytes,
+                    self._stop,
+                    self._answer_later,
+                    self.on_shutdown,
+                    self.clock,
+                    self._started_at,
+                )
+                self._loop = ServerLoop(
+                    self.role,
+                    self.config,
+                    self._pair,
+                    self._mailbox,
+                    self._stop,
+                    self._topics,
+                    self._counts,
+                    router.answer,
+                    self.data_handler,
+                )
                 logger.info(
                     "%s listening: control %s, data %s",
                     self.role,
@@ -184,18 +219,13 @@ class ZMQServer:
         with self._lock:
             if self._thread is not None or self._loop_thread_id is not None:
                 raise RuntimeError("this server is already serving")
-        previous: dict[signal.Signals, Any] = {}
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, self._on_signal)
-        try:
-            self._run()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            self.close()
+        with stop_on_signals(self._on_signal, enabled=handle_signals):
+            try:
+                self._run()
+            finally:
+                self.close()
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int) -> None:
         logger.info("%s received signal %d; stopping", self.role, signum)
         self.request_stop()
 
@@ -235,6 +265,7 @@ class ZMQServer:
             self._release()
 
     def _release(self) -> None:
+        self.requests.close(self.config.close_timeout)
         if self._pair is not None:
             self._pair.close()
         if self._mailbox is not None:
@@ -243,13 +274,7 @@ class ZMQServer:
     def __enter__(self) -> ZMQServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+    __exit__ = close_on_exit
 
     # --- what a caller can ask ------------------------------------------------------------
 
@@ -273,17 +298,8 @@ class ZMQServer:
 
     def statistics(self) -> ServerStatistics:
         """Counters of requests, replies, errors and drops since the server was bound."""
-        counts = dict(self._counts)
         uptime = self.clock() - self._started_at if self._pair is not None else 0.0
-        return ServerStatistics(
-            requests=counts["requests"],
-            replies=counts["replies"],
-            error_replies=counts["error_replies"],
-            undeliverable=counts["undeliverable"],
-            data_messages=counts["data"],
-            data_errors=counts["data_errors"],
-            uptime=uptime,
-        )
+        return ServerStatistics(**self._counts, uptime=uptime)
 
     def send(self, peer: Peer, message: Message, *, request_id: int | None = None) -> None:
         """Send ``message`` to ``peer`` on the control socket, from any thread.
@@ -304,6 +320,25 @@ class ZMQServer:
             return True
         return self._topics.wanted(topic.encode() if isinstance(topic, str) else topic)
 
+    def publish_event(self, topic: str, payload: Any) -> bool:
+        """Publish an application event on ``topic`` (any thread); False if nobody listens.
+
+        The payload is encoded with :attr:`serializer` only while a client subscribes to the
+        topic (on an XPUB data socket; on other sockets it is always sent).
+        """
+        key = event_topic(topic)
+        if not self.has_subscribers(key):
+            return False
+        payload_frames = tuple(self.serializer.dumps(payload))
+        self.publish(AppEvent(topic=topic, payload=payload_frames), key)
+        return True
+
+    def _answer_later(self, peer: Peer, reply: Message) -> None:
+        try:
+            self.send(peer, reply)
+        except ChannelClosed:
+            logger.debug("%s closed before a reply could be sent", self.role)
+
     def publish(self, message: Message, topic: str | bytes | None = None) -> None:
         """Send ``message`` on the data socket (PUB: to every subscriber), from any thread.
 
@@ -322,36 +357,13 @@ class ZMQServer:
             raise ChannelClosed(f"{self.role} is not serving; nothing can be sent")
         mailbox.put((control, frames))
 
-    # --- the I/O loop ---------------------------------------------------------------------
+    # --- the I/O thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        pair, mailbox = self.sockets, self._mailbox
-        assert mailbox is not None
+        assert self._loop is not None
         self._loop_thread_id = threading.get_ident()
-        poller = zmq.Poller()
-        poller.register(pair.control, zmq.POLLIN)
-        if pair.data_receives:
-            poller.register(pair.data, zmq.POLLIN)
-        poller.register(mailbox.fileno, zmq.POLLIN)
         try:
-            while not self._stop.is_set():
-                try:
-                    ready = dict(poller.poll(_POLL_TICK_MS))
-                    if mailbox.fileno in ready:
-                        self._flush(pair, mailbox)
-                    # Data first: a subscription that arrived with a request is known to
-                    # the handler of that request.
-                    if pair.data in ready:
-                        self._drain_data(pair)
-                    if pair.control in ready:
-                        self._drain_control(pair)
-                except zmq.ContextTerminated:
-                    logger.warning("%s: zmq context terminated under the loop", self.role)
-                    break
-                except Exception:
-                    # Never die: every message path has its own handling; this is the net.
-                    logger.exception("%s: unexpected error in the serving loop", self.role)
-            self._flush(pair, mailbox)  # replies queued before the stop still go out
+            self._loop.run()
         finally:
             try:
                 self._release()
@@ -359,140 +371,3 @@ class ZMQServer:
                 # Only now: whoever waits on this (close, wait_stopped) may rebind the address.
                 self._stopped.set()
             logger.info("%s stopped", self.role)
-
-    def _flush(self, pair: SocketPair, mailbox: Mailbox) -> None:
-        for control, frames in mailbox.drain():
-            self._send_now(pair.control if control else pair.data, frames)
-
-    def _send_now(self, socket: zmq.Socket[bytes], frames: list[Buffer]) -> None:
-        try:
-            send_frames(socket, frames, zmq.NOBLOCK)
-        except zmq.Again:
-            self._counts["undeliverable"] += 1
-            logger.warning("%s: peer is not reading (queue full); dropped a message", self.role)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._counts["undeliverable"] += 1
-            logger.info("%s: peer disconnected before its reply could be sent", self.role)
-
-    def _drain_control(self, pair: SocketPair) -> None:
-        for _ in range(_BURST):
-            frames = receive_ready(pair.control)
-            if frames is None:
-                return
-            self._counts["requests"] += 1
-            split = envelope_end(frames)
-            peer = Peer(tuple(frame.bytes for frame in frames[:split]))
-            reply = self._answer(cast("list[Buffer]", frames[split:]), peer)
-            if reply is not None:
-                self._reply(pair, peer, reply)
-
-    def _reply(self, pair: SocketPair, peer: Peer, reply: Message) -> None:
-        try:
-            frames = codec.encode(reply)
-        except Exception as exc:  # a handler returned something unsendable
-            logger.exception("%s: could not encode reply %r", self.role, type(reply).__name__)
-            frames = codec.encode(
-                ErrorReply(
-                    request_id=getattr(reply, "request_id", None),
-                    code=ErrorCode.HANDLER_FAILED,
-                    message=f"server could not encode its reply: {exc}",
-                )
-            )
-        if isinstance(reply, ErrorReply):
-            self._counts["error_replies"] += 1
-        self._counts["replies"] += 1
-        self._send_now(pair.control, [*peer.envelope, *frames])
-
-    def _answer(self, frames: list[Buffer], peer: Peer) -> Message | None:
-        try:
-            message = codec.decode(frames, max_header_bytes=self.config.max_header_bytes)
-        except RemoteProtocolError as exc:
-            logger.warning("%s: refused a malformed request: %s", self.role, exc)
-            return ErrorReply(
-                request_id=codec.peek_request_id(frames), code=exc.code, message=str(exc)
-            )
-        if isinstance(message, Ping):
-            return self._pong(message)
-        if isinstance(message, Shutdown) and ControlMessageType.SHUTDOWN not in self.handlers:
-            return self._shutdown(message)
-        message_type = message.TYPE
-        # Stream messages too (progress …): a peer may need them ordered with its requests.
-        handler = self.handlers.get(cast(HandlerKey, message_type))
-        request_id = getattr(message, "request_id", None)
-        if handler is None:
-            return ErrorReply(
-                request_id=request_id,
-                code=ErrorCode.UNEXPECTED,
-                message=f"a {self.role} does not accept {message_type.value!r} requests",
-            )
-        try:
-            reply = handler(message, peer)
-        except Exception as exc:
-            logger.exception("%s: handler for %s failed", self.role, message_type.value)
-            return ErrorReply(
-                request_id=request_id,
-                code=ErrorCode.HANDLER_FAILED,
-                message=f"{type(exc).__name__}: {exc}",
-            )
-        if reply is not None and type(reply) not in MESSAGE_CLASSES:
-            # Answer the request now: an error built later from the bad reply has no id.
-            logger.error("%s: handler for %s returned %r", self.role, message_type.value, reply)
-            return ErrorReply(
-                request_id=request_id,
-                code=ErrorCode.HANDLER_FAILED,
-                message=f"the handler returned a {type(reply).__name__}, not a message",
-            )
-        return reply
-
-    def _pong(self, ping: Ping) -> Pong:
-        return Pong(
-            request_id=ping.request_id,
-            role=self.role,
-            app_name=self.config.app_name,
-            pid=os.getpid(),
-            library_version=__version__,
-            protocol_version=PROTOCOL_VERSION,
-            uptime=self.clock() - self._started_at,
-            capabilities=self.capabilities,
-        )
-
-    def _shutdown(self, request: Shutdown) -> ShutdownReply:
-        logger.info("%s: shutdown requested (force=%s)", self.role, request.force)
-        if self.on_shutdown is not None:
-            try:
-                self.on_shutdown(request.force)
-            except Exception:
-                logger.exception("%s: on_shutdown callback failed", self.role)
-        self._stop.set()
-        return ShutdownReply(request_id=request.request_id)
-
-    def _drain_data(self, pair: SocketPair) -> None:
-        notices = self.data_socket_type == zmq.XPUB
-        for _ in range(_BURST):
-            frames = receive_ready(pair.data)
-            if frames is None:
-                return
-            if notices:  # XPUB: libzmq applied each frame that is a notice; so do we
-                for frame in frames:
-                    self._topics.note(frame.bytes)
-                continue
-            self._counts["data"] += 1
-            try:
-                message = codec.decode(
-                    cast("list[Buffer]", frames), max_header_bytes=self.config.max_header_bytes
-                )
-            except RemoteProtocolError as exc:
-                self._counts["data_errors"] += 1
-                logger.warning("%s: dropped a malformed data message: %s", self.role, exc)
-                continue
-            if self.data_handler is None:
-                self._counts["data_errors"] += 1
-                logger.warning("%s: no data handler; dropped a %s", self.role, message.TYPE.value)
-                continue
-            try:
-                self.data_handler(message)
-            except Exception:
-                self._counts["data_errors"] += 1
-                logger.exception("%s: data handler failed on a %s", self.role, message.TYPE.value)

@@ -15,14 +15,15 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Final, cast, final
 
 import attrs
 import zmq
 
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.core.messages import (
     Accepted,
     Cancel,
@@ -32,32 +33,27 @@ from zmqruntime.core.messages import (
     ExecutionStatus,
     Message,
     Pong,
-    ProgressEvent,
     RecordReply,
     ServerSummary,
     Shutdown,
     StatusRequest,
     SummaryReply,
 )
-from zmqruntime.core.security import ClientCurve, check_pickle_exposure
+from zmqruntime.core.security import check_pickle_exposure
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
-from zmqruntime.core.transport import get_default_transport_mode
 from zmqruntime.errors import (
     ProtocolError,
     RemoteProtocolError,
     ServerLost,
     TaskCancelled,
     TaskFailed,
-    ZMQTimeoutError,
 )
+from zmqruntime.execution.handles import Execution, ProgressCallback, Subscribers, Subscription
 from zmqruntime.protocols import TaskSerializer
 
 __all__ = ["Execution", "ExecutionClient", "ProgressCallback", "Subscription"]
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[ProgressEvent | Completion], None]
-"""Receives progress events, and the final record (a result-less ``Completion``)."""
 
 ALL_COMPLETED: Final = concurrent.futures.ALL_COMPLETED
 FIRST_COMPLETED: Final = concurrent.futures.FIRST_COMPLETED
@@ -66,161 +62,89 @@ FIRST_EXCEPTION: Final = concurrent.futures.FIRST_EXCEPTION
 
 @final
 @attrs.define(eq=False)
-class Execution:
-    """One submitted task, as seen by its client."""
-
-    execution_id: str
-    future: concurrent.futures.Future[Any]
-    _client: ExecutionClient
-    accepted: concurrent.futures.Future[Message] = attrs.field(factory=concurrent.futures.Future)
-    """Resolves once the server has taken the task: to its ``Accepted`` reply when submitted
-    with ``confirm=True``, otherwise to the ``Completion`` (or fails, failing :attr:`future`
-    too, when the server refuses the task)."""
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The task's result, waiting up to ``timeout`` (``config.result_timeout``) seconds.
-
-        Raises :class:`TaskFailed` (with the remote traceback), :class:`TaskCancelled`,
-        :class:`ServerLost`, or :class:`ZMQTimeoutError` if it is not done in time.
-        """
-        limit = self._client.config.result_timeout if timeout is None else timeout
-        try:
-            return self.future.result(limit)
-        except concurrent.futures.TimeoutError:
-            if self.future.done():
-                raise  # the execution's own error (a ZMQTimeoutError is a TimeoutError too)
-            raise ZMQTimeoutError(
-                f"execution {self.execution_id} did not finish within {limit}s"
-            ) from None
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The task's error (None if it succeeded), waiting like :meth:`result`."""
-        limit = self._client.config.result_timeout if timeout is None else timeout
-        try:
-            return self.future.exception(limit)
-        except concurrent.futures.TimeoutError:
-            if self.future.done():
-                raise  # the execution's own error (a ZMQTimeoutError is a TimeoutError too)
-            raise ZMQTimeoutError(
-                f"execution {self.execution_id} did not finish within {limit}s"
-            ) from None
-
-    def done(self) -> bool:
-        """True once the outcome is known here."""
-        return self.future.done()
-
-    def cancel(self, timeout: float | None = None) -> bool:
-        """Ask the server to cancel; see :meth:`ExecutionClient.cancel`."""
-        return self._client.cancel(self.execution_id, timeout=timeout)
-
-    def status(self, timeout: float | None = None) -> ExecutionRecord:
-        """The server's current record of this execution."""
-        return self._client.record(self.execution_id, timeout=timeout)
-
-
-@final
-@attrs.define(eq=False)
-class Subscription:
-    """A progress callback registration; :meth:`close` (or ``with``) ends it."""
-
-    _client: ExecutionClient
-    callback: ProgressCallback
-    execution_id: str | None
-    _closed: bool = False
-
-    def close(self) -> None:
-        """Stop delivering events to the callback (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._client._unsubscribe(self)
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-@final
-@attrs.define(eq=False)
 class ExecutionClient:
     """Talks to one :class:`~zmqruntime.execution.ExecutionServer`.
 
-    ``port=None`` means ``config.default_port``. Give client and server the same
+    It talks through the ``client`` it is given (:meth:`to` builds one for an endpoint).
+    Give client and server the same
     ``serializer`` (the safe default on both, or ``PickleSerializer`` on both for trusted
     setups). The client connects on first use, or with ``with`` / :meth:`connect`.
     """
 
-    port: int | None = None
-    host: str = "localhost"
-    transport_mode: TransportMode | None = None
-    config: ZMQConfig = attrs.field(factory=ZMQConfig)
-    serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
-    curve: ClientCurve | None = None
+    client: ZMQClient
     allow_insecure: bool = False
     """Accept ``PickleSerializer`` to a non-loopback TCP host without CURVE (not advised)."""
 
-    _zmq: ZMQClient = attrs.field(init=False)
     _waiting: dict[str, Execution] = attrs.field(factory=dict, init=False)
-    _subscriptions: tuple[Subscription, ...] = attrs.field(default=(), init=False)
-    _sequences: dict[str, int] = attrs.field(factory=dict, init=False)
+    _subscribers: Subscribers = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
-    @_zmq.default
-    def _make_zmq(self) -> ZMQClient:
+    @_subscribers.default
+    def _make_subscribers(self) -> Subscribers:
+        return Subscribers(self.client)
+
+    @classmethod
+    def to(
+        cls,
+        endpoint: Endpoint,
+        *,
+        serializer: TaskSerializer | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        **options: Any,
+    ) -> ExecutionClient:
+        """A client with its own :class:`~zmqruntime.ZMQClient` for the server at
+        ``endpoint``; ``serializer`` (safe by default) must be the server's;
+        ``options`` are this class's other fields."""
+        zmq_client = ZMQClient(
+            endpoint,
+            data_socket_type=zmq.SUB,
+            context=context,
+            name="execution-client",
+            serializer=serializer or SafeSerializer(),
+        )
+        return cls(zmq_client, **options)
+
+    def __attrs_post_init__(self) -> None:
+        endpoint = self.client.endpoint
         check_pickle_exposure(
             serializer=self.serializer,
-            host=self.host,
-            mode=self.transport_mode or get_default_transport_mode(),
-            curve=self.curve,
+            host=endpoint.host,
+            mode=endpoint.transport,
+            curve=endpoint.curve,
             allow_insecure=self.allow_insecure,
             side="ExecutionClient",
         )
-        return ZMQClient(
-            port=self.port,
-            host=self.host,
-            transport_mode=self.transport_mode,
-            config=self.config,
-            curve=self.curve,
-            data_socket_type=zmq.SUB,
-            on_message=self._on_push,
-            on_data=self._on_published,
-            on_disconnect=self._on_lost,
-            name="execution-client",
+        # Before anything can connect it: replies, pushes and progress reach this client.
+        self.client.listen(
+            on_message=self._on_push, on_data=self._subscribers.deliver, on_disconnect=self._on_lost
         )
+
+    @property
+    def config(self) -> ZMQConfig:
+        """The configuration of the client's endpoint."""
+        return self.client.config
+
+    @property
+    def serializer(self) -> TaskSerializer:
+        """The client's serializer (the server's must be the same)."""
+        return self.client.serializer
 
     # --- life cycle ------------------------------------------------------------------------
 
     def connect(self) -> ExecutionClient:
         """Open the sockets (idempotent); returns the client."""
-        self._zmq.connect()
+        self.client.connect()
         return self
 
     def close(self) -> None:
         """Close the connection; executions still waiting fail with ``ServerLost``."""
-        self._zmq.close()
+        self.client.close()
         self._fail_all(ServerLost("the client was closed before the execution finished"))
 
     def __enter__(self) -> ExecutionClient:
         return self.connect()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def transport(self) -> ZMQClient:
-        """The composed tier-1 client (statistics, connection state)."""
-        return self._zmq
+    __exit__ = close_on_exit
 
     # --- requests --------------------------------------------------------------------------
 
@@ -275,7 +199,7 @@ class ExecutionClient:
             # The reply is the outcome (or, confirmed, the acceptance, which a burst of
             # submissions may delay as long as the work ahead of it): it may take as long as
             # a result would, and a lost server fails it at once anyway.
-            acceptance = self._zmq.request_async(
+            acceptance = self.client.request_async(
                 request, self.config.result_timeout if timeout is None else timeout
             )
         except BaseException:
@@ -317,14 +241,14 @@ class ExecutionClient:
 
     def record(self, execution_id: str, *, timeout: float | None = None) -> ExecutionRecord:
         """The server's record of one execution (``RemoteError`` NOT_FOUND if unknown)."""
-        reply = self._zmq.request(StatusRequest(request_id=0, execution_id=execution_id), timeout)
+        reply = self.client.request(StatusRequest(request_id=0, execution_id=execution_id), timeout)
         if not isinstance(reply, RecordReply):
             raise RemoteProtocolError(f"server answered status with {type(reply).__name__}")
         return reply.record
 
     def summary(self, *, timeout: float | None = None) -> ServerSummary:
         """The server's summary: queued, running, counts per status, workers, uptime."""
-        reply = self._zmq.request(StatusRequest(request_id=0), timeout)
+        reply = self.client.request(StatusRequest(request_id=0), timeout)
         if not isinstance(reply, SummaryReply):
             raise RemoteProtocolError(f"server answered status with {type(reply).__name__}")
         return reply.summary
@@ -341,7 +265,7 @@ class ExecutionClient:
         """Cancel an execution: True if it was cancelled or is being stopped, False if it
         had already ended. A queued task is dropped; a running one sees
         ``context.cancelled`` (or its worker process is terminated)."""
-        reply = self._zmq.request(Cancel(request_id=0, execution_id=execution_id), timeout)
+        reply = self.client.request(Cancel(request_id=0, execution_id=execution_id), timeout)
         if not isinstance(reply, RecordReply):
             raise RemoteProtocolError(f"server answered cancel with {type(reply).__name__}")
         # Still queued after the cancel: it was handed to a worker but had not started, and
@@ -369,28 +293,42 @@ class ExecutionClient:
         Events published before the subscription reaches the server are not seen (PUB/SUB);
         :meth:`record` always has the latest progress.
         """
-        subscription = Subscription(self, callback, execution_id)
-        with self._lock:
-            self._subscriptions = (*self._subscriptions, subscription)
-        self._zmq.subscribe(execution_id or b"")
-        return subscription
+        return self._subscribers.add(callback, execution_id=execution_id)
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        with self._lock:
-            self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
-        try:
-            self._zmq.unsubscribe(subscription.execution_id or b"")
-        except Exception:
-            logger.debug("unsubscribe after close ignored")
+    def subscribe(self, topic: str, callback: Callable[[Any], None]) -> Subscription:
+        """Call ``callback(payload)`` for every application event the server publishes on
+        ``topic`` (exactly that topic), on the I/O thread; see ``ExecutionServer.publish``.
+
+        Events published before the subscription reaches the server are not seen.
+        """
+        return self._subscribers.add(callback, event=topic)
+
+    def request_async(
+        self, name: str, payload: Any = None, *, timeout: float | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """Send the application request ``name`` (a handler the server was given in its
+        ``requests``); the future resolves to the reply's payload (see :meth:`request`)."""
+        return self.client.call_async(name, payload, timeout=timeout)
+
+    def request(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+        """Send the application request ``name`` with ``payload`` and return the reply's
+        payload. Both travel through the serializer (arrays out of band).
+
+        A handler's exception raises :class:`~zmqruntime.RemoteError` with its
+        ``error_type``, message and ``remote_traceback``; so does an unknown name (the
+        message lists the known ones, as does ``ping().capabilities``). Times out after
+        ``timeout`` seconds (``config.request_timeout``) with ``ZMQTimeoutError``.
+        """
+        return self.client.call(name, payload, timeout=timeout)
 
     def ping(self, timeout: float | None = None) -> Pong:
         """The server's identity and health."""
-        return self._zmq.ping(timeout)
+        return self.client.ping(timeout)
 
     def shutdown(self, graceful: bool = True, *, timeout: float | None = None) -> None:
         """Stop the server: graceful finishes what is queued; otherwise everything is
         cancelled first."""
-        self._zmq.request(Shutdown(request_id=0, force=not graceful), timeout)
+        self.client.request(Shutdown(request_id=0, force=not graceful), timeout)
 
     # --- I/O thread callbacks --------------------------------------------------------------
 
@@ -434,30 +372,9 @@ class ExecutionClient:
             )
         return self.serializer.loads(completion.result)
 
-    def _on_published(self, message: Message, _topic: bytes | None) -> None:
-        if isinstance(message, ProgressEvent):
-            execution_id = message.execution_id
-            last = self._sequences.get(execution_id, 0)
-            if message.sequence > last + 1:
-                logger.debug(
-                    "missed progress %d..%d of %s", last + 1, message.sequence - 1, execution_id
-                )
-            self._sequences[execution_id] = max(last, message.sequence)
-        elif isinstance(message, Completion):
-            execution_id = message.record.execution_id
-            self._sequences.pop(execution_id, None)
-        else:
-            return
-        for subscription in self._subscriptions:
-            if subscription.execution_id in (None, execution_id):
-                try:
-                    subscription.callback(message)
-                except Exception:
-                    logger.exception("progress callback failed")
-
     def _on_lost(self) -> None:
         # A refused handshake also ends in a disconnect: say why, whichever failure lands first.
-        failure = self._zmq.handshake_failure
+        failure = self.client.handshake_failure
         why = "" if failure is None else f": {failure}"
         self._fail_all(ServerLost(f"the connection to the execution server was lost{why}"))
 

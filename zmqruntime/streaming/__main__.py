@@ -13,6 +13,7 @@ import logging
 import sys
 
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.streaming.server import StreamingServer, StreamMode
 from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
@@ -43,12 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).error("%s", exc)
         return 2
     config = ZMQConfig(ipc_root=args.ipc_root)
-    server = StreamingServer(
+    server = StreamingServer.bind(
+        Endpoint.of(
+            port=args.port,
+            host=args.host,
+            transport_mode=None if args.transport is None else TransportMode(args.transport),
+            config=config,
+        ),
         sink,
-        port=args.port,
-        host=args.host,
-        transport_mode=None if args.transport is None else TransportMode(args.transport),
-        config=config,
         mode=StreamMode(args.mode),
     )
     if isinstance(sink, NapariSink):

@@ -24,6 +24,7 @@ import attrs
 from zmqruntime import errors
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
 from zmqruntime.core.messages import Pong, Shutdown
 from zmqruntime.core.security import ClientCurve
@@ -184,13 +185,13 @@ class VisualizerProcessManager:
     def _connection(self) -> ZMQClient:
         if self._client is None:
             self._client = ZMQClient(
-                port=self._port,
-                host=self.host,
-                transport_mode=self.transport_mode,
-                # A ping or shutdown nobody took is not worth delivering later: closing the
-                # probe must not wait out config.linger (it did, once per failed probe).
-                config=attrs.evolve(self.config, linger=min(self.config.linger, _PROBE_LINGER)),
-                curve=self.curve,
+                Endpoint.of(
+                    port=self._port,
+                    host=self.host,
+                    transport_mode=self.transport_mode,
+                    config=attrs.evolve(self.config, linger=min(self.config.linger, _PROBE_LINGER)),
+                    curve=self.curve,
+                ),
                 connect_data=False,
                 name="process-manager",
             ).connect()

@@ -21,23 +21,24 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, final
 
 import attrs
 import numpy
 import zmq
 
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.codec import check_json_object, image_from_array
+from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.core.messages import AckOutcome, ImageSent
-from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry, QueueTracker
+from zmqruntime.core.push import open_connected_socket
+from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
-from zmqruntime.core.sockets import Socket, open_connected_socket, send_frames
-from zmqruntime.core.transport import get_zmq_transport_url
+from zmqruntime.core.sockets import Socket, send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, ZMQTimeoutError
 
 __all__ = ["ImageSender"]
@@ -70,31 +71,29 @@ class _ThreadSocket:
 @final
 @attrs.define(eq=False)
 class ImageSender:
-    """Sends images to the viewer at ``port`` (``config.default_port`` when None).
+    """Sends images to a viewer through the ``client`` it is given (a PUSH data socket;
+    :meth:`to` builds one, and the ack channel, for an endpoint).
 
-    ``tracker`` (created when not given) follows what was sent and acknowledged;
-    ``tracker_key`` names this stream in acks (default: a fresh unique key). ``send_timeout``
-    bounds how long :meth:`send` waits for room under ``max_in_flight``
-    (``config.request_timeout`` by default). Safe to call from several threads.
+    Without ``ack_to`` the viewer's acks come back to ``channel``, this sender's own
+    :class:`~zmqruntime.AckChannel`, started and closed with it. ``tracker`` (created when not
+    given) follows what was sent and acknowledged; ``tracker_key`` names this stream in acks
+    (default: a fresh unique key). ``send_timeout`` bounds how long :meth:`send` waits for room
+    under ``max_in_flight`` (``config.request_timeout`` by default). Safe to call from several
+    threads.
     """
 
-    port: int | None = None
-    host: str = "localhost"
-    transport_mode: TransportMode | None = None
-    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    client: ZMQClient
+    channel: AckChannel | None = None
     max_in_flight: int = 16
     ack_to: str | None = None
     tracker: QueueTracker | None = None
     tracker_key: str | None = None
     send_timeout: float | None = None
-    curve: ClientCurve | None = None
-    ack_curve: ServerCurve | None = None
     ack_to_curve: ClientCurve | None = None
     """Keys for the ``ImageSent`` notices to an ``ack_to`` channel that has a CURVE key pair of
-    its own: this sender's keys and that channel's public key (default: ``curve``)."""
+    its own: this sender's keys and that channel's public key (default: the endpoint's)."""
 
-    _client: ZMQClient | None = attrs.field(default=None, init=False)
-    _channel: AckChannel | None = attrs.field(default=None, init=False)
+    _connected: bool = attrs.field(default=False, init=False)
     _key: str = attrs.field(default="", init=False)
     _id_prefix: str = attrs.field(default="", init=False)
     _numbers: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
@@ -102,6 +101,34 @@ class ImageSender:
     _closed: bool = attrs.field(default=False, init=False)
     _thread_sockets: dict[int, _ThreadSocket] = attrs.field(factory=dict, init=False)
     _limit: float = attrs.field(default=0.0, init=False)
+
+    @classmethod
+    def to(
+        cls,
+        endpoint: Endpoint,
+        *,
+        ack_curve: ServerCurve | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        **options: Any,
+    ) -> ImageSender:
+        """A sender to the viewer at ``endpoint``, with its own client and (unless ``ack_to``
+        is among ``options``) its own ack channel on a free port of the same transport,
+        protected by ``ack_curve`` keys if given. ``options`` are this class's other fields."""
+        client = ZMQClient(
+            endpoint, data_socket_type=zmq.PUSH, context=context, name="image-sender"
+        )
+        channel = None
+        if options.get("ack_to") is None:
+            channel_at = Endpoint.of(
+                0, transport_mode=endpoint.transport, config=endpoint.config, curve=ack_curve
+            )
+            channel = AckChannel.bind(channel_at, context=context)
+        return cls(client, channel, **options)
+
+    @property
+    def config(self) -> ZMQConfig:
+        """The configuration of the viewer's endpoint."""
+        return self.client.config
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
@@ -121,30 +148,22 @@ class ImageSender:
         with self._lock:
             if self._closed:
                 raise ChannelClosed("this ImageSender is closed")
-            if self._client is not None:
+            if self._connected:
                 return self
             if self.ack_to is None:
-                registry = GlobalQueueTrackerRegistry()
+                if self.channel is None:
+                    raise ConfigurationError(
+                        "an ImageSender needs ack_to= or an AckChannel of its own; "
+                        "ImageSender.to(endpoint) builds one"
+                    )
+                registry = self.channel.registry
                 if self.tracker is None:
                     self.tracker = registry.get_or_create_tracker(self._key)
                 else:
                     registry.add_tracker(self.tracker, self._key)
-                self._channel = AckChannel(
-                    registry,
-                    port=0,
-                    transport_mode=self.transport_mode,
-                    config=self.config,
-                    curve=self.ack_curve,
-                ).start()
-            self._client = ZMQClient(
-                port=self.port,
-                host=self.host,
-                transport_mode=self.transport_mode,
-                config=self.config,
-                curve=self.curve,
-                data_socket_type=zmq.PUSH,
-                name="image-sender",
-            ).connect()
+                self.channel.start()
+            self.client.connect()
+            self._connected = True
         return self
 
     def close(self) -> None:
@@ -158,34 +177,26 @@ class ImageSender:
             self._thread_sockets.clear()
         for entry in thread_sockets:  # before the client ends the context they live in
             entry.close()
-        if self._client is not None:
-            self._client.close()
-        if self._channel is not None:
-            self._channel.close()
+        self.client.close()
+        if self.channel is not None:
+            self.channel.close()
 
     def __enter__(self) -> ImageSender:
         return self.connect()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+    __exit__ = close_on_exit
 
     @property
     def ack_address(self) -> str | None:
         """Where the viewer sends this sender's acks."""
         if self.ack_to is not None:
             return self.ack_to
-        return self._channel.address if self._channel is not None else None
+        return self.channel.address if self.channel is not None else None
 
     @property
     def viewer_address(self) -> str:
         """The viewer's data address this sender sends to."""
-        port = self.config.default_port if self.port is None else self.port
-        return get_zmq_transport_url(port, self.host, self.transport_mode, self.config)
+        return self.client.endpoint.data_url
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -203,11 +214,9 @@ class ImageSender:
         are sent without a copy, so do not change the array until it is acknowledged — or
         pass ``copy=True``. ``metadata`` must hold JSON values (``TypeError`` otherwise).
         """
-        client = self._client
-        if client is None or self._closed:
+        client = self.client
+        if not self._connected or self._closed:
             self.connect()
-            client = self._client
-            assert client is not None
         meta = dict(metadata) if metadata else {}
         if meta:
             check_json_object(meta, "metadata")
@@ -271,10 +280,10 @@ class ImageSender:
             owned = sum(other.socket is not None for other in self._thread_sockets.values())
             socket = None
             # An IPv6 literal host needs socket options only the client's socket has.
-            if owned < MAX_THREAD_SOCKETS and ":" not in self.host:
+            if owned < MAX_THREAD_SOCKETS and ":" not in self.client.endpoint.host:
                 pair = client.sockets
                 socket = open_connected_socket(
-                    pair.context, zmq.PUSH, pair.data_url, self.config, self.curve
+                    pair.context, zmq.PUSH, pair.data_url, self.config, self.client.curve
                 )
             entry = self._thread_sockets[ident] = _ThreadSocket(thread, socket)
         return entry
@@ -317,10 +326,10 @@ class ImageSender:
 
     def _connection_hint(self) -> str:
         """Why images may not get through, when the connection to the viewer says so."""
-        failure = None if self._client is None else self._client.handshake_failure
+        failure = self.client.handshake_failure
         if failure is not None:
             return f" The connection to the viewer failed: {failure}"
-        if self.curve is not None:
+        if self.client.curve is not None:
             return (
                 " CURVE is on: a viewer that does not accept this sender's key drops it without "
                 "a word, so check that the key is allowed and the viewer's key is right."

@@ -14,20 +14,23 @@ import enum
 import logging
 import queue
 import threading
-from types import TracebackType
-from typing import Final, final
+from collections.abc import Mapping
+from typing import Any, Final, final
 
 import attrs
 import zmq
 
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
+from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.core.messages import AckOutcome, ImageFrame, Message
-from zmqruntime.core.security import ClientCurve, ServerCurve
+from zmqruntime.core.requests import RequestTable
+from zmqruntime.core.security import ClientCurve
+from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import ZMQServer
-from zmqruntime.errors import ChannelClosed
-from zmqruntime.protocols import ImageSink
+from zmqruntime.protocols import ImageSink, RequestHandler, TaskSerializer
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 
@@ -64,21 +67,16 @@ class StreamingStatistics:
 class StreamingServer:
     """A viewer endpoint: images in, sink calls, acks out.
 
-    ``port=None`` uses ``config.default_port``; ``port=0`` picks a free one (see
-    :attr:`port_number`). If ``sink`` has a ``close()`` method, it is called on close, from
-    the sink thread. ``ack_curve`` is used for acks sent to CURVE-protected channels.
+    It receives on the ``server`` it is given (:meth:`bind` builds one for an endpoint; read a free
+    port back from :attr:`port_number`). If ``sink`` has a ``close()`` method, it is called on
+    close, from the sink thread. ``ack_curve`` is used for acks sent to CURVE-protected channels.
     """
 
     sink: ImageSink
-    port: int | None = None
-    host: str | None = None
-    transport_mode: TransportMode | None = None
-    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    server: ZMQServer
     mode: StreamMode = StreamMode.ALL
-    curve: ServerCurve | None = None
     ack_curve: ClientCurve | None = None
 
-    _server: ZMQServer | None = attrs.field(default=None, init=False)
     # I/O thread -> sink thread; None only wakes the sink (on close).
     _inbox: queue.SimpleQueue[ImageFrame | None] = attrs.field(
         factory=queue.SimpleQueue, init=False
@@ -96,26 +94,47 @@ class StreamingServer:
 
     # --- life cycle ------------------------------------------------------------------------
 
-    def _build(self) -> ZMQServer:
-        if self._server is not None:
-            raise RuntimeError("this StreamingServer was already started")
-        self._server = ZMQServer(
-            port=self.port,
-            host=self.host,
-            transport_mode=self.transport_mode,
-            config=self.config,
+    @classmethod
+    def bind(
+        cls,
+        endpoint: Endpoint,
+        sink: ImageSink,
+        *,
+        requests: RequestTable | Mapping[str, RequestHandler] | None = None,
+        serializer: TaskSerializer | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        **options: Any,
+    ) -> StreamingServer:
+        """A viewer with its own :class:`~zmqruntime.ZMQServer` at ``endpoint`` (port 0 picks
+        a free one), answering the application's own ``requests`` (name → handler; payloads
+        through ``serializer``, safe by default); ``options`` are this class's other fields
+        (``mode``, ``ack_curve``)."""
+        server = ZMQServer(
+            endpoint,
             role="viewer",
             capabilities=CAPABILITIES,
             data_socket_type=zmq.PULL,
-            data_handler=self._on_data,
-            curve=self.curve,
+            context=context,
+            requests=requests or {},
+            serializer=serializer or SafeSerializer(),
         )
-        self._server.bind()
+        return cls(sink, server, **options)
+
+    @property
+    def config(self) -> ZMQConfig:
+        """The configuration of the viewer's endpoint."""
+        return self.server.config
+
+    def _build(self) -> ZMQServer:
+        if self._thread is not None:
+            raise RuntimeError("this StreamingServer was already started")
+        self.server.route({}, data_handler=self._on_data)
+        self.server.bind()
         self._thread = threading.Thread(
-            target=self._run_sink, name=f"zmqruntime-sink-{self._server.bound_port}", daemon=True
+            target=self._run_sink, name=f"zmqruntime-sink-{self.server.bound_port}", daemon=True
         )
         self._thread.start()
-        return self._server
+        return self.server
 
     def start(self) -> StreamingServer:
         """Bind and serve in background threads. Returns the server."""
@@ -132,8 +151,7 @@ class StreamingServer:
 
     def request_stop(self) -> None:
         """Ask the viewer to stop serving (thread- and signal-safe); :meth:`close` finishes."""
-        if self._server is not None:
-            self._server.request_stop()
+        self.server.request_stop()
 
     def close(self, timeout: float | None = None) -> None:
         """Stop receiving, ack what is still waiting as skipped, close the sink. Idempotent."""
@@ -141,8 +159,7 @@ class StreamingServer:
             return
         self._closed = True
         limit = self.config.close_timeout if timeout is None else timeout
-        if self._server is not None:
-            self._server.close(limit)
+        self.server.close(limit)
         self._stopping = True
         self._inbox.put(None)
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -153,20 +170,7 @@ class StreamingServer:
     def __enter__(self) -> StreamingServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def server(self) -> ZMQServer:
-        """The composed control/data server (ports, statistics)."""
-        if self._server is None:
-            raise ChannelClosed("the StreamingServer is not started; call start() first")
-        return self._server
+    __exit__ = close_on_exit
 
     @property
     def port_number(self) -> int:
@@ -176,13 +180,8 @@ class StreamingServer:
     def statistics(self) -> StreamingStatistics:
         """Images received, processed, skipped and failed, and how many wait for the sink."""
         counts = dict(self._counts)
-        return StreamingStatistics(
-            received=counts["received"],
-            processed=counts["processed"],
-            skipped=counts["skipped"],
-            failed=counts["failed"],
-            waiting=max(0, counts["received"] - self._taken + len(self._queue)),
-        )
+        waiting = max(0, counts["received"] - self._taken + len(self._queue))
+        return StreamingStatistics(**counts, waiting=waiting)
 
     # --- I/O thread ------------------------------------------------------------------------
 

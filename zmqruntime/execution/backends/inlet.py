@@ -23,6 +23,7 @@ from typing import Any, Final, final
 import attrs
 
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Attach,
     Cancel,
@@ -35,9 +36,10 @@ from zmqruntime.core.messages import (
     Shutdown,
     StreamMessageType,
 )
+from zmqruntime.core.router import HandlerKey
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
 from zmqruntime.core.serializers import serializer_name
-from zmqruntime.core.server import HandlerKey, Peer, ZMQServer
+from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ErrorCode
 from zmqruntime.execution.backends.remote import RemoteContext, run_remote, run_remote_batch
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
@@ -117,13 +119,15 @@ class Inlet:
             client_curve = ClientCurve(keys, curve.keypair.public_key)
         handlers: dict[HandlerKey, Any] = {}
         server = ZMQServer(
+            Endpoint.of(
+                port=0,
+                host=bind_host,
+                transport_mode=TransportMode.TCP,
+                config=config,
+                curve=inlet_curve,
+            ),
             handlers=handlers,
-            port=0,
-            host=bind_host,
-            transport_mode=TransportMode.TCP,
-            config=config,
             role="inlet",
-            curve=inlet_curve,  # its data socket (PUB) stays unused
         )
         if advertise_host is None:
             wildcard = bind_host in ("0.0.0.0", "*", "::")

@@ -40,9 +40,10 @@ from zmqruntime.core.messages import (
     ExecutionStatus,
     ProgressEvent,
 )
+from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
-from zmqruntime.core.sockets import Socket, open_connected_socket, receive_ready, send_frames
+from zmqruntime.core.sockets import Socket, receive_ready, send_frames
 from zmqruntime.errors import ProtocolError
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, run_job

@@ -1,0 +1,211 @@
+"""ClientLoop: the I/O thread of a :class:`~zmqruntime.ZMQClient`, the one owner of its sockets.
+
+The client's API runs in callers' threads and hands commands to this loop through a mailbox
+("request", "control", "data", "push", "subscribe", "unsubscribe"). The loop sends them, arms
+request deadlines, delivers replies to their futures, unsolicited messages and published data
+to the client's callbacks, and watches the connection (a lost server fails every request in
+flight at once). Everything it owns is closed when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Final, cast, final
+
+import attrs
+import zmq
+
+from zmqruntime.config import ZMQConfig
+from zmqruntime.core import codec
+from zmqruntime.core.connection import ConnectionWatch, LinkEvent
+from zmqruntime.core.mailbox import Mailbox
+from zmqruntime.core.messages import ErrorReply, Message
+from zmqruntime.core.pending import PendingRequests
+from zmqruntime.core.push import PushSockets
+from zmqruntime.core.security import ClientCurve
+from zmqruntime.core.sockets import SocketPair, receive_ready, send_frames
+from zmqruntime.errors import ChannelClosed, RemoteProtocolError, ServerLost
+from zmqruntime.protocols import Buffer
+
+__all__ = ["ClientLoop"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_TICK_MS: Final = 1000
+_BURST: Final = 256
+_REFUSING: Final = "the server is not taking requests"
+_NOT_TAKING: Final = "its queue is full, or the handshake failed (CURVE authentication?)"
+
+
+@final
+@attrs.define(eq=False)
+class ClientLoop:
+    """Everything the I/O thread of one client owns and updates."""
+
+    name: str
+    config: ZMQConfig
+    curve: ClientCurve | None
+    pair: SocketPair
+    mailbox: Mailbox
+    monitor: zmq.Socket[bytes]
+    pending: PendingRequests
+    watch: ConnectionWatch
+    counts: dict[str, int]
+    stop: threading.Event
+    on_message: Callable[[Message], None] | None
+    on_data: Callable[[Message, bytes | None], None] | None
+    on_disconnect: Callable[[], None] | None
+
+    def run(self) -> None:
+        """Serve until stopped (the I/O thread's target); closes everything on the way out."""
+        pair, mailbox, monitor = self.pair, self.mailbox, self.monitor
+        poller = zmq.Poller()
+        poller.register(pair.control, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        if pair.data_receives:
+            poller.register(pair.data, zmq.POLLIN)
+        poller.register(mailbox.fileno, zmq.POLLIN)
+        pushers = PushSockets(pair.context, self.config, self.curve)
+        try:
+            while not self.stop.is_set():
+                try:
+                    ready = dict(poller.poll(self._poll_timeout_ms()))
+                    if mailbox.fileno in ready:
+                        self._flush(pair, mailbox, pushers)
+                    if pair.control in ready:
+                        self._drain_control(pair)
+                    if pair.data in ready:
+                        self._drain_data(pair)
+                    if monitor in ready:
+                        self._drain_monitor(monitor, pair)
+                    if self.pending.next_deadline() is not None:
+                        self.counts["timeouts"] += self.pending.expire(time.monotonic())
+                except zmq.ContextTerminated:
+                    break
+                except Exception:
+                    logger.exception("%s: unexpected error in the I/O loop", self.name)
+            self._flush(pair, mailbox, pushers)
+        finally:
+            self.watch.connected.clear()
+            self.pending.fail_all(ChannelClosed(f"{self.name} closed"))
+            pair.control.disable_monitor()
+            monitor.close(linger=0)
+            pushers.close()
+            pair.close()
+            mailbox.close()
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = self.pending.next_deadline()
+        if deadline is None:
+            return _POLL_TICK_MS
+        wait = (deadline - time.monotonic()) * 1000
+        return max(0, min(_POLL_TICK_MS, int(wait) + 1))
+
+    def _flush(self, pair: SocketPair, mailbox: Mailbox, pushers: PushSockets) -> None:
+        for kind, payload in mailbox.drain():
+            if kind == "request":
+                frames, request_id, deadline, description = payload
+                try:
+                    send_frames(pair.control, frames, zmq.NOBLOCK)
+                except zmq.Again:  # no connection that takes messages
+                    why = self.watch.handshake_failure or _NOT_TAKING
+                    self.pending.fail(request_id, ServerLost(f"{_REFUSING}: {why}"))
+                    continue
+                self.pending.arm(request_id, deadline, description)
+                continue
+            if kind == "push":
+                if not pushers.send(*payload):
+                    self.counts["dropped"] += 1
+                continue
+            if kind == "subscribe":
+                pair.data.setsockopt(zmq.SUBSCRIBE, payload)
+                continue
+            if kind == "unsubscribe":
+                pair.data.setsockopt(zmq.UNSUBSCRIBE, payload)
+                continue
+            socket = pair.control if kind == "control" else pair.data
+            try:
+                send_frames(socket, payload, zmq.NOBLOCK)
+            except zmq.Again:
+                self.counts["dropped"] += 1
+                logger.warning("%s: send queue full; dropped an outgoing message", self.name)
+
+    def _drain_control(self, pair: SocketPair, limit: int = _BURST) -> None:
+        for _ in range(limit):
+            frames = receive_ready(pair.control)
+            if frames is None:
+                return
+            try:
+                message = codec.decode(
+                    cast("list[Buffer]", frames), max_header_bytes=self.config.max_header_bytes
+                )
+            except RemoteProtocolError as exc:
+                self.counts["dropped"] += 1
+                logger.warning("%s: dropped a malformed reply: %s", self.name, exc)
+                continue
+            self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        request_id = getattr(message, "request_id", None)
+        if request_id is not None and self.pending.resolve(request_id, message):
+            self.counts["replies"] += 1
+            return
+        if isinstance(message, ErrorReply) and request_id is None:
+            logger.warning("%s: server reported an error: %s", self.name, message.message)
+            return
+        if request_id is not None:
+            logger.debug("%s: dropped a late reply to request %d", self.name, request_id)
+            return
+        self.counts["unsolicited"] += 1
+        if self.on_message is None:
+            logger.debug("%s: no on_message callback; dropped a %s", self.name, message.TYPE)
+            return
+        try:
+            self.on_message(message)
+        except Exception:
+            logger.exception("%s: on_message callback failed", self.name)
+
+    def _drain_data(self, pair: SocketPair) -> None:
+        subscribed = pair.data.type == zmq.SUB
+        for _ in range(_BURST):
+            frames = receive_ready(pair.data)
+            if frames is None:
+                return
+            topic: bytes | None = None
+            body = cast("list[Buffer]", frames)
+            if subscribed and frames:  # published messages lead with their topic frame
+                topic, body = frames[0].bytes, body[1:]
+            try:
+                message = codec.decode(body, max_header_bytes=self.config.max_header_bytes)
+            except RemoteProtocolError as exc:
+                self.counts["dropped"] += 1
+                logger.warning("%s: dropped a malformed data message: %s", self.name, exc)
+                continue
+            if self.on_data is None:
+                continue
+            try:
+                self.on_data(message, topic)
+            except Exception:
+                logger.exception("%s: on_data callback failed", self.name)
+
+    def _drain_monitor(self, monitor: zmq.Socket[bytes], pair: SocketPair) -> None:
+        for verdict, endpoint in self.watch.read(monitor):
+            if verdict is LinkEvent.REFUSED:
+                self.pending.fail_all(ServerLost(self.watch.lost(endpoint)))
+            elif verdict is LinkEvent.LOST:
+                # Replies the server sent before it went are already queued on the control
+                # socket (the poll that saw this event may have looked at it a moment too
+                # early); deliver them before failing what is still pending.
+                self._drain_control(pair, limit=sys.maxsize)
+                level = logging.WARNING if len(self.pending) else logging.INFO
+                logger.log(level, "%s: lost the connection to %s", self.name, endpoint)
+                self.pending.fail_all(ServerLost(self.watch.lost(endpoint)))
+                if self.on_disconnect is not None:
+                    try:
+                        self.on_disconnect()
+                    except Exception:
+                        logger.exception("%s: on_disconnect callback failed", self.name)

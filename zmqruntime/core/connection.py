@@ -1,0 +1,100 @@
+"""ConnectionWatch: what libzmq's socket monitor says about a client's link to its server.
+
+libzmq reports handshakes and disconnects on a monitor socket, from its own threads. The
+client's I/O thread reads them here; the watch turns them into state (connected or not, why
+the last handshake failed) and into one of three verdicts the client acts on: the link is
+up, the server refused this client's credentials, or the server is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Final, final
+
+import attrs
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from zmqruntime.core.security import describe_handshake_failure
+
+__all__ = ["ConnectionWatch", "LinkEvent"]
+
+logger = logging.getLogger(__name__)
+
+MONITORED: Final = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_HANDSHAKE_FAILURES: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+)
+_REFUSED: Final = (
+    "the server refused this client's CURVE credentials (authentication failed); is the "
+    "client's public key in its allowed keys?"
+)
+
+
+class LinkEvent(enum.Enum):
+    """What a monitor event means to the client."""
+
+    UP = "up"
+    REFUSED = "refused"
+    """The server refused this client's credentials: requests in flight can never succeed."""
+    LOST = "lost"
+    """The connection broke: requests in flight will not be answered."""
+
+
+@final
+@attrs.define(eq=False)
+class ConnectionWatch:
+    """The state of one client's connection, kept from its monitor's events (I/O thread).
+
+    ``curve`` says whether the client uses CURVE keys, which changes how a failed handshake
+    is explained. Other threads may read :attr:`connected` and :attr:`handshake_failure`.
+    """
+
+    name: str
+    curve: bool
+    connected: threading.Event = attrs.field(factory=threading.Event)
+    handshake_failure: str | None = None
+    """Why the last handshake failed; None once one has succeeded."""
+    disconnects: int = 0
+
+    def read(self, monitor: zmq.Socket[bytes]) -> Iterator[tuple[LinkEvent, str]]:
+        """The verdicts of every event waiting on ``monitor``, with the endpoint each names."""
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            kind, endpoint = event["event"], str(event["endpoint"])
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_failure = None
+                self.connected.set()
+                yield LinkEvent.UP, endpoint
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                logger.warning("%s: the server refused this client's credentials", self.name)
+                self.handshake_failure = _REFUSED
+                yield LinkEvent.REFUSED, endpoint
+            elif kind in _HANDSHAKE_FAILURES:
+                self.handshake_failure = describe_handshake_failure(
+                    kind, event["value"], curve=self.curve
+                )
+                logger.warning("%s: %s", self.name, self.handshake_failure)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self.connected.clear()
+                self.disconnects += 1
+                yield LinkEvent.LOST, endpoint
+
+    def lost(self, endpoint: str) -> str:
+        """Why requests in flight failed when the connection to ``endpoint`` broke."""
+        if self.handshake_failure is None:
+            return f"the server at {endpoint!r} went away mid-request"
+        return f"no connection to the server at {endpoint!r}: {self.handshake_failure}"

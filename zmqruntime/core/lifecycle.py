@@ -1,0 +1,47 @@
+"""The life cycle every component shares: ``with component:`` starts it and closes it, and a
+process that serves in its main thread stops on SIGINT or SIGTERM.
+
+Components do not copy a life cycle: the started state, the bound ports and the "not started
+yet" errors live in the transport piece they compose (:class:`~zmqruntime.ZMQServer`,
+:class:`~zmqruntime.ZMQClient`), and ``__exit__`` is this one function::
+
+    def __enter__(self) -> Component:
+        return self.start()
+
+    __exit__ = close_on_exit
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+__all__ = ["close_on_exit", "stop_on_signals"]
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def close_on_exit(self: _Closable, *_exc_info: object) -> None:
+    """``__exit__`` of a component: close it, whatever ended the ``with`` block."""
+    self.close()
+
+
+@contextlib.contextmanager
+def stop_on_signals(on_signal: Callable[[int], None], *, enabled: bool = True) -> Iterator[None]:
+    """Call ``on_signal(signum)`` on SIGINT and SIGTERM while the block runs, then restore the
+    previous handlers. Signals can only be caught in the main thread; elsewhere (or with
+    ``enabled=False``) this does nothing."""
+    previous: dict[signal.Signals, Any] = {}
+    if enabled and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda number, _frame: on_signal(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,117 @@
+"""One-way sockets: a PUSH socket connected to one address, and a set of them for many.
+
+For endpoints that talk to many peers one way — an ack sender pushing to whichever
+:class:`~zmqruntime.AckChannel` an image names, a sender's per-thread data socket. Only
+``tcp://`` and ``ipc://`` addresses are used: an address from a message header must never make
+a process connect anywhere else.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Sequence
+from typing import Any, final
+
+import attrs
+import zmq
+
+from zmqruntime.config import ZMQConfig
+from zmqruntime.core.security import ClientCurve
+from zmqruntime.core.sockets import Context, Socket, configure_socket, ms, send_frames
+
+__all__ = ["PushSockets", "open_connected_socket"]
+
+logger = logging.getLogger(__name__)
+
+_PUSH_RECONNECT_MAX = 5.0
+
+
+def open_connected_socket(
+    context: Context,
+    socket_type: int,
+    url: str,
+    config: ZMQConfig,
+    curve: ClientCurve | None = None,
+    *,
+    reconnect_max: float | None = None,
+) -> Socket:
+    """A single socket of ``socket_type`` connected to ``url``, configured like a pair's.
+
+    For endpoints that talk to many peers one-way (an ack sender pushing to whichever
+    :class:`~zmqruntime.AckChannel` an image names). ``reconnect_max`` (seconds) makes
+    reconnection attempts back off up to that interval. The caller owns and closes it.
+    """
+    socket = context.socket(socket_type)
+    try:
+        configure_socket(socket, config, bound=False)
+        if reconnect_max is not None:
+            socket.setsockopt(zmq.RECONNECT_IVL_MAX, ms(reconnect_max))
+        if curve is not None:
+            curve.apply(socket)
+        socket.connect(url)
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket
+
+
+@final
+@attrs.define(eq=False)
+class PushSockets:
+    """One PUSH socket per address, for one-way messages to many endpoints.
+
+    Owned by one thread, like any socket. Keeps at most ``capacity`` sockets (the least
+    recently used is closed first). Only ``tcp://`` and ``ipc://`` addresses are used: an
+    address from a message header must never make a process connect anywhere else.
+    """
+
+    context: Context
+    config: ZMQConfig
+    curve: ClientCurve | None = None
+    capacity: int = 64
+    _sockets: collections.OrderedDict[str, Socket] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+
+    def send(self, address: str, frames: Sequence[Any], curve: ClientCurve | None = None) -> bool:
+        """Queue ``frames`` for ``address``; False (and a warning) if it cannot be.
+
+        ``curve`` overrides :attr:`curve` for a socket opened now (an endpoint with keys of
+        its own); an open socket keeps the keys it was opened with.
+        """
+        if not address.startswith(("tcp://", "ipc://")):
+            logger.warning("refusing to send to %r: not a tcp:// or ipc:// address", address)
+            return False
+        socket = self._sockets.get(address)
+        if socket is None:
+            try:
+                socket = open_connected_socket(
+                    self.context,
+                    zmq.PUSH,
+                    address,
+                    self.config,
+                    curve or self.curve,
+                    # A departed endpoint (a sender that closed) is retried ever more rarely
+                    # until the socket is evicted, instead of every 100 ms.
+                    reconnect_max=_PUSH_RECONNECT_MAX,
+                )
+            except zmq.ZMQError as exc:
+                logger.warning("cannot connect to %s: %s", address, exc)
+                return False
+            self._sockets[address] = socket
+            if len(self._sockets) > self.capacity:
+                self._sockets.popitem(last=False)[1].close()
+        else:
+            self._sockets.move_to_end(address)
+        try:
+            send_frames(socket, frames, zmq.NOBLOCK)
+        except zmq.Again:
+            logger.warning("%s is not taking messages (queue full); dropped one", address)
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close every socket (queued messages get ``config.linger`` to leave)."""
+        while self._sockets:
+            self._sockets.popitem()[1].close()
