@@ -27,7 +27,7 @@ import zmq
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit
+from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
 from zmqruntime.core.messages import Ack, AckOutcome, ImageSent, Message
 from zmqruntime.core.push import PushSockets
 from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
@@ -144,9 +144,7 @@ class AckChannel:
         """Stop listening and close the sockets (idempotent)."""
         self.server.close()
 
-    def __enter__(self) -> AckChannel:
-        return self.start()
-
+    __enter__ = start_on_enter
     __exit__ = close_on_exit
 
     @property

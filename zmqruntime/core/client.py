@@ -29,7 +29,7 @@ from zmqruntime.core import codec
 from zmqruntime.core.client_loop import ClientLoop
 from zmqruntime.core.connection import MONITORED, ConnectionWatch
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit
+from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
 from zmqruntime.core.mailbox import Mailbox
 from zmqruntime.core.messages import AppReply, AppRequest, Message, Ping, Pong
 from zmqruntime.core.pending import PendingRequests
@@ -207,9 +207,7 @@ class ZMQClient:
             if thread.is_alive():
                 raise ZMQTimeoutError(f"{self.name} I/O thread did not stop within {limit}s")
 
-    def __enter__(self) -> ZMQClient:
-        return self.connect()
-
+    __enter__ = connect_on_enter
     __exit__ = close_on_exit
 
     @property

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TypeVar, final
 import attrs
 
 from zmqruntime.config import MAX_PORT, TransportMode, ZMQConfig
-from zmqruntime.core.security import ClientCurve, ServerCurve
+from zmqruntime.core.security import ClientCurve, ServerCurve, check_pickle_exposure
 from zmqruntime.core.transport import get_default_transport_mode, get_zmq_transport_url
 from zmqruntime.errors import ConfigurationError
 
@@ -222,6 +222,18 @@ class Endpoint:
                 f"{type(self.curve).__name__} keys"
             )
         return self.curve
+
+    def check_serializer(self, serializer: object, *, allow_insecure: bool, side: str) -> None:
+        """Refuse ``PickleSerializer`` here when this address is exposed without CURVE (see
+        :func:`~zmqruntime.core.security.check_pickle_exposure`); ``side`` names the user."""
+        check_pickle_exposure(
+            serializer=serializer,
+            host=self.host,
+            mode=self.transport,
+            curve=self.curve,
+            allow_insecure=allow_insecure,
+            side=side,
+        )
 
     def with_port(self, port: int) -> Self:
         """The same endpoint at another data port (e.g. the one a server bound for port 0)."""

@@ -3,11 +3,9 @@ process that serves in its main thread stops on SIGINT or SIGTERM.
 
 Components do not copy a life cycle: the started state, the bound ports and the "not started
 yet" errors live in the transport piece they compose (:class:`~zmqruntime.ZMQServer`,
-:class:`~zmqruntime.ZMQClient`), and ``__exit__`` is this one function::
+:class:`~zmqruntime.ZMQClient`), and the context manager is these functions::
 
-    def __enter__(self) -> Component:
-        return self.start()
-
+    __enter__ = start_on_enter      # or connect_on_enter, for clients
     __exit__ = close_on_exit
 """
 
@@ -17,13 +15,37 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["close_on_exit", "stop_on_signals"]
+__all__ = ["close_on_exit", "connect_on_enter", "start_on_enter", "stop_on_signals"]
 
 
 class _Closable(Protocol):
     def close(self) -> None: ...
+
+
+class _Startable(Protocol):
+    def start(self) -> object: ...
+
+
+class _Connectable(Protocol):
+    def connect(self) -> object: ...
+
+
+_Started = TypeVar("_Started", bound=_Startable)
+_Connected = TypeVar("_Connected", bound=_Connectable)
+
+
+def start_on_enter(self: _Started) -> _Started:
+    """``__enter__`` of a server-like component: start it, and use it in the block."""
+    self.start()
+    return self
+
+
+def connect_on_enter(self: _Connected) -> _Connected:
+    """``__enter__`` of a client-like component: connect it, and use it in the block."""
+    self.connect()
+    return self
 
 
 def close_on_exit(self: _Closable, *_exc_info: object) -> None:

@@ -29,7 +29,7 @@ import zmq
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit, stop_on_signals
+from zmqruntime.core.lifecycle import close_on_exit, start_on_enter, stop_on_signals
 from zmqruntime.core.mailbox import Mailbox
 from zmqruntime.core.messages import (
     AppEvent,
@@ -271,9 +271,7 @@ class ZMQServer:
         if self._mailbox is not None:
             self._mailbox.close()
 
-    def __enter__(self) -> ZMQServer:
-        return self.start()
-
+    __enter__ = start_on_enter
     __exit__ = close_on_exit
 
     # --- what a caller can ask ------------------------------------------------------------

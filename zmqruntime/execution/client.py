@@ -23,7 +23,7 @@ import zmq
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit
+from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
 from zmqruntime.core.messages import (
     Accepted,
     Cancel,
@@ -39,7 +39,6 @@ from zmqruntime.core.messages import (
     StatusRequest,
     SummaryReply,
 )
-from zmqruntime.core.security import check_pickle_exposure
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
 from zmqruntime.errors import (
     ProtocolError,
@@ -105,14 +104,8 @@ class ExecutionClient:
         return cls(zmq_client, **options)
 
     def __attrs_post_init__(self) -> None:
-        endpoint = self.client.endpoint
-        check_pickle_exposure(
-            serializer=self.serializer,
-            host=endpoint.host,
-            mode=endpoint.transport,
-            curve=endpoint.curve,
-            allow_insecure=self.allow_insecure,
-            side="ExecutionClient",
+        self.client.endpoint.check_serializer(
+            self.serializer, allow_insecure=self.allow_insecure, side="ExecutionClient"
         )
         # Before anything can connect it: replies, pushes and progress reach this client.
         self.client.listen(
@@ -141,9 +134,7 @@ class ExecutionClient:
         self.client.close()
         self._fail_all(ServerLost("the client was closed before the execution finished"))
 
-    def __enter__(self) -> ExecutionClient:
-        return self.connect()
-
+    __enter__ = connect_on_enter
     __exit__ = close_on_exit
 
     # --- requests --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import zmq
 
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit, stop_on_signals
+from zmqruntime.core.lifecycle import close_on_exit, start_on_enter, stop_on_signals
 from zmqruntime.core.messages import (
     Accepted,
     Cancel,
@@ -45,7 +45,6 @@ from zmqruntime.core.messages import (
     SummaryReply,
 )
 from zmqruntime.core.requests import RequestTable
-from zmqruntime.core.security import check_pickle_exposure
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
@@ -157,13 +156,8 @@ class ExecutionServer:
             raise RuntimeError("this ExecutionServer was already started")
         self._started = True
         endpoint = self.server.endpoint
-        check_pickle_exposure(
-            serializer=self.serializer,
-            host=endpoint.host,
-            mode=endpoint.transport,
-            curve=endpoint.curve,
-            allow_insecure=self.allow_insecure,
-            side="ExecutionServer",
+        endpoint.check_serializer(
+            self.serializer, allow_insecure=self.allow_insecure, side="ExecutionServer"
         )
         self.server.route(
             {
@@ -236,9 +230,7 @@ class ExecutionServer:
         self.pool.close(limit)
         self.server.close(limit)
 
-    def __enter__(self) -> ExecutionServer:
-        return self.start()
-
+    __enter__ = start_on_enter
     __exit__ = close_on_exit
 
     @property

@@ -33,7 +33,7 @@ from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.codec import check_json_object, image_from_array
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit
+from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
 from zmqruntime.core.messages import AckOutcome, ImageSent
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
@@ -181,9 +181,7 @@ class ImageSender:
         if self.channel is not None:
             self.channel.close()
 
-    def __enter__(self) -> ImageSender:
-        return self.connect()
-
+    __enter__ = connect_on_enter
     __exit__ = close_on_exit
 
     @property

@@ -24,7 +24,7 @@ from zmqruntime.config import ZMQConfig
 from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit
+from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
 from zmqruntime.core.messages import AckOutcome, ImageFrame, Message
 from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
@@ -167,9 +167,7 @@ class StreamingServer:
             if self._thread.is_alive():
                 logger.error("the sink did not return within %ss; its thread is left", limit)
 
-    def __enter__(self) -> StreamingServer:
-        return self.start()
-
+    __enter__ = start_on_enter
     __exit__ = close_on_exit
 
     @property

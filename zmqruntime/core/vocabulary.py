@@ -1,0 +1,136 @@
+"""The vocabulary the messages are made of: message types, an execution's status and record,
+a server's summary, an ack's outcome, and the progress event an execution reports.
+
+Frozen attrs values and enums only; :mod:`zmqruntime.core.messages` builds the messages from
+them and re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar, final
+
+import attrs
+
+from zmqruntime.protocols import JSONObject
+
+__all__ = [
+    "AckOutcome",
+    "ControlMessageType",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "ProgressEvent",
+    "ResponseType",
+    "ServerSummary",
+    "StreamMessageType",
+]
+
+
+class ControlMessageType(enum.Enum):
+    """Requests a client sends on a server's control socket."""
+
+    PING = "ping"
+    SHUTDOWN = "shutdown"
+    EXECUTE = "execute"
+    STATUS = "status"
+    CANCEL = "cancel"
+    ATTACH = "attach"
+    REQUEST = "request"
+
+
+class ResponseType(enum.Enum):
+    """Replies a server sends on its control socket."""
+
+    PONG = "pong"
+    ERROR = "error"
+    SHUTDOWN = "shutdown_reply"
+    ACCEPTED = "accepted"
+    RECORD = "record"
+    SUMMARY = "summary"
+    REPLY = "reply"
+
+
+class StreamMessageType(enum.Enum):
+    """Messages that flow without a request: progress, events, completions, images and acks."""
+
+    PROGRESS = "progress"
+    COMPLETION = "completion"
+    IMAGE = "image"
+    ACK = "ack"
+    SENT = "sent"
+    EVENT = "event"
+
+
+class ExecutionStatus(enum.Enum):
+    """Where an execution is in its life. COMPLETE, FAILED and CANCELLED are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the three states an execution never leaves."""
+        return self in (ExecutionStatus.COMPLETE, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
+
+
+class AckOutcome(enum.Enum):
+    """What became of an acknowledged item (image)."""
+
+    PROCESSED = "processed"
+    """The consumer handled it (displayed, written)."""
+    SKIPPED = "skipped"
+    """The consumer dropped it on purpose (e.g. a newer frame arrived in latest-frame mode)."""
+    FAILED = "failed"
+    """The consumer tried and raised; the ack carries the error text."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ProgressEvent:
+    """One progress report of a running execution (also published on the data socket).
+
+    ``sequence`` counts up from 1 per execution, so a subscriber can see a gap; ``fields`` are
+    the executor's extra JSON values.
+    """
+
+    TYPE: ClassVar[StreamMessageType] = StreamMessageType.PROGRESS
+    execution_id: str
+    sequence: int
+    fraction: float | None = None
+    message: str = ""
+    fields: JSONObject = attrs.field(factory=dict)
+    timestamp: float = 0.0
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ExecutionRecord:
+    """Everything the server knows about one execution; times are Unix timestamps."""
+
+    execution_id: str
+    status: ExecutionStatus
+    labels: dict[str, str] = attrs.field(factory=dict)
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: ProgressEvent | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ServerSummary:
+    """A server's overview: queue length, running tasks, counts per status, workers, uptime."""
+
+    queued: int
+    running: int
+    counts: dict[str, int] = attrs.field(factory=dict)
+    workers: int = 0
+    uptime: float = 0.0
+    engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    """For a pool on a remote engine: each worker's address and the executions it runs."""
