@@ -128,7 +128,7 @@ def test_no_module_uses_a_global_zmq_context() -> None:
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_modules_stay_small(path: Path) -> None:
-    assert len(path.read_text().splitlines()) <= 500
+    assert len(path.read_text().splitlines()) <= 400, "split it by concept"
 
 
 def test_nothing_unpickles_outside_the_pickle_serializer() -> None:

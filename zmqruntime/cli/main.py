@@ -18,13 +18,10 @@ import enum
 import importlib
 import json
 import logging
-import signal
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -41,7 +38,7 @@ from zmqruntime.core.transport import get_default_transport_mode
 if TYPE_CHECKING:
     from zmqruntime.core.client import ZMQClient
     from zmqruntime.core.endpoint import Endpoint
-    from zmqruntime.execution import ExecutionClient, ExecutionServer
+    from zmqruntime.execution import ExecutionClient
 
 __all__ = ["CLIError", "main"]
 
@@ -138,36 +135,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch_lifeline(server.request_stop)
         where = f"port {server.port_number} ({_mode(args).value})"  # also right for --port 0
         _write(f"serving {args.executor} on {where}; Ctrl-C stops")
-        _wait_until_stopped(server)
+        server.serve_forever()  # the first SIGINT/SIGTERM drains, a second one stops at once
     finally:
         server.close()
     return 0
-
-
-def _wait_until_stopped(server: ExecutionServer) -> None:
-    """Block until the server stops; like ``serve_forever``, the first SIGINT/SIGTERM stops it
-    gracefully (queued work cancelled, every client told), a second one at once."""
-    signals = 0
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            logger.info("signal %d: cancelling what is left, then stopping", signum)
-            server.request_stop()
-        else:
-            logger.warning("signal %d again: stopping now", signum)
-            server.server.request_stop()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():  # signals only reach that one
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not server.server.wait_stopped(0.2):
-            pass  # signal handlers run in this thread between waits
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def load_executor(path: str) -> Callable[..., Any]:

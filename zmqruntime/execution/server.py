@@ -194,12 +194,14 @@ class ExecutionServer:
 
         The first signal works like a forced shutdown request: queued tasks are cancelled,
         running ones are asked to stop, and every client hears how its executions ended
-        before the server stops. A second signal stops at once.
+        before the server stops. A second signal stops at once. Starts the server first
+        unless :meth:`start` already did (to report the bound port before blocking, say).
         """
-        server = self._build().start()
+        if not self._started:
+            self.start()
         with stop_on_signals(self._on_signal):
             try:
-                while not server.wait_stopped(_WAKE_SECONDS):
+                while not self.server.wait_stopped(_WAKE_SECONDS):
                     pass  # signal handlers run in this thread between waits
             finally:
                 self.close()
