@@ -62,9 +62,9 @@ from zmqruntime.execution import (
     ExecutionRecord,
     ExecutionServer,
     ExecutionStatus,
-    PoolMode,
     RetentionPolicy,
     ServerSummary,
+    ThreadWorkers,
     WorkerPool,
 )
 from zmqruntime.protocols import TaskContext
@@ -1368,12 +1368,14 @@ def test_an_injected_executor_runs_tasks_and_is_not_shut_down(
             return threading.current_thread().name
 
         pool = WorkerPool.from_executor(backend)
-        assert (pool.max_workers, pool.mode) == (3, PoolMode.EXECUTOR)
+        assert isinstance(pool.backend, ThreadWorkers) and pool.backend.executor is backend
+        assert pool.max_workers == 3
         server = serve(together, pool=pool)
         client = connect(server)
         names = [e.result(WAIT) for e in [client.submit(None) for _ in range(3)]]
         assert all(name.startswith("injected") for name in names), names
-        assert server.pool.statistics().mode is PoolMode.EXECUTOR
+        workers = server.pool.statistics().workers  # the injected executor's threads
+        assert workers and all(w.name.startswith("injected") for w in workers), workers
         server.close()
         assert backend.submit(lambda: 41 + 1).result(WAIT) == 42
     finally:

@@ -280,7 +280,7 @@ class ExecutionServer:
             queued=counts[ExecutionStatus.QUEUED],
             running=counts[ExecutionStatus.RUNNING],
             counts={status.value: number for status, number in counts.items()},
-            workers=pool.workers,
+            workers=pool.capacity,
             uptime=uptime,
             engine=pool.engine,
         )

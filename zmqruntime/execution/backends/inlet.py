@@ -1,7 +1,8 @@
-"""The server end of remote contexts: where a remote pool's workers attach and report.
+"""A remote engine as a worker backend, and the inlet where its workers attach and report.
 
-A remote :class:`~zmqruntime.execution.WorkerPool` hands each job to its engine with a
-:class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back here. The
+:class:`RemoteWorkers` hands each job to its engine with a
+:class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back to its
+inlet, a :class:`~zmqruntime.core.server.ZMQServer` it binds. The
 inlet hears each worker's :class:`~zmqruntime.core.messages.Attach`, its progress and its
 :class:`~zmqruntime.core.messages.Completion`, and sends
 :class:`~zmqruntime.core.messages.Cancel` to
@@ -13,16 +14,18 @@ the inlet uses the server's key pair and admits one key pair made for the pool's
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any, Final, final
 
 import attrs
 
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import TransportMode
 from zmqruntime.core.messages import (
     Attach,
     Cancel,
@@ -37,13 +40,22 @@ from zmqruntime.core.messages import (
 )
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
 from zmqruntime.core.serializers import serializer_name
-from zmqruntime.core.server import HandlerKey, Peer, ZMQServer
-from zmqruntime.errors import ErrorCode
+from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.errors import ChannelClosed, ErrorCode
 from zmqruntime.execution.backends.remote import RemoteContext, run_remote, run_remote_batch
-from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
-from zmqruntime.protocols import RemoteEngine, TaskExecutor, TaskSerializer
+from zmqruntime.execution.outcomes import (
+    Cancelled,
+    Completed,
+    Failed,
+    Job,
+    JobSink,
+    Outcome,
+    WorkerStatistics,
+    check_workers,
+)
+from zmqruntime.protocols import RemoteEngine, TaskExecutor
 
-__all__ = ["Inlet"]
+__all__ = ["RemoteWorkers"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,116 +70,120 @@ _RUN_WEIGHT: Final = 0.2
 
 @final
 @attrs.define(eq=False)
-class Inlet:
-    """Hears remote workers' attaches, progress and completions, sends them cancels, and
-    runs jobs on ``backend`` (the engine, which it never shuts down)."""
+class RemoteWorkers:
+    """A remote engine as a :class:`~zmqruntime.protocols.WorkerBackend`.
 
-    backend: RemoteEngine
-    executor: TaskExecutor
-    on_started: Callable[[Job], bool]
-    """Called when a job's worker attaches; False: it was cancelled, tell the worker."""
-    on_progress: Callable[[ProgressEvent], None]
-    on_done: Callable[[Job, Outcome], None]
-    on_engine_free: Callable[[], None]
-    """Called once for every :meth:`run`, when the engine's task for it ended."""
-    config: ZMQConfig
-    serializer: TaskSerializer
-    advertise_host: str
-    _server: ZMQServer
-    _client_curve: ClientCurve | None
-    _jobs: dict[str, Job] = attrs.field(factory=dict)
+    Each hand-over becomes one engine task (``engine.submit``), at most ``capacity`` at
+    once. Once finished jobs show that jobs take under 25 ms, a hand-over carries a batch of
+    about 50 ms of them (up to 32), so the engine's own cost is shared; each job still
+    attaches, reports and ends on its own, and a job cancelled while it waits in a batch
+    does not run. Workers reach the inlet that :meth:`start` binds on ``host`` (default:
+    the server's interface) under the name ``advertise_host`` (default: the bound host, or
+    this machine's name for a wildcard). The engine is never shut down here.
+    """
+
+    engine: RemoteEngine
+    capacity: int = attrs.field(default=1, validator=check_workers)
+    host: str | None = None
+    advertise_host: str | None = None
+    # Set by start():
+    _executor: TaskExecutor = attrs.field(init=False)
+    _sink: JobSink = attrs.field(init=False)
+    _server: ZMQServer = attrs.field(init=False)
+    _client_curve: ClientCurve | None = attrs.field(init=False)
+    _jobs: dict[str, Job] = attrs.field(factory=dict, init=False)
     """Jobs handed to the engine that have not ended; whoever pops one reports its end."""
-    _futures: dict[str, concurrent.futures.Future[Any]] = attrs.field(factory=dict)
-    _peers: dict[str, tuple[Peer, str]] = attrs.field(factory=dict)
+    _futures: dict[str, concurrent.futures.Future[Any]] = attrs.field(factory=dict, init=False)
+    _peers: dict[str, tuple[Peer, str]] = attrs.field(factory=dict, init=False)
     """Attached (running) jobs: their worker's link and name."""
-    _batches: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    _batches: dict[str, tuple[str, ...]] = attrs.field(factory=dict, init=False)
     """The execution ids that share one engine task with a job (for batched jobs)."""
-    _routes: dict[str, Peer] = attrs.field(factory=dict)
+    _routes: dict[str, Peer] = attrs.field(factory=dict, init=False)
     """Where a cancel reaches a job: its worker's link, known once it or a job before it in
     its batch attached."""
-    _mean_run: float | None = attrs.field(default=None)
-    _cancelled: set[str] = attrs.field(factory=set)
-    _started: set[str] = attrs.field(factory=set)
+    _mean_run: float | None = attrs.field(default=None, init=False)
+    _cancelled: set[str] = attrs.field(factory=set, init=False)
+    _started: set[str] = attrs.field(factory=set, init=False)
     """Jobs the server counts as running (their worker attached)."""
-    _timers: dict[str, threading.Timer] = attrs.field(factory=dict)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _done: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    """Jobs each worker finished."""
+    _timers: dict[str, threading.Timer] = attrs.field(factory=dict, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _idle: threading.Condition = attrs.field(init=False)
+
+    @_idle.default
+    def _make_idle(self) -> threading.Condition:
+        return threading.Condition(self._lock)
 
     @classmethod
-    def launch(
+    def on(
         cls,
+        engine: RemoteEngine,
+        max_workers: int | None = None,
         *,
-        backend: RemoteEngine,
-        executor: TaskExecutor,
-        on_started: Callable[[Job], bool],
-        on_progress: Callable[[ProgressEvent], None],
-        on_done: Callable[[Job, Outcome], None],
-        on_engine_free: Callable[[], None],
-        config: ZMQConfig,
-        curve: ServerCurve | None,
-        serializer: TaskSerializer,
-        host: str | None,
-        advertise_host: str | None,
-    ) -> Inlet:
+        host: str | None = None,
+        advertise: str | None = None,
+    ) -> RemoteWorkers:
+        """At most ``max_workers`` engine tasks (default: the engine's worker count)."""
+        if max_workers is None:
+            max_workers = int(getattr(engine, "_max_workers", 1) or 1)
+        return cls(engine, max_workers, host, advertise)
+
+    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
         """Bind the inlet (TCP, a free port pair on ``host``) and start serving it."""
-        bind_host = host or config.bind_host
-        inlet_curve, client_curve = None, None
-        if curve is not None:
+        if hasattr(self, "_server"):
+            raise RuntimeError("these RemoteWorkers are already started")
+        self._executor, self._sink = executor, sink
+        bind_host = self.host or sink.config.bind_host
+        inlet_curve, self._client_curve = None, None
+        if sink.curve is not None:
             keys = generate_curve_keypair()
-            inlet_curve = ServerCurve(curve.keypair, allowed_client_keys={keys.public_key})
-            client_curve = ClientCurve(keys, curve.keypair.public_key)
-        handlers: dict[HandlerKey, Any] = {}
-        server = ZMQServer(
-            handlers=handlers,
+            server_keys = sink.curve.keypair
+            inlet_curve = ServerCurve(server_keys, allowed_client_keys={keys.public_key})
+            self._client_curve = ClientCurve(keys, server_keys.public_key)
+        if self.advertise_host is None:
+            wildcard = bind_host in ("0.0.0.0", "*", "::")
+            self.advertise_host = socket.gethostname() if wildcard else bind_host
+        self._server = ZMQServer(
+            handlers={
+                ControlMessageType.ATTACH: self._on_attach,
+                StreamMessageType.PROGRESS: self._on_progress,
+                StreamMessageType.COMPLETION: self._on_completion,
+                ControlMessageType.SHUTDOWN: _refuse_shutdown,
+            },
             port=0,
             host=bind_host,
             transport_mode=TransportMode.TCP,
-            config=config,
+            config=sink.config,
             role="inlet",
             curve=inlet_curve,  # its data socket (PUB) stays unused
         )
-        if advertise_host is None:
-            wildcard = bind_host in ("0.0.0.0", "*", "::")
-            advertise_host = socket.gethostname() if wildcard else bind_host
-        inlet = cls(
-            backend,
-            executor,
-            on_started,
-            on_progress,
-            on_done,
-            on_engine_free,
-            config,
-            serializer,
-            advertise_host,
-            server,
-            client_curve,
-        )
-        handlers[ControlMessageType.ATTACH] = inlet._on_attach
-        handlers[StreamMessageType.PROGRESS] = inlet._on_progress
-        handlers[StreamMessageType.COMPLETION] = inlet._on_completion
-        handlers[ControlMessageType.SHUTDOWN] = _refuse_shutdown
-        server.start()
-        return inlet
+        self._server.start()
 
     @property
-    def address(self) -> str:
-        """The URL remote contexts connect to (the inlet's control socket)."""
-        port = self.config.control_port(self._server.bound_port)
-        host = self.advertise_host
+    def address(self) -> str | None:
+        """The URL remote contexts connect to (the inlet's control socket); None before
+        :meth:`start`."""
+        if not hasattr(self, "_server"):
+            return None
+        port = self._sink.config.control_port(self._server.bound_port)
+        host = str(self.advertise_host)
         if ":" in host and not host.startswith("["):  # an IPv6 literal
             host = f"[{host}]"
         return f"tcp://{host}:{port}"
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: Sequence[Job]) -> None:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
-        address = self.address
+        jobs, address, sink = list(jobs), self.address, self._sink
+        assert address is not None, "not started"
         contexts = [
             RemoteContext(
                 job.execution_id,
                 dict(job.labels),
                 address,
-                self.config,
+                sink.config,
                 self._client_curve,
-                self.serializer,
+                sink.serializer,
             )
             for job in jobs
         ]
@@ -179,9 +195,9 @@ class Inlet:
                     self._batches[job.execution_id] = ids
         try:
             if len(jobs) == 1:
-                future = self.backend.submit(run_remote, self.executor, jobs[0], contexts[0])
+                future = self.engine.submit(run_remote, self._executor, jobs[0], contexts[0])
             else:
-                future = self.backend.submit(run_remote_batch, self.executor, jobs, contexts)
+                future = self.engine.submit(run_remote_batch, self._executor, jobs, contexts)
         except BaseException:
             with self._lock:
                 for execution_id in ids:
@@ -213,7 +229,8 @@ class Inlet:
             # Also after a successful future.cancel(): some engines (Dask) "cancel" a task
             # that already runs, and only its context can tell it to stop. A job further
             # down a batch hears it before it starts, and does not run.
-            self._server.send(route, Cancel(request_id=0, execution_id=execution_id))
+            with contextlib.suppress(ChannelClosed):
+                self._server.send(route, Cancel(request_id=0, execution_id=execution_id))
 
     def batch_size(self) -> int:
         """How many jobs to hand the engine as one task: 1 until tasks are known to be
@@ -224,27 +241,41 @@ class Inlet:
             return 1
         return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / max(mean, 1e-6))))
 
-    def engine(self) -> dict[str, tuple[str, ...]]:
-        """Each worker that runs one of our executions, and which."""
+    def statistics(self) -> tuple[WorkerStatistics, ...]:
+        """Each worker that attached: what it runs now, how many it finished."""
         running: dict[str, list[str]] = {}
         with self._lock:
             for execution_id, (_peer, worker) in self._peers.items():
                 running.setdefault(worker, []).append(execution_id)
-        return {worker: tuple(ids) for worker, ids in running.items()}
+            names = sorted(set(running) | set(self._done))
+            done = dict(self._done)
+        return tuple(
+            WorkerStatistics(name=n, running=tuple(running.get(n, ())), done=done.get(n, 0))
+            for n in names
+        )
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop the inlet (the engine is not ours to stop)."""
-        self._server.close(timeout)
+    def close(self, timeout: float) -> None:
+        """Cancel every job, wait up to ``timeout`` for them to end, stop the inlet (the
+        engine is not ours to stop). Idempotent."""
+        if not hasattr(self, "_server"):
+            return
         with self._lock:
+            open_jobs = list(self._jobs)
+        for execution_id in open_jobs:
+            self.cancel(execution_id)
+        with self._lock:
+            if not self._idle.wait_for(lambda: not self._jobs, timeout):
+                logger.warning("%d remote jobs still run after close", len(self._jobs))
             timers = list(self._timers.values())
             self._timers.clear()
+        self._server.close(timeout)
         for timer in timers:
             timer.cancel()
 
     # --- how a job ends ---------------------------------------------------------------------
 
     def _start(self, job: Job) -> bool:
-        if not self.on_started(job):
+        if not self._sink.started(job):
             return False
         with self._lock:
             if job.execution_id in self._jobs:
@@ -258,7 +289,8 @@ class Inlet:
             self._started.discard(execution_id)
             job = self._jobs.pop(execution_id, None)
             self._futures.pop(execution_id, None)
-            self._peers.pop(execution_id, None)
+            if (peer := self._peers.pop(execution_id, None)) is not None:
+                self._done[peer[1]] += 1
             self._batches.pop(execution_id, None)
             self._routes.pop(execution_id, None)
             self._cancelled.discard(execution_id)
@@ -267,15 +299,17 @@ class Inlet:
             timer.cancel()
         if job is None:
             return
-        if isinstance(outcome, Completed) and not started and not self.on_started(job):
+        if isinstance(outcome, Completed) and not started and not self._sink.started(job):
             outcome = Cancelled()  # never seen running (its attach was lost): cancelled since
-        self.on_done(job, outcome)
+        self._sink.finished(job, outcome)
+        with self._lock:  # after the report: close() waits for it
+            self._idle.notify_all()
 
     def _engine_done(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
         try:
             self._settle(jobs, future)
         finally:
-            self.on_engine_free()
+            self._sink.freed()
 
     def _settle(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
         """End the jobs the engine's task ended without their worker's completion."""
@@ -312,7 +346,9 @@ class Inlet:
             f"the engine finished {job.execution_id} but its outcome never reached the server",
             "",
         )
-        timer = threading.Timer(self.config.request_timeout, self._end, (job.execution_id, lost))
+        timer = threading.Timer(
+            self._sink.config.request_timeout, self._end, (job.execution_id, lost)
+        )
         timer.daemon = True
         with self._lock:
             if job.execution_id not in self._jobs:
@@ -348,7 +384,7 @@ class Inlet:
         with self._lock:
             known = event.execution_id in self._jobs
         if known:
-            self.on_progress(event)
+            self._sink.progress(event)
 
     def _on_completion(self, message: Completion, peer: Peer) -> None:
         record = message.record
@@ -365,7 +401,7 @@ class Inlet:
         outcome: Outcome
         if record.status is ExecutionStatus.COMPLETE:
             outcome = Completed(None, frames=message.result)
-            if message.serializer != serializer_name(self.serializer):
+            if message.serializer != serializer_name(self._sink.serializer):
                 outcome = Failed(
                     "RemoteProtocolError",
                     f"the worker encoded the result with {message.serializer!r}",
