@@ -66,7 +66,7 @@ def test_statistics_show_capacity_queue_running_and_each_worker() -> None:
         assert sorted(statistics.running_ids) == ["a", "b"]
         assert sorted(statistics.engine.values()) == [("a",), ("b",)]
         assert all(w.name.startswith("zmqruntime-worker") for w in statistics.workers)
-        assert statistics.worker_pids == () and statistics.replaced_workers == 0
+        assert all(w.pid is None and w.replaced == 0 for w in statistics.workers)
 
         gates.open("a")
         gates.wait_entered("c")  # the freed thread took the queued job

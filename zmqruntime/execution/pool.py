@@ -59,16 +59,6 @@ class PoolStatistics:
         """Each worker running executions, and which (a server's summary carries it)."""
         return {worker.name: worker.running for worker in self.workers if worker.running}
 
-    @property
-    def worker_pids(self) -> tuple[int, ...]:
-        """The process ids of owned worker processes."""
-        return tuple(worker.pid for worker in self.workers if worker.pid is not None)
-
-    @property
-    def replaced_workers(self) -> int:
-        """How often an owned worker process died or was killed and was replaced."""
-        return sum(worker.replaced for worker in self.workers)
-
 
 @final
 @attrs.define(eq=False)
@@ -140,8 +130,9 @@ class WorkerPool:
         :class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` (which also says what
         ``inlet_host`` and ``advertise_host`` are). The pool never shuts the executor down.
         """
-        backend = RemoteWorkers.on(executor, max_workers, host=inlet_host, advertise=advertise_host)
-        return cls(backend, on_close)
+        if max_workers is None:
+            max_workers = int(getattr(executor, "_max_workers", 1) or 1)
+        return cls(RemoteWorkers(executor, max_workers, inlet_host, advertise_host), on_close)
 
     # --- life cycle ------------------------------------------------------------------------
 

@@ -1,15 +1,12 @@
 """A remote engine as a worker backend, and the inlet where its workers attach and report.
 
 :class:`RemoteWorkers` hands each job to its engine with a
-:class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back to its
-inlet, a :class:`~zmqruntime.core.server.ZMQServer` it binds. The
-inlet hears each worker's :class:`~zmqruntime.core.messages.Attach`, its progress and its
-:class:`~zmqruntime.core.messages.Completion`, and sends
-:class:`~zmqruntime.core.messages.Cancel` to
-the worker running a cancelled execution. A job ends exactly once: by its worker's
-completion (the usual way, with the result already encoded), or by the engine's future when
-the engine cancelled or failed it, or carried the outcome itself. When the server has CURVE,
-the inlet uses the server's key pair and admits one key pair made for the pool's contexts.
+:class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back to its inlet
+(a :class:`~zmqruntime.core.server.ZMQServer`): it hears the worker's ``Attach``, progress and
+``Completion``, and sends ``Cancel`` to the worker of a cancelled execution. A job ends
+exactly once: by its worker's completion (the usual way, the result already encoded), or by
+the engine's future when the engine cancelled or failed it, or carried the outcome itself.
+With CURVE, the inlet uses the server's key pair and admits one key pair made for the pool.
 """
 
 from __future__ import annotations
@@ -17,9 +14,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import heapq
 import logging
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Final, final
 
@@ -39,10 +38,14 @@ from zmqruntime.core.messages import (
     StreamMessageType,
 )
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
-from zmqruntime.core.serializers import serializer_name
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, ErrorCode
-from zmqruntime.execution.backends.remote import RemoteContext, run_remote, run_remote_batch
+from zmqruntime.execution.backends.remote import (
+    RemoteContext,
+    outcome_of,
+    run_remote,
+    run_remote_batch,
+)
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Completed,
@@ -70,6 +73,23 @@ _RUN_WEIGHT: Final = 0.2
 
 @final
 @attrs.define(eq=False)
+class _Handed:
+    """A job the engine holds, and what the inlet knows of it."""
+
+    job: Job
+    batch: tuple[str, ...]
+    """The execution ids that share its engine task (itself alone, when not batched)."""
+    future: concurrent.futures.Future[Any] | None = None
+    route: Peer | None = None
+    """Where a cancel reaches it: the link of the worker it or an earlier batch mate attached."""
+    attached: tuple[Peer, str] | None = None
+    """The link and name of the worker that attached for it (then it runs there)."""
+    started: bool = False  # the server counts it as running
+    cancelled: bool = False
+
+
+@final
+@attrs.define(eq=False)
 class RemoteWorkers:
     """A remote engine as a :class:`~zmqruntime.protocols.WorkerBackend`.
 
@@ -91,43 +111,22 @@ class RemoteWorkers:
     _sink: JobSink = attrs.field(init=False)
     _server: ZMQServer = attrs.field(init=False)
     _client_curve: ClientCurve | None = attrs.field(init=False)
-    _jobs: dict[str, Job] = attrs.field(factory=dict, init=False)
+    _jobs: dict[str, _Handed] = attrs.field(factory=dict, init=False)
     """Jobs handed to the engine that have not ended; whoever pops one reports its end."""
-    _futures: dict[str, concurrent.futures.Future[Any]] = attrs.field(factory=dict, init=False)
-    _peers: dict[str, tuple[Peer, str]] = attrs.field(factory=dict, init=False)
-    """Attached (running) jobs: their worker's link and name."""
-    _batches: dict[str, tuple[str, ...]] = attrs.field(factory=dict, init=False)
-    """The execution ids that share one engine task with a job (for batched jobs)."""
-    _routes: dict[str, Peer] = attrs.field(factory=dict, init=False)
-    """Where a cancel reaches a job: its worker's link, known once it or a job before it in
-    its batch attached."""
-    _mean_run: float | None = attrs.field(default=None, init=False)
-    _cancelled: set[str] = attrs.field(factory=set, init=False)
-    _started: set[str] = attrs.field(factory=set, init=False)
-    """Jobs the server counts as running (their worker attached)."""
     _done: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Jobs each worker finished."""
-    _timers: dict[str, threading.Timer] = attrs.field(factory=dict, init=False)
+    _mean_run: float | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    _idle: threading.Condition = attrs.field(init=False)
+    _changed: threading.Condition = attrs.field(init=False)
+    """Notified when a job ends or a deadline is set."""
+    _deadlines: list[tuple[float, str]] = attrs.field(factory=list, init=False)
+    """A heap: when to give up on a completion the engine said was sent (see _watch)."""
+    _watcher: threading.Thread = attrs.field(init=False)
+    _closed: bool = attrs.field(default=False, init=False)
 
-    @_idle.default
-    def _make_idle(self) -> threading.Condition:
+    @_changed.default
+    def _make_changed(self) -> threading.Condition:
         return threading.Condition(self._lock)
-
-    @classmethod
-    def on(
-        cls,
-        engine: RemoteEngine,
-        max_workers: int | None = None,
-        *,
-        host: str | None = None,
-        advertise: str | None = None,
-    ) -> RemoteWorkers:
-        """At most ``max_workers`` engine tasks (default: the engine's worker count)."""
-        if max_workers is None:
-            max_workers = int(getattr(engine, "_max_workers", 1) or 1)
-        return cls(engine, max_workers, host, advertise)
 
     def start(self, executor: TaskExecutor, sink: JobSink) -> None:
         """Bind the inlet (TCP, a free port pair on ``host``) and start serving it."""
@@ -159,6 +158,10 @@ class RemoteWorkers:
             curve=inlet_curve,  # its data socket (PUB) stays unused
         )
         self._server.start()
+        self._watcher = threading.Thread(
+            target=self._watch, name="zmqruntime-inlet-deadlines", daemon=True
+        )
+        self._watcher.start()
 
     @property
     def address(self) -> str | None:
@@ -176,23 +179,12 @@ class RemoteWorkers:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
         jobs, address, sink = list(jobs), self.address, self._sink
         assert address is not None, "not started"
-        contexts = [
-            RemoteContext(
-                job.execution_id,
-                dict(job.labels),
-                address,
-                sink.config,
-                self._client_curve,
-                sink.serializer,
-            )
-            for job in jobs
-        ]
+        link = (address, sink.config, self._client_curve, sink.serializer)
+        contexts = [RemoteContext(job.execution_id, dict(job.labels), *link) for job in jobs]
         ids = tuple(job.execution_id for job in jobs)
+        handed = [_Handed(job, ids) for job in jobs]
         with self._lock:  # before the engine has them: a worker may attach at once
-            for job in jobs:
-                self._jobs[job.execution_id] = job
-                if len(jobs) > 1:
-                    self._batches[job.execution_id] = ids
+            self._jobs.update(zip(ids, handed, strict=True))
         try:
             if len(jobs) == 1:
                 future = self.engine.submit(run_remote, self._executor, jobs[0], contexts[0])
@@ -202,27 +194,23 @@ class RemoteWorkers:
             with self._lock:
                 for execution_id in ids:
                     self._jobs.pop(execution_id, None)
-                    self._batches.pop(execution_id, None)
             raise
         with self._lock:
-            for execution_id in ids:
-                if execution_id in self._jobs:  # else it ended already
-                    self._futures[execution_id] = future
+            for entry in handed:
+                entry.future = future
         future.add_done_callback(lambda done: self._engine_done(jobs, done))
 
     def cancel(self, execution_id: str) -> None:
         """Drop the job from the engine's queue, or tell its worker to stop."""
         with self._lock:
-            future = self._futures.get(execution_id)
-            if execution_id in self._jobs:
-                self._cancelled.add(execution_id)
+            entry = self._jobs.get(execution_id)
+            if entry is None:
+                return
+            entry.cancelled = True
             # A batch's engine task is cancelled only when all its open jobs are.
-            whole = all(
-                other in self._cancelled
-                for other in self._batches.get(execution_id, ())
-                if other in self._jobs
-            )
-            route = self._routes.get(execution_id)
+            batch = [self._jobs[other] for other in entry.batch if other in self._jobs]
+            whole = all(other.cancelled for other in batch)
+            future, route = entry.future, entry.route
         if future is not None and whole:
             future.cancel()  # not started: the done callback reports it cancelled
         if route is not None:
@@ -245,13 +233,13 @@ class RemoteWorkers:
         """Each worker that attached: what it runs now, how many it finished."""
         running: dict[str, list[str]] = {}
         with self._lock:
-            for execution_id, (_peer, worker) in self._peers.items():
-                running.setdefault(worker, []).append(execution_id)
-            names = sorted(set(running) | set(self._done))
+            for execution_id, entry in self._jobs.items():
+                if entry.attached is not None:
+                    running.setdefault(entry.attached[1], []).append(execution_id)
             done = dict(self._done)
         return tuple(
             WorkerStatistics(name=n, running=tuple(running.get(n, ())), done=done.get(n, 0))
-            for n in names
+            for n in sorted(set(running) | set(done))
         )
 
     def close(self, timeout: float) -> None:
@@ -264,46 +252,29 @@ class RemoteWorkers:
         for execution_id in open_jobs:
             self.cancel(execution_id)
         with self._lock:
-            if not self._idle.wait_for(lambda: not self._jobs, timeout):
+            if not self._changed.wait_for(lambda: not self._jobs, timeout):
                 logger.warning("%d remote jobs still run after close", len(self._jobs))
-            timers = list(self._timers.values())
-            self._timers.clear()
+            self._closed = True
+            self._changed.notify_all()
+        self._watcher.join(timeout)
         self._server.close(timeout)
-        for timer in timers:
-            timer.cancel()
 
     # --- how a job ends ---------------------------------------------------------------------
-
-    def _start(self, job: Job) -> bool:
-        if not self._sink.started(job):
-            return False
-        with self._lock:
-            if job.execution_id in self._jobs:
-                self._started.add(job.execution_id)
-        return True
 
     def _end(self, execution_id: str, outcome: Outcome) -> None:
         """Report ``outcome`` for the job, unless it ended already."""
         with self._lock:
-            started = execution_id in self._started
-            self._started.discard(execution_id)
-            job = self._jobs.pop(execution_id, None)
-            self._futures.pop(execution_id, None)
-            if (peer := self._peers.pop(execution_id, None)) is not None:
-                self._done[peer[1]] += 1
-            self._batches.pop(execution_id, None)
-            self._routes.pop(execution_id, None)
-            self._cancelled.discard(execution_id)
-            timer = self._timers.pop(execution_id, None)
-        if timer is not None:
-            timer.cancel()
-        if job is None:
-            return
-        if isinstance(outcome, Completed) and not started and not self._sink.started(job):
+            entry = self._jobs.pop(execution_id, None)
+            if entry is None:
+                return
+            if entry.attached is not None:
+                self._done[entry.attached[1]] += 1
+        job = entry.job
+        if isinstance(outcome, Completed) and not entry.started and not self._sink.started(job):
             outcome = Cancelled()  # never seen running (its attach was lost): cancelled since
         self._sink.finished(job, outcome)
         with self._lock:  # after the report: close() waits for it
-            self._idle.notify_all()
+            self._changed.notify_all()
 
     def _engine_done(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
         try:
@@ -339,44 +310,55 @@ class RemoteWorkers:
                 )
 
     def _expect_completion(self, job: Job) -> None:
-        """Give the worker's completion ``config.request_timeout`` to arrive, then fail the
-        job: the engine says it ended, so its outcome was lost on the way."""
-        lost = Failed(
-            "OutcomeLost",
-            f"the engine finished {job.execution_id} but its outcome never reached the server",
-            "",
-        )
-        timer = threading.Timer(
-            self._sink.config.request_timeout, self._end, (job.execution_id, lost)
-        )
-        timer.daemon = True
+        """Give the worker's completion ``config.request_timeout`` to arrive (see _watch)."""
         with self._lock:
-            if job.execution_id not in self._jobs:
-                return
-            self._timers[job.execution_id] = timer
-        timer.start()
+            if job.execution_id in self._jobs:
+                deadline = time.monotonic() + self._sink.config.request_timeout
+                heapq.heappush(self._deadlines, (deadline, job.execution_id))
+                self._changed.notify_all()
+
+    def _watch(self) -> None:
+        """Fail each job whose completion never came: the engine says it ended, so its
+        outcome was lost on the way. One thread for all, until close."""
+        while True:
+            with self._lock:
+                now, due = time.monotonic(), []
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    due.append(heapq.heappop(self._deadlines)[1])
+                if not due:
+                    if self._closed:
+                        return
+                    self._changed.wait(self._deadlines[0][0] - now if self._deadlines else 3600.0)
+                    continue
+            for execution_id in due:  # those that ended meanwhile are no longer known
+                text = (
+                    f"the engine finished {execution_id} but its outcome never reached the server"
+                )
+                self._end(execution_id, Failed("OutcomeLost", text, ""))
 
     # --- what workers send ----------------------------------------------------------------
 
     def _on_attach(self, request: Attach, peer: Peer) -> Message | None:
         execution_id = request.execution_id
         stop: list[str] = []
+        started = cancelled = False
         with self._lock:
-            job = self._jobs.get(execution_id)
-            if job is not None:
-                self._peers[execution_id] = (peer, request.worker)
-                for later in self._batches.get(execution_id, (execution_id,)):
-                    if later in self._jobs:
-                        self._routes[later] = peer  # the rest of its batch runs there too
-                        if later != execution_id and later in self._cancelled:
+            entry = self._jobs.get(execution_id)
+            if entry is not None:
+                entry.attached = (peer, request.worker)
+                for later in entry.batch:
+                    if (mate := self._jobs.get(later)) is not None:
+                        mate.route = peer  # the rest of its batch runs there too
+                        if later != execution_id and mate.cancelled:
                             stop.append(later)  # cancelled before the batch had a worker
-            started = execution_id in self._started  # the engine retries it
-            cancelled = execution_id in self._cancelled
+                started, cancelled = entry.started, entry.cancelled  # started: a retry
         for later in stop:
             self._server.send(peer, Cancel(request_id=0, execution_id=later))
-        if job is not None and not cancelled and (started or self._start(job)):
+        if entry is not None and not cancelled and (started or self._sink.started(entry.job)):
+            with self._lock:
+                entry.started = True
             return None  # no answer needed: a Cancel follows if it comes to that
-        if job is None:
+        if entry is None:
             logger.debug("inlet: %s attached to an ended execution", request.worker)
         return Cancel(request_id=request.request_id, execution_id=execution_id)
 
@@ -389,39 +371,19 @@ class RemoteWorkers:
     def _on_completion(self, message: Completion, peer: Peer) -> None:
         record = message.record
         with self._lock:
-            known = record.execution_id in self._jobs
-            attached = self._peers.get(record.execution_id)
-        if not known or (attached is not None and attached[0] != peer):
+            entry = self._jobs.get(record.execution_id)
+            attached = entry.attached if entry is not None else None
+        if entry is None or (attached is not None and attached[0] != peer):
             # Ended already (cancelled, or a retried task's second run), or not its worker.
             logger.debug("inlet: dropped a completion of %s", record.execution_id)
             return
         if record.status is ExecutionStatus.COMPLETE and record.started_at is not None:
             # Completed runs show what the work takes (cancelled ones are cut short).
-            self._learn_run_time((record.finished_at or record.started_at) - record.started_at)
-        outcome: Outcome
-        if record.status is ExecutionStatus.COMPLETE:
-            outcome = Completed(None, frames=message.result)
-            if message.serializer != serializer_name(self._sink.serializer):
-                outcome = Failed(
-                    "RemoteProtocolError",
-                    f"the worker encoded the result with {message.serializer!r}",
-                    "",
-                )
-        elif record.status is ExecutionStatus.CANCELLED:
-            outcome = Cancelled()
-        elif record.status is ExecutionStatus.FAILED:
-            outcome = Failed(
-                record.error_type or "", record.error_message or "", record.traceback or ""
-            )
-        else:
-            outcome = Failed("RemoteProtocolError", f"a worker reported {record.status}", "")
-        self._end(record.execution_id, outcome)
-
-    def _learn_run_time(self, seconds: float) -> None:
-        with self._lock:
-            seconds = max(0.0, seconds)
-            mean = self._mean_run
-            self._mean_run = seconds if mean is None else mean + _RUN_WEIGHT * (seconds - mean)
+            seconds = max(0.0, (record.finished_at or record.started_at) - record.started_at)
+            with self._lock:
+                mean = self._mean_run
+                self._mean_run = seconds if mean is None else mean + _RUN_WEIGHT * (seconds - mean)
+        self._end(record.execution_id, outcome_of(message, self._sink.serializer))
 
 
 def _refuse_shutdown(request: Shutdown, _peer: Peer) -> ErrorReply:
