@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def test_a_task_that_cannot_be_pickled_fails_and_the_worker_stays() -> None:
     workers = ProcessWorkers(1)
     workers.start(process_tree.with_child, recorder.sink())
     try:
-        workers.run([Job("unpicklable", {"lock": __import__("threading").Lock()})])
+        workers.run([Job("unpicklable", {"lock": threading.Lock()})])
         outcome = recorder.outcome("unpicklable")
         assert isinstance(outcome, Failed) and outcome.error_type == "TypeError", outcome
         assert workers.statistics()[0].replaced == 0

@@ -83,11 +83,11 @@ def test_statistics_show_capacity_queue_running_and_each_worker() -> None:
 @attrs.define
 class Inline:
     """A backend that runs each hand-over at once, inside ``run`` (and reports from there),
-    or, with ``hold``, when the test calls :meth:`release`."""
+    except the first ``hold`` ones: those run when the test calls :meth:`release`."""
 
     capacity: int = 1
     batch: int = 1
-    hold: bool = False
+    hold: int = 0
     fail_on: str = ""
     handed: list[list[str]] = attrs.field(factory=list)
     held: list[Sequence[Job]] = attrs.field(factory=list)
@@ -104,7 +104,7 @@ class Inline:
         if any(job.execution_id == self.fail_on for job in jobs):
             raise OSError("this backend cannot take that job")
         self.handed.append([job.execution_id for job in jobs])
-        if self.hold:
+        if len(self.handed) <= self.hold:
             self.held.append(jobs)
         else:
             self._finish(jobs)
@@ -133,12 +133,15 @@ class Inline:
 
 
 def test_a_backend_of_ones_own_that_reports_from_within_run() -> None:
-    # 3,000 jobs reported from inside run(): the pool loops, it does not recurse.
-    backend, heard = Inline(), Listener()
+    # The first job is held while 2,999 queue up; once it ends, every other one is reported
+    # from inside run(): the pool loops over them, it does not recurse.
+    backend, heard = Inline(hold=1), Listener()
     pool = WorkerPool(backend)
     pool.start(lambda task, _ctx: task * 2, heard.listener())
     for n in range(3_000):
         pool.submit(Job(f"job-{n:04d}", n))
+    assert pool.statistics().queued == 2_999
+    backend.release()
     heard.wait_for(3_000)
     assert heard.order == [f"job-{n:04d}" for n in range(3_000)]  # FIFO
     assert heard.outcomes["job-2999"] == Completed(5_998)
@@ -167,7 +170,7 @@ def test_jobs_a_backend_refuses_fail_and_the_next_ones_still_run() -> None:
 
 
 def test_a_batching_backend_gets_batches_and_a_queued_cancel_never_reaches_it() -> None:
-    backend, heard = Inline(capacity=2, batch=4, hold=True), Listener()
+    backend, heard = Inline(capacity=2, batch=4, hold=100), Listener()
     with WorkerPool(backend) as pool:
         pool.start(lambda task, _ctx: task, heard.listener())
         names = [f"j{n}" for n in range(9)]

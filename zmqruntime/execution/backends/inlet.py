@@ -40,12 +40,7 @@ from zmqruntime.core.messages import (
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, ErrorCode
-from zmqruntime.execution.backends.remote import (
-    RemoteContext,
-    outcome_of,
-    run_remote,
-    run_remote_batch,
-)
+from zmqruntime.execution.backends import remote
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Completed,
@@ -180,16 +175,16 @@ class RemoteWorkers:
         jobs, address, sink = list(jobs), self.address, self._sink
         assert address is not None, "not started"
         link = (address, sink.config, self._client_curve, sink.serializer)
-        contexts = [RemoteContext(job.execution_id, dict(job.labels), *link) for job in jobs]
+        contexts = [remote.RemoteContext(job.execution_id, dict(job.labels), *link) for job in jobs]
         ids = tuple(job.execution_id for job in jobs)
         handed = [_Handed(job, ids) for job in jobs]
         with self._lock:  # before the engine has them: a worker may attach at once
             self._jobs.update(zip(ids, handed, strict=True))
         try:
             if len(jobs) == 1:
-                future = self.engine.submit(run_remote, self._executor, jobs[0], contexts[0])
+                future = self.engine.submit(remote.run_remote, self._executor, jobs[0], contexts[0])
             else:
-                future = self.engine.submit(run_remote_batch, self._executor, jobs, contexts)
+                future = self.engine.submit(remote.run_remote_batch, self._executor, jobs, contexts)
         except BaseException:
             with self._lock:
                 for execution_id in ids:
@@ -242,7 +237,13 @@ class RemoteWorkers:
             for n in sorted(set(running) | set(done))
         )
 
-    def close(self, timeout: float) -> None:
+    def __enter__(self) -> RemoteWorkers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
         """Cancel every job, wait up to ``timeout`` for them to end, stop the inlet (the
         engine is not ours to stop). Idempotent."""
         if not hasattr(self, "_server"):
@@ -383,7 +384,7 @@ class RemoteWorkers:
             with self._lock:
                 mean = self._mean_run
                 self._mean_run = seconds if mean is None else mean + _RUN_WEIGHT * (seconds - mean)
-        self._end(record.execution_id, outcome_of(message, self._sink.serializer))
+        self._end(record.execution_id, remote.outcome_of(message, self._sink.serializer))
 
 
 def _refuse_shutdown(request: Shutdown, _peer: Peer) -> ErrorReply:

@@ -131,7 +131,8 @@ class ProcessWorkers:
     _finalizer: Callable[[], object] = attrs.field(init=False)
     _workers: list[_Worker] = attrs.field(factory=list, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    _closing: bool = attrs.field(default=False, init=False)
+    _closing: threading.Event = attrs.field(factory=threading.Event, init=False)
+    """Set by close(), or by the exit finalizer: no worker is replaced any more."""
     _deaths_in_a_row: int = attrs.field(default=0, init=False)
     _broken: str | None = attrs.field(default=None, init=False)
 
@@ -149,10 +150,10 @@ class ProcessWorkers:
         self._executor, self._sink = executor, sink
         self._wake = multiprocessing.Pipe(duplex=False)
         self._workers.extend(self._spawn(f"process-{n}") for n in range(self.capacity))
-        # Runs at exit before multiprocessing joins its (non-daemonic) children; holds the
-        # list, not self, so a forgotten backend is collected (and its workers killed).
+        # Runs at exit, before multiprocessing joins its (non-daemonic) children. A finalizer
+        # must not hold its object: it gets the list and the event, not self.
         self._finalizer = multiprocessing.util.Finalize(
-            self, _kill_all, args=(self._workers,), exitpriority=10
+            self, _kill_all, args=(self._workers, self._closing), exitpriority=10
         )
         self._thread = threading.Thread(
             target=self._read, name="zmqruntime-process-reader", daemon=True
@@ -182,7 +183,7 @@ class ProcessWorkers:
         before it is freed), unless the workers keep dying (then it fails at once)."""
         (job,) = jobs
         with self._lock:
-            closing, broken = self._closing, self._broken
+            closing, broken = self._closing.is_set(), self._broken
             idle = (w for w in self._workers if w.job is None and not w.killed)
             worker = None if closing else next(idle, None)
             if worker is not None:
@@ -226,13 +227,19 @@ class ProcessWorkers:
                 for w in self._workers
             )
 
-    def close(self, timeout: float) -> None:
+    def __enter__(self) -> ProcessWorkers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
         """Stop idle workers, kill busy ones (their jobs end cancelled), stop the reader and
         reap every worker. Idempotent."""
         with self._lock:
-            if self._closing or not hasattr(self, "_thread"):
+            if self._closing.is_set() or not hasattr(self, "_thread"):
                 return
-            self._closing = True
+            self._closing.set()
             workers = list(self._workers)
             for worker in workers:
                 worker.killed = worker.job is not None
@@ -256,7 +263,7 @@ class ProcessWorkers:
         wake = self._wake[0]
         while True:
             with self._lock:
-                if self._closing and all(w.job is None for w in self._workers):
+                if self._closing.is_set() and all(w.job is None for w in self._workers):
                     return
                 owners: dict[Any, _Worker] = {w.connection: w for w in self._workers}
                 owners.update((w.process.sentinel, w) for w in self._workers)
@@ -301,7 +308,7 @@ class ProcessWorkers:
         with self._lock:
             self._workers.remove(worker)
             job, worker.job = worker.job, None
-            if not worker.killed and not self._closing:
+            if not worker.killed and not self._closing.is_set():
                 logger.error("worker process %s died (exit code %s)", pid, code)
                 message = (
                     f"the worker process {pid} died (exit code {code}) while running this task"
@@ -316,7 +323,7 @@ class ProcessWorkers:
                     "`if __name__ == '__main__':` guard)"
                 )
                 logger.error("not replacing worker processes any more: %s", self._broken)
-            replace = not self._closing and self._broken is None
+            replace = not self._closing.is_set() and self._broken is None
         if job is not None:  # reported before the (slow) replacement: the client hears now
             self._sink.finished(job, outcome)
         if replace:
@@ -360,6 +367,7 @@ def _reap(worker: _Worker, timeout: float) -> None:
     worker.lifeline.close()
 
 
-def _kill_all(workers: list[_Worker]) -> None:
+def _kill_all(workers: list[_Worker], closing: threading.Event) -> None:
+    closing.set()  # first: the reader must not replace what is killed now
     for worker in list(workers):
         _kill_tree(worker.process)

@@ -46,9 +46,10 @@ class ThreadWorkers:
 
     capacity: int = attrs.field(default=1, validator=check_workers)
     executor: concurrent.futures.Executor | None = None
-    _threads: concurrent.futures.Executor | None = attrs.field(default=None, init=False)
-    _task_executor: TaskExecutor | None = attrs.field(default=None, init=False)
-    _sink: JobSink | None = attrs.field(default=None, init=False)
+    # Set by start():
+    _threads: concurrent.futures.Executor = attrs.field(init=False)
+    _task_executor: TaskExecutor = attrs.field(init=False)
+    _sink: JobSink = attrs.field(init=False)
     _contexts: dict[str, ExecutionContext] = attrs.field(factory=dict, init=False)
     _workers: dict[str, tuple[str | None, int]] = attrs.field(factory=dict, init=False)
     """Each thread that ran a job: the execution it runs now, and how many it finished."""
@@ -75,7 +76,7 @@ class ThreadWorkers:
 
     def start(self, executor: TaskExecutor, sink: JobSink) -> None:
         """Run jobs with ``executor``, report to ``sink``; makes the thread pool if owned."""
-        if self._sink is not None:
+        if hasattr(self, "_threads"):
             raise RuntimeError("these ThreadWorkers are already started")
         self._task_executor, self._sink = executor, sink
         self._threads = self.executor or concurrent.futures.ThreadPoolExecutor(
@@ -89,7 +90,6 @@ class ThreadWorkers:
     def run(self, jobs: Sequence[Job]) -> None:
         """Queue the job for a thread; it runs unless cancelled before it starts."""
         (job,) = jobs
-        assert self._threads is not None and self._sink is not None, "not started"
         context = ExecutionContext(job.execution_id, job.labels, report=self._sink.progress)
         with self._lock:
             self._contexts[job.execution_id] = context
@@ -115,7 +115,13 @@ class ThreadWorkers:
                 for name, (running, done) in self._workers.items()
             )
 
-    def close(self, timeout: float) -> None:
+    def __enter__(self) -> ThreadWorkers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
         """Cancel every job, wait up to ``timeout`` seconds for them to end, and shut the
         owned thread pool down (without waiting for a stuck job). Idempotent."""
         with self._lock:
@@ -124,12 +130,11 @@ class ThreadWorkers:
             idle = self._idle.wait_for(lambda: not self._contexts, timeout)
             if not idle:
                 logger.warning("%d thread jobs still run after close", len(self._contexts))
-        if self.executor is None and self._threads is not None:
+        if self.executor is None and hasattr(self, "_threads"):
             self._threads.shutdown(wait=idle, cancel_futures=True)
 
     def _work(self, job: Job, context: ExecutionContext) -> None:
         sink, executor = self._sink, self._task_executor
-        assert sink is not None and executor is not None
         name = threading.current_thread().name
         with self._lock:
             done = self._workers.get(name, (None, 0))[1]
