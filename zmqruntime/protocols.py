@@ -28,7 +28,6 @@ __all__ = [
     "TaskContext",
     "TaskExecutor",
     "TaskSerializer",
-    "WorkerBackend",
 ]
 
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
