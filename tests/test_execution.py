@@ -64,9 +64,9 @@ from zmqruntime.execution import (
     ExecutionRecord,
     ExecutionServer,
     ExecutionStatus,
-    PoolMode,
     RetentionPolicy,
     ServerSummary,
+    ThreadWorkers,
     WorkerPool,
 )
 from zmqruntime.protocols import TaskContext
@@ -656,8 +656,8 @@ def test_failure_in_a_process_worker_carries_the_remote_traceback(
     assert "tests/executors.py" in error.remote_traceback.replace(os.sep, "/")
     worker = client.submit({"op": "pid"}).result(WAIT)
     assert worker != os.getpid()
-    assert server.pool.statistics().worker_pids == (worker,)
-    assert server.pool.statistics().replaced_workers == 0  # a failure is not a dead worker
+    (slot,) = server.pool.statistics().workers
+    assert (slot.pid, slot.replaced) == (worker, 0)  # a failure is not a dead worker
 
 
 # --- cancellation ---------------------------------------------------------------------------
@@ -727,7 +727,7 @@ def test_cancel_a_process_task_that_ignores_it_kills_its_worker(
     stubborn = client.submit({"op": "ignore"})
     pid = reported_pid(client, stubborn.execution_id)
     assert pid != os.getpid()
-    assert server.pool.statistics().worker_pids == (pid,)
+    assert [w.pid for w in server.pool.statistics().workers] == [pid]
     following = client.submit({"op": "pid"})
 
     began = time.monotonic()
@@ -737,9 +737,8 @@ def test_cancel_a_process_task_that_ignores_it_kills_its_worker(
     replacement = following.result(WAIT)
     assert time.monotonic() - began < 10.0  # a fresh worker took over promptly
     assert replacement != pid
-    stats = server.pool.statistics()
-    assert stats.worker_pids == (replacement,)
-    assert stats.replaced_workers == 1
+    (slot,) = server.pool.statistics().workers
+    assert (slot.pid, slot.replaced) == (replacement, 1)
     assert record_of(client, stubborn.execution_id).status is ExecutionStatus.CANCELLED
     assert record_of(client, following.execution_id).status is ExecutionStatus.COMPLETE
 
@@ -806,7 +805,7 @@ def test_a_worker_killed_from_outside_fails_its_task_and_is_replaced(
     assert not pid_alive(pid)
     replacement = client.submit({"op": "pid"}).result(WAIT)
     assert replacement not in (pid, os.getpid())
-    assert server.pool.statistics().replaced_workers == 1
+    assert server.pool.statistics().workers[0].replaced == 1
     assert client.submit({"op": "echo", "value": [1, 2]}).result(WAIT) == [1, 2]
 
 
@@ -1373,12 +1372,14 @@ def test_an_injected_executor_runs_tasks_and_is_not_shut_down(
             return threading.current_thread().name
 
         pool = WorkerPool.from_executor(backend)
-        assert (pool.max_workers, pool.mode) == (3, PoolMode.EXECUTOR)
+        assert isinstance(pool.backend, ThreadWorkers) and pool.backend.executor is backend
+        assert pool.max_workers == 3
         server = serve(together, pool=pool)
         client = connect(server)
         names = [e.result(WAIT) for e in [client.submit(None) for _ in range(3)]]
         assert all(name.startswith("injected") for name in names), names
-        assert server.pool.statistics().mode is PoolMode.EXECUTOR
+        workers = server.pool.statistics().workers  # the injected executor's threads
+        assert workers and all(w.name.startswith("injected") for w in workers), workers
         server.close()
         assert backend.submit(lambda: 41 + 1).result(WAIT) == 42
     finally:
@@ -1403,5 +1404,7 @@ def test_process_workers_that_keep_dying_at_start_stop_being_replaced(config) ->
             errors.append(failed.value.error_type)
         assert errors[-1] == "WorkerStartFailed"
         assert set(errors) <= {"WorkerDied", "WorkerStartFailed"}
-        assert server.pool.statistics().replaced_workers <= 3
+        # at most three workers died (and two were replaced); none is started any more
+        assert errors.count("WorkerDied") <= 3
+        assert server.pool.statistics().workers == ()
         assert client.ping().role == "execution"  # the server itself is fine

@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 
 from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ChannelClosed
-from zmqruntime.execution import pool as pool_module
+from zmqruntime.execution.backends import threads as threads_module
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, PoolListener
 from zmqruntime.execution.pool import WorkerPool
@@ -732,8 +732,8 @@ TestWorkerPoolLifecycle.settings = settings(
 def test_a_cancel_while_a_job_is_being_launched_reaches_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # WorkerPool._launch builds the job's ExecutionContext after the job was moved to
-    # ``_running``. A cancel() from another thread in that window must still reach the job:
+    # ThreadWorkers.run builds the job's ExecutionContext after the pool moved the job to
+    # its ``_running``. A cancel() from another thread in that window must still reach the job:
     # the patched constructor cancels exactly there, as a racing control thread would, and
     # the job must then never start and end cancelled.
     pool = WorkerPool.threads(1)
@@ -743,7 +743,7 @@ def test_a_cancel_while_a_job_is_being_launched_reaches_it(
         assert pool.cancel(execution_id)
         return real_context(execution_id, *args, **kwargs)
 
-    monkeypatch.setattr(pool_module, "ExecutionContext", context_racing_a_cancel)
+    monkeypatch.setattr(threads_module, "ExecutionContext", context_racing_a_cancel)
     board = JobBoard()
     board.prepare("raced")
     pool.start(board.execute, board.listener())

@@ -26,7 +26,7 @@ from zmqruntime import ClientCurve, ServerCurve, TransportMode, ZMQConfig, gener
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Completion, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ConfigurationError, TaskCancelled, TaskFailed
-from zmqruntime.execution import ExecutionClient, ExecutionServer, PoolMode, WorkerPool
+from zmqruntime.execution import ExecutionClient, ExecutionServer, RemoteWorkers, WorkerPool
 from zmqruntime.execution.backends.dask import dask_pool
 from zmqruntime.execution.backends.remote import RemoteContext
 
@@ -146,7 +146,7 @@ def test_200_tasks_with_their_progress_in_order_before_their_end(
     serve: Callable[..., Any], engine: Engine
 ) -> None:
     server, client = serve()
-    assert server.pool.statistics().mode is PoolMode.REMOTE
+    assert isinstance(server.pool.backend, RemoteWorkers)
     events = Events()
     client.on_progress(events)
     wait_until(lambda: server.server.has_subscribers("any id"), "the subscription")

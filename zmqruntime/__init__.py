@@ -51,6 +51,7 @@ __all__ = [
     "TaskFailed",
     "TaskSerializer",
     "TransportMode",
+    "WorkerBackend",
     "WorkerPool",
     "ZMQClient",
     "ZMQConfig",
@@ -84,6 +85,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TaskContext",
         "TaskExecutor",
         "TaskSerializer",
+        "WorkerBackend",
     ),
     "zmqruntime.core.messages": (
         "ControlMessageType",
@@ -152,6 +154,7 @@ if TYPE_CHECKING:
         TaskContext,
         TaskExecutor,
         TaskSerializer,
+        WorkerBackend,
     )
     from zmqruntime.streaming import ImageSender, StreamingServer
 

@@ -26,6 +26,7 @@ __all__ = [
     "LaunchSpec",
     "RemoteEngine",
     "RequestHandler",
+    "WorkerBackend",
     "TaskContext",
     "TaskExecutor",
     "TaskSerializer",
@@ -145,3 +146,46 @@ class LaunchSpec(Protocol):
 
     @property
     def cwd(self) -> str | None: ...
+
+
+class WorkerBackend(Protocol):
+    """Where a :class:`~zmqruntime.execution.WorkerPool` runs its jobs: threads, owned
+    processes, a remote engine (:mod:`zmqruntime.execution.backends`).
+
+    The pool keeps the FIFO queue, so a queued job can always be dropped on cancel; the
+    backend runs only what it is handed. The job, sink and statistics types are those of
+    :mod:`zmqruntime.execution.outcomes` (``Job``, ``JobSink``, ``WorkerStatistics``): this
+    module sits below them.
+
+    * ``start(executor, sink)``: once, before anything else. ``executor`` runs every job;
+      the backend reports through ``sink``: ``started(job)`` just before the executor runs
+      (False: it was cancelled, report it ``Cancelled`` without running it),
+      ``progress(event)``, ``finished(job, outcome)`` exactly once per job handed over, and
+      ``freed()`` once per ``run`` call, when it can take another. Never under its own lock.
+    * ``capacity``: how many ``run`` calls it holds at once; the pool never exceeds it.
+      ``batch_size()``: how many jobs one call may carry (1 but for engines that share a
+      task among short jobs).
+    * ``run(jobs)``: hand the jobs over; returns promptly (the caller may be a server's I/O
+      thread). If it raises, nothing was handed over (the pool reports the jobs failed).
+    * ``cancel(execution_id)``: a job handed over and not finished ends ``Cancelled``:
+      dropped if it waits in the backend, asked to stop or killed if it runs. Unknown ids
+      are ignored.
+    * ``statistics()``: a tuple of ``WorkerStatistics``, one per worker.
+    * ``close(timeout)``: cancel what it holds, wait up to ``timeout`` seconds for it to be
+      reported, release the workers. Idempotent.
+    """
+
+    @property
+    def capacity(self) -> int: ...
+
+    def start(self, executor: TaskExecutor, sink: Any, /) -> None: ...
+
+    def batch_size(self) -> int: ...
+
+    def run(self, jobs: Sequence[Any], /) -> None: ...
+
+    def cancel(self, execution_id: str, /) -> None: ...
+
+    def statistics(self) -> tuple[Any, ...]: ...
+
+    def close(self, timeout: float, /) -> None: ...

@@ -66,7 +66,7 @@ def show_summary(summary: ServerSummary) -> None:
         if status not in {"queued", "running"}  # shown above already
     ]
     rows += [("workers", str(summary.workers)), ("uptime", f"{summary.uptime:.1f}s")]
-    # a pool on a remote engine: each worker and what it runs
+    # each worker and what it runs
     rows += [(f"worker {name}", ", ".join(ids)) for name, ids in sorted(summary.engine.items())]
     show_table("execution server", rows)
 

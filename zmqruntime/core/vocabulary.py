@@ -133,4 +133,5 @@ class ServerSummary:
     workers: int = 0
     uptime: float = 0.0
     engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
-    """For a pool on a remote engine: each worker's address and the executions it runs."""
+    """Each worker that runs something (a thread, a process, a remote engine's worker) and
+    the executions it runs."""

@@ -3,18 +3,23 @@
 :class:`ExecutionServer` runs tasks with an application-supplied
 :class:`~zmqruntime.TaskExecutor` on a :class:`WorkerPool`; :class:`ExecutionClient` submits
 them and returns :class:`Execution` handles backed by ``concurrent.futures.Future``.
-``WorkerPool.remote`` (and :func:`zmqruntime.execution.backends.dask.dask_pool`) run the tasks on
-another engine's workers, which get a :class:`RemoteContext`.
+The pool runs them on a backend: :class:`ThreadWorkers`, :class:`ProcessWorkers`, or
+:class:`RemoteWorkers` (``WorkerPool.remote``, :func:`zmqruntime.execution.backends.dask.dask_pool`)
+for another engine's workers, which get a :class:`RemoteContext`.
 """
 
 from __future__ import annotations
 
 from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ServerSummary
 from zmqruntime.errors import ServerLost, TaskCancelled, TaskFailed
+from zmqruntime.execution.backends.inlet import RemoteWorkers
+from zmqruntime.execution.backends.processes import ProcessWorkers
 from zmqruntime.execution.backends.remote import RemoteContext
+from zmqruntime.execution.backends.threads import ThreadWorkers
 from zmqruntime.execution.client import Execution, ExecutionClient, Subscription
 from zmqruntime.execution.context import ExecutionContext
-from zmqruntime.execution.pool import PoolMode, PoolStatistics, WorkerPool
+from zmqruntime.execution.outcomes import WorkerStatistics
+from zmqruntime.execution.pool import PoolStatistics, WorkerPool
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
 from zmqruntime.execution.server import ExecutionServer
 
@@ -26,14 +31,17 @@ __all__ = [
     "ExecutionServer",
     "ExecutionStatus",
     "ExecutionStore",
-    "PoolMode",
     "PoolStatistics",
+    "ProcessWorkers",
     "RemoteContext",
+    "RemoteWorkers",
     "RetentionPolicy",
     "ServerLost",
     "ServerSummary",
     "Subscription",
     "TaskCancelled",
     "TaskFailed",
+    "ThreadWorkers",
     "WorkerPool",
+    "WorkerStatistics",
 ]

@@ -1,4 +1,5 @@
-"""What a worker pool reports about a job: how it ended, and to whom it reports."""
+"""What a worker pool and its backends tell each other: the jobs, how each ended, where a
+backend reports, and what its workers do."""
 
 from __future__ import annotations
 
@@ -8,11 +9,26 @@ from typing import Any, TypeAlias, final
 
 import attrs
 
+from zmqruntime.config import ZMQConfig
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import ProgressEvent
-from zmqruntime.errors import TaskCancelled
-from zmqruntime.protocols import Buffer
+from zmqruntime.core.security import ServerCurve
+from zmqruntime.core.serializers import SafeSerializer
+from zmqruntime.errors import ConfigurationError, TaskCancelled
+from zmqruntime.protocols import Buffer, TaskSerializer
 
-__all__ = ["Cancelled", "Completed", "Failed", "Job", "Outcome", "PoolListener", "run_job"]
+__all__ = [
+    "Cancelled",
+    "Completed",
+    "Failed",
+    "Job",
+    "JobSink",
+    "Outcome",
+    "PoolListener",
+    "WorkerStatistics",
+    "check_workers",
+    "run_job",
+]
 
 
 @final
@@ -77,6 +93,57 @@ class PoolListener:
     started: Callable[[Job], bool]
     progress: Callable[[ProgressEvent], None]
     finished: Callable[[Job, Outcome], None]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class JobSink:
+    """What a :class:`~zmqruntime.protocols.WorkerBackend` is given at start: where it
+    reports (its pool; see the protocol for when each is called), and the server's endpoint
+    and serializer for a backend that opens sockets of its own (a remote engine's inlet binds
+    on the server's host with its configuration and keys; its workers encode results with
+    ``serializer``)."""
+
+    started: Callable[[Job], bool]
+    progress: Callable[[ProgressEvent], None]
+    finished: Callable[[Job, Outcome], None]
+    freed: Callable[[], None]
+    endpoint: Endpoint = attrs.field(factory=lambda: Endpoint.tcp(0))
+    serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
+
+    @property
+    def config(self) -> ZMQConfig:
+        """The server's configuration."""
+        return self.endpoint.config
+
+    @property
+    def curve(self) -> ServerCurve | None:
+        """The server's CURVE keys, if any."""
+        return self.endpoint.server_curve
+
+
+@final
+@attrs.frozen(kw_only=True)
+class WorkerStatistics:
+    """One worker of a pool: a thread, an owned process, or a remote engine's worker."""
+
+    name: str
+    """Threads: the thread's name; processes: ``process-<n>``; engines: the worker's address
+    (Dask) or ``host:pid``."""
+    pid: int | None = None
+    """Owned processes: the current worker process (threads and engine workers: None)."""
+    running: tuple[str, ...] = ()
+    """The executions it runs now (at most one, but on an engine worker with threads)."""
+    done: int = 0
+    """Jobs it finished (an owned process's slot counts across replacements)."""
+    replaced: int = 0
+    """Owned processes: how often its process died or was killed, and a fresh one took over."""
+
+
+def check_workers(_instance: object, _attribute: object, value: int) -> None:
+    """attrs validator: a worker count is a whole number of 1 or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"max_workers must be a whole number of 1 or more, got {value!r}")
 
 
 def run_job(

@@ -174,9 +174,7 @@ class ExecutionServer:
                 PoolListener(
                     started=self._started_job, progress=self._progress, finished=self._done
                 ),
-                # a remote pool's inlet binds where this server does, with its keys
-                config=attrs.evolve(self.config, bind_host=endpoint.host),
-                curve=endpoint.server_curve,
+                endpoint=endpoint,  # a remote pool's inlet binds where this server does
                 serializer=self.serializer,  # remote workers encode results with it
             )
         except BaseException:
@@ -253,7 +251,7 @@ class ExecutionServer:
             queued=counts[ExecutionStatus.QUEUED],
             running=counts[ExecutionStatus.RUNNING],
             counts={status.value: number for status, number in counts.items()},
-            workers=pool.workers,
+            workers=pool.capacity,
             uptime=uptime,
             engine=pool.engine,
         )

@@ -1,28 +1,29 @@
-"""The server end of remote contexts: where a remote pool's workers attach and report.
+"""A remote engine as a worker backend, and the inlet where its workers attach and report.
 
-A remote :class:`~zmqruntime.execution.WorkerPool` hands each job to its engine with a
-:class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back here. The
-inlet hears each worker's :class:`~zmqruntime.core.messages.Attach`, its progress and its
-:class:`~zmqruntime.core.messages.Completion`, and sends
-:class:`~zmqruntime.core.messages.Cancel` to
-the worker running a cancelled execution. A job ends exactly once: by its worker's
-completion (the usual way, with the result already encoded), or by the engine's future when
-the engine cancelled or failed it, or carried the outcome itself. When the server has CURVE,
-the inlet uses the server's key pair and admits one key pair made for the pool's contexts.
+:class:`RemoteWorkers` hands each job to its engine with a
+:class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back to its inlet
+(a :class:`~zmqruntime.core.server.ZMQServer`): it hears the worker's ``Attach``, progress and
+``Completion``, and sends ``Cancel`` to the worker of a cancelled execution. A job ends
+exactly once: by its worker's completion (the usual way, the result already encoded), or by
+the engine's future when the engine cancelled or failed it, or carried the outcome itself.
+With CURVE, the inlet uses the server's key pair and admits one key pair made for the pool.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
+import heapq
 import logging
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Sequence
 from typing import Any, Final, final
 
 import attrs
 
-from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Attach,
@@ -36,16 +37,23 @@ from zmqruntime.core.messages import (
     Shutdown,
     StreamMessageType,
 )
-from zmqruntime.core.router import HandlerKey
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
-from zmqruntime.core.serializers import serializer_name
 from zmqruntime.core.server import Peer, ZMQServer
-from zmqruntime.errors import ErrorCode
-from zmqruntime.execution.backends.remote import RemoteContext, run_remote, run_remote_batch
-from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
-from zmqruntime.protocols import RemoteEngine, TaskExecutor, TaskSerializer
+from zmqruntime.errors import ChannelClosed, ErrorCode
+from zmqruntime.execution.backends import remote
+from zmqruntime.execution.outcomes import (
+    Cancelled,
+    Completed,
+    Failed,
+    Job,
+    JobSink,
+    Outcome,
+    WorkerStatistics,
+    check_workers,
+)
+from zmqruntime.protocols import RemoteEngine, TaskExecutor
 
-__all__ = ["Inlet"]
+__all__ = ["RemoteWorkers"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,164 +68,149 @@ _RUN_WEIGHT: Final = 0.2
 
 @final
 @attrs.define(eq=False)
-class Inlet:
-    """Hears remote workers' attaches, progress and completions, sends them cancels, and
-    runs jobs on ``backend`` (the engine, which it never shuts down)."""
+class _Handed:
+    """A job the engine holds, and what the inlet knows of it."""
 
-    backend: RemoteEngine
-    executor: TaskExecutor
-    on_started: Callable[[Job], bool]
-    """Called when a job's worker attaches; False: it was cancelled, tell the worker."""
-    on_progress: Callable[[ProgressEvent], None]
-    on_done: Callable[[Job, Outcome], None]
-    on_engine_free: Callable[[], None]
-    """Called once for every :meth:`run`, when the engine's task for it ended."""
-    config: ZMQConfig
-    serializer: TaskSerializer
-    advertise_host: str
-    _server: ZMQServer
-    _client_curve: ClientCurve | None
-    _jobs: dict[str, Job] = attrs.field(factory=dict)
+    job: Job
+    batch: tuple[str, ...]
+    """The execution ids that share its engine task (itself alone, when not batched)."""
+    future: concurrent.futures.Future[Any] | None = None
+    route: Peer | None = None
+    """Where a cancel reaches it: the link of the worker it or an earlier batch mate attached."""
+    attached: tuple[Peer, str] | None = None
+    """The link and name of the worker that attached for it (then it runs there)."""
+    started: bool = False  # the server counts it as running
+    cancelled: bool = False
+
+
+@final
+@attrs.define(eq=False)
+class RemoteWorkers:
+    """A remote engine as a :class:`~zmqruntime.protocols.WorkerBackend`.
+
+    Each hand-over becomes one engine task (``engine.submit``), at most ``capacity`` at
+    once. Once finished jobs show that jobs take under 25 ms, a hand-over carries a batch of
+    about 50 ms of them (up to 32), so the engine's own cost is shared; each job still
+    attaches, reports and ends on its own, and a job cancelled while it waits in a batch
+    does not run. Workers reach the inlet that :meth:`start` binds on ``host`` (default:
+    the server's interface) under the name ``advertise_host`` (default: the bound host, or
+    this machine's name for a wildcard). The engine is never shut down here.
+    """
+
+    engine: RemoteEngine
+    capacity: int = attrs.field(default=1, validator=check_workers)
+    host: str | None = None
+    advertise_host: str | None = None
+    # Set by start():
+    _executor: TaskExecutor = attrs.field(init=False)
+    _sink: JobSink = attrs.field(init=False)
+    _server: ZMQServer = attrs.field(init=False)
+    _client_curve: ClientCurve | None = attrs.field(init=False)
+    _jobs: dict[str, _Handed] = attrs.field(factory=dict, init=False)
     """Jobs handed to the engine that have not ended; whoever pops one reports its end."""
-    _futures: dict[str, concurrent.futures.Future[Any]] = attrs.field(factory=dict)
-    _peers: dict[str, tuple[Peer, str]] = attrs.field(factory=dict)
-    """Attached (running) jobs: their worker's link and name."""
-    _batches: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
-    """The execution ids that share one engine task with a job (for batched jobs)."""
-    _routes: dict[str, Peer] = attrs.field(factory=dict)
-    """Where a cancel reaches a job: its worker's link, known once it or a job before it in
-    its batch attached."""
-    _mean_run: float | None = attrs.field(default=None)
-    _cancelled: set[str] = attrs.field(factory=set)
-    _started: set[str] = attrs.field(factory=set)
-    """Jobs the server counts as running (their worker attached)."""
-    _timers: dict[str, threading.Timer] = attrs.field(factory=dict)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _done: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    """Jobs each worker finished."""
+    _mean_run: float | None = attrs.field(default=None, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _changed: threading.Condition = attrs.field(init=False)
+    """Notified when a job ends or a deadline is set."""
+    _deadlines: list[tuple[float, str]] = attrs.field(factory=list, init=False)
+    """A heap: when to give up on a completion the engine said was sent (see _watch)."""
+    _watcher: threading.Thread = attrs.field(init=False)
+    _closed: bool = attrs.field(default=False, init=False)
 
-    @classmethod
-    def launch(
-        cls,
-        *,
-        backend: RemoteEngine,
-        executor: TaskExecutor,
-        on_started: Callable[[Job], bool],
-        on_progress: Callable[[ProgressEvent], None],
-        on_done: Callable[[Job, Outcome], None],
-        on_engine_free: Callable[[], None],
-        config: ZMQConfig,
-        curve: ServerCurve | None,
-        serializer: TaskSerializer,
-        host: str | None,
-        advertise_host: str | None,
-    ) -> Inlet:
+    @_changed.default
+    def _make_changed(self) -> threading.Condition:
+        return threading.Condition(self._lock)
+
+    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
         """Bind the inlet (TCP, a free port pair on ``host``) and start serving it."""
-        bind_host = host or config.bind_host
-        inlet_curve, client_curve = None, None
-        if curve is not None:
+        if hasattr(self, "_server"):
+            raise RuntimeError("these RemoteWorkers are already started")
+        self._executor, self._sink = executor, sink
+        bind_host = self.host or sink.endpoint.host
+        inlet_curve, self._client_curve = None, None
+        if sink.curve is not None:
             keys = generate_curve_keypair()
-            inlet_curve = ServerCurve(curve.keypair, allowed_client_keys={keys.public_key})
-            client_curve = ClientCurve(keys, curve.keypair.public_key)
-        handlers: dict[HandlerKey, Any] = {}
-        server = ZMQServer(
-            Endpoint.of(
-                port=0,
-                host=bind_host,
-                transport_mode=TransportMode.TCP,
-                config=config,
-                curve=inlet_curve,
-            ),
-            handlers=handlers,
+            server_keys = sink.curve.keypair
+            inlet_curve = ServerCurve(server_keys, allowed_client_keys={keys.public_key})
+            self._client_curve = ClientCurve(keys, server_keys.public_key)
+        if self.advertise_host is None:
+            wildcard = bind_host in ("0.0.0.0", "*", "::")
+            self.advertise_host = socket.gethostname() if wildcard else bind_host
+        at = Endpoint.tcp(0, host=bind_host, config=sink.config, curve=inlet_curve)
+        self._server = ZMQServer(
+            at,  # its data socket (PUB) stays unused
+            handlers={
+                ControlMessageType.ATTACH: self._on_attach,
+                StreamMessageType.PROGRESS: self._on_progress,
+                StreamMessageType.COMPLETION: self._on_completion,
+                ControlMessageType.SHUTDOWN: _refuse_shutdown,
+            },
             role="inlet",
         )
-        if advertise_host is None:
-            wildcard = bind_host in ("0.0.0.0", "*", "::")
-            advertise_host = socket.gethostname() if wildcard else bind_host
-        inlet = cls(
-            backend,
-            executor,
-            on_started,
-            on_progress,
-            on_done,
-            on_engine_free,
-            config,
-            serializer,
-            advertise_host,
-            server,
-            client_curve,
+        self._server.start()
+        self._watcher = threading.Thread(
+            target=self._watch, name="zmqruntime-inlet-deadlines", daemon=True
         )
-        handlers[ControlMessageType.ATTACH] = inlet._on_attach
-        handlers[StreamMessageType.PROGRESS] = inlet._on_progress
-        handlers[StreamMessageType.COMPLETION] = inlet._on_completion
-        handlers[ControlMessageType.SHUTDOWN] = _refuse_shutdown
-        server.start()
-        return inlet
+        self._watcher.start()
 
     @property
-    def address(self) -> str:
-        """The URL remote contexts connect to (the inlet's control socket)."""
-        port = self.config.control_port(self._server.bound_port)
-        host = self.advertise_host
+    def address(self) -> str | None:
+        """The URL remote contexts connect to (the inlet's control socket); None before
+        :meth:`start`."""
+        if not hasattr(self, "_server"):
+            return None
+        port = self._sink.config.control_port(self._server.bound_port)
+        host = str(self.advertise_host)
         if ":" in host and not host.startswith("["):  # an IPv6 literal
             host = f"[{host}]"
         return f"tcp://{host}:{port}"
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: Sequence[Job]) -> None:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
-        address = self.address
-        contexts = [
-            RemoteContext(
-                job.execution_id,
-                dict(job.labels),
-                address,
-                self.config,
-                self._client_curve,
-                self.serializer,
-            )
-            for job in jobs
-        ]
+        jobs, address, sink = list(jobs), self.address, self._sink
+        assert address is not None, "not started"
+        link = (address, sink.config, self._client_curve, sink.serializer)
+        contexts = [remote.RemoteContext(job.execution_id, dict(job.labels), *link) for job in jobs]
         ids = tuple(job.execution_id for job in jobs)
+        handed = [_Handed(job, ids) for job in jobs]
         with self._lock:  # before the engine has them: a worker may attach at once
-            for job in jobs:
-                self._jobs[job.execution_id] = job
-                if len(jobs) > 1:
-                    self._batches[job.execution_id] = ids
+            self._jobs.update(zip(ids, handed, strict=True))
         try:
             if len(jobs) == 1:
-                future = self.backend.submit(run_remote, self.executor, jobs[0], contexts[0])
+                future = self.engine.submit(remote.run_remote, self._executor, jobs[0], contexts[0])
             else:
-                future = self.backend.submit(run_remote_batch, self.executor, jobs, contexts)
+                future = self.engine.submit(remote.run_remote_batch, self._executor, jobs, contexts)
         except BaseException:
             with self._lock:
                 for execution_id in ids:
                     self._jobs.pop(execution_id, None)
-                    self._batches.pop(execution_id, None)
             raise
         with self._lock:
-            for execution_id in ids:
-                if execution_id in self._jobs:  # else it ended already
-                    self._futures[execution_id] = future
+            for entry in handed:
+                entry.future = future
         future.add_done_callback(lambda done: self._engine_done(jobs, done))
 
     def cancel(self, execution_id: str) -> None:
         """Drop the job from the engine's queue, or tell its worker to stop."""
         with self._lock:
-            future = self._futures.get(execution_id)
-            if execution_id in self._jobs:
-                self._cancelled.add(execution_id)
+            entry = self._jobs.get(execution_id)
+            if entry is None:
+                return
+            entry.cancelled = True
             # A batch's engine task is cancelled only when all its open jobs are.
-            whole = all(
-                other in self._cancelled
-                for other in self._batches.get(execution_id, ())
-                if other in self._jobs
-            )
-            route = self._routes.get(execution_id)
+            batch = [self._jobs[other] for other in entry.batch if other in self._jobs]
+            whole = all(other.cancelled for other in batch)
+            future, route = entry.future, entry.route
         if future is not None and whole:
             future.cancel()  # not started: the done callback reports it cancelled
         if route is not None:
             # Also after a successful future.cancel(): some engines (Dask) "cancel" a task
             # that already runs, and only its context can tell it to stop. A job further
             # down a batch hears it before it starts, and does not run.
-            self._server.send(route, Cancel(request_id=0, execution_id=execution_id))
+            with contextlib.suppress(ChannelClosed):
+                self._server.send(route, Cancel(request_id=0, execution_id=execution_id))
 
     def batch_size(self) -> int:
         """How many jobs to hand the engine as one task: 1 until tasks are known to be
@@ -228,58 +221,64 @@ class Inlet:
             return 1
         return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / max(mean, 1e-6))))
 
-    def engine(self) -> dict[str, tuple[str, ...]]:
-        """Each worker that runs one of our executions, and which."""
+    def statistics(self) -> tuple[WorkerStatistics, ...]:
+        """Each worker that attached: what it runs now, how many it finished."""
         running: dict[str, list[str]] = {}
         with self._lock:
-            for execution_id, (_peer, worker) in self._peers.items():
-                running.setdefault(worker, []).append(execution_id)
-        return {worker: tuple(ids) for worker, ids in running.items()}
+            for execution_id, entry in self._jobs.items():
+                if entry.attached is not None:
+                    running.setdefault(entry.attached[1], []).append(execution_id)
+            done = dict(self._done)
+        return tuple(
+            WorkerStatistics(name=n, running=tuple(running.get(n, ())), done=done.get(n, 0))
+            for n in sorted(set(running) | set(done))
+        )
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop the inlet (the engine is not ours to stop)."""
-        self._server.close(timeout)
+    def __enter__(self) -> RemoteWorkers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel every job, wait up to ``timeout`` for them to end, stop the inlet (the
+        engine is not ours to stop). Idempotent."""
+        if not hasattr(self, "_server"):
+            return
         with self._lock:
-            timers = list(self._timers.values())
-            self._timers.clear()
-        for timer in timers:
-            timer.cancel()
+            open_jobs = list(self._jobs)
+        for execution_id in open_jobs:
+            self.cancel(execution_id)
+        with self._lock:
+            if not self._changed.wait_for(lambda: not self._jobs, timeout):
+                logger.warning("%d remote jobs still run after close", len(self._jobs))
+            self._closed = True
+            self._changed.notify_all()
+        self._watcher.join(timeout)
+        self._server.close(timeout)
 
     # --- how a job ends ---------------------------------------------------------------------
-
-    def _start(self, job: Job) -> bool:
-        if not self.on_started(job):
-            return False
-        with self._lock:
-            if job.execution_id in self._jobs:
-                self._started.add(job.execution_id)
-        return True
 
     def _end(self, execution_id: str, outcome: Outcome) -> None:
         """Report ``outcome`` for the job, unless it ended already."""
         with self._lock:
-            started = execution_id in self._started
-            self._started.discard(execution_id)
-            job = self._jobs.pop(execution_id, None)
-            self._futures.pop(execution_id, None)
-            self._peers.pop(execution_id, None)
-            self._batches.pop(execution_id, None)
-            self._routes.pop(execution_id, None)
-            self._cancelled.discard(execution_id)
-            timer = self._timers.pop(execution_id, None)
-        if timer is not None:
-            timer.cancel()
-        if job is None:
-            return
-        if isinstance(outcome, Completed) and not started and not self.on_started(job):
+            entry = self._jobs.pop(execution_id, None)
+            if entry is None:
+                return
+            if entry.attached is not None:
+                self._done[entry.attached[1]] += 1
+        job = entry.job
+        if isinstance(outcome, Completed) and not entry.started and not self._sink.started(job):
             outcome = Cancelled()  # never seen running (its attach was lost): cancelled since
-        self.on_done(job, outcome)
+        self._sink.finished(job, outcome)
+        with self._lock:  # after the report: close() waits for it
+            self._changed.notify_all()
 
     def _engine_done(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
         try:
             self._settle(jobs, future)
         finally:
-            self.on_engine_free()
+            self._sink.freed()
 
     def _settle(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
         """End the jobs the engine's task ended without their worker's completion."""
@@ -309,42 +308,55 @@ class Inlet:
                 )
 
     def _expect_completion(self, job: Job) -> None:
-        """Give the worker's completion ``config.request_timeout`` to arrive, then fail the
-        job: the engine says it ended, so its outcome was lost on the way."""
-        lost = Failed(
-            "OutcomeLost",
-            f"the engine finished {job.execution_id} but its outcome never reached the server",
-            "",
-        )
-        timer = threading.Timer(self.config.request_timeout, self._end, (job.execution_id, lost))
-        timer.daemon = True
+        """Give the worker's completion ``config.request_timeout`` to arrive (see _watch)."""
         with self._lock:
-            if job.execution_id not in self._jobs:
-                return
-            self._timers[job.execution_id] = timer
-        timer.start()
+            if job.execution_id in self._jobs:
+                deadline = time.monotonic() + self._sink.config.request_timeout
+                heapq.heappush(self._deadlines, (deadline, job.execution_id))
+                self._changed.notify_all()
+
+    def _watch(self) -> None:
+        """Fail each job whose completion never came: the engine says it ended, so its
+        outcome was lost on the way. One thread for all, until close."""
+        while True:
+            with self._lock:
+                now, due = time.monotonic(), []
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    due.append(heapq.heappop(self._deadlines)[1])
+                if not due:
+                    if self._closed:
+                        return
+                    self._changed.wait(self._deadlines[0][0] - now if self._deadlines else 3600.0)
+                    continue
+            for execution_id in due:  # those that ended meanwhile are no longer known
+                text = (
+                    f"the engine finished {execution_id} but its outcome never reached the server"
+                )
+                self._end(execution_id, Failed("OutcomeLost", text, ""))
 
     # --- what workers send ----------------------------------------------------------------
 
     def _on_attach(self, request: Attach, peer: Peer) -> Message | None:
         execution_id = request.execution_id
         stop: list[str] = []
+        started = cancelled = False
         with self._lock:
-            job = self._jobs.get(execution_id)
-            if job is not None:
-                self._peers[execution_id] = (peer, request.worker)
-                for later in self._batches.get(execution_id, (execution_id,)):
-                    if later in self._jobs:
-                        self._routes[later] = peer  # the rest of its batch runs there too
-                        if later != execution_id and later in self._cancelled:
+            entry = self._jobs.get(execution_id)
+            if entry is not None:
+                entry.attached = (peer, request.worker)
+                for later in entry.batch:
+                    if (mate := self._jobs.get(later)) is not None:
+                        mate.route = peer  # the rest of its batch runs there too
+                        if later != execution_id and mate.cancelled:
                             stop.append(later)  # cancelled before the batch had a worker
-            started = execution_id in self._started  # the engine retries it
-            cancelled = execution_id in self._cancelled
+                started, cancelled = entry.started, entry.cancelled  # started: a retry
         for later in stop:
             self._server.send(peer, Cancel(request_id=0, execution_id=later))
-        if job is not None and not cancelled and (started or self._start(job)):
+        if entry is not None and not cancelled and (started or self._sink.started(entry.job)):
+            with self._lock:
+                entry.started = True
             return None  # no answer needed: a Cancel follows if it comes to that
-        if job is None:
+        if entry is None:
             logger.debug("inlet: %s attached to an ended execution", request.worker)
         return Cancel(request_id=request.request_id, execution_id=execution_id)
 
@@ -352,44 +364,24 @@ class Inlet:
         with self._lock:
             known = event.execution_id in self._jobs
         if known:
-            self.on_progress(event)
+            self._sink.progress(event)
 
     def _on_completion(self, message: Completion, peer: Peer) -> None:
         record = message.record
         with self._lock:
-            known = record.execution_id in self._jobs
-            attached = self._peers.get(record.execution_id)
-        if not known or (attached is not None and attached[0] != peer):
+            entry = self._jobs.get(record.execution_id)
+            attached = entry.attached if entry is not None else None
+        if entry is None or (attached is not None and attached[0] != peer):
             # Ended already (cancelled, or a retried task's second run), or not its worker.
             logger.debug("inlet: dropped a completion of %s", record.execution_id)
             return
         if record.status is ExecutionStatus.COMPLETE and record.started_at is not None:
             # Completed runs show what the work takes (cancelled ones are cut short).
-            self._learn_run_time((record.finished_at or record.started_at) - record.started_at)
-        outcome: Outcome
-        if record.status is ExecutionStatus.COMPLETE:
-            outcome = Completed(None, frames=message.result)
-            if message.serializer != serializer_name(self.serializer):
-                outcome = Failed(
-                    "RemoteProtocolError",
-                    f"the worker encoded the result with {message.serializer!r}",
-                    "",
-                )
-        elif record.status is ExecutionStatus.CANCELLED:
-            outcome = Cancelled()
-        elif record.status is ExecutionStatus.FAILED:
-            outcome = Failed(
-                record.error_type or "", record.error_message or "", record.traceback or ""
-            )
-        else:
-            outcome = Failed("RemoteProtocolError", f"a worker reported {record.status}", "")
-        self._end(record.execution_id, outcome)
-
-    def _learn_run_time(self, seconds: float) -> None:
-        with self._lock:
-            seconds = max(0.0, seconds)
-            mean = self._mean_run
-            self._mean_run = seconds if mean is None else mean + _RUN_WEIGHT * (seconds - mean)
+            seconds = max(0.0, (record.finished_at or record.started_at) - record.started_at)
+            with self._lock:
+                mean = self._mean_run
+                self._mean_run = seconds if mean is None else mean + _RUN_WEIGHT * (seconds - mean)
+        self._end(record.execution_id, remote.outcome_of(message, self._sink.serializer))
 
 
 def _refuse_shutdown(request: Shutdown, _peer: Peer) -> ErrorReply:

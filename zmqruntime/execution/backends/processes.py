@@ -1,34 +1,54 @@
-"""Worker processes owned by a WorkerPool: spawn, run, kill on cancel, replace when dead.
+"""Worker processes a pool owns, as a :class:`~zmqruntime.protocols.WorkerBackend`.
 
-Each worker is a child process connected by a private ``multiprocessing`` pipe. The parent
-sends it one job at a time; the child runs the executor and sends back progress events and
-the outcome. Pipe traffic is pickled: the pipe is anonymous and both ends are processes this
-pool started, so nothing from the network is ever unpickled here (task payloads were decoded
-by the server's serializer before they reach the pool).
+Each worker is a child process connected by a private ``multiprocessing`` pipe; it runs one
+job at a time and sends back progress events and the outcome. Pipe traffic is pickled: both
+ends are processes this backend started, so nothing from the network is ever unpickled here
+(task payloads were decoded by the server's serializer before they reach the pool).
 
-One reader thread waits on all pipes at once. A worker whose pipe closes — because a
-cancellation killed it or because it died — is joined and replaced by a fresh one.
+Workers are not daemonic, so a task may start processes of its own. Cancelling a running
+job kills its worker and, on POSIX, everything the worker started: each worker leads a
+process group of its own, and the whole group gets SIGKILL (a process that left the group,
+with ``setsid`` say, is not reached). Elsewhere only the worker is killed. Either way a
+fresh worker takes its place, as it does for a worker that died.
+
+Workers never outlive their pool: :meth:`ProcessWorkers.close` stops them (killing busy
+ones); an interpreter that exits without closing kills them (a ``multiprocessing``
+finalizer, run before it joins its children); and a worker whose pool's process is gone,
+even killed, kills its group and itself: it watches a lifeline pipe whose write end only
+that process holds (under ``fork``, workers started later hold copies too, so a worker
+follows once they are gone).
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.util
+import os
 import pickle
+import signal
 import threading
-from collections.abc import Callable
-from multiprocessing.context import BaseContext
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, final
 
 import attrs
 
-from zmqruntime.core.messages import ProgressEvent
 from zmqruntime.errors import ConfigurationError
 from zmqruntime.execution.context import ExecutionContext
-from zmqruntime.execution.outcomes import Cancelled, Failed, Job, Outcome, run_job
+from zmqruntime.execution.outcomes import (
+    Cancelled,
+    Failed,
+    Job,
+    JobSink,
+    Outcome,
+    WorkerStatistics,
+    check_workers,
+    run_job,
+)
 from zmqruntime.protocols import TaskExecutor
 
 __all__ = ["ProcessWorkers"]
@@ -38,10 +58,18 @@ logger = logging.getLogger(__name__)
 _MAX_DEATHS_IN_A_ROW = 3
 
 
-def _child_main(connection: multiprocessing.connection.Connection, executor: TaskExecutor) -> None:
+def _worker_main(
+    connection: Connection, lifeline: Connection, keep: Connection, executor: TaskExecutor
+) -> None:
     """The body of a worker process: run jobs until told to stop or the pipe closes."""
+    if os.name == "posix":
+        os.setpgid(0, 0)  # a group of its own: a cancel ends it with what it started
+    keep.close()  # its copy of the lifeline's write end (forked, or passed to be closed)
+    threading.Thread(
+        target=_watch, args=(lifeline,), name="zmqruntime-lifeline", daemon=True
+    ).start()
 
-    def report(event: ProgressEvent) -> None:
+    def report(event: object) -> None:
         connection.send(("progress", event))
 
     while True:
@@ -51,58 +79,67 @@ def _child_main(connection: multiprocessing.connection.Connection, executor: Tas
             return
         if message[0] == "stop":
             return
-        _kind, execution_id, labels, task = message
-        context = ExecutionContext(execution_id, labels, report=report)
-        outcome = run_job(executor, Job(execution_id, task, labels), context, lambda: False)
+        job = message[1]
+        context = ExecutionContext(job.execution_id, job.labels, report=report)
+        outcome = run_job(executor, job, context, lambda: False)
         try:
-            connection.send(("done", execution_id, outcome))
+            connection.send(("done", outcome))
         except Exception as exc:  # e.g. an unpicklable result
-            connection.send(("done", execution_id, Failed.from_exception(exc)))
+            connection.send(("done", Failed.from_exception(exc)))
+
+
+def _watch(lifeline: Connection) -> None:
+    """Once the pool's process is gone, end this worker and its group."""
+    while not wait([lifeline], timeout=3600.0):
+        pass  # nothing is ever sent: it becomes readable when the write end closes
+    logger.warning("the pool's process is gone: ending worker %d", os.getpid())
+    if os.name == "posix" and os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(1)
 
 
 @final
 @attrs.define(eq=False)
 class _Worker:
+    """One slot of the pool: its current process, and what it is doing."""
+
+    name: str
     process: BaseProcess
-    connection: multiprocessing.connection.Connection
-    send_lock: threading.Lock = attrs.field(factory=threading.Lock)
+    connection: Connection
+    lifeline: Connection
+    """The lifeline's write end: the worker ends itself once it is closed."""
     job: Job | None = None
     killed: bool = False
+    done: int = 0
+    replaced: int = 0
 
 
 @final
 @attrs.define(eq=False)
 class ProcessWorkers:
-    """A fixed number of worker processes and the thread that listens to them."""
+    """``capacity`` worker processes (started with ``start_method``) and the thread that
+    listens to them. A worker that does not stop within ``kill_timeout`` seconds is killed."""
 
-    executor: TaskExecutor
-    context: BaseContext
-    on_progress: Callable[[ProgressEvent], None]
-    on_done: Callable[[Job, Outcome], None]
-    kill_timeout: float
-    _workers: list[_Worker] = attrs.field(factory=list)
-    _backlog: collections.deque[Job] = attrs.field(factory=collections.deque)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock)
-    _wake_reader: multiprocessing.connection.Connection | None = None
-    _wake_writer: multiprocessing.connection.Connection | None = None
-    _thread: threading.Thread | None = None
-    _closing: bool = False
-    _deaths_in_a_row: int = 0
-    _broken: str | None = None
-    replaced: int = 0
+    capacity: int = attrs.field(default=1, validator=check_workers)
+    start_method: str = attrs.field(default="spawn", kw_only=True)
+    kill_timeout: float = attrs.field(default=5.0, kw_only=True)
+    # Set by start():
+    _executor: TaskExecutor = attrs.field(init=False)
+    _sink: JobSink = attrs.field(init=False)
+    _wake: tuple[Connection, Connection] = attrs.field(init=False)
+    _thread: threading.Thread = attrs.field(init=False)
+    _finalizer: Callable[[], object] = attrs.field(init=False)
+    _workers: list[_Worker] = attrs.field(factory=list, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _closing: threading.Event = attrs.field(factory=threading.Event, init=False)
+    """Set by close(), or by the exit finalizer: no worker is replaced any more."""
+    _deaths_in_a_row: int = attrs.field(default=0, init=False)
+    _broken: str | None = attrs.field(default=None, init=False)
 
-    @classmethod
-    def launch(
-        cls,
-        *,
-        executor: TaskExecutor,
-        count: int,
-        start_method: str,
-        on_progress: Callable[[ProgressEvent], None],
-        on_done: Callable[[Job, Outcome], None],
-        kill_timeout: float,
-    ) -> ProcessWorkers:
-        """Start ``count`` worker processes and the reader thread."""
+    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
+        """Start the worker processes and the thread that listens to them."""
+        if hasattr(self, "_thread"):
+            raise RuntimeError("these ProcessWorkers are already started")
         try:
             pickle.dumps(executor)
         except Exception as exc:
@@ -110,194 +147,227 @@ class ProcessWorkers:
                 "process workers need an executor that can be pickled: a function defined at "
                 f"module level of an importable module ({exc})"
             ) from exc
-        pool = cls(
-            executor, multiprocessing.get_context(start_method), on_progress, on_done, kill_timeout
+        self._executor, self._sink = executor, sink
+        self._wake = multiprocessing.Pipe(duplex=False)
+        self._workers.extend(self._spawn(f"process-{n}") for n in range(self.capacity))
+        # Runs at exit, before multiprocessing joins its (non-daemonic) children. A finalizer
+        # must not hold its object: it gets the list and the event, not self.
+        self._finalizer = multiprocessing.util.Finalize(
+            self, _kill_all, args=(self._workers, self._closing), exitpriority=10
         )
-        pool._wake_reader, pool._wake_writer = multiprocessing.Pipe(duplex=False)
-        for _ in range(count):
-            pool._workers.append(pool._spawn())
-        pool._thread = threading.Thread(
-            target=pool._read, name="zmqruntime-process-reader", daemon=True
+        self._thread = threading.Thread(
+            target=self._read, name="zmqruntime-process-reader", daemon=True
         )
-        pool._thread.start()
-        return pool
+        self._thread.start()
 
-    def _spawn(self) -> _Worker:
-        parent, child = self.context.Pipe()
-        process = self.context.Process(  # type: ignore[attr-defined]
-            target=_child_main, args=(child, self.executor), name="zmqruntime-worker", daemon=True
+    def _spawn(self, name: str) -> _Worker:
+        context = multiprocessing.get_context(self.start_method)
+        parent, child = context.Pipe()
+        lifeline, keep = context.Pipe(duplex=False)
+        process = context.Process(  # type: ignore[attr-defined]
+            target=_worker_main,
+            args=(child, lifeline, keep, self._executor),
+            name=f"zmqruntime-{name}",
         )
         process.start()
         child.close()
-        return _Worker(process, parent)
+        lifeline.close()
+        return _Worker(name, process, parent, keep)
 
-    def pids(self) -> tuple[int, ...]:
-        """The process ids of the current workers."""
-        with self._lock:
-            return tuple(w.process.pid for w in self._workers if w.process.pid is not None)
+    def batch_size(self) -> int:
+        """One job per hand-over."""
+        return 1
 
-    def run(self, job: Job) -> None:
-        """Hand ``job`` to an idle worker, or keep it until one is free (a replacement)."""
+    def run(self, jobs: Sequence[Job]) -> None:
+        """Send the job to an idle worker (there is one: a dead worker's slot is refilled
+        before it is freed), unless the workers keep dying (then it fails at once)."""
+        (job,) = jobs
         with self._lock:
-            broken = self._broken
-            worker = next((w for w in self._workers if w.job is None and not w.killed), None)
-            if worker is None and broken is None:
-                self._backlog.append(job)
-                return
+            closing, broken = self._closing.is_set(), self._broken
+            idle = (w for w in self._workers if w.job is None and not w.killed)
+            worker = None if closing else next(idle, None)
             if worker is not None:
                 worker.job = job
-        if worker is None:
-            self.on_done(job, Failed("WorkerStartFailed", str(broken), ""))
-            return
-        self._send(worker, job)
-
-    def _send(self, worker: _Worker, job: Job) -> None:
-        try:
-            with worker.send_lock:
-                worker.connection.send(("run", job.execution_id, dict(job.labels), job.task))
-        except Exception as exc:  # the task could not be pickled, or the worker just died
-            with self._lock:
-                worker.job = None
-            self.on_done(job, Failed.from_exception(exc))
-
-    def kill(self, execution_id: str) -> bool:
-        """Terminate the worker running ``execution_id``; the reader replaces it."""
-        with self._lock:
-            worker = next(
-                (w for w in self._workers if w.job and w.job.execution_id == execution_id), None
+        if worker is None:  # the pool closes, or workers keep dying
+            self._report(
+                job, Cancelled() if closing else Failed("WorkerStartFailed", str(broken), "")
             )
-            if worker is None:
-                return False
-            worker.killed = True
-        worker.process.terminate()
-        return True
+        elif not self._sink.started(job):
+            if self._release(worker, job):
+                self._report(job, Cancelled())
+        else:
+            try:
+                worker.connection.send(("run", job))
+            except Exception as exc:  # the task cannot be pickled, or the worker just died
+                if self._release(worker, job):
+                    self._report(job, Failed.from_exception(exc))
 
-    def close(self, timeout: float) -> None:
-        """Stop every worker (terminating busy ones) and the reader thread."""
+    def cancel(self, execution_id: str) -> None:
+        """Kill the worker running ``execution_id`` with its group; the reader reports the
+        job cancelled and starts a fresh worker."""
         with self._lock:
-            self._closing = True
+            busy = (w for w in self._workers if w.job and w.job.execution_id == execution_id)
+            worker = next(busy, None)
+            if worker is None:
+                return
+            worker.killed = True
+        _kill_tree(worker.process)
+
+    def statistics(self) -> tuple[WorkerStatistics, ...]:
+        """Each worker slot: its process, its job, how many it ran, how often it was replaced."""
+        with self._lock:
+            return tuple(
+                WorkerStatistics(
+                    name=w.name,
+                    pid=w.process.pid,
+                    running=(w.job.execution_id,) if w.job else (),
+                    done=w.done,
+                    replaced=w.replaced,
+                )
+                for w in self._workers
+            )
+
+    def __enter__(self) -> ProcessWorkers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop idle workers, kill busy ones (their jobs end cancelled), stop the reader and
+        reap every worker. Idempotent."""
+        with self._lock:
+            if self._closing.is_set() or not hasattr(self, "_thread"):
+                return
+            self._closing.set()
             workers = list(self._workers)
+            for worker in workers:
+                worker.killed = worker.job is not None
         for worker in workers:
-            if worker.job is None:
-                try:
-                    with worker.send_lock:
-                        worker.connection.send(("stop",))
-                except OSError:
-                    pass
+            if worker.killed:
+                _kill_tree(worker.process)
             else:
-                worker.killed = True
-                worker.process.terminate()
-        if self._wake_writer is not None:
-            self._wake_writer.send(b"")
-        if self._thread is not None:
-            self._thread.join(timeout)
+                with contextlib.suppress(OSError):
+                    worker.connection.send(("stop",))
+        self._wake[1].send(b"")
+        self._thread.join(timeout)
         for worker in workers:
             _reap(worker, self.kill_timeout)
-        if self._wake_writer is not None:
-            self._wake_writer.close()
-        if self._wake_reader is not None:
-            self._wake_reader.close()
+        self._finalizer()
+        for end in self._wake:
+            end.close()
+
+    # --- the reader thread -----------------------------------------------------------------
 
     def _read(self) -> None:
-        assert self._wake_reader is not None
+        wake = self._wake[0]
         while True:
             with self._lock:
-                if self._closing and all(w.job is None for w in self._workers):
+                if self._closing.is_set() and all(w.job is None for w in self._workers):
                     return
-                connections: list[Any] = [w.connection for w in self._workers]
-            connections.append(self._wake_reader)
-            for ready in multiprocessing.connection.wait(connections, timeout=1.0):
-                if ready is self._wake_reader:
-                    self._wake_reader.recv()
-                    continue
-                worker = next((w for w in self._workers if w.connection is ready), None)
-                if worker is not None:
-                    self._receive(worker)
+                owners: dict[Any, _Worker] = {w.connection: w for w in self._workers}
+                owners.update((w.process.sentinel, w) for w in self._workers)
+            for ready in wait([*owners, wake], timeout=1.0):
+                if ready is wake:
+                    wake.recv()
+                elif (worker := owners[ready]) in self._workers:
+                    self._receive(worker, ready is worker.connection)
 
-    def _receive(self, worker: _Worker) -> None:
+    def _receive(self, worker: _Worker, readable: bool) -> None:
+        """Take the worker's next message; a worker whose process ended (its pipe closed, or
+        its sentinel is ready and nothing is left to read) is gone."""
         try:
+            if not readable and not worker.connection.poll():
+                raise EOFError
             message = worker.connection.recv()
         except (EOFError, OSError):
             self._worker_gone(worker)
             return
         except Exception as exc:  # a result that cannot be unpickled here
-            message = (
-                "done",
-                worker.job.execution_id if worker.job else "",
-                Failed.from_exception(exc),
-            )
+            message = ("done", Failed.from_exception(exc))
         if message[0] == "progress":
             try:
-                self.on_progress(message[1])
+                self._sink.progress(message[1])
             except Exception:
                 logger.exception("progress callback failed")
             return
-        with self._lock:
-            job, worker.job = worker.job, None
-            backlog = self._backlog.popleft() if self._backlog else None
-            if backlog is not None:
-                worker.job = backlog
-        if job is not None:
-            self._deaths_in_a_row = 0
-            self.on_done(job, message[2])
-        if backlog is not None:
-            self._send(worker, backlog)
+        job = worker.job
+        # A killed worker's job ends cancelled (see _worker_gone), even if it just finished.
+        if job is not None and not worker.killed and self._release(worker, job):
+            with self._lock:
+                worker.done += 1
+                self._deaths_in_a_row = 0
+            self._report(job, message[1])
 
     def _worker_gone(self, worker: _Worker) -> None:
+        """Report its job, and put a fresh worker in its place (unless closing, or workers
+        keep dying) before its slot is freed."""
         _reap(worker, self.kill_timeout)
-        worker.connection.close()
-        if self._closing and worker.job is None:
-            with self._lock:
-                self._workers.remove(worker)  # a worker told to stop has stopped
-            return
-        job = worker.job
-        outcome: Outcome
-        if worker.killed:
-            outcome = Cancelled()
-        else:
-            code = worker.process.exitcode
-            logger.error("worker process %s died (exit code %s)", worker.process.pid, code)
-            outcome = Failed(
-                "WorkerDied",
-                f"the worker process {worker.process.pid} died (exit code {code}) while "
-                "running this task",
-                "",
-            )
+        pid, code = worker.process.pid, worker.process.exitcode
+        outcome: Outcome = Cancelled()
         with self._lock:
             self._workers.remove(worker)
-            if not worker.killed:
+            job, worker.job = worker.job, None
+            if not worker.killed and not self._closing.is_set():
+                logger.error("worker process %s died (exit code %s)", pid, code)
+                message = (
+                    f"the worker process {pid} died (exit code {code}) while running this task"
+                )
+                outcome = Failed("WorkerDied", message, "")
                 self._deaths_in_a_row += 1
             if self._deaths_in_a_row >= _MAX_DEATHS_IN_A_ROW and self._broken is None:
                 self._broken = (
                     f"{self._deaths_in_a_row} worker processes in a row died before finishing a "
-                    f"task (last exit code {worker.process.exitcode}); check that the executor's "
-                    "module imports cleanly in a fresh interpreter (and that the launching "
-                    "script has an `if __name__ == '__main__':` guard)"
+                    f"task (last exit code {code}); check that the executor's module imports "
+                    "cleanly in a fresh interpreter (and that the launching script has an "
+                    "`if __name__ == '__main__':` guard)"
                 )
                 logger.error("not replacing worker processes any more: %s", self._broken)
-            closing = self._closing or self._broken is not None
-            stranded = list(self._backlog) if self._broken is not None else []
-            if stranded:
-                self._backlog.clear()
-        for waiting in stranded:
-            self.on_done(waiting, Failed("WorkerStartFailed", str(self._broken), ""))
-        replacement = None if closing else self._spawn()  # slow: never under the lock
-        backlog = None
-        if replacement is not None:
+            replace = not self._closing.is_set() and self._broken is None
+        if job is not None:  # reported before the (slow) replacement: the client hears now
+            self._sink.finished(job, outcome)
+        if replace:
+            fresh = self._spawn(worker.name)
+            fresh.done, fresh.replaced = worker.done, worker.replaced + 1
             with self._lock:
-                self.replaced += 1
-                self._workers.append(replacement)
-                if self._backlog:
-                    backlog = self._backlog.popleft()
-                    replacement.job = backlog
+                self._workers.append(fresh)
         if job is not None:
-            self.on_done(job, outcome)
-        if replacement is not None and backlog is not None:
-            self._send(replacement, backlog)
+            self._sink.freed()
+
+    def _release(self, worker: _Worker, job: Job) -> bool:
+        """Take ``job`` off ``worker``; True for the one caller that gets to report it."""
+        with self._lock:
+            if worker.job is not job:
+                return False
+            worker.job = None
+            return True
+
+    def _report(self, job: Job, outcome: Outcome) -> None:
+        self._sink.finished(job, outcome)
+        self._sink.freed()
+
+
+def _kill_tree(process: BaseProcess) -> None:
+    """Kill ``process`` and, on POSIX, its process group. The group only while the process
+    has not been reaped: until then its pid, the group's id, cannot name anything else."""
+    if os.name == "posix" and process.pid is not None and process.exitcode is None:
+        with contextlib.suppress(OSError):  # no group yet (it just started), or gone
+            os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
 
 
 def _reap(worker: _Worker, timeout: float) -> None:
+    """Wait up to ``timeout`` for the worker to exit, kill it (with its group) if it does
+    not, and let go of its pipes."""
     worker.process.join(timeout)
-    if worker.process.is_alive():
-        worker.process.kill()
+    if worker.process.exitcode is None:
+        _kill_tree(worker.process)
         worker.process.join(timeout)
+    worker.connection.close()
+    worker.lifeline.close()
+
+
+def _kill_all(workers: list[_Worker], closing: threading.Event) -> None:
+    closing.set()  # first: the reader must not replace what is killed now
+    for worker in list(workers):
+        _kill_tree(worker.process)

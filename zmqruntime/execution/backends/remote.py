@@ -4,7 +4,7 @@ When a :class:`~zmqruntime.execution.WorkerPool` hands jobs to an engine whose w
 other processes or hosts (``ProcessPoolExecutor``, Dask, loky, ``mpi4py.futures``), the
 executor function, the task and a :class:`RemoteContext` travel to the worker by that
 engine's own means. The context opens a zmq connection of its own (DEALER) to the pool's
-:class:`~zmqruntime.execution.backends.inlet.Inlet` and sends on it an
+:class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` and sends on it an
 :class:`~zmqruntime.core.messages.Attach`, the progress events, and at the end the task's
 :class:`~zmqruntime.core.messages.Completion`, its result already encoded with the server's
 serializer; the inlet answers with :class:`~zmqruntime.core.messages.Cancel` when the execution
@@ -49,7 +49,7 @@ from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, run_job
 from zmqruntime.protocols import Buffer, JSONValue, TaskExecutor, TaskSerializer
 
-__all__ = ["RemoteContext", "run_remote", "run_remote_batch"]
+__all__ = ["RemoteContext", "outcome_of", "run_remote", "run_remote_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +328,22 @@ def _record(execution_id: str, outcome: Outcome, started: float | None) -> Execu
         error_message=error.error_message if error else None,
         traceback=error.traceback if error else None,
     )
+
+
+def outcome_of(message: Completion, serializer: TaskSerializer) -> Outcome:
+    """The outcome a worker's completion reports (a result stays encoded: it must be in
+    ``serializer``'s format, the server's; else the job failed)."""
+    record = message.record
+    if record.status is ExecutionStatus.COMPLETE:
+        if message.serializer == serializer_name(serializer):
+            return Completed(None, frames=message.result)
+        text = f"the worker encoded the result with {message.serializer!r}"
+        return Failed("RemoteProtocolError", text, "")
+    if record.status is ExecutionStatus.CANCELLED:
+        return Cancelled()
+    if record.status is ExecutionStatus.FAILED:
+        return Failed(record.error_type or "", record.error_message or "", record.traceback or "")
+    return Failed("RemoteProtocolError", f"a worker reported {record.status}", "")
 
 
 def run_remote(executor: TaskExecutor, job: Job, context: RemoteContext) -> Outcome | None:

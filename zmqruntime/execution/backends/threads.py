@@ -1,0 +1,152 @@
+"""Threads of this process as a :class:`~zmqruntime.protocols.WorkerBackend`.
+
+Jobs run on a thread pool the backend owns, or on an injected
+``concurrent.futures.Executor`` running in this process (threads of your own, never shut
+down here). A running job cannot be killed: cancelling it sets its
+:class:`~zmqruntime.execution.ExecutionContext`'s ``cancelled``, and the executor should
+stop. A job cancelled before its thread picks it up never runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Sequence
+from typing import final
+
+import attrs
+
+from zmqruntime.errors import ConfigurationError
+from zmqruntime.execution.context import ExecutionContext
+from zmqruntime.execution.outcomes import (
+    Cancelled,
+    Job,
+    JobSink,
+    Outcome,
+    WorkerStatistics,
+    check_workers,
+    run_job,
+)
+from zmqruntime.protocols import TaskExecutor
+
+__all__ = ["ThreadWorkers"]
+
+logger = logging.getLogger(__name__)
+
+
+@final
+@attrs.define(eq=False)
+class ThreadWorkers:
+    """Up to ``capacity`` jobs at once on threads of this process.
+
+    ``executor``: an injected executor to run on (it stays yours); None: a thread pool of
+    ``capacity`` threads, made by :meth:`start` and shut down by :meth:`close`.
+    """
+
+    capacity: int = attrs.field(default=1, validator=check_workers)
+    executor: concurrent.futures.Executor | None = None
+    # Set by start():
+    _threads: concurrent.futures.Executor = attrs.field(init=False)
+    _task_executor: TaskExecutor = attrs.field(init=False)
+    _sink: JobSink = attrs.field(init=False)
+    _contexts: dict[str, ExecutionContext] = attrs.field(factory=dict, init=False)
+    _workers: dict[str, tuple[str | None, int]] = attrs.field(factory=dict, init=False)
+    """Each thread that ran a job: the execution it runs now, and how many it finished."""
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _idle: threading.Condition = attrs.field(init=False)
+
+    @_idle.default
+    def _make_idle(self) -> threading.Condition:
+        return threading.Condition(self._lock)
+
+    @classmethod
+    def on(
+        cls, executor: concurrent.futures.Executor, max_workers: int | None = None
+    ) -> ThreadWorkers:
+        """Run on ``executor`` (threads of this process), at most ``max_workers`` jobs at once
+        (default: the executor's own worker count where it has one)."""
+        if isinstance(executor, concurrent.futures.ProcessPoolExecutor):
+            raise ConfigurationError(
+                "a ProcessPoolExecutor runs tasks in other processes; use WorkerPool.remote()"
+            )
+        if max_workers is None:
+            max_workers = int(getattr(executor, "_max_workers", 1) or 1)
+        return cls(max_workers, executor)
+
+    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
+        """Run jobs with ``executor``, report to ``sink``; makes the thread pool if owned."""
+        if hasattr(self, "_threads"):
+            raise RuntimeError("these ThreadWorkers are already started")
+        self._task_executor, self._sink = executor, sink
+        self._threads = self.executor or concurrent.futures.ThreadPoolExecutor(
+            self.capacity, thread_name_prefix="zmqruntime-worker"
+        )
+
+    def batch_size(self) -> int:
+        """One job per hand-over."""
+        return 1
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        """Queue the job for a thread; it runs unless cancelled before it starts."""
+        (job,) = jobs
+        context = ExecutionContext(job.execution_id, job.labels, report=self._sink.progress)
+        with self._lock:
+            self._contexts[job.execution_id] = context
+        try:
+            self._threads.submit(self._work, job, context)
+        except BaseException:
+            with self._lock:
+                del self._contexts[job.execution_id]
+            raise
+
+    def cancel(self, execution_id: str) -> None:
+        """Tell the job it is cancelled (its thread skips it if it has not started)."""
+        with self._lock:
+            context = self._contexts.get(execution_id)
+        if context is not None:
+            context.cancel_event.set()
+
+    def statistics(self) -> tuple[WorkerStatistics, ...]:
+        """Each thread that ran one of the jobs, what it runs now and how many it ran."""
+        with self._lock:
+            return tuple(
+                WorkerStatistics(name=name, running=(running,) if running else (), done=done)
+                for name, (running, done) in self._workers.items()
+            )
+
+    def __enter__(self) -> ThreadWorkers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel every job, wait up to ``timeout`` seconds for them to end, and shut the
+        owned thread pool down (without waiting for a stuck job). Idempotent."""
+        with self._lock:
+            for context in self._contexts.values():
+                context.cancel_event.set()
+            idle = self._idle.wait_for(lambda: not self._contexts, timeout)
+            if not idle:
+                logger.warning("%d thread jobs still run after close", len(self._contexts))
+        if self.executor is None and hasattr(self, "_threads"):
+            self._threads.shutdown(wait=idle, cancel_futures=True)
+
+    def _work(self, job: Job, context: ExecutionContext) -> None:
+        sink, executor = self._sink, self._task_executor
+        name = threading.current_thread().name
+        with self._lock:
+            done = self._workers.get(name, (None, 0))[1]
+            self._workers[name] = (job.execution_id, done)
+        outcome: Outcome = Cancelled()
+        try:
+            if not context.cancelled and sink.started(job):
+                outcome = run_job(executor, job, context, lambda: context.cancelled)
+        finally:
+            sink.finished(job, outcome)
+            with self._lock:  # after the report: close() waits for it
+                del self._contexts[job.execution_id]
+                self._workers[name] = (None, done + 1)
+                self._idle.notify_all()
+            sink.freed()
