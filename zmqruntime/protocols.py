@@ -26,10 +26,10 @@ __all__ = [
     "LaunchSpec",
     "RemoteEngine",
     "RequestHandler",
-    "WorkerBackend",
     "TaskContext",
     "TaskExecutor",
     "TaskSerializer",
+    "WorkerBackend",
 ]
 
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
