@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
@@ -99,8 +100,10 @@ class RequestTable:
         self._queue.put(_Job(handler, request, peer, serializer, answer))
         return None
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Let running handlers finish (up to ``timeout`` seconds each), drop the rest."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Drop queued requests and give running handlers ``timeout`` seconds in all to
+        return; a handler still running then is left to finish on its (daemon) thread."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._closed = True
             threads = list(self._threads)
@@ -108,7 +111,7 @@ class RequestTable:
             self._queue.put(None)
         for thread in threads:
             if thread is not threading.current_thread():
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     logger.error("a request handler did not return within %ss", timeout)
 

@@ -265,7 +265,7 @@ class ZMQServer:
             self._release()
 
     def _release(self) -> None:
-        self.requests.close(self.config.close_timeout)
+        self.requests.close(self.config.close_timeout / 2)  # the rest is the loop's
         if self._pair is not None:
             self._pair.close()
         if self._mailbox is not None:

@@ -196,15 +196,15 @@ class SocketPair:
         ctx: Context = zmq.Context() if context is None else context
         sockets: list[Socket] = []
         try:
-            for url, socket_type in (
-                (endpoint.data_url, data_type),
-                (endpoint.control_url, control_type),
+            for url, socket_type, wanted in (
+                (endpoint.data_url, data_type, connect_data),
+                (endpoint.control_url, control_type, True),
             ):
                 socket = _new_socket(ctx, socket_type, endpoint, bound=False)
                 sockets.append(socket)
                 if curve is not None:
                     curve.apply(socket)
-                if connect_data or socket_type == control_type:
+                if wanted:
                     socket.connect(url)
         except BaseException:
             for socket in sockets:
