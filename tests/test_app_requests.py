@@ -22,7 +22,7 @@ from zmqruntime import Endpoint, RemoteError, TransportMode, ZMQClient, ZMQConfi
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer
 from zmqruntime.execution import ExecutionClient, ExecutionServer
-from zmqruntime.streaming import StreamingServer
+from zmqruntime.streaming import ImageSender, StreamingServer
 
 WAIT = 20.0
 
@@ -254,6 +254,10 @@ def test_a_viewer_answers_requests_of_its_own(endpoint: Endpoint, no_thread_leak
         assert client.call("clear", ["cells"], timeout=WAIT) == 1
         assert client.call("layers", timeout=WAIT) == ["nuclei"]
         assert set(client.ping(timeout=WAIT).capabilities) >= {"layers", "clear", "images"}
+        with ImageSender.to(viewer.server.sockets.endpoint) as sender:  # the sender asks too
+            sender.send(numpy.zeros((4, 4), numpy.uint8))
+            sender.wait_all_acked(timeout=WAIT)
+            assert sender.request("layers", timeout=WAIT) == ["nuclei"]
 
 
 def test_a_busy_table_refuses_beyond_its_bound(endpoint: Endpoint, no_thread_leak: None) -> None:

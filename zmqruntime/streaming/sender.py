@@ -184,6 +184,11 @@ class ImageSender:
     __enter__ = connect_on_enter
     __exit__ = close_on_exit
 
+    def request(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+        """Send the viewer's own request ``name`` (a handler it was given in ``requests``)
+        and return the reply's payload; raises like ``ZMQClient.call``."""
+        return self.client.call(name, payload, timeout=timeout)
+
     @property
     def ack_address(self) -> str | None:
         """Where the viewer sends this sender's acks."""
