@@ -18,7 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.strategies import json_values
-from zmqruntime import Endpoint, RemoteError, TransportMode, ZMQClient, ZMQConfig
+from zmqruntime import (
+    ConfigurationError,
+    Endpoint,
+    RemoteError,
+    TransportMode,
+    ZMQClient,
+    ZMQConfig,
+)
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer
 from zmqruntime.execution import ExecutionClient, ExecutionServer
@@ -277,3 +284,11 @@ def test_a_busy_table_refuses_beyond_its_bound(endpoint: Endpoint, no_thread_lea
         assert errors and "waiting for a handler" in str(errors[0])
         release.set()
         assert sum(1 for f in futures if f.exception(WAIT) is None) == 2
+
+
+@pytest.mark.parametrize("field", ["workers", "max_pending"])
+def test_a_table_needs_at_least_one_worker_and_one_place(field: str) -> None:
+    from zmqruntime.core.requests import RequestTable  # noqa: PLC0415
+
+    with pytest.raises(ConfigurationError, match=field):
+        RequestTable({}, **{field: 0})

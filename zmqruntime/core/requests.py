@@ -25,7 +25,7 @@ import attrs
 
 from zmqruntime.core.messages import AppReply, AppRequest, ErrorReply, Message
 from zmqruntime.core.serializers import serializer_name
-from zmqruntime.errors import ErrorCode, ProtocolError
+from zmqruntime.errors import ConfigurationError, ErrorCode, ProtocolError
 from zmqruntime.protocols import RequestHandler, TaskSerializer
 
 __all__ = ["MAX_PENDING_REQUESTS", "RequestTable", "as_request_table"]
@@ -40,6 +40,11 @@ Answer = Callable[[Any, Message], None]
 """``answer(peer, reply)``: how a worker sends a reply (the server's thread-safe ``send``)."""
 
 
+def _at_least_one(_table: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{attribute.name} must be a whole number of 1 or more")
+
+
 @final
 @attrs.define(eq=False)
 class RequestTable:
@@ -51,8 +56,10 @@ class RequestTable:
     """
 
     handlers: Mapping[str, RequestHandler] = attrs.field(factory=dict)
-    workers: int = 4
-    max_pending: int = MAX_PENDING_REQUESTS
+    workers: int = attrs.field(default=4, validator=_at_least_one)
+    """Handlers that may run at once."""
+    max_pending: int = attrs.field(default=MAX_PENDING_REQUESTS, validator=_at_least_one)
+    """Requests queued or running before more are refused as busy."""
     _queue: queue.SimpleQueue[_Job | None] = attrs.field(factory=queue.SimpleQueue, init=False)
     _threads: list[threading.Thread] = attrs.field(factory=list, init=False)
     _pending: int = attrs.field(default=0, init=False)
