@@ -131,7 +131,7 @@ def test_the_ready_made_viewer_runs_napari_in_its_main_thread(display: str, conf
         env=env,
     )
     manager = VisualizerProcessManager(
-        spec, port=port, transport_mode=TransportMode.TCP, config=config
+        spec, Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config)
     )
     manager.start(timeout=90)
     try:

@@ -127,9 +127,7 @@ def test_launch_stream_and_stop_the_ready_made_viewer(
     frames = tmp_path / "frames"
     manager = VisualizerProcessManager(
         viewer_spec(port, transport_mode, config, frames),
-        port=port,
-        transport_mode=transport_mode,
-        config=config,
+        Endpoint.of(port=port, transport_mode=transport_mode, config=config),
     )
     assert not manager.is_running() and manager.pid is None
     with managed(manager):
@@ -179,7 +177,7 @@ def test_context_manager_starts_and_stops_without_waiting_out_linger(
     port = free_port(TransportMode.TCP, config)
     spec = viewer_spec(port, TransportMode.TCP, config, tmp_path / "frames")
     manager = VisualizerProcessManager(
-        spec, port=port, transport_mode=TransportMode.TCP, config=slow_linger
+        spec, Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=slow_linger)
     )
     started = time.monotonic()
     with managed(manager), manager:
@@ -196,7 +194,9 @@ def test_a_viewer_killed_from_outside_is_noticed_and_replaced(
 ) -> None:
     port = free_port(transport_mode, config)
     spec = viewer_spec(port, transport_mode, config, tmp_path / "frames")
-    first = VisualizerProcessManager(spec, port=port, transport_mode=transport_mode, config=config)
+    first = VisualizerProcessManager(
+        spec, Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+    )
     with managed(first):
         first.start(timeout=30)
         pid = first.pid
@@ -205,7 +205,9 @@ def test_a_viewer_killed_from_outside_is_noticed_and_replaced(
         wait_until(lambda: not first.is_running(), "the manager to notice the dead viewer")
         assert first.stop(timeout=WAIT) == -signal.SIGKILL
     # A hard kill leaves stale IPC socket files behind; the next launch replaces them.
-    second = VisualizerProcessManager(spec, port=port, transport_mode=transport_mode, config=config)
+    second = VisualizerProcessManager(
+        spec, Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+    )
     with managed(second):
         second.start(timeout=30)
         assert not second.attached and second.pid not in (None, pid)
@@ -226,7 +228,7 @@ def test_a_child_that_ignores_shutdown_and_sigterm_is_killed(
     port = free_port(transport_mode, config)
     spec = script_spec("stubborn", str(port), transport_mode.value, str(config.ipc_root))
     manager = VisualizerProcessManager(
-        spec, port=port, transport_mode=transport_mode, config=config
+        spec, Endpoint.of(port=port, transport_mode=transport_mode, config=config)
     )
     with managed(manager):
         manager.start(timeout=30)
@@ -251,7 +253,7 @@ def test_a_command_that_exits_at_once_is_reported_with_its_stderr(
     code = "import sys; sys.stderr.write('no display: cannot open viewer\\n'); sys.exit(3)"
     spec = CommandSpec((sys.executable, "-c", code))
     manager = VisualizerProcessManager(
-        spec, port=port, transport_mode=TransportMode.TCP, config=config
+        spec, Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config)
     )
     started = time.monotonic()
     with managed(manager), pytest.raises(ProcessLaunchError) as caught:
@@ -270,7 +272,7 @@ def test_a_viewer_that_fails_on_its_arguments_is_reported(
     port = free_port(TransportMode.TCP, config)
     spec = python_module_spec("zmqruntime.streaming", "--port", str(port), "--sink", "tiff:x")
     manager = VisualizerProcessManager(
-        spec, port=port, transport_mode=TransportMode.TCP, config=config
+        spec, Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config)
     )
     with managed(manager), pytest.raises(ProcessLaunchError) as caught:
         manager.start(timeout=30)
@@ -284,7 +286,7 @@ def test_a_command_that_cannot_be_run_is_a_launch_error(
     port = free_port(TransportMode.TCP, config)
     spec = CommandSpec((str(tmp_path / "no-such-program"),))
     manager = VisualizerProcessManager(
-        spec, port=port, transport_mode=TransportMode.TCP, config=config
+        spec, Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config)
     )
     with managed(manager), pytest.raises(ProcessLaunchError, match="no-such-program"):
         manager.start(timeout=5)
@@ -297,7 +299,7 @@ def test_a_child_that_never_serves_times_out_and_is_stopped(
     port = free_port(TransportMode.TCP, config)
     spec = CommandSpec((sys.executable, "-c", "import threading; threading.Event().wait()"))
     manager = VisualizerProcessManager(
-        spec, port=port, transport_mode=TransportMode.TCP, config=config
+        spec, Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config)
     )
     started = time.monotonic()
     with managed(manager), pytest.raises(ZMQTimeoutError, match="did not answer") as caught:
@@ -317,8 +319,12 @@ def test_a_second_manager_on_the_same_port_attaches(
 ) -> None:
     port = free_port(transport_mode, config)
     spec = viewer_spec(port, transport_mode, config, tmp_path / "frames")
-    first = VisualizerProcessManager(spec, port=port, transport_mode=transport_mode, config=config)
-    second = VisualizerProcessManager(spec, port=port, transport_mode=transport_mode, config=config)
+    first = VisualizerProcessManager(
+        spec, Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+    )
+    second = VisualizerProcessManager(
+        spec, Endpoint.of(port=port, transport_mode=transport_mode, config=config)
+    )
     with managed(first), managed(second):
         first.start(timeout=30)
         viewer_pid = first.pid
@@ -344,9 +350,7 @@ def test_a_server_of_another_role_on_the_port_is_refused(
         port = channel.port_number
         manager = VisualizerProcessManager(
             viewer_spec(port, transport_mode, config, tmp_path / "frames"),
-            port=port,
-            transport_mode=transport_mode,
-            config=config,
+            Endpoint.of(port=port, transport_mode=transport_mode, config=config),
         )
         try:
             with pytest.raises(AddressInUseError, match="'ack' server"):
@@ -367,9 +371,7 @@ def test_a_port_held_by_something_else_is_refused(
         port = squatter.getsockname()[1]
         manager = VisualizerProcessManager(
             viewer_spec(port, TransportMode.TCP, config, tmp_path / "frames"),
-            port=port,
-            transport_mode=TransportMode.TCP,
-            config=config,
+            Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config),
         )
         try:
             with pytest.raises(AddressInUseError, match="does not answer"):

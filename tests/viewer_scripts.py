@@ -78,7 +78,8 @@ def launcher(port: str, mode: str, ipc_root: str, sink_dir: str) -> None:
         f"npy:{sink_dir}",
     )
     manager = VisualizerProcessManager(
-        spec, port=int(port), transport_mode=TransportMode(mode), config=_config(ipc_root)
+        spec,
+        Endpoint.of(port=int(port), transport_mode=TransportMode(mode), config=_config(ipc_root)),
     )
     manager.start(timeout=30)
     print("pid", manager.pid, flush=True)

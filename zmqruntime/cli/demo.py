@@ -62,7 +62,7 @@ def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
             where = ("--port", str(port), "--transport", mode.value, "--ipc-root", private)
             spec = python_module_spec(module, *where, *args)
             return VisualizerProcessManager(
-                spec, port=port, transport_mode=mode, config=config, role=role
+                spec, Endpoint.of(port=port, transport_mode=mode, config=config), role=role
             )
 
         with AckChannel.bind(

@@ -22,12 +22,11 @@ from typing import IO, Final, final
 import attrs
 
 from zmqruntime import errors
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
 from zmqruntime.core.messages import Pong, Shutdown
-from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.transport import is_endpoint_in_use
 from zmqruntime.protocols import LaunchSpec
 
@@ -68,7 +67,9 @@ def python_module_spec(
 @final
 @attrs.define(eq=False)
 class VisualizerProcessManager:
-    """Owns one server process reachable at ``port`` (``config.default_port`` when None).
+    """Owns one server process reachable at ``endpoint`` (``Endpoint.of()`` by default: the
+    configuration's default port on the platform's default transport; a CURVE-protected server
+    needs the endpoint to hold this side's ``ClientCurve`` keys).
 
     ``role`` is what the server must say it is in its pong ("viewer" for a
     :class:`~zmqruntime.streaming.StreamingServer`, "execution" for an execution server).
@@ -76,12 +77,8 @@ class VisualizerProcessManager:
     """
 
     spec: LaunchSpec
-    port: int | None = None
-    host: str = "localhost"
-    transport_mode: TransportMode | None = None
-    config: ZMQConfig = attrs.field(factory=ZMQConfig)
+    endpoint: Endpoint = attrs.field(factory=Endpoint.of)
     role: str = "viewer"
-    curve: ClientCurve | None = None
 
     _process: subprocess.Popen[bytes] | None = attrs.field(default=None, init=False)
     _attached: bool = attrs.field(default=False, init=False)
@@ -112,7 +109,7 @@ class VisualizerProcessManager:
             self._attached = True
             logger.info("attached to the %s already serving port %s", self.role, self._port)
             return self
-        if is_endpoint_in_use(self._port, self.transport_mode, config=self.config):
+        if is_endpoint_in_use(self._port, self.endpoint.transport, config=self.config):
             raise errors.AddressInUseError(
                 f"port {self._port} is held by something that does not answer as a zmqruntime "
                 "server; stop it or choose another port"
@@ -180,17 +177,19 @@ class VisualizerProcessManager:
 
     @property
     def _port(self) -> int:
-        return self.config.default_port if self.port is None else self.port
+        return self.endpoint.port
+
+    @property
+    def config(self) -> ZMQConfig:
+        """The configuration of the server's endpoint."""
+        return self.endpoint.config
 
     def _connection(self) -> ZMQClient:
         if self._client is None:
             self._client = ZMQClient(
-                Endpoint.of(
-                    port=self._port,
-                    host=self.host,
-                    transport_mode=self.transport_mode,
+                attrs.evolve(
+                    self.endpoint,
                     config=attrs.evolve(self.config, linger=min(self.config.linger, _PROBE_LINGER)),
-                    curve=self.curve,
                 ),
                 connect_data=False,
                 name="process-manager",
