@@ -20,7 +20,6 @@ from typing import Any, Final, cast, final
 import attrs
 import zmq
 
-from zmqruntime.config import ZMQConfig
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
@@ -113,11 +112,6 @@ class ExecutionClient:
         )
 
     @property
-    def config(self) -> ZMQConfig:
-        """The configuration of the client's endpoint."""
-        return self.client.config
-
-    @property
     def serializer(self) -> TaskSerializer:
         """The client's serializer (the server's must be the same)."""
         return self.client.serializer
@@ -191,7 +185,7 @@ class ExecutionClient:
             # submissions may delay as long as the work ahead of it): it may take as long as
             # a result would, and a lost server fails it at once anyway.
             acceptance = self.client.request_async(
-                request, self.config.result_timeout if timeout is None else timeout
+                request, self.client.config.result_timeout if timeout is None else timeout
             )
         except BaseException:
             if created:
@@ -272,7 +266,7 @@ class ExecutionClient:
     ) -> tuple[set[Execution], set[Execution]]:
         """Wait like ``concurrent.futures.wait``: returns ``(done, not_done)``."""
         by_future = {execution.future: execution for execution in executions}
-        limit = self.config.result_timeout if timeout is None else timeout
+        limit = self.client.config.result_timeout if timeout is None else timeout
         done, pending = concurrent.futures.wait(by_future, limit, return_when)
         return {by_future[f] for f in done}, {by_future[f] for f in pending}
 

@@ -57,7 +57,7 @@ class Execution:
         return self._wait(self.future.exception, timeout)
 
     def _wait(self, outcome: Callable[[float], _T], timeout: float | None) -> _T:
-        limit = self._client.config.result_timeout if timeout is None else timeout
+        limit = self._client.client.config.result_timeout if timeout is None else timeout
         try:
             return outcome(limit)
         except concurrent.futures.TimeoutError:

@@ -24,7 +24,6 @@ from typing import Any, Final, final
 import attrs
 import zmq
 
-from zmqruntime.config import ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter, stop_on_signals
 from zmqruntime.core.messages import (
@@ -131,11 +130,6 @@ class ExecutionServer:
         return cls(executor, server, **options)
 
     @property
-    def config(self) -> ZMQConfig:
-        """The configuration of the server's endpoint."""
-        return self.server.config
-
-    @property
     def serializer(self) -> TaskSerializer:
         """The server's serializer: tasks, results, request and event payloads."""
         return self.server.serializer
@@ -226,7 +220,7 @@ class ExecutionServer:
                 return
             self._closed = True
             self._draining = True
-        limit = self.config.close_timeout if timeout is None else timeout
+        limit = self.server.config.close_timeout if timeout is None else timeout
         self.pool.close(limit)
         self.server.close(limit)
 

@@ -22,7 +22,6 @@ from typing import IO, Final, final
 import attrs
 
 from zmqruntime import errors
-from zmqruntime.config import ZMQConfig
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
@@ -98,7 +97,7 @@ class VisualizerProcessManager:
         """
         if self._process is not None or self._attached:
             return self
-        limit = self.config.connect_timeout if timeout is None else timeout
+        limit = self.endpoint.config.connect_timeout if timeout is None else timeout
         pong = self._probe()
         if pong is not None:
             try:
@@ -109,7 +108,7 @@ class VisualizerProcessManager:
             self._attached = True
             logger.info("attached to the %s already serving port %s", self.role, self._port)
             return self
-        if is_endpoint_in_use(self._port, self.endpoint.transport, config=self.config):
+        if is_endpoint_in_use(self._port, self.endpoint.transport, config=self.endpoint.config):
             raise errors.AddressInUseError(
                 f"port {self._port} is held by something that does not answer as a zmqruntime "
                 "server; stop it or choose another port"
@@ -118,7 +117,7 @@ class VisualizerProcessManager:
             self._launch()
             self._wait_ready(time.monotonic() + limit, limit)
         except BaseException:  # stopped again: no child, lifeline or log file is left behind
-            self.stop(timeout=self.config.close_timeout)
+            self.stop(timeout=self.endpoint.config.close_timeout)
             raise
         return self
 
@@ -140,7 +139,7 @@ class VisualizerProcessManager:
         Returns the exit code. An attached server (one this manager did not start) is only
         detached from, never stopped or killed: returns None.
         """
-        limit = self.config.close_timeout if timeout is None else timeout
+        limit = self.endpoint.config.close_timeout if timeout is None else timeout
         process, self._process = self._process, None
         self._attached = False
         try:
@@ -179,17 +178,14 @@ class VisualizerProcessManager:
     def _port(self) -> int:
         return self.endpoint.port
 
-    @property
-    def config(self) -> ZMQConfig:
-        """The configuration of the server's endpoint."""
-        return self.endpoint.config
-
     def _connection(self) -> ZMQClient:
         if self._client is None:
             self._client = ZMQClient(
                 attrs.evolve(
                     self.endpoint,
-                    config=attrs.evolve(self.config, linger=min(self.config.linger, _PROBE_LINGER)),
+                    config=attrs.evolve(
+                        self.endpoint.config, linger=min(self.endpoint.config.linger, _PROBE_LINGER)
+                    ),
                 ),
                 connect_data=False,
                 name="process-manager",

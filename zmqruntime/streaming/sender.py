@@ -27,7 +27,6 @@ import attrs
 import numpy
 import zmq
 
-from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
@@ -125,11 +124,6 @@ class ImageSender:
             channel = AckChannel.bind(channel_at, context=context)
         return cls(client, channel, **options)
 
-    @property
-    def config(self) -> ZMQConfig:
-        """The configuration of the viewer's endpoint."""
-        return self.client.config
-
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be 1 or more, got {self.max_in_flight}")
@@ -139,7 +133,7 @@ class ImageSender:
         # Unique per sender: several senders (processes) may share one tracker key.
         self._id_prefix = f"{self._key}-{uuid.uuid4().hex[:12]}"
         timeout = self.send_timeout
-        self._limit = self.config.request_timeout if timeout is None else timeout
+        self._limit = self.client.config.request_timeout if timeout is None else timeout
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -286,7 +280,7 @@ class ImageSender:
             if owned < MAX_THREAD_SOCKETS and ":" not in self.client.endpoint.host:
                 pair = client.sockets
                 socket = open_connected_socket(
-                    pair.context, zmq.PUSH, pair.data_url, self.config, self.client.curve
+                    pair.context, zmq.PUSH, pair.data_url, self.client.config, self.client.curve
                 )
             entry = self._thread_sockets[ident] = _ThreadSocket(thread, socket)
         return entry
@@ -312,7 +306,7 @@ class ImageSender:
         seconds (``config.request_timeout`` by default).
         """
         tracker = self._local_tracker()
-        limit = self.config.request_timeout if timeout is None else timeout
+        limit = self.client.config.request_timeout if timeout is None else timeout
         if not tracker.wait_all_acknowledged(limit):
             missing = tracker.get_pending_count()
             raise ZMQTimeoutError(

@@ -20,7 +20,6 @@ from typing import Any, Final, final
 import attrs
 import zmq
 
-from zmqruntime.config import ZMQConfig
 from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
@@ -120,11 +119,6 @@ class StreamingServer:
         )
         return cls(sink, server, **options)
 
-    @property
-    def config(self) -> ZMQConfig:
-        """The configuration of the viewer's endpoint."""
-        return self.server.config
-
     def _build(self) -> ZMQServer:
         if self._thread is not None:
             raise RuntimeError("this StreamingServer was already started")
@@ -158,7 +152,7 @@ class StreamingServer:
         if self._closed:
             return
         self._closed = True
-        limit = self.config.close_timeout if timeout is None else timeout
+        limit = self.server.config.close_timeout if timeout is None else timeout
         self.server.close(limit)
         self._stopping = True
         self._inbox.put(None)
@@ -193,7 +187,7 @@ class StreamingServer:
     # --- sink thread -----------------------------------------------------------------------
 
     def _run_sink(self) -> None:
-        acks = AckSender(config=self.config, curve=self.ack_curve)
+        acks = AckSender(config=self.server.config, curve=self.ack_curve)
         try:
             # Once stopping, what still waits is acked as skipped on the way out.
             while not self._stopping:
