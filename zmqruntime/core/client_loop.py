@@ -20,15 +20,14 @@ import attrs
 import zmq
 
 from zmqruntime.config import ZMQConfig
-from zmqruntime.core import codec
 from zmqruntime.core.connection import ConnectionWatch, LinkEvent
 from zmqruntime.core.mailbox import Mailbox
 from zmqruntime.core.messages import ErrorReply, Message
 from zmqruntime.core.pending import PendingRequests
 from zmqruntime.core.push import PushSockets
 from zmqruntime.core.security import ClientCurve
-from zmqruntime.core.sockets import SocketPair, receive_ready, send_frames
-from zmqruntime.errors import ChannelClosed, RemoteProtocolError, ServerLost
+from zmqruntime.core.sockets import SocketPair, decode_or_warn, receive_ready, send_frames
+from zmqruntime.errors import ChannelClosed, ServerLost
 from zmqruntime.protocols import Buffer
 
 __all__ = ["ClientLoop"]
@@ -139,13 +138,9 @@ class ClientLoop:
             frames = receive_ready(pair.control)
             if frames is None:
                 return
-            try:
-                message = codec.decode(
-                    cast("list[Buffer]", frames), max_header_bytes=self.config.max_header_bytes
-                )
-            except RemoteProtocolError as exc:
+            message = decode_or_warn(frames, self.config.max_header_bytes, self.name, "reply")
+            if message is None:
                 self.counts["dropped"] += 1
-                logger.warning("%s: dropped a malformed reply: %s", self.name, exc)
                 continue
             self._deliver(message)
 
@@ -179,11 +174,9 @@ class ClientLoop:
             body = cast("list[Buffer]", frames)
             if subscribed and frames:  # published messages lead with their topic frame
                 topic, body = frames[0].bytes, body[1:]
-            try:
-                message = codec.decode(body, max_header_bytes=self.config.max_header_bytes)
-            except RemoteProtocolError as exc:
+            message = decode_or_warn(body, self.config.max_header_bytes, self.name, "data message")
+            if message is None:
                 self.counts["dropped"] += 1
-                logger.warning("%s: dropped a malformed data message: %s", self.name, exc)
                 continue
             if self.on_data is None:
                 continue

@@ -22,9 +22,15 @@ from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.mailbox import Mailbox
 from zmqruntime.core.messages import ErrorReply, Message
-from zmqruntime.core.sockets import SocketPair, envelope_end, receive_ready, send_frames
+from zmqruntime.core.sockets import (
+    SocketPair,
+    decode_or_warn,
+    envelope_end,
+    receive_ready,
+    send_frames,
+)
 from zmqruntime.core.subscriptions import SubscriberTopics
-from zmqruntime.errors import ErrorCode, RemoteProtocolError
+from zmqruntime.errors import ErrorCode
 from zmqruntime.protocols import Buffer
 
 __all__ = ["Peer", "ServerLoop"]
@@ -153,13 +159,11 @@ class ServerLoop:
                     self.topics.note(frame.bytes)
                 continue
             self.counts["data_messages"] += 1
-            try:
-                message = codec.decode(
-                    cast("list[Buffer]", frames), max_header_bytes=self.config.max_header_bytes
-                )
-            except RemoteProtocolError as exc:
+            message = decode_or_warn(
+                frames, self.config.max_header_bytes, self.role, "data message"
+            )
+            if message is None:
                 self.counts["data_errors"] += 1
-                logger.warning("%s: dropped a malformed data message: %s", self.role, exc)
                 continue
             if self.data_handler is None:
                 self.counts["data_errors"] += 1

@@ -21,7 +21,9 @@ import zmq
 import zmq.auth.thread
 
 from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core import codec
 from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.messages import Message
 from zmqruntime.core.security import is_loopback_host
 from zmqruntime.core.transport import (
     ensure_ipc_directory,
@@ -31,11 +33,12 @@ from zmqruntime.core.transport import (
     is_ipc_socket_in_use,
     remove_ipc_socket,
 )
-from zmqruntime.errors import AddressInUseError, ConfigurationError
+from zmqruntime.errors import AddressInUseError, ConfigurationError, RemoteProtocolError
 
 __all__ = [
     "SocketPair",
     "configure_socket",
+    "decode_or_warn",
     "envelope_end",
     "ms",
     "receive_ready",
@@ -319,6 +322,18 @@ def envelope_end(frames: Sequence[Any]) -> int:
     if len(frames) >= 2 and len(frames[1]) == 0:
         return 2
     return 1
+
+
+def decode_or_warn(
+    frames: Sequence[Any], max_header_bytes: int, owner: str, what: str
+) -> Message | None:
+    """The message ``frames`` hold, or None after a warning that ``owner`` dropped a
+    malformed ``what`` (a peer's bad input never raises on an I/O thread)."""
+    try:
+        return codec.decode(frames, max_header_bytes=max_header_bytes)
+    except RemoteProtocolError as exc:
+        logger.warning("%s: dropped a malformed %s: %s", owner, what, exc)
+        return None
 
 
 def receive_ready(socket: Socket) -> list[zmq.Frame] | None:
