@@ -655,8 +655,19 @@ def _open_fds() -> set[str]:
 
 
 def _native_threads() -> set[str]:
-    """The ids of this process's OS threads (libzmq's I/O threads are not Python threads)."""
-    return set(os.listdir("/proc/self/task"))
+    """The ids of this process's OS threads, other libraries' Python threads left out.
+
+    libzmq's I/O threads are not Python threads, and ours are named ``zmqruntime-…``: both
+    count. A thread another library starts meanwhile (Dask's, from earlier tests in the same
+    process) would otherwise look like a leak of ours.
+    """
+    native = set(os.listdir("/proc/self/task"))
+    foreign = {
+        str(thread.native_id)
+        for thread in threading.enumerate()
+        if not thread.name.startswith("zmqruntime-")
+    }
+    return native - foreign
 
 
 @linux_only
