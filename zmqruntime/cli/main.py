@@ -34,7 +34,8 @@ from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
 from zmqruntime.core.transport import get_default_transport_mode
 
 # Each command imports the tiers it needs when it runs ("lazy" below): ``--help`` and a
-# usage mistake answer without loading them all, which takes about half a second.
+# usage mistake answer without loading them all, which takes about half a second. These
+# imports are for type annotations only and never run (no cycle: nothing imports the CLI).
 if TYPE_CHECKING:
     from zmqruntime.core.client import ZMQClient
     from zmqruntime.core.endpoint import Endpoint

@@ -170,7 +170,13 @@ class ExecutionClient:
             if execution is None:
                 future: concurrent.futures.Future[Any] = concurrent.futures.Future()
                 future.set_running_or_notify_cancel()  # only the server can cancel it
-                execution = Execution(execution_id, future, self)
+                execution = Execution(
+                    execution_id,
+                    future,
+                    self.client.config.result_timeout,
+                    self.cancel,
+                    self.record,
+                )
                 self._waiting[execution_id] = execution
         request = Execute(
             request_id=0,

@@ -8,7 +8,7 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import Any, TypeVar, final
 
 import attrs
 
@@ -17,9 +17,6 @@ from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.core.messages import AppEvent, Completion, ExecutionRecord, Message, ProgressEvent
 from zmqruntime.core.server import event_topic
 from zmqruntime.errors import ProtocolError, ZMQTimeoutError
-
-if TYPE_CHECKING:
-    from zmqruntime.execution.client import ExecutionClient
 
 __all__ = ["Execution", "ProgressCallback", "Subscribers", "Subscription"]
 
@@ -38,7 +35,11 @@ class Execution:
 
     execution_id: str
     future: concurrent.futures.Future[Any]
-    _client: ExecutionClient
+    _result_timeout: float
+    _cancel: Callable[..., bool]
+    """The client's ``cancel``; an execution only holds what it asks of its client."""
+    _record: Callable[..., ExecutionRecord]
+    """The client's ``record``."""
     accepted: concurrent.futures.Future[Message] = attrs.field(factory=concurrent.futures.Future)
     """Resolves once the server has taken the task: to its ``Accepted`` reply when submitted
     with ``confirm=True``, otherwise to the ``Completion`` (or fails, failing :attr:`future`
@@ -57,7 +58,7 @@ class Execution:
         return self._wait(self.future.exception, timeout)
 
     def _wait(self, outcome: Callable[[float], _T], timeout: float | None) -> _T:
-        limit = self._client.client.config.result_timeout if timeout is None else timeout
+        limit = self._result_timeout if timeout is None else timeout
         try:
             return outcome(limit)
         except concurrent.futures.TimeoutError:
@@ -73,11 +74,11 @@ class Execution:
 
     def cancel(self, timeout: float | None = None) -> bool:
         """Ask the server to cancel; see :meth:`ExecutionClient.cancel`."""
-        return self._client.cancel(self.execution_id, timeout=timeout)
+        return self._cancel(self.execution_id, timeout=timeout)
 
     def status(self, timeout: float | None = None) -> ExecutionRecord:
         """The server's current record of this execution."""
-        return self._client.record(self.execution_id, timeout=timeout)
+        return self._record(self.execution_id, timeout=timeout)
 
 
 @final
