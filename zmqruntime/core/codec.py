@@ -95,6 +95,8 @@ _SIMPLE: Final[Mapping[Any, _Decoder]] = {
     bool: _scalar("true or false", bool),
     _RequestId: _request_id,
 }
+_LIST: Final = _scalar("a list", list)
+_OBJECT: Final = _scalar("a JSON object", dict)
 
 
 def _codec(tp: Any, path: str) -> tuple[_Decoder, _Encoder]:
@@ -111,7 +113,7 @@ def _codec(tp: Any, path: str) -> tuple[_Decoder, _Encoder]:
         return functools.partial(_member, members), operator.attrgetter("value")
     if isinstance(tp, type) and attrs.has(tp):
         plan = _plan(tp, path + ".")
-        return lambda value, at: plan.build(_of(dict, value, at), {}), plan.to_header
+        return lambda value, at: plan.build(_OBJECT(value, at), {}), plan.to_header
     if origin is dict and args == (str, Any):
         return _json_object, lambda value: _json_object(value, path, TypeError)
     if (origin is tuple and args[1:] == (Ellipsis,)) or (origin is dict and args[0] is str):
@@ -125,18 +127,10 @@ def _optional(codec: Callable[..., Any], value: Any, *path: str) -> Any:
     return None if value is None else codec(value, *path)
 
 
-def _of(kind: type[Any], value: Any, path: str) -> Any:
-    if type(value) is not kind:
-        raise _fail(path, "a list" if kind is list else "a JSON object", value)
-    return value
-
-
 def _collection(origin: type[Any], item: _Decoder, value: Any, path: str) -> Any:
     if origin is dict:
-        return {
-            key: item(inner, f"{path}[{key!r}]") for key, inner in _of(dict, value, path).items()
-        }
-    return tuple([item(inner, f"{path}[{i}]") for i, inner in enumerate(_of(list, value, path))])
+        return {key: item(inner, f"{path}[{key!r}]") for key, inner in _OBJECT(value, path).items()}
+    return tuple([item(inner, f"{path}[{i}]") for i, inner in enumerate(_LIST(value, path))])
 
 
 @final
@@ -161,12 +155,11 @@ class _Plan:
         except (TypeError, ValueError) as exc:  # the class's own validators
             raise RemoteProtocolError(f"invalid {self.cls.__name__}: {exc}") from None
 
-    def to_header(self, value: Any, header: dict[str, Any] | None = None) -> dict[str, Any]:
-        header = {} if header is None else header
-        for name, _path, _decode, encode, _required in self.fields:
-            field = getattr(value, name)
-            header[name] = field if encode is None else encode(field)
-        return header
+    def to_header(self, value: Any) -> dict[str, Any]:
+        return {
+            name: getattr(value, name) if encode is None else encode(getattr(value, name))
+            for name, _path, _decode, encode, _required in self.fields
+        }
 
 
 def _plan(cls: type[Any], prefix: str = "") -> _Plan:
@@ -192,16 +185,13 @@ _PLANS: Final = {cls: _plan(cls) for cls in MESSAGE_CLASSES}
 _BY_TYPE: Final = {plan.type_name: plan for plan in _PLANS.values()}
 
 
-@functools.lru_cache(maxsize=256)  # a stream repeats a handful of layouts
-def _image_problem(dtype_text: object, shape: tuple[Any, ...], nbytes: int) -> str | None:
-    try:
-        dtype = wire.parse_dtype(dtype_text)
-        if dtype.kind not in wire.NUMERIC_KINDS:
-            return f"dtype {dtype_text!r} is not a numeric dtype"
-        wire.check_array(dtype, shape, nbytes)
-    except RemoteProtocolError as exc:
-        return str(exc)
-    return None
+def _check_image(message: Message, error: type[ProtocolError]) -> None:
+    if isinstance(message, ImageFrame):
+        try:
+            dtype = wire.parse_dtype(message.dtype, numeric=True)
+            wire.check_array(dtype, message.shape, memoryview(message.pixels).nbytes)
+        except RemoteProtocolError as exc:
+            raise error(f"image {message.image_id!r}: {exc}") from None
 
 
 def decode(
@@ -240,10 +230,7 @@ def decode(
             views = tuple(memoryview(frame) for frame in frames[1:])
             values[plan.buffers] = views if plan.frames is None else views[0]
         message = cast(Message, plan.build(header, values))
-        if isinstance(message, ImageFrame):
-            nbytes = memoryview(message.pixels).nbytes
-            if (problem := _image_problem(message.dtype, message.shape, nbytes)) is not None:
-                raise RemoteProtocolError(f"image {message.image_id!r}: {problem}")
+        _check_image(message, RemoteProtocolError)
         return message
     except ProtocolError:
         raise
@@ -265,11 +252,8 @@ def encode(message: Message, *, request_id: int | None = None) -> list[Buffer]:
         held: Any = getattr(message, plan.buffers) if plan.buffers is not None else ()
         buffers: list[Buffer] = [held] if plan.frames == 1 else list(held)
         header["frames"] = len(buffers)
-        if isinstance(message, ImageFrame):
-            nbytes = memoryview(message.pixels).nbytes
-            if (problem := _image_problem(message.dtype, tuple(message.shape), nbytes)) is not None:
-                raise LocalProtocolError(f"image {message.image_id!r}: {problem}")
-        plan.to_header(message, header)
+        _check_image(message, LocalProtocolError)
+        header.update(plan.to_header(message))
         if request_id is not None:
             header["request_id"] = request_id
         return [wire.dump_json(header), *buffers]
@@ -287,7 +271,7 @@ def image_from_array(
 ) -> ImageFrame:
     """An :class:`ImageFrame` whose pixels are ``array``'s buffer (copied only if strided)."""
     pixels = numpy.asarray(array, order="C")  # ascontiguousarray would make 0-d arrays 1-d
-    if pixels.dtype.kind not in wire.NUMERIC_KINDS or wire.dtype_problem(pixels.dtype):
+    if wire.dtype_problem(pixels.dtype, numeric=True):
         raise TypeError(f"images must have a numeric dtype the wire carries, not {pixels.dtype}")
     return ImageFrame(
         image_id=image_id,
@@ -314,7 +298,6 @@ def peek_request_id(frames: Sequence[Buffer]) -> int | None:
     try:
         if not frames or memoryview(frames[0]).nbytes > DEFAULT_MAX_HEADER_BYTES:
             return None
-        request_id = wire.load_json(frames[0]).get("request_id")
+        return _request_id(wire.load_json(frames[0]).get("request_id"), "request_id")
     except Exception:  # hostile input: any failure just means "no id to answer"
         return None
-    return request_id if type(request_id) is int and 0 <= request_id <= _MAX_ID else None

@@ -1,12 +1,8 @@
-"""The vocabulary of the wire: enums and one frozen attrs type per message.
+"""One frozen attrs type per message; :mod:`zmqruntime.core.codec` turns them into frames.
 
-Nothing here encodes or decodes; :mod:`zmqruntime.core.codec` turns these values into frames and
-back. Each message class names its wire type in ``TYPE``; its attrs fields are the header
-fields (named as in :class:`MessageFields`), except fields marked as buffers, which travel as
-raw frames after the header.
-
-Every request carries a ``request_id`` chosen by the client; the reply carries the same id, so
-a client can keep many requests in flight on one socket.
+Each class names its wire type in ``TYPE``; its attrs fields are the header fields (named as in
+:class:`MessageFields`), except fields marked as buffers, which travel as raw frames. A reply
+carries the ``request_id`` of its request, so many requests can be in flight on one socket.
 """
 
 from __future__ import annotations
@@ -93,13 +89,11 @@ class Shutdown:
 @final
 @attrs.frozen(kw_only=True)
 class Execute:
-    """Submits a task: ``payload`` holds the frames of the serialized task.
+    """Submits a task: ``payload`` holds its frames, made by the serializer named ``serializer``.
 
-    ``execution_id`` may be chosen by the client, which makes resubmission idempotent;
-    ``serializer`` names the serializer that produced the payload. The reply is the
-    execution's :class:`Completion` when it ends (an :class:`ErrorReply` if it is refused);
-    with ``confirm`` the server replies :class:`Accepted` at once instead and pushes the
-    Completion later.
+    A client-chosen ``execution_id`` makes resubmission idempotent. The reply is the
+    :class:`Completion` when the execution ends (an :class:`ErrorReply` if refused); with
+    ``confirm``, :class:`Accepted` at once, and the Completion is pushed later.
     """
 
     TYPE: ClassVar[ControlMessageType] = ControlMessageType.EXECUTE
@@ -134,10 +128,9 @@ class Cancel:
 @final
 @attrs.frozen(kw_only=True)
 class AppRequest:
-    """A named application request; ``payload`` holds the frames that the endpoint's
-    TaskSerializer (named by ``serializer``) made of its argument. ``name`` is 1 to 128
-    characters. Answered by :class:`AppReply`, or by an :class:`ErrorReply` carrying the
-    handler's exception."""
+    """A named (1 to 128 characters) application request; ``payload`` holds the frames the
+    serializer named ``serializer`` made of its argument. Answered by :class:`AppReply`, or by
+    an :class:`ErrorReply` carrying the handler's exception."""
 
     TYPE: ClassVar[ControlMessageType] = ControlMessageType.REQUEST
     request_id: int
@@ -149,12 +142,9 @@ class AppRequest:
 @final
 @attrs.frozen(kw_only=True)
 class Attach:
-    """A remote worker announces that it runs ``execution_id`` (sent to a pool's inlet).
-
-    ``worker`` names the worker (its engine address, or host and pid). The inlet replies
-    :class:`Accepted` (status CANCELLED if a cancel already came) and later sends
-    :class:`Cancel` on the same connection when the execution is cancelled.
-    """
+    """A remote ``worker`` (engine address, or host and pid) tells a pool's inlet it runs
+    ``execution_id``. The inlet replies :class:`Accepted` (status CANCELLED if a cancel already
+    came) and sends :class:`Cancel` on the same connection if the execution is cancelled."""
 
     TYPE: ClassVar[ControlMessageType] = ControlMessageType.ATTACH
     request_id: int
@@ -181,10 +171,8 @@ class Pong:
 @final
 @attrs.frozen(kw_only=True)
 class ErrorReply:
-    """A refused request. ``request_id`` is None when the request could not even be read.
-
-    When a handler raised, ``error_type`` and ``traceback`` name its exception and show where.
-    """
+    """A refused request (``request_id`` None: the request could not be read). When a handler
+    raised, ``error_type`` and ``traceback`` name its exception and show where."""
 
     TYPE: ClassVar[ResponseType] = ResponseType.ERROR
     request_id: int | None
@@ -238,8 +226,7 @@ class SummaryReply:
 @final
 @attrs.frozen(kw_only=True)
 class AppReply:
-    """Answers an :class:`AppRequest`: ``payload`` holds the frames of the handler's result, made
-    by the request's serializer."""
+    """Answers an :class:`AppRequest`: the frames of the handler's result (request's serializer)."""
 
     TYPE: ClassVar[ResponseType] = ResponseType.REPLY
     request_id: int
@@ -249,8 +236,7 @@ class AppReply:
 @final
 @attrs.frozen(kw_only=True)
 class AppEvent:
-    """An application event published on the data socket under ``topic``; ``payload`` holds the
-    frames the endpoint's TaskSerializer made of it."""
+    """An application event published under ``topic``: the frames the serializer made of it."""
 
     TYPE: ClassVar[StreamMessageType] = StreamMessageType.EVENT
     topic: str
@@ -260,13 +246,9 @@ class AppEvent:
 @final
 @attrs.frozen(kw_only=True)
 class Completion:
-    """How an execution ended, sent to every client that submitted it; ``result`` holds the
-    result's frames.
-
-    It is the reply to the :class:`Execute` request (``request_id`` set), or a push
-    (``request_id`` None) after an :class:`Accepted` reply; published without a result on the
-    execution's progress topic.
-    """
+    """How an execution ended, with the ``result``'s frames, sent to every client that submitted
+    it: the reply to :class:`Execute` (``request_id`` set), or a push (``request_id`` None) after
+    :class:`Accepted`; published without a result on the execution's progress topic."""
 
     TYPE: ClassVar[StreamMessageType] = StreamMessageType.COMPLETION
     record: ExecutionRecord
@@ -279,10 +261,8 @@ class Completion:
 @attrs.frozen(kw_only=True)
 class ImageFrame:
     """One image: dtype and shape in the header, the raw C-ordered pixels as one frame.
-
-    ``tracker_key`` names the tracker that expects the ack; ``ack_to`` is the address of the
-    :class:`~zmqruntime.AckChannel` the consumer should send it to (None: no ack wanted).
-    """
+    ``tracker_key`` names the tracker that expects the ack; ``ack_to`` the
+    :class:`~zmqruntime.AckChannel` the consumer sends it to (None: no ack wanted)."""
 
     TYPE: ClassVar[StreamMessageType] = StreamMessageType.IMAGE
     image_id: str
@@ -311,7 +291,7 @@ class Ack:
 @attrs.frozen(kw_only=True)
 class ImageSent:
     """Tells an :class:`~zmqruntime.AckChannel` that an item was sent, so its tracker expects
-    an ack for it (used when the sender is not the process that tracks)."""
+    an ack (when the sender is not the process that tracks)."""
 
     TYPE: ClassVar[StreamMessageType] = StreamMessageType.SENT
     image_id: str

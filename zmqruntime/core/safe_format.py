@@ -1,7 +1,6 @@
 """The payloads of :class:`~zmqruntime.SafeSerializer`: object trees to frames and back.
 
-A payload follows the rules of :mod:`zmqruntime.core.wire` (strict JSON, plain JSON values,
-arrays as dtype, shape and one raw frame, the dtype rule). It is one or more frames:
+A payload follows the rules of :mod:`zmqruntime.core.wire`. It is one or more frames:
 
 * **Frame 0** is strict JSON describing the tree. Plain JSON values stand for themselves, e.g.
   ``{"x": 21}`` is the single frame ``b'{"x":21}'`` (lone surrogates are written escaped).
@@ -25,8 +24,8 @@ arrays as dtype, shape and one raw frame, the dtype rule). It is one or more fra
 * **Frames 1…n** are raw buffers (array and bytes payloads), sent without copying where the
   transport allows. Every frame after frame 0 is referenced exactly once.
 
-``loads`` raises :class:`~zmqruntime.errors.RemoteProtocolError` for anything that does not
-follow these rules exactly (unknown tags or fields, non-canonical dtypes, wrong frame sizes,
+:func:`load_tree` raises :class:`~zmqruntime.errors.RemoteProtocolError` for anything that does
+not follow these rules exactly (unknown tags or fields, non-canonical dtypes, wrong frame sizes,
 unused frames …). What comes back differs from what went in only so:
 
 * tuples come back as lists; ``bytearray`` and ``memoryview`` come back as ``bytes``;
@@ -162,11 +161,10 @@ def _encode_array(kind: str, array: numpy.ndarray[Any, Any], frames: list[Buffer
 
 def dump_tree(obj: object) -> list[Buffer]:
     """Encode ``obj`` into frames; ``TypeError`` naming the path if it cannot."""
-    if type(obj) is not numpy.ndarray and wire.json_problem(obj, _TAG) is None:
-        return [wire.dump_json(obj, lone_surrogates=True)]  # plain JSON stands for itself
+    plain = type(obj) is not numpy.ndarray and wire.json_problem(obj, _TAG) is None
     frames: list[Buffer] = [b""]
-    try:
-        frames[0] = wire.dump_json(_encode(obj, frames, 0), lone_surrogates=True)
+    try:  # plain JSON stands for itself
+        frames[0] = wire.dump_json(obj if plain else _encode(obj, frames, 0), lone_surrogates=True)
     except _Refused as exc:
         raise exc.to_type_error() from None
     return frames

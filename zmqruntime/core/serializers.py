@@ -1,9 +1,7 @@
 """Task serializers: how task payloads and results become zmq frames and back.
 
-:class:`SafeSerializer` is the default. It never executes anything it receives: it carries
-JSON values, ``bytes`` and numpy arrays, and nothing else (its wire format is described in
-:mod:`zmqruntime.core.safe_format`). :class:`PickleSerializer` carries any picklable object and is
-for trusted setups only — unpickling runs code chosen by the sender.
+:class:`SafeSerializer`, the default, never executes what it receives;
+:class:`PickleSerializer` carries any picklable object, for trusted setups only.
 """
 
 from __future__ import annotations
@@ -37,26 +35,17 @@ class SafeSerializer:
     to 32 dimensions) and scalars whose dtype the wire carries (:mod:`zmqruntime.core.wire`: not
     object, structured or long double), nested up to 100 levels. Anything else raises
     ``TypeError`` naming where in the object it sits, e.g.
-    ``cannot serialize set at obj['items'][3]: ...``.
-
-    Arrays and bytes travel out of band, one frame each; C-contiguous arrays and bytes objects
-    are handed to the transport as they are (no copy), so do not mutate them until sent.
+    ``cannot serialize set at obj['items'][3]: ...``. Arrays and bytes travel out of band, one
+    frame each; C-contiguous arrays and bytes objects are handed to the transport as they are
+    (no copy), so do not mutate them until sent.
 
     ``loads`` raises :class:`~zmqruntime.RemoteProtocolError` on anything it cannot accept.
-    What comes back differs from what went in only as the module documentation says: tuples
-    become lists, ``bytearray``/``memoryview`` become ``bytes``, and arrays are read-only
-    zero-copy views of the received frames.
+    What comes back differs from what went in only as :mod:`zmqruntime.core.safe_format` says.
     """
 
     name: ClassVar[str] = "safe"
-
-    def dumps(self, obj: object, /) -> list[Buffer]:
-        """Encode ``obj`` into frames; ``TypeError`` (naming the path) if it cannot."""
-        return dump_tree(obj)
-
-    def loads(self, frames: Sequence[Buffer], /) -> object:
-        """Decode frames made by :meth:`dumps`; ``RemoteProtocolError`` on anything else."""
-        return load_tree(frames)
+    dumps = staticmethod(dump_tree)
+    loads = staticmethod(load_tree)
 
 
 @final

@@ -1,8 +1,5 @@
-"""The vocabulary the messages are made of: message types, an execution's status and record,
-a server's summary, an ack's outcome, and the progress event an execution reports.
-
-Frozen attrs values and enums only; :mod:`zmqruntime.core.messages` builds the messages from
-them and re-exports every name here.
+"""What the messages are made of: message types, an execution's status and record, a server's
+summary, an ack's outcome, a progress event. :mod:`zmqruntime.core.messages` re-exports them.
 """
 
 from __future__ import annotations
@@ -72,29 +69,25 @@ class ExecutionStatus(enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
-        """True for the three states an execution never leaves."""
         return self in (ExecutionStatus.COMPLETE, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 
 
 class AckOutcome(enum.Enum):
-    """What became of an acknowledged item (image)."""
+    """What became of an acknowledged item: PROCESSED (handled: displayed, written), SKIPPED
+    (dropped on purpose, e.g. for a newer frame in latest-frame mode) or FAILED (the consumer
+    raised; the ack carries the error text)."""
 
     PROCESSED = "processed"
-    """The consumer handled it (displayed, written)."""
     SKIPPED = "skipped"
-    """The consumer dropped it on purpose (e.g. a newer frame arrived in latest-frame mode)."""
     FAILED = "failed"
-    """The consumer tried and raised; the ack carries the error text."""
 
 
 @final
 @attrs.frozen(kw_only=True)
 class ProgressEvent:
     """One progress report of a running execution (also published on the data socket).
-
     ``sequence`` counts up from 1 per execution, so a subscriber can see a gap; ``fields`` are
-    the executor's extra JSON values.
-    """
+    the executor's extra JSON values."""
 
     TYPE: ClassVar[StreamMessageType] = StreamMessageType.PROGRESS
     execution_id: str
@@ -125,7 +118,9 @@ class ExecutionRecord:
 @final
 @attrs.frozen(kw_only=True)
 class ServerSummary:
-    """A server's overview: queue length, running tasks, counts per status, workers, uptime."""
+    """A server's overview: queue length, running tasks, counts per status, workers, uptime, and
+    in ``engine`` each worker that runs something (a thread, a process, a remote engine's
+    worker) with the executions it runs."""
 
     queued: int
     running: int
@@ -133,5 +128,3 @@ class ServerSummary:
     workers: int = 0
     uptime: float = 0.0
     engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
-    """Each worker that runs something (a thread, a process, a remote engine's worker) and
-    the executions it runs."""

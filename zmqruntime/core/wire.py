@@ -128,43 +128,37 @@ def json_problem(value: Any, reserved: str | None = None, depth: int = 0) -> str
 
 
 def check_json_object(value: object, what: str = "value") -> None:
-    """Raise ``TypeError`` naming the first part of ``value`` that is not plain JSON.
-
-    Used where user data enters a message (progress fields, image metadata, labels), so the
-    caller hears about a bad value where it made it, not on a server loop.
-    """
-    problem = json_problem(value)
-    if problem is not None:
+    """Raise ``TypeError`` naming the first part of ``value`` that is not plain JSON."""
+    if (problem := json_problem(value)) is not None:
         raise TypeError(what + problem)
 
 
 @functools.lru_cache(maxsize=256)
-def dtype_problem(dtype: numpy.dtype[Any]) -> str | None:
-    """Why ``dtype`` breaks the dtype rule, or None."""
+def dtype_problem(dtype: numpy.dtype[Any], *, numeric: bool = False) -> str | None:
+    """Why ``dtype`` breaks the dtype rule (with ``numeric``, the rule for pixels), or None."""
     if dtype.kind not in _KINDS or dtype.fields is not None or dtype.subdtype is not None:
         return "is not a plain dtype (object, structured and subarray dtypes never travel)"
     if dtype.itemsize == 0:
         return "has no size"
     if dtype.itemsize > _WIDEST.get(dtype.kind, dtype.itemsize):
         return "is a long double: its layout depends on the platform, its padding is undefined"
-    return None
+    return "is not a numeric dtype" if numeric and dtype.kind not in NUMERIC_KINDS else None
 
 
-def parse_dtype(text: object) -> numpy.dtype[Any]:
-    """The dtype a peer's ``text`` names, if the dtype rule allows it."""
+def parse_dtype(text: object, *, numeric: bool = False) -> numpy.dtype[Any]:
+    """The dtype a peer's ``text`` names, if :func:`dtype_problem` finds none."""
     if type(text) is not str or _DTYPE_TEXT.fullmatch(text) is None:
         raise RemoteProtocolError(f"dtype {repr(text)[:40]} is not a dtype string such as '<u2'")
-    return _parse_dtype(text)
+    return _parse_dtype(text, numeric)
 
 
 @functools.lru_cache(maxsize=256)  # a stream repeats a handful of dtypes
-def _parse_dtype(text: str) -> numpy.dtype[Any]:
+def _parse_dtype(text: str, numeric: bool) -> numpy.dtype[Any]:
     try:
         dtype = numpy.dtype(text)
     except (TypeError, ValueError, SyntaxError, DeprecationWarning):  # the last under -W error
         raise RemoteProtocolError(f"dtype {text!r} is not a numpy dtype") from None
-    problem = dtype_problem(dtype)
-    if problem is not None:
+    if (problem := dtype_problem(dtype, numeric=numeric)) is not None:
         raise RemoteProtocolError(f"dtype {text!r} {problem}")
     return dtype
 
