@@ -4,14 +4,13 @@ A message is ``[header, *buffers]``: a strict JSON object (:mod:`zmqruntime.core
 the protocol ``version``, the message ``type``, the number of buffer ``frames`` that follow and
 the message's fields, then the raw buffer frames (payloads, pixels), never copied by the codec.
 
-Fields travel as their resolved attrs types say, by one plan per class made at import: ``str``,
-``int``, ``float`` (an int is taken too) and ``bool`` as themselves, enums as their values,
-``X | None`` as X or ``null``, ``tuple[X, ...]`` as lists, ``dict[str, X]`` as objects,
-``JSONObject`` as plain JSON objects, attrs classes as objects of their fields. A missing field
-takes its default; unknown keys are ignored. The field marked ``{"buffer": "one"}`` (or
-``"many"``) in its metadata holds the buffer frame (frames). ``request_id`` is in
-``0..2**63-1``; an image's dtype, shape and pixels make an array by the wire's rules, with a
-numeric dtype.
+Fields travel as their attrs types say: ``str``, ``int``, ``float`` (an int is taken too) and
+``bool`` as themselves, enums as their values, ``X | None`` as X or ``null``, ``tuple[X, ...]``
+as lists, ``dict[str, X]`` and ``JSONObject`` as objects, attrs classes as objects of their
+fields. A missing field takes its default; unknown keys are ignored. The field whose metadata
+has ``{"buffer": "one"}`` (or ``"many"``) holds the buffer frame (frames). ``request_id`` is in
+``0..2**63-1``; an image's dtype (a numeric one), shape and pixels make an array by the wire's
+rules.
 
 :func:`decode` treats its input as hostile: what is not a valid message raises
 :class:`~zmqruntime.RemoteProtocolError` (and nothing else), with an :class:`ErrorCode` saying
@@ -286,15 +285,12 @@ def image_from_array(
 
 def array_from_image(image: ImageFrame) -> numpy.ndarray[Any, Any]:
     """The pixels of a decoded :class:`ImageFrame` as a read-only array, without a copy."""
-    pixels = numpy.frombuffer(memoryview(image.pixels), dtype=numpy.dtype(image.dtype))
-    return pixels.reshape(image.shape)
+    return numpy.frombuffer(memoryview(image.pixels), dtype=image.dtype).reshape(image.shape)
 
 
 def peek_request_id(frames: Sequence[Buffer]) -> int | None:
-    """The ``request_id`` of a message that failed to decode, if its header shows one.
-
-    Lets a server address its error reply to the request that caused it; never raises.
-    """
+    """The ``request_id`` of a message that failed to decode, if its header shows one; never
+    raises."""
     try:
         if not frames or memoryview(frames[0]).nbytes > DEFAULT_MAX_HEADER_BYTES:
             return None

@@ -299,28 +299,12 @@ class ImageSent:
     timestamp: float = 0.0
 
 
-Message: TypeAlias = (
-    Ping
-    | Shutdown
-    | Execute
-    | StatusRequest
-    | Cancel
-    | Attach
-    | AppRequest
-    | Pong
-    | ErrorReply
-    | ShutdownReply
-    | Accepted
-    | RecordReply
-    | SummaryReply
-    | AppReply
-    | ProgressEvent
-    | Completion
-    | ImageFrame
-    | Ack
-    | ImageSent
-    | AppEvent
+_Request: TypeAlias = Ping | Shutdown | Execute | StatusRequest | Cancel | Attach | AppRequest
+_Reply: TypeAlias = (
+    Pong | ErrorReply | ShutdownReply | Accepted | RecordReply | SummaryReply | AppReply
 )
+_Stream: TypeAlias = ProgressEvent | Completion | ImageFrame | Ack | ImageSent | AppEvent
+Message: TypeAlias = _Request | _Reply | _Stream
 """Any message the codec can encode or decode."""
 
 MESSAGE_CLASSES: tuple[type[Message], ...] = typing.get_args(Message)
