@@ -184,13 +184,20 @@ _PLANS: Final = {cls: _plan(cls) for cls in MESSAGE_CLASSES}
 _BY_TYPE: Final = {plan.type_name: plan for plan in _PLANS.values()}
 
 
+@functools.lru_cache(maxsize=256)  # a stream repeats a handful of layouts
+def _image_problem(dtype_text: object, shape: tuple[Any, ...], nbytes: int) -> str | None:
+    try:
+        wire.check_array(wire.parse_dtype(dtype_text, numeric=True), shape, nbytes)
+    except RemoteProtocolError as exc:
+        return str(exc)
+    return None
+
+
 def _check_image(message: Message, error: type[ProtocolError]) -> None:
     if isinstance(message, ImageFrame):
-        try:
-            dtype = wire.parse_dtype(message.dtype, numeric=True)
-            wire.check_array(dtype, message.shape, memoryview(message.pixels).nbytes)
-        except RemoteProtocolError as exc:
-            raise error(f"image {message.image_id!r}: {exc}") from None
+        nbytes = memoryview(message.pixels).nbytes
+        if (problem := _image_problem(message.dtype, tuple(message.shape), nbytes)) is not None:
+            raise error(f"image {message.image_id!r}: {problem}")
 
 
 def decode(
@@ -238,11 +245,8 @@ def decode(
 
 
 def encode(message: Message, *, request_id: int | None = None) -> list[Buffer]:
-    """Encode a message as ``[header, *buffers]`` ready to send.
-
-    ``request_id`` replaces the message's own (clients stamp their ids this way without
-    building a new message).
-    """
+    """Encode a message as ``[header, *buffers]`` ready to send; ``request_id`` replaces the
+    message's own."""
     plan = _PLANS.get(type(message))
     if plan is None:
         raise LocalProtocolError(f"{type(message).__name__} is not a zmqruntime message")
