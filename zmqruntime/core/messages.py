@@ -89,12 +89,10 @@ class Shutdown:
 @final
 @attrs.frozen(kw_only=True)
 class Execute:
-    """Submits a task: ``payload`` holds its frames, made by the serializer named ``serializer``.
-
-    A client-chosen ``execution_id`` makes resubmission idempotent. The reply is the
-    :class:`Completion` when the execution ends (an :class:`ErrorReply` if refused); with
-    ``confirm``, :class:`Accepted` at once, and the Completion is pushed later.
-    """
+    """Submits a task (``payload``: its frames, made by the serializer named ``serializer``); a
+    client-chosen ``execution_id`` makes resubmission idempotent. The reply is the
+    :class:`Completion` when it ends (an :class:`ErrorReply` if refused), or with ``confirm``
+    :class:`Accepted` at once and the Completion pushed later."""
 
     TYPE: ClassVar[ControlMessageType] = ControlMessageType.EXECUTE
     request_id: int
