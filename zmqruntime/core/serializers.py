@@ -40,7 +40,8 @@ class SafeSerializer:
     (no copy), so do not mutate them until sent.
 
     ``loads`` raises :class:`~zmqruntime.RemoteProtocolError` on anything it cannot accept.
-    What comes back differs from what went in only as :mod:`zmqruntime.core.safe_format` says.
+    What comes back differs from what went in only as :mod:`zmqruntime.core.safe_format` says
+    (tuples become lists, arrays are read-only zero-copy views of the received frames …).
     """
 
     name: ClassVar[str] = "safe"
