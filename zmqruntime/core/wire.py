@@ -27,7 +27,7 @@ import functools
 import json
 import math
 import re
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import numpy
 
@@ -47,18 +47,14 @@ _DTYPE_TEXT: Final = re.compile(
 )
 
 
-def _reject_constant(token: str) -> NoReturn:
-    raise RemoteProtocolError(f"JSON holds {token}; strict JSON carries only finite numbers")
-
-
 def _finite_float(token: str) -> float:
     value = float(token)
-    if value - value != 0.0:
+    if value - value != 0.0:  # a NaN or Infinity literal, or a number that overflows a float
         raise RemoteProtocolError(f"number {token[:40]} is not a finite float value")
     return value
 
 
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_DECODER: Final = json.JSONDecoder(parse_constant=_finite_float, parse_float=_finite_float)
 # No cycle reaches them: trees are checked for depth first, headers hold checked JSON.
 _UTF8: Final = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
