@@ -1,9 +1,7 @@
-"""One-way sockets: a PUSH socket connected to one address, and a set of them for many.
+"""One-way sockets: a socket connected to one address, and a set of PUSH sockets for many.
 
-For endpoints that talk to many peers one way — an ack sender pushing to whichever
-:class:`~zmqruntime.AckChannel` an image names, a sender's per-thread data socket. Only
-``tcp://`` and ``ipc://`` addresses are used: an address from a message header must never make
-a process connect anywhere else.
+For endpoints that talk to many peers one way: an ack sender pushing to whichever
+:class:`~zmqruntime.AckChannel` an image names, a sender's per-thread data socket.
 """
 
 from __future__ import annotations
@@ -38,9 +36,8 @@ def open_connected_socket(
 ) -> Socket:
     """A single socket of ``socket_type`` connected to ``url``, configured like a pair's.
 
-    For endpoints that talk to many peers one-way (an ack sender pushing to whichever
-    :class:`~zmqruntime.AckChannel` an image names). ``reconnect_max`` (seconds) makes
-    reconnection attempts back off up to that interval. The caller owns and closes it.
+    ``reconnect_max`` (seconds) makes reconnection attempts back off up to that interval. The
+    caller owns and closes it.
     """
     socket = context.socket(socket_type)
     try:
