@@ -85,7 +85,13 @@ class Endpoint:
         curve: ServerCurve | ClientCurve | None = None,
     ) -> Self:
         """A TCP endpoint (loopback unless ``host`` says otherwise)."""
-        return cls.of(port, host=host, transport_mode=TransportMode.TCP, config=config, curve=curve)
+        return cls(
+            transport=TransportMode.TCP,
+            host=host,
+            port=port,
+            config=config or ZMQConfig(),
+            curve=curve,
+        )
 
     @classmethod
     def ipc(cls, port: int, *, config: ZMQConfig | None = None) -> Self:

@@ -256,7 +256,15 @@ def _open(
             if curve is not None:
                 curve.apply(socket)
             if bound:
-                _bind(socket, url)
+                try:
+                    socket.bind(url)
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EADDRINUSE:
+                        raise
+                    raise AddressInUseError(
+                        f"{url} is already in use by another process; stop it or choose "
+                        "another port (port 0 picks a free one)"
+                    ) from None
             elif wanted:
                 socket.connect(url)
     except BaseException:
@@ -264,18 +272,6 @@ def _open(
             socket.close(linger=0)
         raise
     return sockets[0], sockets[1]
-
-
-def _bind(socket: Socket, url: str) -> None:
-    try:
-        socket.bind(url)
-    except zmq.ZMQError as exc:
-        if exc.errno != zmq.EADDRINUSE:
-            raise
-        raise AddressInUseError(
-            f"{url} is already in use by another process; stop it or choose another port "
-            "(port 0 picks a free one)"
-        ) from None
 
 
 _SNDMORE = int(zmq.SNDMORE)  # plain ints: enum flag arithmetic costs more than the send
@@ -305,9 +301,7 @@ def send_frames(socket: Socket, frames: Sequence[Any], flags: int = 0) -> None:
 def envelope_end(frames: Sequence[Any]) -> int:
     """Where a ROUTER message's routing envelope ends: after the identity, and after an empty
     delimiter frame if the peer is a REQ socket (so plain REQ clients can talk to it too)."""
-    if len(frames) >= 2 and len(frames[1]) == 0:
-        return 2
-    return 1
+    return 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
 
 
 def decode_or_warn(

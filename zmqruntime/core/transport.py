@@ -8,6 +8,7 @@ ConfigurationError.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -95,10 +96,8 @@ def validate_ipc_socket_path(path: Path) -> Path:
 
 
 def ensure_ipc_directory(config: ZMQConfig | None = None) -> Path:
-    """Create the IPC socket folder (and parents) with mode 0700; tighten it if it is ours.
-
-    Raises ConfigurationError on Windows or when the folder cannot be created.
-    """
+    """Create the IPC socket folder (and parents) with mode 0700, tightening it if it is ours;
+    ConfigurationError on Windows or when it cannot be created."""
     if _on_windows():
         raise ConfigurationError(_NO_IPC)
     directory = (config or ZMQConfig()).ipc_directory()
@@ -125,11 +124,9 @@ def get_zmq_transport_url(
     mode: TransportMode | None = None,
     config: ZMQConfig | None = None,
 ) -> str:
-    """``tcp://host:port`` (IPv6 bracketed) or ``ipc://<path>`` (``host`` ignored).
-
-    ``mode`` None means :func:`get_default_transport_mode`. Raises ConfigurationError for a
-    bad port, an empty host, IPC on Windows, or an IPC path too long for a Unix socket address.
-    """
+    """``tcp://host:port`` (IPv6 bracketed) or ``ipc://<path>`` (``host`` ignored); ``mode``
+    None is :func:`get_default_transport_mode`. ConfigurationError for a bad port, an empty
+    host, IPC on Windows, or an IPC path too long for a Unix socket address."""
     check_port(port)
     if (mode or get_default_transport_mode()) is TransportMode.TCP:
         if not host:
@@ -166,11 +163,8 @@ def get_control_url(
 
 
 def is_port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """True if ``host:port`` cannot be bound over TCP because it is taken (or forbidden).
-
-    Binds a plain socket to every address of ``host`` *without* SO_REUSEADDR (the reliable
-    listener check on Linux), so TIME_WAIT leftovers count as in use too.
-    """
+    """True if ``host:port`` cannot be bound over TCP because it is taken (or forbidden): binds
+    every address of ``host`` without SO_REUSEADDR, so TIME_WAIT leftovers count as in use."""
     check_port(port)
     try:
         infos = socket.getaddrinfo(
@@ -213,11 +207,8 @@ def _probe_unix(path: Path) -> bool | None:
 
 
 def is_ipc_socket_in_use(port: int, config: ZMQConfig | None = None) -> bool:
-    """True if ``port``'s socket file exists and something accepts connections on it.
-
-    Stale or missing files (and Windows) give False; a socket that cannot be probed (busy
-    for 0.5 s, permission denied) counts as in use.
-    """
+    """True if ``port``'s socket file exists and something accepts connections on it; stale or
+    missing files (and Windows) give False, an unprobeable one (busy 0.5 s, no permission) True."""
     path = get_ipc_socket_path(port, config)
     return path is not None and _probe_unix(path) is True
 
@@ -243,9 +234,8 @@ def is_endpoint_in_use(
 def remove_ipc_socket(port: int, config: ZMQConfig | None = None) -> bool:
     """Remove ``port``'s socket file if it is stale; True if a file was removed.
 
-    A socket a live server listens on (or a non-socket file) is kept: False and a warning.
-    A server binding the path between check and removal races with this; clean up only
-    ports you own.
+    A socket a live server listens on (or a non-socket file) is kept: False and a warning. A
+    server binding the path between check and removal races with this: clean only your ports.
     """
     path = get_ipc_socket_path(port, config)
     if path is None:
@@ -271,8 +261,7 @@ def _find_pair(
     attempts: int,
     candidates: Iterable[int],
     in_use: Callable[[int], bool],
-    failure: str,
-) -> int:
+) -> int | None:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ConfigurationError(f"attempts must be a whole number above 0, got {attempts!r}")
     offset = (config or ZMQConfig()).control_port_offset
@@ -280,7 +269,7 @@ def _find_pair(
         ports = (port, port + offset)
         if all(1 <= number <= MAX_PORT for number in ports) and not any(map(in_use, ports)):
             return port
-    raise ZMQRuntimeError(f"{failure} in {attempts} attempts")
+    return None
 
 
 def _ephemeral_port(host: str) -> int:
@@ -302,40 +291,31 @@ def find_free_port_pair(
     start: int | None = None,
     attempts: int = 200,
 ) -> int:
-    """A TCP data port on ``host`` that, with its control port, is free (bind-probed).
-
-    Candidates come from the OS (``start`` None) or count up from ``start``. A snapshot:
-    another process may take a port first. ZMQRuntimeError after ``attempts`` failures.
-    """
+    """A TCP data port on ``host`` that, with its control port, is free (bind-probed), from the
+    OS (``start`` None) or counting up from ``start``. A snapshot: another process may take a
+    port first. ZMQRuntimeError after ``attempts`` failures."""
     candidates = (
         (_ephemeral_port(host) for _ in itertools.count())
         if start is None
         else itertools.count(check_port(start, "start"))
     )
-    return _find_pair(
-        config,
-        attempts,
-        candidates,
-        lambda port: is_port_in_use(port, host),
-        f"no free data/control port pair on {host}",
-    )
+    port = _find_pair(config, attempts, candidates, functools.partial(is_port_in_use, host=host))
+    if port is None:
+        raise ZMQRuntimeError(f"no free data/control port pair on {host} in {attempts} attempts")
+    return port
 
 
 def find_free_ipc_port(
     config: ZMQConfig | None = None, start: int | None = None, attempts: int = 200
 ) -> int:
-    """A port number whose IPC data and control sockets have no live listener.
-
-    Counts up from ``start`` (default ``config.default_port``); stale files do not count
-    (binding replaces them). ConfigurationError on Windows, ZMQRuntimeError when full.
-    """
+    """A port number whose IPC data and control sockets have no live listener, counting up from
+    ``start`` (default ``config.default_port``); stale files do not count (binding replaces
+    them). ConfigurationError on Windows, ZMQRuntimeError after ``attempts`` failures."""
     if _on_windows():
         raise ConfigurationError(_NO_IPC)
     first = check_port((config or ZMQConfig()).default_port if start is None else start, "start")
-    return _find_pair(
-        config,
-        attempts,
-        itertools.count(first),
-        lambda port: is_ipc_socket_in_use(port, config),
-        f"no free IPC port number from {first}",
-    )
+    in_use = functools.partial(is_ipc_socket_in_use, config=config)
+    port = _find_pair(config, attempts, itertools.count(first), in_use)
+    if port is None:
+        raise ZMQRuntimeError(f"no free IPC port number from {first} in {attempts} attempts")
+    return port
