@@ -22,6 +22,8 @@ __all__ = ["PushSockets", "open_connected_socket"]
 
 logger = logging.getLogger(__name__)
 
+# A departed endpoint (a sender that closed) is retried ever more rarely until its socket is
+# evicted, instead of every 100 ms.
 _PUSH_RECONNECT_MAX = 5.0
 
 
@@ -56,9 +58,7 @@ def open_connected_socket(
 @final
 @attrs.define(eq=False)
 class PushSockets:
-    """One PUSH socket per address, for one-way messages to many endpoints.
-
-    Owned by one thread, like any socket. Keeps at most ``capacity`` sockets (the least
+    """One PUSH socket per address, owned by one thread; at most ``capacity`` of them (the least
     recently used is closed first). Only ``tcp://`` and ``ipc://`` addresses are used: an
     address from a message header must never make a process connect anywhere else.
     """
@@ -89,8 +89,6 @@ class PushSockets:
                     address,
                     self.config,
                     curve or self.curve,
-                    # A departed endpoint (a sender that closed) is retried ever more rarely
-                    # until the socket is evicted, instead of every 100 ms.
                     reconnect_max=_PUSH_RECONNECT_MAX,
                 )
             except zmq.ZMQError as exc:
@@ -99,8 +97,7 @@ class PushSockets:
             self._sockets[address] = socket
             if len(self._sockets) > self.capacity:
                 self._sockets.popitem(last=False)[1].close()
-        else:
-            self._sockets.move_to_end(address)
+        self._sockets.move_to_end(address)
         try:
             send_frames(socket, frames, zmq.NOBLOCK)
         except zmq.Again:
