@@ -1,9 +1,7 @@
 """ConnectionWatch: what libzmq's socket monitor says about a client's link to its server.
 
-libzmq reports handshakes and disconnects on a monitor socket, from its own threads. The
-client's I/O thread reads them here; the watch turns them into state (connected or not, why
-the last handshake failed) and into one of three verdicts the client acts on: the link is
-up, the server refused this client's credentials, or the server is gone.
+The client's I/O thread reads the monitor's handshake and disconnect events here; the watch
+turns them into state (connected or not, why the last handshake failed) and into verdicts.
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """Endpoint: where a server listens and a client connects, as one frozen value.
 
-An endpoint is the transport (TCP or IPC), the host, the data port, the configuration (which
-fixes the control port, the IPC folder, timeouts and limits) and the CURVE side of whoever
-uses it: :class:`~zmqruntime.core.security.ServerCurve` keys for a server,
-:class:`~zmqruntime.core.security.ClientCurve` keys for a client. Every server and client of
-this library takes one; nothing else declares ports, hosts or transports.
-
-Build one with a named constructor::
-
-    Endpoint.tcp(7777)                      # tcp://127.0.0.1:7777, control port 8777
-    Endpoint.tcp(7777, host="10.0.0.5")     # a host on the network (use CURVE there)
-    Endpoint.ipc(7777)                      # a socket file in the per-user IPC folder
-    Endpoint.parse("tcp://127.0.0.1:7777")  # from a URL; str(endpoint) gives it back
-    Endpoint.of(port=0, transport_mode=None, config=cfg)   # the keyword shorthand
-
-Port 0 means "any free port" to a server binding it; the bound server reports the port it got.
+Every server and client of this library takes one; nothing else declares ports, hosts or
+transports. Port 0 means "any free port" to a server binding it; the bound server reports the
+port it got. URLs and the checks of ports and paths are :mod:`zmqruntime.core.transport`'s.
 """
 
 from __future__ import annotations
@@ -25,9 +13,9 @@ from typing import TYPE_CHECKING, TypeVar, final
 
 import attrs
 
-from zmqruntime.config import MAX_PORT, TransportMode, ZMQConfig
+from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.security import ClientCurve, ServerCurve, check_pickle_exposure
-from zmqruntime.core.transport import get_default_transport_mode, get_zmq_transport_url
+from zmqruntime.core.transport import check_port, get_default_transport_mode, get_zmq_transport_url
 from zmqruntime.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -40,8 +28,7 @@ _TCP_URL = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\d{1,5})"
 
 
 def _check_port(endpoint: Endpoint, _attribute: object, port: int) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
-        raise ConfigurationError(f"port must be a whole number in 0..{MAX_PORT}, got {port!r}")
+    check_port(port, lowest=0)
     if port:
         endpoint.config.control_port(port)  # raises when the control port falls outside
 
@@ -74,7 +61,9 @@ def _check_curve(
 class Endpoint:
     """Transport, host, data port, configuration and CURVE keys of one server address.
 
-    The control port is ``port + config.control_port_offset``. ``host`` is the interface a
+    ``curve`` is :class:`~zmqruntime.core.security.ServerCurve` keys for a server binding it,
+    :class:`~zmqruntime.core.security.ClientCurve` keys for a client connecting to it. The
+    control port is ``port + config.control_port_offset``. ``host`` is the interface a
     server binds and the host a client connects to (ignored for IPC, whose socket files live
     in ``config.ipc_directory()``). Construction validates everything and raises
     :class:`~zmqruntime.ConfigurationError` naming what to change.
@@ -119,12 +108,8 @@ class Endpoint:
         config: ZMQConfig | None = None,
         curve: ServerCurve | ClientCurve | None = None,
     ) -> Self:
-        """The keyword shorthand: ``None`` means the default of each part.
-
-        ``port`` defaults to ``config.default_port``, ``host`` to ``config.bind_host``
-        (loopback) and ``transport_mode`` to the platform's default (IPC on POSIX, TCP on
-        Windows).
-        """
+        """The keyword shorthand; ``None`` means the default: ``config.default_port``,
+        ``config.bind_host`` (loopback), the platform's transport (IPC on POSIX, TCP on Windows)."""
         cfg = config or ZMQConfig()
         return cls(
             transport=get_default_transport_mode() if transport_mode is None else transport_mode,
@@ -148,36 +133,30 @@ class Endpoint:
         ``<root>/.<app_name>/<dir>/<prefix>-<port><extension>``; the configuration's IPC
         naming is taken from it (other settings from ``config``).
         """
-        cfg = config or ZMQConfig()
         if not isinstance(url, str):
             raise ConfigurationError(f"an endpoint URL is a str, got {url!r}")
         match = _TCP_URL.fullmatch(url)
         if match is not None:
-            host = match["host"]
-            host = host[1:-1] if host.startswith("[") else host
-            return cls.tcp(int(match["port"]), host=host, config=cfg, curve=curve)
+            host = match["host"].removeprefix("[").removesuffix("]")
+            return cls.tcp(int(match["port"]), host=host, config=config, curve=curve)
         if url.startswith("ipc://"):
-            return cls(transport=TransportMode.IPC, port=0, config=cfg)._from_ipc_path(
-                Path(url[len("ipc://") :])
-            )
+            return cls.ipc(0, config=config)._from_ipc_path(Path(url[len("ipc://") :]))
         raise ConfigurationError(
             f"{url!r} is not an endpoint URL; write tcp://HOST:PORT (IPv6 as tcp://[::1]:PORT) "
             "or ipc://PATH"
         )
 
     def _from_ipc_path(self, path: Path) -> Self:
-        cfg = self.config
         extension = "".join(path.suffixes[-1:])
-        stem = path.name[: len(path.name) - len(extension)] if extension else path.name
-        prefix, _, number = stem.rpartition("-")
+        prefix, _, number = path.name.removesuffix(extension).rpartition("-")
         app = path.parent.parent.name
         if not (path.is_absolute() and prefix and number.isdigit() and app.startswith(".")):
             raise ConfigurationError(
                 f"ipc://{path} is not a zmqruntime socket path; they look like "
-                f"ipc://<root>/.<app_name>/<dir>/<prefix>-<port>{cfg.ipc_socket_extension}"
+                f"ipc://<root>/.<app_name>/<dir>/<prefix>-<port>{self.config.ipc_socket_extension}"
             )
         config = attrs.evolve(
-            cfg,
+            self.config,
             ipc_root=path.parent.parent.parent,
             app_name=app[1:],
             ipc_socket_dir=path.parent.name,
@@ -185,8 +164,6 @@ class Endpoint:
             ipc_socket_extension=extension,
         )
         return attrs.evolve(self, port=int(number), config=config)
-
-    # --- what it tells ------------------------------------------------------------------------
 
     @property
     def control_port(self) -> int:

@@ -1,12 +1,6 @@
-"""The life cycle every component shares: ``with component:`` starts it and closes it, and a
-process that serves in its main thread stops on SIGINT or SIGTERM.
-
-Components do not copy a life cycle: the started state, the bound ports and the "not started
-yet" errors live in the transport piece they compose (:class:`~zmqruntime.ZMQServer`,
-:class:`~zmqruntime.ZMQClient`), and the context manager is these functions::
-
-    __enter__ = start_on_enter      # or connect_on_enter, for clients
-    __exit__ = close_on_exit
+"""The life cycle every component shares, as functions it uses as its context manager
+(``__enter__ = start_on_enter`` or ``connect_on_enter``, ``__exit__ = close_on_exit``), and
+SIGINT/SIGTERM handling for a process that serves in its main thread.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Lifelines: a launched server notices when the process that launched it is gone.
 
-The launcher creates a pipe, keeps the write end, and hands the read end to the child (its
-number in the ``ZMQRUNTIME_LIFELINE_FD`` environment variable). The operating system closes
-the write end when the launcher exits for any reason — even SIGKILL — and the child's
-watcher thread then reads end-of-file and calls back (typically: stop serving). POSIX only;
-elsewhere :func:`watch_lifeline` does nothing.
+The launcher keeps the write end of a pipe and hands the read end to the child (its number in
+``ZMQRUNTIME_LIFELINE_FD``). The OS closes the write end when the launcher exits for any
+reason, even SIGKILL; the child's watcher thread then reads end-of-file and calls back. POSIX
+only; elsewhere :func:`watch_lifeline` does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -20,7 +20,6 @@ __all__ = ["LIFELINE_ENV", "open_lifeline", "watch_lifeline"]
 logger = logging.getLogger(__name__)
 
 LIFELINE_ENV: Final = "ZMQRUNTIME_LIFELINE_FD"
-"""The environment variable that carries the lifeline's file descriptor to the child."""
 
 
 def open_lifeline() -> tuple[int, int] | None:
@@ -53,11 +52,9 @@ def watch_lifeline(on_lost: Callable[[], None]) -> threading.Thread | None:
         return None
 
     def watch() -> None:
-        try:
+        with contextlib.suppress(OSError):
             while os.read(fd, 64):
                 pass  # the launcher never writes; any data is ignored
-        except OSError:
-            pass
         logger.warning("the launching process is gone; stopping")
         on_lost()
 

@@ -1,9 +1,7 @@
 """Mailbox: how other threads hand work to the one thread that owns a set of zmq sockets.
 
-A zmq socket belongs to one thread. Threads that want something sent put it in the owner's
-mailbox; the mailbox wakes the owner's poller through a plain socket pair (which ``zmq.Poller``
-can watch next to zmq sockets), and the owner drains the mailbox and does the sending. Wake-ups
-are coalesced: a burst of puts costs one wake byte.
+The mailbox wakes the owner's poller through a plain socket pair (which ``zmq.Poller`` can
+watch next to zmq sockets); wake-ups are coalesced: a burst of puts costs one wake byte.
 """
 
 from __future__ import annotations
@@ -67,11 +65,7 @@ class Mailbox:
                 pass
         # Clear the flag before taking items: a put that lands after this writes a new byte.
         self._signalled = False
-        items = self._items
-        taken: list[Any] = []
-        while items:
-            taken.append(items.popleft())
-        return taken
+        return [self._items.popleft() for _ in range(len(self._items))]
 
     def close(self) -> None:
         """Close the wake-up sockets; idempotent. Items still queued are dropped."""

@@ -8,11 +8,9 @@ whose deadline passed, so even an asynchronous request never waits forever.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import heapq
 import itertools
 import threading
-from collections.abc import Callable
 from typing import Final, final
 
 import attrs
@@ -49,8 +47,7 @@ class PendingRequests:
 
     def discard(self, request_id: int) -> None:
         """Forget a request (its reply, if one comes, is dropped)."""
-        with self._lock:
-            self._futures.pop(request_id, None)
+        self._take(request_id)
 
     def arm(self, request_id: int, deadline: float, description: str) -> None:
         """Expire the request at ``deadline`` (monotonic seconds). I/O thread only."""
@@ -71,8 +68,7 @@ class PendingRequests:
         expired = 0
         while self._deadlines and self._deadlines[0][0] <= now:
             _deadline, request_id, description = heapq.heappop(self._deadlines)
-            if self.fail(request_id, ZMQTimeoutError(description)):
-                expired += 1
+            expired += self.fail(request_id, ZMQTimeoutError(description))
         return expired
 
     def resolve(self, request_id: int, reply: Message) -> bool:
@@ -81,35 +77,34 @@ class PendingRequests:
         if isinstance(reply, ErrorReply):
             error = RemoteError(reply.code, reply.message, reply.error_type, reply.traceback)
             return self.fail(request_id, error)
-        future = self._take(request_id)
-        if future is None:
-            return False
-        return _settle(future, lambda: future.set_result(reply))
+        return _settle(self._take(request_id), reply)
 
     def fail(self, request_id: int, error: BaseException) -> bool:
         """Fail one request; False if it was no longer pending."""
-        future = self._take(request_id)
-        if future is None:
-            return False
-        return _settle(future, lambda: future.set_exception(error))
+        return _settle(self._take(request_id), error)
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every pending request with ``error``."""
         with self._lock:
             futures, self._futures = self._futures, {}
         for future in futures.values():
-            _settle(future, functools.partial(future.set_exception, error))
+            _settle(future, error)
 
     def _take(self, request_id: int) -> concurrent.futures.Future[Message] | None:
         with self._lock:
             return self._futures.pop(request_id, None)
 
 
-def _settle(future: concurrent.futures.Future[Message], action: Callable[[], None]) -> bool:
-    if future.done():
+def _settle(
+    future: concurrent.futures.Future[Message] | None, outcome: Message | BaseException
+) -> bool:
+    if future is None or future.done():
         return False
     try:
-        action()
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
     except concurrent.futures.InvalidStateError:
         return False  # cancelled by its waiter in the meantime
     return True

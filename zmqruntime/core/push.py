@@ -1,9 +1,7 @@
-"""One-way sockets: a PUSH socket connected to one address, and a set of them for many.
+"""One-way sockets: a socket connected to one address, and a set of PUSH sockets for many.
 
-For endpoints that talk to many peers one way — an ack sender pushing to whichever
-:class:`~zmqruntime.AckChannel` an image names, a sender's per-thread data socket. Only
-``tcp://`` and ``ipc://`` addresses are used: an address from a message header must never make
-a process connect anywhere else.
+For endpoints that talk to many peers one way: an ack sender pushing to whichever
+:class:`~zmqruntime.AckChannel` an image names, a sender's per-thread data socket.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ __all__ = ["PushSockets", "open_connected_socket"]
 
 logger = logging.getLogger(__name__)
 
+# A departed endpoint (a sender that closed) is retried ever more rarely until its socket is
+# evicted, instead of every 100 ms.
 _PUSH_RECONNECT_MAX = 5.0
 
 
@@ -38,9 +38,8 @@ def open_connected_socket(
 ) -> Socket:
     """A single socket of ``socket_type`` connected to ``url``, configured like a pair's.
 
-    For endpoints that talk to many peers one-way (an ack sender pushing to whichever
-    :class:`~zmqruntime.AckChannel` an image names). ``reconnect_max`` (seconds) makes
-    reconnection attempts back off up to that interval. The caller owns and closes it.
+    ``reconnect_max`` (seconds) makes reconnection attempts back off up to that interval. The
+    caller owns and closes it.
     """
     socket = context.socket(socket_type)
     try:
@@ -59,9 +58,7 @@ def open_connected_socket(
 @final
 @attrs.define(eq=False)
 class PushSockets:
-    """One PUSH socket per address, for one-way messages to many endpoints.
-
-    Owned by one thread, like any socket. Keeps at most ``capacity`` sockets (the least
+    """One PUSH socket per address, owned by one thread; at most ``capacity`` of them (the least
     recently used is closed first). Only ``tcp://`` and ``ipc://`` addresses are used: an
     address from a message header must never make a process connect anywhere else.
     """
@@ -92,8 +89,6 @@ class PushSockets:
                     address,
                     self.config,
                     curve or self.curve,
-                    # A departed endpoint (a sender that closed) is retried ever more rarely
-                    # until the socket is evicted, instead of every 100 ms.
                     reconnect_max=_PUSH_RECONNECT_MAX,
                 )
             except zmq.ZMQError as exc:
@@ -102,8 +97,7 @@ class PushSockets:
             self._sockets[address] = socket
             if len(self._sockets) > self.capacity:
                 self._sockets.popitem(last=False)[1].close()
-        else:
-            self._sockets.move_to_end(address)
+        self._sockets.move_to_end(address)
         try:
             send_frames(socket, frames, zmq.NOBLOCK)
         except zmq.Again:

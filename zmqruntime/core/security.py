@@ -1,9 +1,7 @@
 """CURVE encryption and client authentication for TCP endpoints.
 
-A server that is reachable from other hosts should run with a :class:`ServerCurve`: traffic is
-encrypted, and only clients whose public key is in ``allowed_client_keys`` get through.
-Clients pass a :class:`ClientCurve` naming the server's public key. Keys are Z85 text (40
-bytes), as made by :func:`generate_curve_keypair` or ``zmq.auth.create_certificates``.
+Keys are Z85 text (40 bytes), as made by :func:`generate_curve_keypair` or
+``zmq.auth.create_certificates``.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ def _as_key(value: bytes | str) -> bytes:
 
 
 def _as_keys(values: frozenset[bytes] | set[bytes] | list[bytes]) -> frozenset[bytes]:
-    return frozenset(_as_key(value) for value in values)
+    return frozenset(map(_as_key, values))
 
 
 def _require_curve() -> None:
@@ -76,10 +74,8 @@ def generate_curve_keypair() -> CurveKeyPair:
 
 
 def write_curve_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-    """Write ``<name>.key`` (public) and ``<name>.key_secret`` (owner-only) into ``directory``.
-
-    Returns the two paths. The folder is created if needed.
-    """
+    """Write ``<name>.key`` (public) and ``<name>.key_secret`` (owner-only) into ``directory``
+    (created if needed); returns the two paths."""
     _require_curve()
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,8 +117,8 @@ class _AllowedKeys:
 class ServerCurve:
     """A server's CURVE settings: its key pair and the client keys it lets in.
 
-    ``allowed_client_keys=None`` admits any client that knows the server's public key (traffic
-    is still encrypted); a set admits only those clients.
+    Traffic is always encrypted; ``allowed_client_keys=None`` admits any client that knows the
+    server's public key, a set admits only those clients.
     """
 
     keypair: CurveKeyPair

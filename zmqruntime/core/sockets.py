@@ -1,13 +1,10 @@
-"""SocketPair: the control socket and data socket of one endpoint, opened and closed together.
+"""SocketPair: the control and data socket of one endpoint, opened and closed together.
 
-This is the only code in zmqruntime that creates zmq sockets for servers and clients. A
-server binds a pair (ROUTER control + a data socket such as PUB or PULL) at a data port and
-its control port (data port + ``control_port_offset``); a client connects a pair (DEALER
-control + a matching data socket). Socket options that every endpoint wants — linger, high
-water marks, ZMTP heartbeats, the maximum message size, CURVE — are applied here, once.
-
-A pair is created in one thread and may then be handed to exactly one other thread (the I/O
-thread that owns it from then on). ``close()`` must run in the owning thread.
+This is the only code that creates the zmq sockets of servers (ROUTER control + a data socket
+such as PUB or PULL, bound) and clients (DEALER control + a matching data socket, connected);
+the options every socket wants (linger, high water marks, ZMTP heartbeats, the maximum message
+size, CURVE) are applied here, once. A pair is created in one thread and may then be handed to
+exactly one other thread (the I/O thread that owns it from then on); ``close()`` must run there.
 """
 
 from __future__ import annotations
@@ -77,10 +74,6 @@ def configure_socket(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
 
-def _is_receiving(socket_type: int) -> bool:
-    return socket_type in _RECEIVING_TYPES
-
-
 @final
 @attrs.define(eq=False)
 class SocketPair:
@@ -102,22 +95,19 @@ class SocketPair:
 
     @property
     def data_port(self) -> int:
-        """The data port."""
         return self.endpoint.port
 
     @property
     def control_port(self) -> int:
-        """The control port (data port + the configured offset)."""
+        """Data port + the configured offset."""
         return self.endpoint.control_port
 
     @property
     def data_url(self) -> str:
-        """The data socket's URL."""
         return self.endpoint.data_url
 
     @property
     def control_url(self) -> str:
-        """The control socket's URL."""
         return self.endpoint.control_url
 
     @property
@@ -127,13 +117,12 @@ class SocketPair:
 
     @property
     def config(self) -> ZMQConfig:
-        """The configuration the sockets were made with."""
         return self.endpoint.config
 
     @property
     def data_receives(self) -> bool:
         """Whether the data socket is one that receives (PULL, SUB …) and so must be polled."""
-        return _is_receiving(cast(int, self.data.type))
+        return cast(int, self.data.type) in _RECEIVING_TYPES
 
     @classmethod
     def bind(
@@ -156,25 +145,23 @@ class SocketPair:
         ctx: Context = zmq.Context() if context is None else context
         authenticator = curve.start_authenticator(ctx) if curve is not None else None
         try:
-            attempts = 1 if endpoint.port else _BIND_ATTEMPTS
-            for attempt in range(attempts):
+            for attempt in range(1, _BIND_ATTEMPTS + 1):
                 chosen = endpoint if endpoint.port else endpoint.with_port(_free_port(endpoint))
                 try:
-                    control, data = _bind_sockets(ctx, chosen, data_type, control_type)
+                    data, control = _open(ctx, chosen, data_type, control_type, bound=True)
+                    break
                 except AddressInUseError:
-                    if attempt + 1 == attempts:
+                    if endpoint.port or attempt == _BIND_ATTEMPTS:
                         raise
                     logger.debug("port %d was taken while binding; trying another", chosen.port)
-                    continue
-                ipc = chosen.transport is TransportMode.IPC
-                return cls(ctx, control, data, chosen, owns, authenticator, removes_ipc_files=ipc)
-            raise AssertionError("unreachable")  # pragma: no cover
         except BaseException:
             if authenticator is not None:
                 authenticator.stop()
             if owns:
                 ctx.term()
             raise
+        ipc = chosen.transport is TransportMode.IPC
+        return cls(ctx, control, data, chosen, owns, authenticator, removes_ipc_files=ipc)
 
     @classmethod
     def connect(
@@ -194,28 +181,17 @@ class SocketPair:
         """
         if not endpoint.port:
             raise ConfigurationError("a client needs the server's port; port 0 is for binding")
-        curve = endpoint.client_curve
         owns = context is None
         ctx: Context = zmq.Context() if context is None else context
-        sockets: list[Socket] = []
         try:
-            for url, socket_type, wanted in (
-                (endpoint.data_url, data_type, connect_data),
-                (endpoint.control_url, control_type, True),
-            ):
-                socket = _new_socket(ctx, socket_type, endpoint, bound=False)
-                sockets.append(socket)
-                if curve is not None:
-                    curve.apply(socket)
-                if wanted:
-                    socket.connect(url)
+            data, control = _open(
+                ctx, endpoint, data_type, control_type, bound=False, connect_data=connect_data
+            )
         except BaseException:
-            for socket in sockets:
-                socket.close(linger=0)
             if owns:
                 ctx.term()
             raise
-        return cls(ctx, sockets[1], sockets[0], endpoint, owns)
+        return cls(ctx, control, data, endpoint, owns)
 
     def close(self, linger: float | None = None) -> None:
         """Close both sockets, stop the authenticator, end an owned context, remove IPC files.
@@ -238,20 +214,20 @@ class SocketPair:
                 remove_ipc_socket(number, self.config)
 
 
-def _new_socket(ctx: Context, socket_type: int, endpoint: Endpoint, *, bound: bool) -> Socket:
-    socket = ctx.socket(socket_type)
-    configure_socket(socket, endpoint.config, bound=bound)
-    if endpoint.transport is TransportMode.TCP and ":" in endpoint.host:
-        socket.setsockopt(zmq.IPV6, 1)
-    return socket
-
-
-def _bind_sockets(
-    ctx: Context, endpoint: Endpoint, data_type: int, control_type: int
+def _open(
+    ctx: Context,
+    endpoint: Endpoint,
+    data_type: int,
+    control_type: int,
+    *,
+    bound: bool,
+    connect_data: bool = True,
 ) -> tuple[Socket, Socket]:
-    """The bound (control, data) sockets of ``endpoint``; AddressInUseError if taken."""
-    cfg, curve = endpoint.config, endpoint.server_curve
-    if endpoint.transport is TransportMode.IPC:
+    """The (data, control) sockets of ``endpoint``, bound or connected; AddressInUseError if
+    an address to bind is taken."""
+    cfg = endpoint.config
+    curve = endpoint.server_curve if bound else endpoint.client_curve
+    if bound and endpoint.transport is TransportMode.IPC:
         ensure_ipc_directory(cfg)
         for number in (endpoint.port, endpoint.control_port):
             if is_ipc_socket_in_use(number, cfg):
@@ -260,7 +236,7 @@ def _bind_sockets(
                     "stop it or choose another port"
                 )
             remove_ipc_socket(number, cfg)
-    elif curve is None and not is_loopback_host(endpoint.host):
+    elif bound and curve is None and not is_loopback_host(endpoint.host):
         logger.warning(
             "binding %s without CURVE: anyone who can reach this host can talk to this "
             "server; give the endpoint ServerCurve keys for an exposed host",
@@ -268,28 +244,34 @@ def _bind_sockets(
         )
     sockets: list[Socket] = []
     try:
-        for url, socket_type in (
-            (endpoint.data_url, data_type),
-            (endpoint.control_url, control_type),
+        for url, socket_type, wanted in (
+            (endpoint.data_url, data_type, connect_data),
+            (endpoint.control_url, control_type, True),
         ):
-            socket = _new_socket(ctx, socket_type, endpoint, bound=True)
+            socket = ctx.socket(socket_type)
             sockets.append(socket)
+            configure_socket(socket, cfg, bound=bound)
+            if endpoint.transport is TransportMode.TCP and ":" in endpoint.host:
+                socket.setsockopt(zmq.IPV6, 1)
             if curve is not None:
                 curve.apply(socket)
-            try:
-                socket.bind(url)
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EADDRINUSE:
+            if bound:
+                try:
+                    socket.bind(url)
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EADDRINUSE:
+                        raise
                     raise AddressInUseError(
                         f"{url} is already in use by another process; stop it or choose "
                         "another port (port 0 picks a free one)"
                     ) from None
-                raise
+            elif wanted:
+                socket.connect(url)
     except BaseException:
         for socket in sockets:
             socket.close(linger=0)
         raise
-    return sockets[1], sockets[0]
+    return sockets[0], sockets[1]
 
 
 _SNDMORE = int(zmq.SNDMORE)  # plain ints: enum flag arithmetic costs more than the send
@@ -319,9 +301,7 @@ def send_frames(socket: Socket, frames: Sequence[Any], flags: int = 0) -> None:
 def envelope_end(frames: Sequence[Any]) -> int:
     """Where a ROUTER message's routing envelope ends: after the identity, and after an empty
     delimiter frame if the peer is a REQ socket (so plain REQ clients can talk to it too)."""
-    if len(frames) >= 2 and len(frames[1]) == 0:
-        return 2
-    return 1
+    return 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
 
 
 def decode_or_warn(

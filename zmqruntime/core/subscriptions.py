@@ -1,10 +1,9 @@
-"""SubscriberTopics: which topics anybody subscribes to on a server's XPUB data socket.
+"""SubscriberTopics: which topics anybody subscribes to on a server's XPUB data socket, so a
+publisher can skip encoding and sending an event nobody listens to.
 
-A publisher that knows nobody listens can skip encoding and sending an event at all. An XPUB
-socket reports each topic filter once when its first subscriber registers it and once when the
-last one drops it (libzmq also drops the filters of subscribers that disconnect); the socket's
-owner thread feeds those notices to :meth:`SubscriberTopics.note`, any thread may ask
-:meth:`SubscriberTopics.wanted`.
+An XPUB socket reports each topic filter when its first subscriber registers it and when the
+last one drops it (or disconnects); the socket's owner thread feeds those notices to
+:meth:`SubscriberTopics.note`, any thread may ask :meth:`SubscriberTopics.wanted`.
 """
 
 from __future__ import annotations

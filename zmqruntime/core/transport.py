@@ -1,19 +1,21 @@
 """Endpoint addressing: URL building, IPC socket paths, stale-socket cleanup and port probing.
 
-Every function takes an optional :class:`~zmqruntime.config.ZMQConfig` (``None``: defaults),
-so a server and its clients derive the same endpoints from one config. Windows has no IPC:
-there the IPC probes report "no socket" and IPC URLs raise ConfigurationError.
+Every function takes an optional :class:`~zmqruntime.config.ZMQConfig` (``None``: defaults).
+Windows has no IPC: there the IPC probes report "no socket" and IPC URLs raise
+ConfigurationError.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import itertools
 import logging
 import os
 import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from zmqruntime.config import MAX_PORT, TransportMode, ZMQConfig
@@ -53,13 +55,12 @@ def _on_windows() -> bool:
     return os.name == "nt" or sys.platform == "win32"
 
 
-def _config(config: ZMQConfig | None) -> ZMQConfig:
-    return ZMQConfig() if config is None else config
-
-
-def _check_port(port: int, what: str = "port") -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= MAX_PORT:
-        raise ConfigurationError(f"{what} must be a whole number in 1..{MAX_PORT}, got {port!r}")
+def check_port(port: int, what: str = "port", lowest: int = 1) -> int:
+    """``port`` if it is an int in ``lowest``..65535, else ConfigurationError naming ``what``."""
+    if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port <= MAX_PORT:
+        raise ConfigurationError(
+            f"{what} must be a whole number in {lowest}..{MAX_PORT}, got {port!r}"
+        )
     return port
 
 
@@ -72,8 +73,8 @@ def get_ipc_socket_path(port: int, config: ZMQConfig | None = None) -> Path | No
     """``<ipc_directory>/<prefix>-<port><ext>`` (None on Windows); touches nothing on disk."""
     if _on_windows():
         return None
-    cfg = _config(config)
-    name = f"{cfg.ipc_socket_prefix}-{_check_port(port)}{cfg.ipc_socket_extension}"
+    cfg = config or ZMQConfig()
+    name = f"{cfg.ipc_socket_prefix}-{check_port(port)}{cfg.ipc_socket_extension}"
     return cfg.ipc_directory() / name
 
 
@@ -85,24 +86,21 @@ def ipc_path_limit() -> int:
 def validate_ipc_socket_path(path: Path) -> Path:
     """Return ``path`` if it fits in a Unix socket address, else raise ConfigurationError."""
     size = len(os.fsencode(path))
-    limit = ipc_path_limit()
-    if size > limit:
+    if size > ipc_path_limit():
         raise ConfigurationError(
-            f"IPC socket path {str(path)!r} is {size} bytes, longer than the {limit}-byte limit "
-            "of Unix socket addresses on this platform; set ZMQConfig(ipc_root=...) to a "
-            "shorter folder"
+            f"IPC socket path {str(path)!r} is {size} bytes, longer than the {ipc_path_limit()}"
+            "-byte limit of Unix socket addresses on this platform; set "
+            "ZMQConfig(ipc_root=...) to a shorter folder"
         )
     return path
 
 
 def ensure_ipc_directory(config: ZMQConfig | None = None) -> Path:
-    """Create the IPC socket folder (and parents) with mode 0700; tighten it if it is ours.
-
-    Raises ConfigurationError on Windows or when the folder cannot be created.
-    """
+    """Create the IPC socket folder (and parents) with mode 0700, tightening it if it is ours;
+    ConfigurationError on Windows or when it cannot be created."""
     if _on_windows():
         raise ConfigurationError(_NO_IPC)
-    directory = _config(config).ipc_directory()
+    directory = (config or ZMQConfig()).ipc_directory()
     try:
         directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.mkdir(mode=0o700, exist_ok=True)
@@ -120,29 +118,21 @@ def ensure_ipc_directory(config: ZMQConfig | None = None) -> Path:
     return directory
 
 
-def _format_host(host: str) -> str:
-    if not host:
-        raise ConfigurationError("host must be a non-empty host name or address")
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
 def get_zmq_transport_url(
     port: int,
     host: str = "localhost",
     mode: TransportMode | None = None,
     config: ZMQConfig | None = None,
 ) -> str:
-    """``tcp://host:port`` (IPv6 bracketed) or ``ipc://<path>`` (``host`` ignored).
-
-    ``mode`` None means :func:`get_default_transport_mode`. Raises ConfigurationError for a
-    bad port, IPC on Windows, or an IPC path too long for a Unix socket address.
-    """
-    _check_port(port)
-    mode = get_default_transport_mode() if mode is None else mode
-    if mode is TransportMode.TCP:
-        return f"tcp://{_format_host(host)}:{port}"
+    """``tcp://host:port`` (IPv6 bracketed) or ``ipc://<path>`` (``host`` ignored); ``mode``
+    None is :func:`get_default_transport_mode`. ConfigurationError for a bad port, an empty
+    host, IPC on Windows, or an IPC path too long for a Unix socket address."""
+    check_port(port)
+    if (mode or get_default_transport_mode()) is TransportMode.TCP:
+        if not host:
+            raise ConfigurationError("host must be a non-empty host name or address")
+        bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"tcp://{bracketed}:{port}"
     path = get_ipc_socket_path(port, config)
     if path is None:
         raise ConfigurationError(_NO_IPC)
@@ -153,13 +143,13 @@ def get_bind_url(
     port: int, mode: TransportMode | None = None, config: ZMQConfig | None = None
 ) -> str:
     """The endpoint a server binds for ``port``: TCP on ``config.bind_host``, or the IPC path."""
-    cfg = _config(config)
-    return get_zmq_transport_url(port, host=cfg.bind_host, mode=mode, config=cfg)
+    cfg = config or ZMQConfig()
+    return get_zmq_transport_url(port, cfg.bind_host, mode, cfg)
 
 
 def get_control_port(data_port: int, config: ZMQConfig | None = None) -> int:
     """The control port paired with ``data_port`` (data port + ``control_port_offset``)."""
-    return _config(config).control_port(_check_port(data_port, "data port"))
+    return (config or ZMQConfig()).control_port(check_port(data_port, "data port"))
 
 
 def get_control_url(
@@ -169,17 +159,13 @@ def get_control_url(
     config: ZMQConfig | None = None,
 ) -> str:
     """The endpoint clients connect to for the control socket that belongs to ``data_port``."""
-    cfg = _config(config)
-    return get_zmq_transport_url(get_control_port(data_port, cfg), host, mode, cfg)
+    return get_zmq_transport_url(get_control_port(data_port, config), host, mode, config)
 
 
 def is_port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """True if ``host:port`` cannot be bound over TCP because it is taken (or forbidden).
-
-    Binds a plain socket to every address of ``host`` *without* SO_REUSEADDR (the reliable
-    listener check on Linux), so TIME_WAIT leftovers count as in use too.
-    """
-    _check_port(port)
+    """True if ``host:port`` cannot be bound over TCP because it is taken (or forbidden): binds
+    every address of ``host`` without SO_REUSEADDR, so TIME_WAIT leftovers count as in use."""
+    check_port(port)
     try:
         infos = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -191,13 +177,12 @@ def is_port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.bind(address)
+            probed = True
         except OSError as exc:
             if exc.errno in _IN_USE_ERRNOS:
                 return True
-            if exc.errno in _SKIP_ERRNOS:
-                continue
-            raise ConfigurationError(f"cannot probe {host}:{port}: {exc}") from exc
-        probed = True
+            if exc.errno not in _SKIP_ERRNOS:
+                raise ConfigurationError(f"cannot probe {host}:{port}: {exc}") from exc
     if not probed:
         raise ConfigurationError(f"no address of host {host!r} can be bound on this machine")
     return False
@@ -206,10 +191,9 @@ def is_port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 def _probe_unix(path: Path) -> bool | None:
     """True: something accepts connections; False: refused; None: no socket file there."""
     try:
-        info = path.lstat()
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return None
     except FileNotFoundError:
-        return None
-    if not stat.S_ISSOCK(info.st_mode):
         return None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(_PROBE_TIMEOUT)
@@ -223,11 +207,8 @@ def _probe_unix(path: Path) -> bool | None:
 
 
 def is_ipc_socket_in_use(port: int, config: ZMQConfig | None = None) -> bool:
-    """True if ``port``'s socket file exists and something accepts connections on it.
-
-    Stale or missing files (and Windows) give False; a socket that cannot be probed (busy
-    for 0.5 s, permission denied) counts as in use.
-    """
+    """True if ``port``'s socket file exists and something accepts connections on it; stale or
+    missing files (and Windows) give False, an unprobeable one (busy 0.5 s, no permission) True."""
     path = get_ipc_socket_path(port, config)
     return path is not None and _probe_unix(path) is True
 
@@ -245,8 +226,7 @@ def is_endpoint_in_use(
     config: ZMQConfig | None = None,
 ) -> bool:
     """Dispatch to :func:`is_port_in_use` (TCP, on ``host``) or :func:`is_ipc_socket_in_use`."""
-    mode = get_default_transport_mode() if mode is None else mode
-    if mode is TransportMode.TCP:
+    if (mode or get_default_transport_mode()) is TransportMode.TCP:
         return is_port_in_use(port, host)
     return is_ipc_socket_in_use(port, config)
 
@@ -254,9 +234,8 @@ def is_endpoint_in_use(
 def remove_ipc_socket(port: int, config: ZMQConfig | None = None) -> bool:
     """Remove ``port``'s socket file if it is stale; True if a file was removed.
 
-    A socket a live server listens on (or a non-socket file) is kept: False and a warning.
-    A server binding the path between check and removal races with this; clean up only
-    ports you own.
+    A socket a live server listens on (or a non-socket file) is kept: False and a warning. A
+    server binding the path between check and removal races with this: clean only your ports.
     """
     path = get_ipc_socket_path(port, config)
     if path is None:
@@ -278,14 +257,17 @@ def remove_ipc_socket(port: int, config: ZMQConfig | None = None) -> bool:
 
 
 def _find_pair(
-    cfg: ZMQConfig, attempts: int, candidate: Callable[[int], int], in_use: Callable[[int], bool]
+    config: ZMQConfig | None,
+    attempts: int,
+    candidates: Iterable[int],
+    in_use: Callable[[int], bool],
 ) -> int | None:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ConfigurationError(f"attempts must be a whole number above 0, got {attempts!r}")
-    for port in (candidate(attempt) for attempt in range(attempts)):
-        control = port + cfg.control_port_offset
-        in_range = 1 <= port <= MAX_PORT and 1 <= control <= MAX_PORT
-        if in_range and not in_use(port) and not in_use(control):
+    offset = (config or ZMQConfig()).control_port_offset
+    for port in itertools.islice(candidates, attempts):
+        ports = (port, port + offset)
+        if all(1 <= number <= MAX_PORT for number in ports) and not any(map(in_use, ports)):
             return port
     return None
 
@@ -309,20 +291,15 @@ def find_free_port_pair(
     start: int | None = None,
     attempts: int = 200,
 ) -> int:
-    """A TCP data port on ``host`` that, with its control port, is free (bind-probed).
-
-    Candidates come from the OS (``start`` None) or count up from ``start``. A snapshot:
-    another process may take a port first. ZMQRuntimeError after ``attempts`` failures.
-    For IPC use :func:`find_free_ipc_port`.
-    """
-    cfg = _config(config)
-    first = None if start is None else _check_port(start, "start")
-    port = _find_pair(
-        cfg,
-        attempts,
-        lambda i: _ephemeral_port(host) if first is None else first + i,
-        lambda candidate: is_port_in_use(candidate, host),
+    """A TCP data port on ``host`` that, with its control port, is free (bind-probed), from the
+    OS (``start`` None) or counting up from ``start``. A snapshot: another process may take a
+    port first. ZMQRuntimeError after ``attempts`` failures."""
+    candidates = (
+        (_ephemeral_port(host) for _ in itertools.count())
+        if start is None
+        else itertools.count(check_port(start, "start"))
     )
+    port = _find_pair(config, attempts, candidates, functools.partial(is_port_in_use, host=host))
     if port is None:
         raise ZMQRuntimeError(f"no free data/control port pair on {host} in {attempts} attempts")
     return port
@@ -331,18 +308,14 @@ def find_free_port_pair(
 def find_free_ipc_port(
     config: ZMQConfig | None = None, start: int | None = None, attempts: int = 200
 ) -> int:
-    """A port number whose IPC data and control sockets have no live listener.
-
-    Counts up from ``start`` (default ``config.default_port``); stale files do not count
-    (binding replaces them). ConfigurationError on Windows, ZMQRuntimeError when full.
-    """
+    """A port number whose IPC data and control sockets have no live listener, counting up from
+    ``start`` (default ``config.default_port``); stale files do not count (binding replaces
+    them). ConfigurationError on Windows, ZMQRuntimeError after ``attempts`` failures."""
     if _on_windows():
         raise ConfigurationError(_NO_IPC)
-    cfg = _config(config)
-    first = _check_port(cfg.default_port if start is None else start, "start")
-    port = _find_pair(
-        cfg, attempts, lambda i: first + i, lambda candidate: is_ipc_socket_in_use(candidate, cfg)
-    )
+    first = check_port((config or ZMQConfig()).default_port if start is None else start, "start")
+    in_use = functools.partial(is_ipc_socket_in_use, config=config)
+    port = _find_pair(config, attempts, itertools.count(first), in_use)
     if port is None:
         raise ZMQRuntimeError(f"no free IPC port number from {first} in {attempts} attempts")
     return port
