@@ -1,9 +1,4 @@
-"""ClientLoop: the I/O thread of a :class:`~zmqruntime.ZMQClient`, the one owner of its sockets.
-
-It sends what the client's callers put in its mailbox, arms request deadlines, delivers replies
-to their futures, unsolicited messages and published data to the client's callbacks, and
-watches the connection. Everything it owns is closed when it ends.
-"""
+"""ClientLoop: the I/O thread of a :class:`~zmqruntime.ZMQClient`, the one owner of its sockets."""
 
 from __future__ import annotations
 
@@ -42,7 +37,12 @@ _SOCKOPTS: Final = {"subscribe": zmq.SUBSCRIBE, "unsubscribe": zmq.UNSUBSCRIBE}
 @final
 @attrs.define(eq=False)
 class ClientLoop:
-    """Everything the I/O thread of one client owns and updates."""
+    """Everything the I/O thread of one client owns and updates.
+
+    It sends what the client's callers put in its mailbox, arms request deadlines, delivers
+    replies to their futures, unsolicited messages and published data to the client's
+    callbacks, and watches the connection. Everything it owns is closed when it ends.
+    """
 
     name: str
     config: ZMQConfig
@@ -62,11 +62,10 @@ class ClientLoop:
         """Serve until stopped (the I/O thread's target); closes everything on the way out."""
         pair, mailbox, monitor = self.pair, self.mailbox, self.monitor
         poller = zmq.Poller()
-        poller.register(pair.control, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        for source in (pair.control, monitor, mailbox.fileno):
+            poller.register(source, zmq.POLLIN)
         if pair.data_receives:
             poller.register(pair.data, zmq.POLLIN)
-        poller.register(mailbox.fileno, zmq.POLLIN)
         pushers = PushSockets(pair.context, self.config, self.curve)
         try:
             while not self.stop.is_set():

@@ -1,11 +1,4 @@
-"""RequestTable: an application's own named requests, answered off the server's I/O thread.
-
-A client's :class:`~zmqruntime.core.messages.AppRequest` names one of the table's
-:class:`~zmqruntime.protocols.RequestHandler`\\ s; the I/O thread only looks the name up and
-queues the request, and a worker thread decodes the payload, calls the handler and sends the
-:class:`~zmqruntime.core.messages.AppReply`, so a slow handler never delays pings, submissions
-or another client's requests. An unknown name gets an error naming the known ones.
-"""
+"""RequestTable: an application's own named requests, answered off the server's I/O thread."""
 
 from __future__ import annotations
 
@@ -60,9 +53,12 @@ def serializer_refusal(
 class RequestTable:
     """Named request handlers and the worker threads that run them.
 
-    The server's serializer decodes payloads and encodes replies; client and server must
-    agree on it (a request encoded with another one is refused, naming both). Threads start
-    with the first request and end with :meth:`close`.
+    The I/O thread only looks an :class:`~zmqruntime.core.messages.AppRequest`'s name up and
+    queues it; a worker decodes the payload with the server's serializer, calls the handler
+    and sends the reply, so a slow handler never delays pings, submissions or another
+    client's requests. Client and server must agree on the serializer (a request encoded with
+    another one is refused, naming both). Threads start with the first request and end with
+    :meth:`close`.
     """
 
     handlers: Mapping[str, RequestHandler] = attrs.field(factory=dict)

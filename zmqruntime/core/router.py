@@ -1,11 +1,4 @@
-"""ControlRouter: what a server answers to each request on its control socket.
-
-Ping and (unless the handler table has one) shutdown are answered here; an application's
-own named requests go to its :class:`~zmqruntime.core.requests.RequestTable`; every other
-request goes to the handler registered for its type. Undecodable input, an unknown type, a
-handler's exception or a reply that is not a message all become an
-:class:`~zmqruntime.core.messages.ErrorReply`: the server never dies of input.
-"""
+"""ControlRouter: what a server answers to each request on its control socket."""
 
 from __future__ import annotations
 
@@ -50,8 +43,15 @@ HandlerKey: TypeAlias = ControlMessageType | StreamMessageType
 @final
 @attrs.define(eq=False)
 class ControlRouter:
-    """The answers of one server (used on its I/O thread). ``stop`` is set by a shutdown
-    request; ``answer_later(peer, reply)`` sends what request handlers answer later."""
+    """The answers of one server, on its I/O thread.
+
+    Ping and (unless ``handlers`` has one) shutdown are answered here, and a shutdown sets
+    ``stop``; applications' named requests go to ``requests``, whose workers reply through
+    ``answer_later(peer, reply)``; every other request goes to the handler for its type.
+    Undecodable input, an unknown type, a handler's exception or a reply that is not a
+    message all become an :class:`~zmqruntime.core.messages.ErrorReply`: the server never
+    dies of input.
+    """
 
     role: str
     config: ZMQConfig

@@ -114,11 +114,8 @@ class ZMQServer:
         data_handler: Callable[[Message], None] | None = None,
         on_shutdown: Callable[[bool], None] | None = None,
     ) -> None:
-        """Add handlers (and the data handler, the shutdown hook) before the server starts.
-
-        Raises ``RuntimeError`` once the server is bound, or when a request type already has
-        a handler.
-        """
+        """Add handlers (and the data handler, the shutdown hook) before the server starts;
+        ``RuntimeError`` once it is bound, or when a request type already has a handler."""
         with self._lock:
             if self._pair is not None:
                 raise RuntimeError(f"{self.role} is already bound; route handlers before start()")

@@ -1,10 +1,4 @@
-"""ServerLoop: the I/O thread of a :class:`~zmqruntime.ZMQServer`, the one owner of its sockets.
-
-It polls the control socket, the data socket (when it receives) and the mailbox through which
-other threads send. Data messages go to the data handler; an XPUB data socket's subscription
-notices go to the server's :class:`~zmqruntime.core.subscriptions.SubscriberTopics`; input
-that cannot be decoded is dropped with a warning: the loop never dies of input.
-"""
+"""ServerLoop: the I/O thread of a :class:`~zmqruntime.ZMQServer`, the one owner of its sockets."""
 
 from __future__ import annotations
 
@@ -55,8 +49,13 @@ class Peer:
 @final
 @attrs.define(eq=False)
 class ServerLoop:
-    """Everything the I/O thread of one server owns and updates. ``answer(frames, peer)`` turns
-    a request into its reply (None: answered later, through the mailbox)."""
+    """Everything the I/O thread of one server owns and updates.
+
+    It polls the control socket, the data socket (when it receives) and the mailbox through
+    which other threads send. ``answer(frames, peer)`` turns a request into its reply (None:
+    answered later, through the mailbox); data messages go to the data handler; an XPUB's
+    subscription notices go to ``topics``. Undecodable data is dropped with a warning.
+    """
 
     role: str
     config: ZMQConfig
@@ -72,10 +71,10 @@ class ServerLoop:
         """Serve until :attr:`stop` is set, then send what is still queued."""
         pair, mailbox = self.pair, self.mailbox
         poller = zmq.Poller()
-        poller.register(pair.control, zmq.POLLIN)
+        for source in (pair.control, mailbox.fileno):
+            poller.register(source, zmq.POLLIN)
         if pair.data_receives:
             poller.register(pair.data, zmq.POLLIN)
-        poller.register(mailbox.fileno, zmq.POLLIN)
         try:
             while not self.stop.is_set():
                 try:
