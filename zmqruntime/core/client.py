@@ -119,10 +119,8 @@ class ZMQClient:
         on_data: Callable[[Message, bytes | None], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
     ) -> None:
-        """Set the callbacks of a component that was given this client, before it connects.
-
-        Raises ``RuntimeError`` once connected, or when a callback is already set.
-        """
+        """Set the callbacks of a component that was given this client, before it connects;
+        ``RuntimeError`` once connected, or when a callback is already set."""
         wanted = {"on_message": on_message, "on_data": on_data, "on_disconnect": on_disconnect}
         with self._lock:
             if self._pair is not None:
@@ -231,13 +229,11 @@ class ZMQClient:
     def request_async(
         self, message: Message, timeout: float | None = None
     ) -> concurrent.futures.Future[Message]:
-        """Send a request now; the future resolves to its reply.
-
-        The client stamps its own ``request_id`` on the message. An :class:`ErrorReply`
-        resolves the future with :class:`RemoteError`; a lost server with
-        :class:`ServerLost`; no reply within ``timeout`` seconds (``config.request_timeout``)
-        with :class:`ZMQTimeoutError`. Cancel the future freely: a late reply is dropped.
-        """
+        """Send a request now (stamped with the client's own ``request_id``); the future
+        resolves to its reply. An :class:`ErrorReply` fails it with :class:`RemoteError`; a lost
+        server with :class:`ServerLost`; no reply within ``timeout`` seconds
+        (``config.request_timeout``) with :class:`ZMQTimeoutError`. Cancel the future freely: a
+        late reply is dropped."""
         limit = self.config.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         if not hasattr(message, "request_id"):
@@ -257,11 +253,9 @@ class ZMQClient:
         return future
 
     def request(self, message: Message, timeout: float | None = None) -> Message:
-        """Send a request and wait for its reply (``config.request_timeout`` by default).
-
-        Raises :class:`ZMQTimeoutError` (a ``TimeoutError``) when no reply comes in time,
-        :class:`RemoteError` when the server refuses, :class:`ServerLost` when it vanishes.
-        """
+        """Send a request and wait for its reply (``config.request_timeout`` by default). Raises
+        :class:`ZMQTimeoutError` (a ``TimeoutError``) when no reply comes in time,
+        :class:`RemoteError` when the server refuses, :class:`ServerLost` when it vanishes."""
         limit = self.config.request_timeout if timeout is None else timeout
         return self._wait(self.request_async(message, limit), limit, type(message).__name__)
 
@@ -269,11 +263,9 @@ class ZMQClient:
         self, name: str, payload: Any = None, *, timeout: float | None = None
     ) -> concurrent.futures.Future[Any]:
         """Send the application request ``name``; the future resolves to the reply's payload.
-
         ``payload`` and the reply travel through :attr:`serializer` (arrays out of band). The
         future fails like :meth:`request_async`'s; a handler's exception arrives as
-        :class:`~zmqruntime.RemoteError` with its ``error_type`` and ``remote_traceback``.
-        """
+        :class:`~zmqruntime.RemoteError` with its ``error_type`` and ``remote_traceback``."""
         request = AppRequest(
             request_id=0,
             name=name,
@@ -287,12 +279,9 @@ class ZMQClient:
         return result
 
     def call(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
-        """Send the application request ``name`` and wait for the reply's payload.
-
-        Raises :class:`~zmqruntime.RemoteError` (the handler failed, the name is unknown, the
-        server is busy), :class:`ZMQTimeoutError` and :class:`ServerLost` like
-        :meth:`request`.
-        """
+        """Send the application request ``name`` and wait for the reply's payload. Raises
+        :class:`~zmqruntime.RemoteError` (the handler failed, the name is unknown, the server is
+        busy), :class:`ZMQTimeoutError` and :class:`ServerLost` like :meth:`request`."""
         limit = self.config.request_timeout if timeout is None else timeout
         return self._wait(self.call_async(name, payload, timeout=limit), limit, f"request {name!r}")
 

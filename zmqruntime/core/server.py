@@ -184,8 +184,7 @@ class ZMQServer:
 
     def serve_forever(self, *, handle_signals: bool = True) -> None:
         """Bind and serve in the calling thread until a shutdown request, :meth:`close`,
-        :meth:`request_stop`, or (from the main thread) SIGINT/SIGTERM. Then close.
-        """
+        :meth:`request_stop`, or (from the main thread) SIGINT/SIGTERM. Then close."""
         self.bind()
         with self._lock:
             if self._thread is not None or self._loop_thread_id is not None:
@@ -211,11 +210,9 @@ class ZMQServer:
         return self._stopped.wait(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop serving, join the I/O thread, close every socket. Idempotent.
-
-        Raises :class:`ZMQTimeoutError` if the loop does not end within ``timeout`` seconds
-        (``config.close_timeout`` by default), which means a handler is stuck.
-        """
+        """Stop serving, join the I/O thread, close every socket; idempotent. Raises
+        :class:`ZMQTimeoutError` if the loop does not end within ``timeout`` seconds
+        (``config.close_timeout`` by default), which means a handler is stuck."""
         with self._lock:
             if self._closed:
                 return
@@ -269,12 +266,9 @@ class ZMQServer:
         return ServerStatistics(**self._counts, uptime=uptime)
 
     def send(self, peer: Peer, message: Message, *, request_id: int | None = None) -> None:
-        """Send ``message`` to ``peer`` on the control socket, from any thread.
-
-        ``request_id`` stamps the message as the reply to that request of the peer's. A message
-        that cannot be encoded raises :class:`~zmqruntime.LocalProtocolError` here, in the
-        caller's thread.
-        """
+        """Send ``message`` to ``peer`` on the control socket, from any thread, as the reply to
+        its request ``request_id`` if given. A message that cannot be encoded raises
+        :class:`~zmqruntime.LocalProtocolError` here, in the caller's thread."""
         self._post(True, [*peer.envelope, *codec.encode(message, request_id=request_id)])
 
     def has_subscribers(self, topic: str | bytes = b"") -> bool:
@@ -300,11 +294,8 @@ class ZMQServer:
             logger.debug("%s closed before a reply could be sent", self.role)
 
     def publish(self, message: Message, topic: str | bytes | None = None) -> None:
-        """Send ``message`` on the data socket (PUB: to every subscriber), from any thread.
-
-        On a PUB socket every message leads with a topic frame (empty when ``topic`` is None)
-        that subscribers filter on by prefix; other data sockets send the message alone.
-        """
+        """Send ``message`` on the data socket, from any thread. On a PUB socket it leads with
+        a topic frame (empty when ``topic`` is None) that subscribers filter on by prefix."""
         frames = codec.encode(message)
         if self.data_socket_type in (zmq.PUB, zmq.XPUB):
             topic = topic or b""
