@@ -1,14 +1,9 @@
 """ZMQClient: requests with ids over a DEALER, from any number of threads.
 
-The client connects a :class:`~zmqruntime.core.sockets.SocketPair` (DEALER control, and a data
-socket such as SUB or PUSH) and owns it from one I/O thread. Callers in any thread send
-requests through a mailbox and wait on a ``concurrent.futures.Future`` with a timeout. Each
-request carries an id, so many may be in flight; a request that times out is simply forgotten
-and its late reply dropped — the socket is never wedged (the classic REQ/REP failure).
-
-A socket monitor watches the connection: when libzmq reports the server gone (ZMTP heartbeats
-timed out, the connection broke), every request in flight fails at once with
-:class:`~zmqruntime.ServerLost` instead of waiting out its timeout.
+Callers wait on a ``concurrent.futures.Future`` with a timeout. Each request carries an id, so
+many may be in flight, and a late reply to a forgotten request is dropped: the socket is never
+wedged. When libzmq reports the server gone (ZMTP heartbeats timed out, the connection broke),
+every request in flight fails at once with :class:`~zmqruntime.ServerLost`.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, Literal, TypeAlias, final
+from typing import Any, Final, Literal, TypeAlias, TypeVar, final
 
 import attrs
 import zmq
@@ -36,11 +31,7 @@ from zmqruntime.core.pending import PendingRequests
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
 from zmqruntime.core.sockets import Context, SocketPair
-from zmqruntime.errors import (
-    ChannelClosed,
-    RemoteProtocolError,
-    ZMQTimeoutError,
-)
+from zmqruntime.errors import ChannelClosed, RemoteProtocolError, ZMQTimeoutError
 from zmqruntime.protocols import TaskSerializer
 
 __all__ = ["ClientStatistics", "ZMQClient"]
@@ -48,6 +39,7 @@ __all__ = ["ClientStatistics", "ZMQClient"]
 logger = logging.getLogger(__name__)
 
 _BACKSTOP_SECONDS: Final = 5.0
+_COUNTERS: Final = ("requests", "replies", "timeouts", "unsolicited", "dropped")
 _AUTH_HINT: Final = (
     " CURVE is on: a server that does not accept this client's key drops it without a word, "
     "so check that the client's public key is allowed and the server key is right."
@@ -56,6 +48,7 @@ _AUTH_HINT: Final = (
 _Command: TypeAlias = tuple[
     Literal["request", "control", "data", "push", "subscribe", "unsubscribe"], Any
 ]
+_T = TypeVar("_T")
 
 
 @final
@@ -77,12 +70,10 @@ class ClientStatistics:
 class ZMQClient:
     """A composed zmq client: DEALER control with request ids, an optional data socket.
 
-    ``on_message`` receives control messages that answer no request (e.g. an execution's
-    completion pushed by the server); ``on_data`` receives decoded messages from a SUB data
-    socket with their topic. Both run on the I/O thread and must be quick.
-    ``on_disconnect`` is called (on the I/O thread) when the server connection breaks.
-
-    The client connects on first use, or explicitly with :meth:`connect` / ``with``.
+    Callbacks run on the I/O thread and must be quick: ``on_message`` gets control messages
+    that answer no request, ``on_data`` decoded data messages with their topic (SUB), and
+    ``on_disconnect`` is called when the server connection breaks. The client connects on
+    first use, or explicitly with :meth:`connect` / ``with``.
     """
 
     endpoint: Endpoint
@@ -105,12 +96,7 @@ class ZMQClient:
     _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
     _watch: ConnectionWatch = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    _counts: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys(
-            ("requests", "replies", "timeouts", "unsolicited", "dropped"), 0
-        ),
-        init=False,
-    )
+    _counts: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(_COUNTERS, 0), init=False)
 
     @_watch.default
     def _make_watch(self) -> ConnectionWatch:
@@ -133,20 +119,17 @@ class ZMQClient:
         on_data: Callable[[Message, bytes | None], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
     ) -> None:
-        """Set the callbacks of a component that was given this client, before it connects.
-
-        Raises ``RuntimeError`` once connected, or when a callback is already set.
-        """
+        """Set the callbacks of a component that was given this client, before it connects;
+        ``RuntimeError`` once connected, or when a callback is already set."""
         wanted = {"on_message": on_message, "on_data": on_data, "on_disconnect": on_disconnect}
         with self._lock:
             if self._pair is not None:
                 raise RuntimeError(f"{self.name} is already connected; call listen() before")
             for name, callback in wanted.items():
-                if callback is None:
-                    continue
-                if getattr(self, name) is not None:
-                    raise RuntimeError(f"{self.name} already has an {name} callback")
-                setattr(self, name, callback)
+                if callback is not None:
+                    if getattr(self, name) is not None:
+                        raise RuntimeError(f"{self.name} already has an {name} callback")
+                    setattr(self, name, callback)
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -246,13 +229,11 @@ class ZMQClient:
     def request_async(
         self, message: Message, timeout: float | None = None
     ) -> concurrent.futures.Future[Message]:
-        """Send a request now; the future resolves to its reply.
-
-        The client stamps its own ``request_id`` on the message. An :class:`ErrorReply`
-        resolves the future with :class:`RemoteError`; a lost server with
-        :class:`ServerLost`; no reply within ``timeout`` seconds (``config.request_timeout``)
-        with :class:`ZMQTimeoutError`. Cancel the future freely: a late reply is dropped.
-        """
+        """Send a request now (stamped with the client's own ``request_id``); the future
+        resolves to its reply. An :class:`ErrorReply` fails it with :class:`RemoteError`; a lost
+        server with :class:`ServerLost`; no reply within ``timeout`` seconds
+        (``config.request_timeout``) with :class:`ZMQTimeoutError`. Cancel the future freely: a
+        late reply is dropped."""
         limit = self.config.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         if not hasattr(message, "request_id"):
@@ -272,35 +253,19 @@ class ZMQClient:
         return future
 
     def request(self, message: Message, timeout: float | None = None) -> Message:
-        """Send a request and wait for its reply (``config.request_timeout`` by default).
-
-        Raises :class:`ZMQTimeoutError` (a ``TimeoutError``) when no reply comes in time,
-        :class:`RemoteError` when the server refuses, :class:`ServerLost` when it vanishes.
-        """
+        """Send a request and wait for its reply (``config.request_timeout`` by default). Raises
+        :class:`ZMQTimeoutError` (a ``TimeoutError``) when no reply comes in time,
+        :class:`RemoteError` when the server refuses, :class:`ServerLost` when it vanishes."""
         limit = self.config.request_timeout if timeout is None else timeout
-        future = self.request_async(message, limit)
-        try:
-            # The I/O thread expires the request at its deadline; this is only a backstop.
-            return future.result(limit + _BACKSTOP_SECONDS)
-        except ZMQTimeoutError:
-            raise  # expired by the I/O thread (also a TimeoutError: keep it apart)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            self._counts["timeouts"] += 1
-            raise ZMQTimeoutError(
-                f"no reply to {type(message).__name__} from {self.sockets.control_url} within "
-                f"{limit}s; is a server running there?"
-            ) from None
+        return self._wait(self.request_async(message, limit), limit, type(message).__name__)
 
     def call_async(
         self, name: str, payload: Any = None, *, timeout: float | None = None
     ) -> concurrent.futures.Future[Any]:
         """Send the application request ``name``; the future resolves to the reply's payload.
-
         ``payload`` and the reply travel through :attr:`serializer` (arrays out of band). The
         future fails like :meth:`request_async`'s; a handler's exception arrives as
-        :class:`~zmqruntime.RemoteError` with its ``error_type`` and ``remote_traceback``.
-        """
+        :class:`~zmqruntime.RemoteError` with its ``error_type`` and ``remote_traceback``."""
         request = AppRequest(
             request_id=0,
             name=name,
@@ -314,21 +279,25 @@ class ZMQClient:
         return result
 
     def call(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
-        """Send the application request ``name`` and wait for the reply's payload.
-
-        Raises :class:`~zmqruntime.RemoteError` (the handler failed, the name is unknown, the
-        server is busy), :class:`ZMQTimeoutError` and :class:`ServerLost` like
-        :meth:`request`.
-        """
+        """Send the application request ``name`` and wait for the reply's payload. Raises
+        :class:`~zmqruntime.RemoteError` (the handler failed, the name is unknown, the server is
+        busy), :class:`ZMQTimeoutError` and :class:`ServerLost` like :meth:`request`."""
         limit = self.config.request_timeout if timeout is None else timeout
-        future = self.call_async(name, payload, timeout=limit)
+        return self._wait(self.call_async(name, payload, timeout=limit), limit, f"request {name!r}")
+
+    def _wait(self, future: concurrent.futures.Future[_T], limit: float, what: str) -> _T:
         try:
+            # The I/O thread expires the request at its deadline; this is only a backstop.
             return future.result(limit + _BACKSTOP_SECONDS)
-        except concurrent.futures.TimeoutError as exc:
-            if isinstance(exc, ZMQTimeoutError):
-                raise
+        except ZMQTimeoutError:
+            raise  # expired by the I/O thread (also a TimeoutError: keep it apart)
+        except concurrent.futures.TimeoutError:
             future.cancel()
-            raise ZMQTimeoutError(f"no reply to request {name!r} within {limit}s") from None
+            self._counts["timeouts"] += 1
+            raise ZMQTimeoutError(
+                f"no reply to {what} from {self.sockets.control_url} within {limit}s; is a server "
+                "running there?"
+            ) from None
 
     def ping(self, timeout: float | None = None) -> Pong:
         """Ask the server who it is; raises like :meth:`request`."""
@@ -342,13 +311,10 @@ class ZMQClient:
         self._post(("control", codec.encode(message)))
 
     def push(self, address: str, message: Message, *, curve: ClientCurve | None = None) -> None:
-        """Send ``message`` one way to another endpoint's PULL socket at ``address``.
-
-        For notices to a third party (an :class:`~zmqruntime.AckChannel` …) from any thread:
-        the I/O thread keeps one PUSH socket per address (at most 64). ``curve`` holds the keys
-        for that endpoint (default: this client's own). Only ``tcp://`` and ``ipc://``
-        addresses are accepted (``ValueError`` otherwise); a message that cannot be queued is
-        dropped with a warning.
+        """Send ``message`` one way, from any thread, to the PULL socket at ``address`` (only
+        ``tcp://`` and ``ipc://``: ``ValueError`` otherwise) with the keys ``curve`` (default:
+        this client's own). The I/O thread keeps one PUSH socket per address (at most 64); a
+        message that cannot be queued is dropped with a warning.
         """
         if not address.startswith(("tcp://", "ipc://")):
             raise ValueError(f"{address!r} is not a tcp:// or ipc:// address")
@@ -382,14 +348,11 @@ def _settle_call(
     """Resolve an application call's future from the future of its reply message."""
     if result.done():
         return
-    try:
-        message = reply.result()
-        if not isinstance(message, AppReply):
-            raise RemoteProtocolError(f"a request was answered with {type(message).__name__}")
-        value = serializer.loads(message.payload)
-    except BaseException as exc:  # the future carries whatever happened
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+        try:
+            message = reply.result()
+            if not isinstance(message, AppReply):
+                raise RemoteProtocolError(f"a request was answered with {type(message).__name__}")
+            result.set_result(serializer.loads(message.payload))
+        except BaseException as exc:  # the future carries whatever happened
             result.set_exception(exc)
-        return
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
-        result.set_result(value)

@@ -1,11 +1,4 @@
-"""ClientLoop: the I/O thread of a :class:`~zmqruntime.ZMQClient`, the one owner of its sockets.
-
-The client's API runs in callers' threads and hands commands to this loop through a mailbox
-("request", "control", "data", "push", "subscribe", "unsubscribe"). The loop sends them, arms
-request deadlines, delivers replies to their futures, unsolicited messages and published data
-to the client's callbacks, and watches the connection (a lost server fails every request in
-flight at once). Everything it owns is closed when it ends.
-"""
+"""ClientLoop: the I/O thread of a :class:`~zmqruntime.ZMQClient`, the one owner of its sockets."""
 
 from __future__ import annotations
 
@@ -38,12 +31,18 @@ _POLL_TICK_MS: Final = 1000
 _BURST: Final = 256
 _REFUSING: Final = "the server is not taking requests"
 _NOT_TAKING: Final = "its queue is full, or the handshake failed (CURVE authentication?)"
+_SOCKOPTS: Final = {"subscribe": zmq.SUBSCRIBE, "unsubscribe": zmq.UNSUBSCRIBE}
 
 
 @final
 @attrs.define(eq=False)
 class ClientLoop:
-    """Everything the I/O thread of one client owns and updates."""
+    """Everything the I/O thread of one client owns and updates.
+
+    It sends what the client's callers put in its mailbox, arms request deadlines, delivers
+    replies to their futures, unsolicited messages and published data to the client's
+    callbacks, and watches the connection. Everything it owns is closed when it ends.
+    """
 
     name: str
     config: ZMQConfig
@@ -63,11 +62,10 @@ class ClientLoop:
         """Serve until stopped (the I/O thread's target); closes everything on the way out."""
         pair, mailbox, monitor = self.pair, self.mailbox, self.monitor
         poller = zmq.Poller()
-        poller.register(pair.control, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        for source in (pair.control, monitor, mailbox.fileno):
+            poller.register(source, zmq.POLLIN)
         if pair.data_receives:
             poller.register(pair.data, zmq.POLLIN)
-        poller.register(mailbox.fileno, zmq.POLLIN)
         pushers = PushSockets(pair.context, self.config, self.curve)
         try:
             while not self.stop.is_set():
@@ -106,32 +104,27 @@ class ClientLoop:
 
     def _flush(self, pair: SocketPair, mailbox: Mailbox, pushers: PushSockets) -> None:
         for kind, payload in mailbox.drain():
-            if kind == "request":
+            if kind in _SOCKOPTS:
+                pair.data.setsockopt(_SOCKOPTS[kind], payload)
+            elif kind == "push":
+                if not pushers.send(*payload):
+                    self.counts["dropped"] += 1
+            elif kind == "request":
                 frames, request_id, deadline, description = payload
                 try:
                     send_frames(pair.control, frames, zmq.NOBLOCK)
                 except zmq.Again:  # no connection that takes messages
                     why = self.watch.handshake_failure or _NOT_TAKING
                     self.pending.fail(request_id, ServerLost(f"{_REFUSING}: {why}"))
-                    continue
-                self.pending.arm(request_id, deadline, description)
-                continue
-            if kind == "push":
-                if not pushers.send(*payload):
+                else:
+                    self.pending.arm(request_id, deadline, description)
+            else:
+                socket = pair.control if kind == "control" else pair.data
+                try:
+                    send_frames(socket, payload, zmq.NOBLOCK)
+                except zmq.Again:
                     self.counts["dropped"] += 1
-                continue
-            if kind == "subscribe":
-                pair.data.setsockopt(zmq.SUBSCRIBE, payload)
-                continue
-            if kind == "unsubscribe":
-                pair.data.setsockopt(zmq.UNSUBSCRIBE, payload)
-                continue
-            socket = pair.control if kind == "control" else pair.data
-            try:
-                send_frames(socket, payload, zmq.NOBLOCK)
-            except zmq.Again:
-                self.counts["dropped"] += 1
-                logger.warning("%s: send queue full; dropped an outgoing message", self.name)
+                    logger.warning("%s: send queue full; dropped an outgoing message", self.name)
 
     def _drain_control(self, pair: SocketPair, limit: int = _BURST) -> None:
         for _ in range(limit):
@@ -146,23 +139,27 @@ class ClientLoop:
 
     def _deliver(self, message: Message) -> None:
         request_id = getattr(message, "request_id", None)
-        if request_id is not None and self.pending.resolve(request_id, message):
-            self.counts["replies"] += 1
-            return
-        if isinstance(message, ErrorReply) and request_id is None:
-            logger.warning("%s: server reported an error: %s", self.name, message.message)
-            return
         if request_id is not None:
-            logger.debug("%s: dropped a late reply to request %d", self.name, request_id)
-            return
-        self.counts["unsolicited"] += 1
-        if self.on_message is None:
-            logger.debug("%s: no on_message callback; dropped a %s", self.name, message.TYPE)
+            if self.pending.resolve(request_id, message):
+                self.counts["replies"] += 1
+            else:
+                logger.debug("%s: dropped a late reply to request %d", self.name, request_id)
+        elif isinstance(message, ErrorReply):
+            logger.warning("%s: server reported an error: %s", self.name, message.message)
+        else:
+            self.counts["unsolicited"] += 1
+            if self.on_message is None:
+                logger.debug("%s: no on_message callback; dropped a %s", self.name, message.TYPE)
+            self._call(self.on_message, "on_message", message)
+
+    def _call(self, callback: Callable[..., None] | None, name: str, *args: object) -> None:
+        """Run one of the client's callbacks, if set; its failure is logged, never raised."""
+        if callback is None:
             return
         try:
-            self.on_message(message)
+            callback(*args)
         except Exception:
-            logger.exception("%s: on_message callback failed", self.name)
+            logger.exception("%s: %s callback failed", self.name, name)
 
     def _drain_data(self, pair: SocketPair) -> None:
         subscribed = pair.data.type == zmq.SUB
@@ -178,27 +175,17 @@ class ClientLoop:
             if message is None:
                 self.counts["dropped"] += 1
                 continue
-            if self.on_data is None:
-                continue
-            try:
-                self.on_data(message, topic)
-            except Exception:
-                logger.exception("%s: on_data callback failed", self.name)
+            self._call(self.on_data, "on_data", message, topic)
 
     def _drain_monitor(self, monitor: zmq.Socket[bytes], pair: SocketPair) -> None:
         for verdict, endpoint in self.watch.read(monitor):
             if verdict is LinkEvent.REFUSED:
                 self.pending.fail_all(ServerLost(self.watch.lost(endpoint)))
             elif verdict is LinkEvent.LOST:
-                # Replies the server sent before it went are already queued on the control
-                # socket (the poll that saw this event may have looked at it a moment too
-                # early); deliver them before failing what is still pending.
+                # Replies the server sent before it went may be queued already (the poll that
+                # saw this event looked a moment too early): deliver them before failing the rest.
                 self._drain_control(pair, limit=sys.maxsize)
                 level = logging.WARNING if len(self.pending) else logging.INFO
                 logger.log(level, "%s: lost the connection to %s", self.name, endpoint)
                 self.pending.fail_all(ServerLost(self.watch.lost(endpoint)))
-                if self.on_disconnect is not None:
-                    try:
-                        self.on_disconnect()
-                    except Exception:
-                        logger.exception("%s: on_disconnect callback failed", self.name)
+                self._call(self.on_disconnect, "on_disconnect")

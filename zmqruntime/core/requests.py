@@ -1,18 +1,8 @@
-"""RequestTable: an application's own named requests, answered off the server's I/O thread.
-
-A server is given a table of plain callables, ``handler(payload, peer) -> reply payload``
-(:class:`~zmqruntime.protocols.RequestHandler`). A client's
-:class:`~zmqruntime.core.messages.AppRequest` names one; the I/O thread only looks the name
-up and queues the request, and one of the table's worker threads decodes the payload with
-the serializer, calls the handler and sends the :class:`~zmqruntime.core.messages.AppReply`.
-A slow handler therefore never delays pings, submissions or another client's requests (up
-to ``workers`` handlers run at once). A handler's exception reaches the caller as an error
-reply with its type, message and traceback; an unknown name gets an error naming the known
-ones; beyond ``max_pending`` queued requests the table refuses more.
-"""
+"""RequestTable: an application's own named requests, answered off the server's I/O thread."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -28,7 +18,7 @@ from zmqruntime.core.serializers import serializer_name
 from zmqruntime.errors import ConfigurationError, ErrorCode, ProtocolError
 from zmqruntime.protocols import RequestHandler, TaskSerializer
 
-__all__ = ["MAX_PENDING_REQUESTS", "RequestTable", "as_request_table"]
+__all__ = ["MAX_PENDING_REQUESTS", "RequestTable", "as_request_table", "serializer_refusal"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +35,30 @@ def _at_least_one(_table: object, attribute: attrs.Attribute[int], value: int) -
         raise ConfigurationError(f"{attribute.name} must be a whole number of 1 or more")
 
 
+def serializer_refusal(
+    request_id: int, used: str, serializer: TaskSerializer, what: str
+) -> ErrorReply | None:
+    """The refusal of a request whose ``what`` (e.g. "the task") was serialized with ``used``
+    rather than with this server's ``serializer``; None when the two agree."""
+    ours = serializer_name(serializer)
+    if used == ours:
+        return None
+    why = f"{what} was serialized with {used!r} but this server uses {ours!r}"
+    message = f"{why}; give client and server the same serializer"
+    return ErrorReply(request_id=request_id, code=ErrorCode.REFUSED, message=message)
+
+
 @final
 @attrs.define(eq=False)
 class RequestTable:
     """Named request handlers and the worker threads that run them.
 
-    The server's serializer decodes payloads and encodes replies; client and server must
-    agree on it (a request encoded with another one is refused, naming both). Threads start
-    with the first request and end with :meth:`close`.
+    The I/O thread only looks an :class:`~zmqruntime.core.messages.AppRequest`'s name up and
+    queues it; a worker decodes the payload with the server's serializer, calls the handler
+    and sends the reply, so a slow handler never delays pings, submissions or another
+    client's requests. Client and server must agree on the serializer (a request encoded with
+    another one is refused, naming both). Threads start with the first request and end with
+    :meth:`close`.
     """
 
     handlers: Mapping[str, RequestHandler] = attrs.field(factory=dict)
@@ -60,7 +66,9 @@ class RequestTable:
     """Handlers that may run at once."""
     max_pending: int = attrs.field(default=MAX_PENDING_REQUESTS, validator=_at_least_one)
     """Requests queued or running before more are refused as busy."""
-    _queue: queue.SimpleQueue[_Job | None] = attrs.field(factory=queue.SimpleQueue, init=False)
+    _queue: queue.SimpleQueue[Callable[[], None] | None] = attrs.field(
+        factory=queue.SimpleQueue, init=False
+    )
     _threads: list[threading.Thread] = attrs.field(factory=list, init=False)
     _pending: int = attrs.field(default=0, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -79,32 +87,21 @@ class RequestTable:
         rid = request.request_id
         if handler is None:
             known = ", ".join(self.names) or "none"
-            return ErrorReply(
-                request_id=rid,
-                code=ErrorCode.NOT_FOUND,
-                message=f"no request named {request.name!r} here; known requests: {known}",
-            )
-        ours = serializer_name(serializer)
-        if request.serializer != ours:
-            return ErrorReply(
-                request_id=rid,
-                code=ErrorCode.REFUSED,
-                message=f"the payload was encoded with {request.serializer!r}, but this server "
-                f"uses {ours!r}; give client and server the same serializer",
-            )
+            why = f"no request named {request.name!r} here; known requests: {known}"
+            return ErrorReply(request_id=rid, code=ErrorCode.NOT_FOUND, message=why)
+        refusal = serializer_refusal(rid, request.serializer, serializer, "the payload")
+        if refusal is not None:
+            return refusal
         with self._lock:
             if self._closed:
                 return ErrorReply(request_id=rid, code=ErrorCode.REFUSED, message="closing")
             if self._pending >= self.max_pending:
-                return ErrorReply(
-                    request_id=rid,
-                    code=ErrorCode.REFUSED,
-                    message=f"{self._pending} requests are waiting for a handler; retry later",
-                )
+                why = f"{self._pending} requests are waiting for a handler; retry later"
+                return ErrorReply(request_id=rid, code=ErrorCode.REFUSED, message=why)
             self._pending += 1
             if len(self._threads) < min(self.workers, self._pending):
                 self._start_worker()
-        self._queue.put(_Job(handler, request, peer, serializer, answer))
+        self._queue.put(functools.partial(self._answer, handler, request, peer, serializer, answer))
         return None
 
     def close(self, timeout: float = 5.0) -> None:
@@ -132,55 +129,54 @@ class RequestTable:
     def _work(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=_IDLE_SECONDS)
+                job = self._queue.get(timeout=_IDLE_SECONDS)
             except queue.Empty:
                 if self._closed:
                     return
                 continue
-            if item is None:
+            if job is None:
                 return
-            try:
-                if not self._closed:
-                    item.answer(item.peer, item.run())
-            except Exception:
-                logger.exception("could not answer request %r", item.request.name)
-            finally:
-                with self._lock:
-                    self._pending -= 1
+            job()
 
-
-@final
-@attrs.frozen
-class _Job:
-    """One queued request and everything needed to answer it."""
-
-    handler: RequestHandler
-    request: AppRequest
-    peer: Any
-    serializer: TaskSerializer
-    answer: Answer
-
-    def run(self) -> Message:
-        """Decode, call the handler, encode: the reply, or the error reply."""
-        rid = self.request.request_id
+    def _answer(
+        self,
+        handler: RequestHandler,
+        request: AppRequest,
+        peer: Any,
+        serializer: TaskSerializer,
+        answer: Answer,
+    ) -> None:
         try:
-            payload = self.serializer.loads(self.request.payload)
-        except (ProtocolError, ValueError, TypeError) as exc:
-            return ErrorReply(
-                request_id=rid, code=ErrorCode.MALFORMED, message=f"bad payload: {exc}"
-            )
-        try:
-            reply = self.serializer.dumps(self.handler(payload, self.peer))
-        except Exception as exc:
-            logger.info("request %r failed: %s: %s", self.request.name, type(exc).__name__, exc)
-            return ErrorReply(
-                request_id=rid,
-                code=ErrorCode.HANDLER_FAILED,
-                message=str(exc),
-                error_type=type(exc).__name__,
-                traceback=traceback.format_exc(),
-            )
-        return AppReply(request_id=rid, payload=tuple(reply))
+            if not self._closed:
+                answer(peer, _reply(handler, request, peer, serializer))
+        except Exception:
+            logger.exception("could not answer request %r", request.name)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+
+def _reply(
+    handler: RequestHandler, request: AppRequest, peer: Any, serializer: TaskSerializer
+) -> Message:
+    """Decode, call the handler, encode: the reply, or the error reply."""
+    rid = request.request_id
+    try:
+        payload = serializer.loads(request.payload)
+    except (ProtocolError, ValueError, TypeError) as exc:
+        return ErrorReply(request_id=rid, code=ErrorCode.MALFORMED, message=f"bad payload: {exc}")
+    try:
+        reply = serializer.dumps(handler(payload, peer))
+    except Exception as exc:
+        logger.info("request %r failed: %s: %s", request.name, type(exc).__name__, exc)
+        return ErrorReply(
+            request_id=rid,
+            code=ErrorCode.HANDLER_FAILED,
+            message=str(exc),
+            error_type=type(exc).__name__,
+            traceback=traceback.format_exc(),
+        )
+    return AppReply(request_id=rid, payload=tuple(reply))
 
 
 def as_request_table(value: RequestTable | Mapping[str, RequestHandler]) -> RequestTable:

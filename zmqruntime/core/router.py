@@ -1,11 +1,4 @@
-"""ControlRouter: what a server answers to each request on its control socket.
-
-Ping and (unless the handler table has one) shutdown are answered here; an application's
-own named requests go to its :class:`~zmqruntime.core.requests.RequestTable`; every other
-request goes to the handler registered for its type. Undecodable input, an unknown type, a
-handler's exception or a reply that is not a message all become an
-:class:`~zmqruntime.core.messages.ErrorReply`: the server never dies of input.
-"""
+"""ControlRouter: what a server answers to each request on its control socket."""
 
 from __future__ import annotations
 
@@ -18,6 +11,7 @@ from typing import Any, TypeAlias, cast, final
 import attrs
 
 from zmqruntime import __version__
+from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
@@ -49,16 +43,22 @@ HandlerKey: TypeAlias = ControlMessageType | StreamMessageType
 @final
 @attrs.define(eq=False)
 class ControlRouter:
-    """The answers of one server (used on its I/O thread). ``stop`` is set by a shutdown
-    request; ``answer_later(peer, reply)`` sends what request handlers answer later."""
+    """The answers of one server, on its I/O thread.
+
+    Ping and (unless ``handlers`` has one) shutdown are answered here, and a shutdown sets
+    ``stop``; applications' named requests go to ``requests``, whose workers reply through
+    ``answer_later(peer, reply)``; every other request goes to the handler for its type.
+    Undecodable input, an unknown type, a handler's exception or a reply that is not a
+    message all become an :class:`~zmqruntime.core.messages.ErrorReply`: the server never
+    dies of input.
+    """
 
     role: str
-    app_name: str
+    config: ZMQConfig
     capabilities: tuple[str, ...]
     handlers: Mapping[HandlerKey, ControlHandler]
     requests: RequestTable
     serializer: TaskSerializer
-    max_header_bytes: int
     stop: threading.Event
     answer_later: Callable[[Peer, Message], None]
     on_shutdown: Callable[[bool], None] | None
@@ -68,7 +68,7 @@ class ControlRouter:
     def answer(self, frames: list[Buffer], peer: Peer) -> Message | None:
         """The reply to one request's frames; None when it will be answered later."""
         try:
-            message = codec.decode(frames, max_header_bytes=self.max_header_bytes)
+            message = codec.decode(frames, max_header_bytes=self.config.max_header_bytes)
         except RemoteProtocolError as exc:
             logger.warning("%s: refused a malformed request: %s", self.role, exc)
             return ErrorReply(
@@ -80,40 +80,31 @@ class ControlRouter:
             return self._pong(message)
         if isinstance(message, Shutdown) and ControlMessageType.SHUTDOWN not in self.handlers:
             return self._shutdown(message)
-        message_type = message.TYPE
+        kind = message.TYPE.value
         # Stream messages too (progress …): a peer may need them ordered with its requests.
-        handler = self.handlers.get(cast(HandlerKey, message_type))
+        handler = self.handlers.get(cast(HandlerKey, message.TYPE))
         request_id = getattr(message, "request_id", None)
         if handler is None:
-            return ErrorReply(
-                request_id=request_id,
-                code=ErrorCode.UNEXPECTED,
-                message=f"a {self.role} does not accept {message_type.value!r} requests",
-            )
+            why = f"a {self.role} does not accept {kind!r} requests"
+            return ErrorReply(request_id=request_id, code=ErrorCode.UNEXPECTED, message=why)
         try:
             reply = handler(message, peer)
         except Exception as exc:
-            logger.exception("%s: handler for %s failed", self.role, message_type.value)
-            return ErrorReply(
-                request_id=request_id,
-                code=ErrorCode.HANDLER_FAILED,
-                message=f"{type(exc).__name__}: {exc}",
-            )
+            logger.exception("%s: handler for %s failed", self.role, kind)
+            why = f"{type(exc).__name__}: {exc}"
+            return ErrorReply(request_id=request_id, code=ErrorCode.HANDLER_FAILED, message=why)
         if reply is not None and type(reply) not in MESSAGE_CLASSES:
             # Answer the request now: an error built later from the bad reply has no id.
-            logger.error("%s: handler for %s returned %r", self.role, message_type.value, reply)
-            return ErrorReply(
-                request_id=request_id,
-                code=ErrorCode.HANDLER_FAILED,
-                message=f"the handler returned a {type(reply).__name__}, not a message",
-            )
+            logger.error("%s: handler for %s returned %r", self.role, kind, reply)
+            why = f"the handler returned a {type(reply).__name__}, not a message"
+            return ErrorReply(request_id=request_id, code=ErrorCode.HANDLER_FAILED, message=why)
         return reply
 
     def _pong(self, ping: Ping) -> Pong:
         return Pong(
             request_id=ping.request_id,
             role=self.role,
-            app_name=self.app_name,
+            app_name=self.config.app_name,
             pid=os.getpid(),
             library_version=__version__,
             protocol_version=PROTOCOL_VERSION,

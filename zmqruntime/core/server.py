@@ -1,18 +1,12 @@
 """ZMQServer: a control socket answered by a table of handlers, plus a data socket.
 
-The server binds a :class:`~zmqruntime.core.sockets.SocketPair` (ROUTER control, and a data socket
-of the caller's choice: PUB to publish, PULL to receive) and drives it with a ``zmq.Poller``
-in one I/O thread — its own (:meth:`ZMQServer.start`) or the caller's
-(:meth:`ZMQServer.serve_forever`). Behaviour is supplied, never subclassed: ``handlers`` maps
-each :class:`~zmqruntime.ControlMessageType` the server accepts to a callable
-``handler(message, peer) -> reply | None``; ``data_handler`` receives decoded messages from a
-receiving data socket.
-
-The server answers :class:`~zmqruntime.core.messages.Ping` and (unless ``handlers`` has one)
-:class:`~zmqruntime.core.messages.Shutdown` itself, turns undecodable input into an error reply
-(or a logged drop), and turns an exception in a handler into an error reply. It never dies of
-input. Other threads send through :meth:`ZMQServer.send` and :meth:`ZMQServer.publish`, which
-hand the frames to the I/O thread.
+Behaviour is supplied, never subclassed: ``handlers`` maps each
+:class:`~zmqruntime.ControlMessageType` the server accepts to a callable
+``handler(message, peer) -> reply | None`` (:mod:`zmqruntime.core.router` says what the server
+answers itself); ``data_handler`` receives decoded messages from a receiving data socket. One
+I/O thread owns the sockets: the server's own (:meth:`ZMQServer.start`) or the caller's
+(:meth:`ZMQServer.serve_forever`); other threads send through :meth:`ZMQServer.send` and
+:meth:`ZMQServer.publish`.
 """
 
 from __future__ import annotations
@@ -31,10 +25,7 @@ from zmqruntime.core import codec
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter, stop_on_signals
 from zmqruntime.core.mailbox import Mailbox
-from zmqruntime.core.messages import (
-    AppEvent,
-    Message,
-)
+from zmqruntime.core.messages import AppEvent, Message
 from zmqruntime.core.requests import RequestTable, as_request_table
 from zmqruntime.core.router import ControlHandler, ControlRouter, HandlerKey
 from zmqruntime.core.serializers import SafeSerializer
@@ -71,6 +62,9 @@ class ServerStatistics:
     uptime: float
 
 
+_COUNTERS: Final = [field.name for field in attrs.fields(ServerStatistics)][:-1]  # not uptime
+
+
 @final
 @attrs.define(eq=False)
 class ZMQServer:
@@ -78,8 +72,7 @@ class ZMQServer:
 
     It binds ``endpoint`` (port 0 picks a free port pair: read it back from
     :attr:`bound_port`). Handlers run on the I/O thread, so they should be quick; long work
-    belongs to a worker that answers later through :meth:`send`. A component that composes a
-    server adds its handlers with :meth:`route` before starting it.
+    belongs to a worker that answers later through :meth:`send`.
     """
 
     endpoint: Endpoint
@@ -107,20 +100,7 @@ class ZMQServer:
     _stopped: threading.Event = attrs.field(factory=threading.Event, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _started_at: float = attrs.field(default=0.0, init=False)
-    _counts: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys(
-            (
-                "requests",
-                "replies",
-                "error_replies",
-                "undeliverable",
-                "data_messages",
-                "data_errors",
-            ),
-            0,
-        ),
-        init=False,
-    )
+    _counts: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(_COUNTERS, 0), init=False)
 
     @property
     def config(self) -> ZMQConfig:
@@ -134,12 +114,8 @@ class ZMQServer:
         data_handler: Callable[[Message], None] | None = None,
         on_shutdown: Callable[[bool], None] | None = None,
     ) -> None:
-        """Add handlers (and the data handler, the shutdown hook) before the server starts.
-
-        For components that are given a server: an execution server routes execute, status
-        and cancel to itself. Raises ``RuntimeError`` once the server is bound, or when a
-        request type already has a handler.
-        """
+        """Add handlers (and the data handler, the shutdown hook) before the server starts;
+        ``RuntimeError`` once it is bound, or when a request type already has a handler."""
         with self._lock:
             if self._pair is not None:
                 raise RuntimeError(f"{self.role} is already bound; route handlers before start()")
@@ -148,10 +124,8 @@ class ZMQServer:
                 names = ", ".join(sorted(key.value for key in taken))
                 raise RuntimeError(f"{self.role} already has handlers for {names}")
             self.handlers = {**self.handlers, **handlers}
-            if data_handler is not None:
-                self.data_handler = data_handler
-            if on_shutdown is not None:
-                self.on_shutdown = on_shutdown
+            self.data_handler = data_handler or self.data_handler
+            self.on_shutdown = on_shutdown or self.on_shutdown
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -160,43 +134,40 @@ class ZMQServer:
         with self._lock:
             if self._closed:
                 raise ChannelClosed("this server was closed; create a new one")
-            if self._pair is None:
-                self._pair = SocketPair.bind(
-                    self.endpoint, data_type=self.data_socket_type, context=self.context
-                )
-                self._mailbox = Mailbox.open()
-                self._started_at = self.clock()
-                router = ControlRouter(
-                    self.role,
-                    self.config.app_name,
-                    self.capabilities,
-                    self.handlers,
-                    self.requests,
-                    self.serializer,
-                    self.config.max_header_bytes,
-                    self._stop,
-                    self._answer_later,
-                    self.on_shutdown,
-                    self.clock,
-                    self._started_at,
-                )
-                self._loop = ServerLoop(
-                    self.role,
-                    self.config,
-                    self._pair,
-                    self._mailbox,
-                    self._stop,
-                    self._topics,
-                    self._counts,
-                    router.answer,
-                    self.data_handler,
-                )
-                logger.info(
-                    "%s listening: control %s, data %s",
-                    self.role,
-                    self._pair.control_url,
-                    self._pair.data_url,
-                )
+            if self._pair is not None:
+                return self
+            pair = self._pair = SocketPair.bind(
+                self.endpoint, data_type=self.data_socket_type, context=self.context
+            )
+            self._mailbox = Mailbox.open()
+            self._started_at = self.clock()
+            router = ControlRouter(
+                self.role,
+                self.config,
+                self.capabilities,
+                self.handlers,
+                self.requests,
+                self.serializer,
+                self._stop,
+                self._answer_later,
+                self.on_shutdown,
+                self.clock,
+                self._started_at,
+            )
+            self._loop = ServerLoop(
+                self.role,
+                self.config,
+                pair,
+                self._mailbox,
+                self._stop,
+                self._topics,
+                self._counts,
+                router.answer,
+                self.data_handler,
+            )
+            logger.info(
+                "%s listening: control %s, data %s", self.role, pair.control_url, pair.data_url
+            )
         return self
 
     def start(self) -> ZMQServer:
@@ -213,8 +184,7 @@ class ZMQServer:
 
     def serve_forever(self, *, handle_signals: bool = True) -> None:
         """Bind and serve in the calling thread until a shutdown request, :meth:`close`,
-        :meth:`request_stop`, or (from the main thread) SIGINT/SIGTERM. Then close.
-        """
+        :meth:`request_stop`, or (from the main thread) SIGINT/SIGTERM. Then close."""
         self.bind()
         with self._lock:
             if self._thread is not None or self._loop_thread_id is not None:
@@ -240,20 +210,18 @@ class ZMQServer:
         return self._stopped.wait(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop serving, join the I/O thread, close every socket. Idempotent.
-
-        Raises :class:`ZMQTimeoutError` if the loop does not end within ``timeout`` seconds
-        (``config.close_timeout`` by default), which means a handler is stuck.
-        """
+        """Stop serving, join the I/O thread, close every socket; idempotent. Raises
+        :class:`ZMQTimeoutError` if the loop does not end within ``timeout`` seconds
+        (``config.close_timeout`` by default), which means a handler is stuck."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             serving = self._thread is not None or self._loop_thread_id is not None
         self.request_stop()
-        if serving:
-            if threading.get_ident() == self._loop_thread_id:
-                return  # called from a handler: the loop closes everything on its way out
+        if not serving:
+            self._release()
+        elif threading.get_ident() != self._loop_thread_id:  # in a handler: the loop closes all
             limit = self.config.close_timeout if timeout is None else timeout
             if not self._stopped.wait(limit):
                 raise ZMQTimeoutError(
@@ -261,8 +229,6 @@ class ZMQServer:
                 )
             if self._thread is not None:
                 self._thread.join(limit)
-        else:
-            self._release()
 
     def _release(self) -> None:
         self.requests.close(self.config.close_timeout / 2)  # the rest is the loop's
@@ -300,35 +266,25 @@ class ZMQServer:
         return ServerStatistics(**self._counts, uptime=uptime)
 
     def send(self, peer: Peer, message: Message, *, request_id: int | None = None) -> None:
-        """Send ``message`` to ``peer`` on the control socket, from any thread.
-
-        ``request_id`` stamps the message as the reply to that request of the peer's. Encoding
-        happens here, in the caller's thread; a message that cannot be encoded raises
-        :class:`~zmqruntime.LocalProtocolError` here rather than on the I/O thread.
-        """
+        """Send ``message`` to ``peer`` on the control socket, from any thread, as the reply to
+        its request ``request_id`` if given. A message that cannot be encoded raises
+        :class:`~zmqruntime.LocalProtocolError` here, in the caller's thread."""
         self._post(True, [*peer.envelope, *codec.encode(message, request_id=request_id)])
 
     def has_subscribers(self, topic: str | bytes = b"") -> bool:
-        """Whether a message published on ``topic`` would reach anybody.
-
-        Known only on an XPUB data socket (it hears every subscription); on any other data
-        socket this is always True. Publishers use it to skip building unwanted events.
-        """
+        """Whether a message published on ``topic`` would reach anybody: known only on an XPUB
+        data socket (it hears every subscription); on any other data socket always True."""
         if self.data_socket_type != zmq.XPUB:
             return True
         return self._topics.wanted(topic.encode() if isinstance(topic, str) else topic)
 
     def publish_event(self, topic: str, payload: Any) -> bool:
-        """Publish an application event on ``topic`` (any thread); False if nobody listens.
-
-        The payload is encoded with :attr:`serializer` only while a client subscribes to the
-        topic (on an XPUB data socket; on other sockets it is always sent).
-        """
+        """Publish an application event on ``topic`` (any thread), its payload encoded with
+        :attr:`serializer`; False, and nothing encoded, if :meth:`has_subscribers` says no."""
         key = event_topic(topic)
         if not self.has_subscribers(key):
             return False
-        payload_frames = tuple(self.serializer.dumps(payload))
-        self.publish(AppEvent(topic=topic, payload=payload_frames), key)
+        self.publish(AppEvent(topic=topic, payload=tuple(self.serializer.dumps(payload))), key)
         return True
 
     def _answer_later(self, peer: Peer, reply: Message) -> None:
@@ -338,15 +294,12 @@ class ZMQServer:
             logger.debug("%s closed before a reply could be sent", self.role)
 
     def publish(self, message: Message, topic: str | bytes | None = None) -> None:
-        """Send ``message`` on the data socket (PUB: to every subscriber), from any thread.
-
-        On a PUB socket every message leads with a topic frame (empty when ``topic`` is None)
-        that subscribers filter on by prefix; other data sockets send the message alone.
-        """
+        """Send ``message`` on the data socket, from any thread. On a PUB socket it leads with
+        a topic frame (empty when ``topic`` is None) that subscribers filter on by prefix."""
         frames = codec.encode(message)
         if self.data_socket_type in (zmq.PUB, zmq.XPUB):
-            name = b"" if topic is None else topic
-            frames.insert(0, name.encode() if isinstance(name, str) else name)
+            topic = topic or b""
+            frames.insert(0, topic.encode() if isinstance(topic, str) else topic)
         self._post(False, frames)
 
     def _post(self, control: bool, frames: list[Buffer]) -> None:

@@ -1,12 +1,4 @@
-"""ServerLoop: the I/O thread of a :class:`~zmqruntime.ZMQServer`, the one owner of its sockets.
-
-It polls the control socket, the data socket (when it receives) and the mailbox through which
-other threads send. Control requests go to the server's ``answer`` function and its reply goes
-back to the peer; data messages go to the data handler; an XPUB data socket's subscription
-notices go to the server's :class:`~zmqruntime.core.subscriptions.SubscriberTopics`. Input that
-cannot be decoded is answered with an error or dropped with a warning: the loop never dies of
-input.
-"""
+"""ServerLoop: the I/O thread of a :class:`~zmqruntime.ZMQServer`, the one owner of its sockets."""
 
 from __future__ import annotations
 
@@ -59,8 +51,10 @@ class Peer:
 class ServerLoop:
     """Everything the I/O thread of one server owns and updates.
 
-    ``answer(frames, peer)`` turns a request into its reply (None: answered later, through the
-    mailbox).
+    It polls the control socket, the data socket (when it receives) and the mailbox through
+    which other threads send. ``answer(frames, peer)`` turns a request into its reply (None:
+    answered later, through the mailbox); data messages go to the data handler; an XPUB's
+    subscription notices go to ``topics``. Undecodable data is dropped with a warning.
     """
 
     role: str
@@ -77,10 +71,10 @@ class ServerLoop:
         """Serve until :attr:`stop` is set, then send what is still queued."""
         pair, mailbox = self.pair, self.mailbox
         poller = zmq.Poller()
-        poller.register(pair.control, zmq.POLLIN)
+        for source in (pair.control, mailbox.fileno):
+            poller.register(source, zmq.POLLIN)
         if pair.data_receives:
             poller.register(pair.data, zmq.POLLIN)
-        poller.register(mailbox.fileno, zmq.POLLIN)
         try:
             while not self.stop.is_set():
                 try:
@@ -94,8 +88,7 @@ class ServerLoop:
                     if pair.control in ready:
                         self._drain_control(pair)
                 except zmq.ContextTerminated:
-                    logger.warning("%s: zmq context terminated under the loop", self.role)
-                    break
+                    raise
                 except Exception:
                     # Never die: every message path has its own handling; this is the net.
                     logger.exception("%s: unexpected error in the serving loop", self.role)
@@ -136,12 +129,10 @@ class ServerLoop:
             frames = codec.encode(reply)
         except Exception as exc:  # a handler returned something unsendable
             logger.exception("%s: could not encode reply %r", self.role, type(reply).__name__)
+            why = f"server could not encode its reply: {exc}"
+            request_id = getattr(reply, "request_id", None)
             frames = codec.encode(
-                ErrorReply(
-                    request_id=getattr(reply, "request_id", None),
-                    code=ErrorCode.HANDLER_FAILED,
-                    message=f"server could not encode its reply: {exc}",
-                )
+                ErrorReply(request_id=request_id, code=ErrorCode.HANDLER_FAILED, message=why)
             )
         if isinstance(reply, ErrorReply):
             self.counts["error_replies"] += 1
