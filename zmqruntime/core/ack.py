@@ -1,15 +1,11 @@
-"""AckChannel: acknowledgements from consumers back to whoever tracks what was sent.
+"""AckChannel: acknowledgements from consumers back to whoever tracks what was sent, when
+that is not the sender (a GUI counting what its workers streamed to a viewer).
 
-The tracker of a stream need not be its sender: a worker process sends images to a viewer,
-while the GUI that launched the work shows "processed 812 of 900". The GUI runs an
-:class:`AckChannel` — a server whose data socket (PULL) takes :class:`~zmqruntime.core.messages.Ack`
-messages from any number of consumer processes, updates the matching tracker of its
-:class:`~zmqruntime.GlobalQueueTrackerRegistry` and calls registered callbacks. Each image
-names the channel's :attr:`AckChannel.address` in its ``ack_to`` header; the consumer answers
-with an :class:`AckSender`.
-
-Like every server it has a control socket (data port + offset) that answers ping, so it can
-be health-checked; a malformed ack is logged and dropped and the listener goes on.
+An :class:`AckChannel` is a server whose data socket (PULL) takes
+:class:`~zmqruntime.core.messages.Ack` messages from any number of consumers (each answering
+with an :class:`AckSender` to the address in an image's ``ack_to``), updates the matching
+tracker of its :class:`~zmqruntime.GlobalQueueTrackerRegistry` and calls registered callbacks.
+Its control socket answers ping; a malformed ack is logged and dropped.
 """
 
 from __future__ import annotations
@@ -89,15 +85,11 @@ class AckChannel:
     ``advertise_host`` is the host consumers use to reach a TCP channel, and so the host in
     :attr:`address`.
 
-    Besides acks it takes :class:`~zmqruntime.core.messages.ImageSent` notices, which register an
-    item as sent with its tracker: a worker that sends images on the tracker's behalf tells
-    the channel what it sent, so the tracker's counts stay exact. Trackers are never created
-    by input: create the tracker for a key before items for it arrive.
-
-    A notice and the ack for the same item travel different paths (sender → channel, and
-    sender → consumer → channel), so the ack may arrive first. Such an early ack is kept
-    (up to :data:`EARLY_ACK_CAPACITY`) and applied as soon as its notice arrives; the
-    tracker counts it once among its ``unknown_acks`` meanwhile.
+    Besides acks it takes :class:`~zmqruntime.core.messages.ImageSent` notices from workers
+    that send on the tracker's behalf, and registers those items as sent. Trackers are never
+    created by input: create the tracker for a key before items for it arrive. An ack that
+    overtakes its notice is kept (up to :data:`EARLY_ACK_CAPACITY`) and applied when the
+    notice arrives; the tracker counts it once among its ``unknown_acks`` meanwhile.
     """
 
     server: ZMQServer
@@ -110,10 +102,7 @@ class AckChannel:
         factory=collections.OrderedDict, init=False
     )
     _counts: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys(
-            ("received", "applied", "untracked", "malformed", "sent_notices"), 0
-        ),
-        init=False,
+        factory=lambda: dict.fromkeys(attrs.fields_dict(AckChannelStatistics), 0), init=False
     )
 
     @classmethod
@@ -183,9 +172,7 @@ class AckChannel:
             return
         tracker.register_sent(notice.image_id)
         self._counts["sent_notices"] += 1
-        early = (
-            self._early.pop((notice.tracker_key, notice.image_id), None) if self._early else None
-        )
+        early = self._early.pop((notice.tracker_key, notice.image_id), None)
         if early is not None:
             tracker.acknowledge(early.image_id, early.outcome, early.error)
 
