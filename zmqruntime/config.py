@@ -26,7 +26,7 @@ class TransportMode(enum.Enum):
 
 
 def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
-    """``value`` as a float if it is a finite number of seconds above 0 (or 0 too)."""
+    """``value`` as a float if it is a finite number of seconds above 0 (or 0, if allowed)."""
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
     if not (math.isfinite(number) and (number > 0 or (allow_zero and number == 0))):
         what = f"a finite number of seconds {'0 or more' if allow_zero else 'above 0'}"
@@ -148,8 +148,7 @@ class ZMQConfig:
 
     def socket_root(self) -> Path:
         """The folder that holds this application's IPC socket folder: ``<root>/.<app_name>``."""
-        root = self.ipc_root if self.ipc_root is not None else Path.home()
-        return root / f".{self.app_name}"
+        return (self.ipc_root or Path.home()) / f".{self.app_name}"
 
     def ipc_directory(self) -> Path:
         """The folder IPC socket files are created in."""

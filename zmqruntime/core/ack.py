@@ -1,11 +1,6 @@
-"""AckChannel: acknowledgements from consumers back to whoever tracks what was sent, when
-that is not the sender (a GUI counting what its workers streamed to a viewer).
-
-An :class:`AckChannel` is a server whose data socket (PULL) takes
-:class:`~zmqruntime.core.messages.Ack` messages from any number of consumers (each answering
-with an :class:`AckSender` to the address in an image's ``ack_to``), updates the matching
-tracker of its :class:`~zmqruntime.GlobalQueueTrackerRegistry` and calls registered callbacks.
-Its control socket answers ping; a malformed ack is logged and dropped.
+"""Acknowledgements from consumers back to whoever tracks what was sent, when that is not
+the sender: an :class:`AckChannel` server (PULL data socket, a control socket that answers
+ping) takes the acks consumers send with an :class:`AckSender` to an image's ``ack_to``.
 """
 
 from __future__ import annotations
@@ -78,12 +73,10 @@ class AckCallbackHandle:
 @final
 @attrs.define(eq=False)
 class AckChannel:
-    """A listener for acks from any number of consumers, feeding a tracker registry.
-
-    It listens with the ``server`` it is given (:meth:`bind` builds one: by default on
-    ``config.shared_ack_port``; read the port back from :attr:`port_number`).
-    ``advertise_host`` is the host consumers use to reach a TCP channel, and so the host in
-    :attr:`address`.
+    """A listener for acks from any number of consumers: it updates the matching tracker of
+    its ``registry`` and calls registered callbacks; a malformed ack is logged and dropped.
+    It listens with the ``server`` it is given (or one :meth:`bind` builds).
+    ``advertise_host`` is the host in :attr:`address`, which consumers use to reach it.
 
     Besides acks it takes :class:`~zmqruntime.core.messages.ImageSent` notices from workers
     that send on the tracker's behalf, and registers those items as sent. Trackers are never

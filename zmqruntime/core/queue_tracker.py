@@ -1,9 +1,8 @@
-"""Bookkeeping of items sent to a consumer and the acknowledgements that come back.
+"""Bookkeeping of items sent to a viewer and the acknowledgements that come back: a
+:class:`QueueTracker` per viewer, a :class:`GlobalQueueTrackerRegistry` to route acks by key.
 
-A :class:`QueueTracker` follows one viewer; a :class:`GlobalQueueTrackerRegistry` holds one
-tracker per viewer key so that an ack listener can route each ack. Neither owns sockets or
-threads. Memory stays flat: acknowledged ids are not kept, only counters plus a bounded set of
-the most recently acknowledged ids (to tell a duplicate ack from an unknown one).
+Memory stays flat: acknowledged ids are not kept, only counters plus a bounded set of the most
+recently acknowledged ids (to tell a duplicate ack from an unknown one).
 """
 
 from __future__ import annotations
@@ -43,10 +42,9 @@ def _viewer_key(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
 class TrackerStatistics:
     """A consistent snapshot of one tracker's counters, taken under its lock.
 
-    Counters cover the current batch: they restart at :meth:`QueueTracker.clear` and whenever
-    a new batch starts. ``sent - acknowledged == pending`` always holds. ``processed``,
-    ``skipped`` and ``failed`` count acks by outcome; ``stuck`` counts pending items older
-    than the tracker's timeout.
+    Counters cover the current batch (they restart with it); ``sent - acknowledged ==
+    pending`` always holds. ``processed``, ``skipped`` and ``failed`` count acks by outcome;
+    ``stuck`` counts pending items older than the tracker's timeout.
     """
 
     viewer_key: str
@@ -204,12 +202,9 @@ class QueueTracker:
     reset_for_new_batch = clear
 
     def start_batch_keeping_pending(self) -> None:
-        """Start counting a new batch while still tracking the items that are pending.
-
-        Items pending now stay pending (they can still be acknowledged or become stuck) and
-        count as sent in the new batch: afterwards ``get_progress()`` is ``(0, pending count)``.
-        Acknowledgement and unknown-ack counters restart at 0; remembered acks are kept.
-        """
+        """Start counting a new batch while still tracking the items that are pending: they
+        count as sent in it (``get_progress()`` is then ``(0, pending count)``), every other
+        counter restarts at 0, remembered acks are kept."""
         self._restart(keep_pending=True)
 
     def _restart(self, *, keep_pending: bool) -> None:
