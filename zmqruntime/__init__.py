@@ -149,6 +149,7 @@ if TYPE_CHECKING:
     from zmqruntime.protocols import (
         ImageSink,
         LaunchSpec,
+        RequestHandler,
         TaskContext,
         TaskExecutor,
         TaskSerializer,

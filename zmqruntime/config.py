@@ -44,7 +44,8 @@ def check_count(name: str, value: object, minimum: int, maximum: float = math.in
 
 def _file_part(name: str, value: object, *, empty_ok: bool = False) -> None:
     if not isinstance(value, str) or not (value or empty_ok) or set("/\\\0") & set(value):
-        raise ConfigurationError(f"{name} must be a file name part without slashes, got {value!r}")
+        what = "a file name part" if empty_ok else "a non-empty file name part"
+        raise ConfigurationError(f"{name} must be {what} without slashes, got {value!r}")
 
 
 def checked(check: Callable[..., object], *args: Any, **kwargs: Any) -> Callable[..., None]:

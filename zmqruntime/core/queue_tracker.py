@@ -29,6 +29,9 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RECENT_ACK_CAPACITY = 10_000
 """How many recently acknowledged ids a tracker remembers to recognise duplicate acks."""
 
+_COUNTERS = ("sent", "processed", "skipped", "failed", "unknown_acks", "duplicate_acks")
+"""A tracker's per-batch counters, named as in :class:`TrackerStatistics` (outcomes by value)."""
+
 _positive_seconds = checked(check_seconds)
 
 
@@ -95,12 +98,9 @@ class QueueTracker:
     _recent_acks: OrderedDict[str, AckOutcome] = attrs.field(
         factory=OrderedDict, init=False, repr=False
     )
-    _sent: int = attrs.field(default=0, init=False, repr=False)
-    _outcomes: dict[AckOutcome, int] = attrs.field(
-        factory=lambda: dict.fromkeys(AckOutcome, 0), init=False, repr=False
+    _counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys(_COUNTERS, 0), init=False, repr=False
     )
-    _unknown_acks: int = attrs.field(default=0, init=False, repr=False)
-    _duplicate_acks: int = attrs.field(default=0, init=False, repr=False)
 
     def register_sent(self, item_id: str) -> None:
         """Record that ``item_id`` was sent and awaits an ack. An id already pending keeps its
@@ -124,7 +124,7 @@ class QueueTracker:
             return
         self._recent_acks.pop(item_id, None)
         self._pending[item_id] = self.clock()
-        self._sent += 1
+        self._counts["sent"] += 1
 
     def acknowledge(self, item_id: str, outcome: AckOutcome, error: str = "") -> bool:
         """Record the consumer's ``outcome`` for ``item_id``; ``True`` if it was pending.
@@ -136,13 +136,13 @@ class QueueTracker:
             outcome = AckOutcome(outcome)
         with self._condition:
             if self._pending.pop(item_id, None) is None:
-                self._unknown_acks += 1
+                self._counts["unknown_acks"] += 1
                 previous = self._recent_acks.get(item_id)
-                self._duplicate_acks += previous is not None
+                self._counts["duplicate_acks"] += previous is not None
                 why = "unknown item" if previous is None else f"duplicate, already {previous.value}"
                 logger.debug("%s: %s ack for %r: %s", self.viewer_key, outcome.value, item_id, why)
                 return False
-            self._outcomes[outcome] += 1
+            self._counts[outcome.value] += 1
             self._recent_acks[item_id] = outcome
             while len(self._recent_acks) > self.recent_ack_capacity:
                 self._recent_acks.popitem(last=False)
@@ -166,7 +166,7 @@ class QueueTracker:
     def get_progress(self) -> tuple[int, int]:
         """``(acknowledged, sent)`` for the current batch, e.g. ``(812, 900)``."""
         with self._condition:
-            return sum(self._outcomes.values()), self._sent
+            return sum(self._counts[outcome.value] for outcome in AckOutcome), self._counts["sent"]
 
     def get_pending_count(self) -> int:
         """How many items are sent and not yet acknowledged."""
@@ -212,9 +212,8 @@ class QueueTracker:
             if not keep_pending:
                 self._pending.clear()
                 self._recent_acks.clear()
-            self._sent = len(self._pending)
-            self._outcomes = dict.fromkeys(AckOutcome, 0)
-            self._unknown_acks = self._duplicate_acks = 0
+            self._counts = dict.fromkeys(_COUNTERS, 0)
+            self._counts["sent"] = len(self._pending)
             self._condition.notify_all()
         done = "counts a new batch" if keep_pending else "cleared"
         logger.debug("%s: queue tracker %s", self.viewer_key, done)
@@ -239,15 +238,10 @@ class QueueTracker:
             oldest = next(iter(self._pending.values()), None)
             return TrackerStatistics(
                 viewer_key=self.viewer_key,
-                sent=self._sent,
-                processed=self._outcomes[AckOutcome.PROCESSED],
-                skipped=self._outcomes[AckOutcome.SKIPPED],
-                failed=self._outcomes[AckOutcome.FAILED],
                 pending=len(self._pending),
                 stuck=len(list(self._stuck(now))),
-                unknown_acks=self._unknown_acks,
-                duplicate_acks=self._duplicate_acks,
                 oldest_pending_age=None if oldest is None else now - oldest,
+                **self._counts,
             )
 
 
