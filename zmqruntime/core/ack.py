@@ -35,8 +35,7 @@ AckCallback = Callable[[Ack], None]
 """Called on the channel's I/O thread for every ack received; must be quick."""
 
 EARLY_ACK_CAPACITY = 4096
-"""How many acks that matched no pending item a channel keeps, in case the item's
-:class:`~zmqruntime.core.messages.ImageSent` notice is still on its way (oldest dropped first)."""
+"""How many early acks (see :class:`AckChannel`) a channel keeps, oldest dropped first."""
 
 
 @final

@@ -120,11 +120,10 @@ class QueueTracker:
 
     def _register(self, item_id: str) -> None:
         """The body of :meth:`register_sent` (condition held)."""
-        if item_id in self._pending:
-            return
-        self._recent_acks.pop(item_id, None)
-        self._pending[item_id] = self.clock()
-        self._counts["sent"] += 1
+        if item_id not in self._pending:
+            self._recent_acks.pop(item_id, None)
+            self._pending[item_id] = self.clock()
+            self._counts["sent"] += 1
 
     def acknowledge(self, item_id: str, outcome: AckOutcome, error: str = "") -> bool:
         """Record the consumer's ``outcome`` for ``item_id``; ``True`` if it was pending.
