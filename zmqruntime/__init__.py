@@ -1,10 +1,8 @@
 """zmqruntime: a generic ZeroMQ runtime for running work in another process or host.
 
-The package shows its tiers: :mod:`zmqruntime.core` is the transport (addressing, the wire
-format, sockets, the server and client pieces, queue tracking, acknowledgements);
-:mod:`zmqruntime.execution` runs tasks; :mod:`zmqruntime.streaming` sends images to viewers;
-:mod:`zmqruntime.cli` is the command line. Extension points are the Protocols in
-:mod:`zmqruntime.protocols`.
+Tiers: :mod:`zmqruntime.core` is the transport, :mod:`zmqruntime.execution` runs tasks,
+:mod:`zmqruntime.streaming` sends images to viewers, :mod:`zmqruntime.cli` is the command line;
+extension points are the Protocols in :mod:`zmqruntime.protocols`.
 
 This top level holds the seed's names and the headline classes; everything else is imported
 from its module. Names load on first use, so ``import zmqruntime.core.codec`` stays free of zmq.
@@ -151,6 +149,7 @@ if TYPE_CHECKING:
     from zmqruntime.protocols import (
         ImageSink,
         LaunchSpec,
+        RequestHandler,
         TaskContext,
         TaskExecutor,
         TaskSerializer,

@@ -1,9 +1,11 @@
-"""Transport modes and the frozen configuration every server and client is built from."""
+"""Transport modes, the frozen configuration every server and client is built from, and the
+checks of configuration values (each raises :class:`ConfigurationError` naming the value)."""
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, final
 
@@ -23,40 +25,43 @@ class TransportMode(enum.Enum):
     IPC = "ipc"
 
 
-def _port(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PORT:
-        raise ConfigurationError(
-            f"{attribute.name} must be a port number between 1 and {MAX_PORT}, got {value!r}"
-        )
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """``value`` as a float if it is a finite number of seconds above 0 (or 0, if allowed)."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and (number > 0 or (allow_zero and number == 0))):
+        what = f"a finite number of seconds {'0 or more' if allow_zero else 'above 0'}"
+        raise ConfigurationError(f"{name} must be {what}, got {value!r}")
+    return float(number)
 
 
-def _positive_seconds(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigurationError(
-            f"{attribute.name} must be a finite number of seconds above 0, got {value!r}"
-        )
+def check_count(name: str, value: object, minimum: int, maximum: float = math.inf) -> int:
+    """``value`` if it is a whole number (not a bool) from ``minimum`` to ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        bound = f"of {minimum} or more" if maximum == math.inf else f"in {minimum}..{maximum}"
+        raise ConfigurationError(f"{name} must be a whole number {bound}, got {value!r}")
+    return value
 
 
-def _positive_int(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"{attribute.name} must be a whole number above 0, got {value!r}")
+def _file_part(name: str, value: object, *, empty_ok: bool = False) -> None:
+    if not isinstance(value, str) or not (value or empty_ok) or set("/\\\0") & set(value):
+        what = "a file name part" if empty_ok else "a non-empty file name part"
+        raise ConfigurationError(f"{name} must be {what} without slashes, got {value!r}")
 
 
-def _name(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not isinstance(value, str) or not value or "/" in value or "\\" in value or "\0" in value:
-        raise ConfigurationError(
-            f"{attribute.name} must be a non-empty file name part without slashes, got {value!r}"
-        )
+def checked(check: Callable[..., object], *args: Any, **kwargs: Any) -> Callable[..., None]:
+    """An attrs validator that runs ``check(field name, value, *args, **kwargs)``."""
+
+    def validate(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check(attribute.name, value, *args, **kwargs)
+
+    return validate
 
 
-def _extension(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not isinstance(value, str) or "/" in value or "\\" in value or "\0" in value:
-        raise ConfigurationError(f"{attribute.name} must be a file extension, got {value!r}")
+_port = checked(check_count, 1, MAX_PORT)
+_positive = checked(check_count, 1)
+_seconds = checked(check_seconds)
+_name = checked(_file_part)
+_extension = checked(_file_part, empty_ok=True)
 
 
 def _optional_path(value: str | Path | None) -> Path | None:
@@ -71,10 +76,6 @@ class ZMQConfig:
     Both sides of a connection must agree on the addressing fields (``control_port_offset``
     and the IPC naming), so build one config and pass it to both. Every value is checked at
     construction; a value that cannot work raises :class:`ConfigurationError` naming it.
-
-    ``ipc_root`` replaces the home folder as the root of IPC socket paths: sockets live in
-    ``<ipc_root>/.<app_name>/<ipc_socket_dir>/``. Tests and sandboxed programs set it to a
-    temporary folder.
     """
 
     control_port_offset: int = attrs.field(default=1000)
@@ -88,30 +89,31 @@ class ZMQConfig:
     """The port an :class:`~zmqruntime.AckChannel` listens on unless told otherwise."""
     app_name: str = attrs.field(default="zmqruntime", validator=_name)
     ipc_root: Path | None = attrs.field(default=None, converter=_optional_path)
-    """Where IPC sockets live instead of the home folder (``None``: the home folder)."""
+    """Replaces the home folder (``None``) as the root of IPC socket paths: sockets live in
+    ``<ipc_root>/.<app_name>/<ipc_socket_dir>/``."""
     bind_host: str = attrs.field(default="127.0.0.1")
     """The interface TCP servers bind; loopback unless a host is exposed on purpose."""
 
-    request_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    request_timeout: float = attrs.field(default=10.0, validator=_seconds)
     """Default seconds a client waits for the answer to one request."""
-    result_timeout: float = attrs.field(default=3600.0, validator=_positive_seconds)
+    result_timeout: float = attrs.field(default=3600.0, validator=_seconds)
     """Default seconds ``Execution.result()`` and friends wait for a task to finish."""
-    connect_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    connect_timeout: float = attrs.field(default=10.0, validator=_seconds)
     """Default seconds to wait for a server to become reachable."""
-    linger: float = attrs.field(default=1.0, validator=_positive_seconds)
+    linger: float = attrs.field(default=1.0, validator=_seconds)
     """Seconds a closing socket may spend delivering what it still holds."""
-    close_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    close_timeout: float = attrs.field(default=10.0, validator=_seconds)
     """Seconds ``close()`` waits for a background thread before giving up loudly."""
-    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive_seconds)
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_seconds)
     """ZMTP heartbeat period (libzmq sends them from its own threads, outside the GIL)."""
-    heartbeat_timeout: float = attrs.field(default=5.0, validator=_positive_seconds)
+    heartbeat_timeout: float = attrs.field(default=5.0, validator=_seconds)
     """A peer silent for this long is considered gone."""
 
-    max_message_bytes: int = attrs.field(default=1 << 30, validator=_positive_int)
+    max_message_bytes: int = attrs.field(default=1 << 30, validator=_positive)
     """Largest single frame a bound socket accepts; a larger one drops that peer's connection."""
-    max_header_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
+    max_header_bytes: int = attrs.field(default=1 << 20, validator=_positive)
     """Largest JSON header frame the codec accepts."""
-    send_high_water_mark: int = attrs.field(default=100_000, validator=_positive_int)
+    send_high_water_mark: int = attrs.field(default=100_000, validator=_positive)
     """Messages a socket queues per peer before sends wait (or, for PUB, drop)."""
 
     def __attrs_post_init__(self) -> None:
@@ -147,8 +149,7 @@ class ZMQConfig:
 
     def socket_root(self) -> Path:
         """The folder that holds this application's IPC socket folder: ``<root>/.<app_name>``."""
-        root = self.ipc_root if self.ipc_root is not None else Path.home()
-        return root / f".{self.app_name}"
+        return (self.ipc_root or Path.home()) / f".{self.app_name}"
 
     def ipc_directory(self) -> Path:
         """The folder IPC socket files are created in."""

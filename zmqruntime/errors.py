@@ -1,14 +1,6 @@
-"""The exception tree of zmqruntime.
-
-Every exception the library raises on purpose derives from :class:`ZMQRuntimeError`, so a
-caller can catch the library's failures in one place. Several also derive from the builtin
-they refine (``ValueError``, ``TimeoutError``) so code written against the standard library's
-vocabulary keeps working.
-
-Protocol errors follow h11: :class:`LocalProtocolError` means *we* were about to send
-something invalid (a bug on this side); :class:`RemoteProtocolError` means a peer sent
-something we cannot accept (their bug, or hostile input). Both carry an :class:`ErrorCode`
-that also travels on the wire in error replies.
+"""The exception tree of zmqruntime: every exception the library raises on purpose derives
+from :class:`ZMQRuntimeError`, and several also from the builtin they refine (``ValueError``,
+``TimeoutError``, ``OSError``).
 """
 
 from __future__ import annotations
@@ -63,10 +55,7 @@ class ConfigurationError(ZMQRuntimeError, ValueError):
 
 
 class ProtocolError(ZMQRuntimeError):
-    """A message that violates the wire protocol.
-
-    ``code`` says which rule was broken; the message text says what to do about it.
-    """
+    """A message that violates the wire protocol; ``code`` says which rule was broken."""
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.MALFORMED) -> None:
         super().__init__(message)
@@ -74,11 +63,11 @@ class ProtocolError(ZMQRuntimeError):
 
 
 class LocalProtocolError(ProtocolError):
-    """This side tried to encode a message that the protocol does not allow."""
+    """This side tried to encode a message that the protocol does not allow (a bug here)."""
 
 
 class RemoteProtocolError(ProtocolError):
-    """A peer sent frames that do not decode into a valid message."""
+    """A peer sent frames that do not decode into a valid message (its bug, or hostile input)."""
 
 
 class RemoteError(ZMQRuntimeError):
@@ -121,10 +110,8 @@ class ServerLost(ZMQRuntimeError):
 
 
 class ProcessLaunchError(ZMQRuntimeError):
-    """A launched process exited before its server answered.
-
-    Carries the exit code and the tail of what the process wrote to stderr.
-    """
+    """A launched process exited before its server answered; carries ``exit_code`` and
+    ``stderr_tail``."""
 
     def __init__(self, argv: str, exit_code: int, stderr_tail: str) -> None:
         tail = stderr_tail.strip() or "(nothing on stderr)"
@@ -134,11 +121,8 @@ class ProcessLaunchError(ZMQRuntimeError):
 
 
 class TaskFailed(ZMQRuntimeError):
-    """A task's executor raised on the server.
-
-    Carries the remote exception's type name, message and formatted traceback, so a client can
-    show what happened without ever unpickling an exception object.
-    """
+    """A task's executor raised on the server; carries the remote exception's type name,
+    message and formatted traceback (never an unpickled exception object)."""
 
     def __init__(
         self, execution_id: str, error_type: str, error_message: str, remote_traceback: str

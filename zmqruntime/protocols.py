@@ -1,8 +1,5 @@
-"""Every extension point of zmqruntime, as structural ``typing.Protocol``\\ s, in one module.
-
-Applications extend the library by passing objects that *have the right shape* into
-constructors; nothing here is meant to be subclassed. A plain function satisfies
-:class:`TaskExecutor` and :class:`ImageSink`.
+"""Every extension point of zmqruntime, as structural ``typing.Protocol``\\ s: applications
+pass objects that *have the right shape* into constructors; nothing here is to be subclassed.
 """
 
 from __future__ import annotations
@@ -47,27 +44,22 @@ class TaskContext(Protocol):
     @property
     def execution_id(self) -> str:
         """The id of the execution this call serves."""
-        ...
 
     @property
     def labels(self) -> Mapping[str, str]:
         """The labels the client attached at submission."""
-        ...
 
     @property
     def cancelled(self) -> bool:
         """True once a cancellation was requested; a long task should check it and stop."""
-        ...
 
     def report_progress(
         self, fraction: float | None = None, message: str = "", **fields: JSONValue
     ) -> None:
         """Publish a progress event; ``fields`` must be JSON values (``TypeError`` otherwise)."""
-        ...
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`~zmqruntime.TaskCancelled` if a cancellation was requested."""
-        ...
 
 
 class TaskExecutor(Protocol):
@@ -120,7 +112,6 @@ class TaskSerializer(Protocol):
     """
 
     def dumps(self, obj: object, /) -> list[Buffer]: ...
-
     def loads(self, frames: Sequence[Buffer], /) -> object: ...
 
 
@@ -140,10 +131,8 @@ class LaunchSpec(Protocol):
 
     @property
     def argv(self) -> Sequence[str]: ...
-
     @property
     def env(self) -> Mapping[str, str]: ...
-
     @property
     def cwd(self) -> str | None: ...
 
@@ -153,9 +142,8 @@ class WorkerBackend(Protocol):
     processes, a remote engine (:mod:`zmqruntime.execution.backends`).
 
     The pool keeps the FIFO queue, so a queued job can always be dropped on cancel; the
-    backend runs only what it is handed. The job, sink and statistics types are those of
-    :mod:`zmqruntime.execution.outcomes` (``Job``, ``JobSink``, ``WorkerStatistics``): this
-    module sits below them.
+    backend runs only what it is handed. The job, sink and statistics types (typed ``Any``
+    here) are ``Job``, ``JobSink`` and ``WorkerStatistics`` of :mod:`zmqruntime.execution.outcomes`.
 
     * ``start(executor, sink)``: once, before anything else. ``executor`` runs every job;
       the backend reports through ``sink``: ``started(job)`` just before the executor runs
@@ -177,15 +165,9 @@ class WorkerBackend(Protocol):
 
     @property
     def capacity(self) -> int: ...
-
     def start(self, executor: TaskExecutor, sink: Any, /) -> None: ...
-
     def batch_size(self) -> int: ...
-
     def run(self, jobs: Sequence[Any], /) -> None: ...
-
     def cancel(self, execution_id: str, /) -> None: ...
-
     def statistics(self) -> tuple[Any, ...]: ...
-
     def close(self, timeout: float, /) -> None: ...

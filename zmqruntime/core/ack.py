@@ -1,15 +1,6 @@
-"""AckChannel: acknowledgements from consumers back to whoever tracks what was sent.
-
-The tracker of a stream need not be its sender: a worker process sends images to a viewer,
-while the GUI that launched the work shows "processed 812 of 900". The GUI runs an
-:class:`AckChannel` — a server whose data socket (PULL) takes :class:`~zmqruntime.core.messages.Ack`
-messages from any number of consumer processes, updates the matching tracker of its
-:class:`~zmqruntime.GlobalQueueTrackerRegistry` and calls registered callbacks. Each image
-names the channel's :attr:`AckChannel.address` in its ``ack_to`` header; the consumer answers
-with an :class:`AckSender`.
-
-Like every server it has a control socket (data port + offset) that answers ping, so it can
-be health-checked; a malformed ack is logged and dropped and the listener goes on.
+"""Acknowledgements from consumers back to whoever tracks what was sent, when that is not
+the sender: an :class:`AckChannel` server (PULL data socket, a control socket that answers
+ping) takes the acks consumers send with an :class:`AckSender` to an image's ``ack_to``.
 """
 
 from __future__ import annotations
@@ -44,8 +35,7 @@ AckCallback = Callable[[Ack], None]
 """Called on the channel's I/O thread for every ack received; must be quick."""
 
 EARLY_ACK_CAPACITY = 4096
-"""How many acks that matched no pending item a channel keeps, in case the item's
-:class:`~zmqruntime.core.messages.ImageSent` notice is still on its way (oldest dropped first)."""
+"""How many early acks (see :class:`AckChannel`) a channel keeps, oldest dropped first."""
 
 
 @final
@@ -82,22 +72,16 @@ class AckCallbackHandle:
 @final
 @attrs.define(eq=False)
 class AckChannel:
-    """A listener for acks from any number of consumers, feeding a tracker registry.
+    """A listener for acks from any number of consumers: it updates the matching tracker of
+    its ``registry`` and calls registered callbacks; a malformed ack is logged and dropped.
+    It listens with the ``server`` it is given (or one :meth:`bind` builds).
+    ``advertise_host`` is the host in :attr:`address`, which consumers use to reach it.
 
-    It listens with the ``server`` it is given (:meth:`bind` builds one: by default on
-    ``config.shared_ack_port``; read the port back from :attr:`port_number`).
-    ``advertise_host`` is the host consumers use to reach a TCP channel, and so the host in
-    :attr:`address`.
-
-    Besides acks it takes :class:`~zmqruntime.core.messages.ImageSent` notices, which register an
-    item as sent with its tracker: a worker that sends images on the tracker's behalf tells
-    the channel what it sent, so the tracker's counts stay exact. Trackers are never created
-    by input: create the tracker for a key before items for it arrive.
-
-    A notice and the ack for the same item travel different paths (sender → channel, and
-    sender → consumer → channel), so the ack may arrive first. Such an early ack is kept
-    (up to :data:`EARLY_ACK_CAPACITY`) and applied as soon as its notice arrives; the
-    tracker counts it once among its ``unknown_acks`` meanwhile.
+    Besides acks it takes :class:`~zmqruntime.core.messages.ImageSent` notices from workers
+    that send on the tracker's behalf, and registers those items as sent. Trackers are never
+    created by input: create the tracker for a key before items for it arrive. An ack that
+    overtakes its notice is kept (up to :data:`EARLY_ACK_CAPACITY`) and applied when the
+    notice arrives; the tracker counts it once among its ``unknown_acks`` meanwhile.
     """
 
     server: ZMQServer
@@ -110,10 +94,7 @@ class AckChannel:
         factory=collections.OrderedDict, init=False
     )
     _counts: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys(
-            ("received", "applied", "untracked", "malformed", "sent_notices"), 0
-        ),
-        init=False,
+        factory=lambda: dict.fromkeys(attrs.fields_dict(AckChannelStatistics), 0), init=False
     )
 
     @classmethod
@@ -183,9 +164,7 @@ class AckChannel:
             return
         tracker.register_sent(notice.image_id)
         self._counts["sent_notices"] += 1
-        early = (
-            self._early.pop((notice.tracker_key, notice.image_id), None) if self._early else None
-        )
+        early = self._early.pop((notice.tracker_key, notice.image_id), None)
         if early is not None:
             tracker.acknowledge(early.image_id, early.outcome, early.error)
 

@@ -1,15 +1,5 @@
-"""Bookkeeping of items sent to a viewer and the acknowledgements that come back.
-
-A :class:`QueueTracker` follows one viewer (or any consumer of items): it records every item
-id sent, removes it again when the consumer acknowledges it (processed, skipped or failed), and
-reports progress, what is still pending and what has been pending for too long ("stuck"). It
-owns no sockets and no threads; whoever sends calls :meth:`QueueTracker.register_sent`, whoever
-receives acknowledgements calls :meth:`QueueTracker.acknowledge` (or one of its named forms),
-and any thread may wait for the queue to drain.
-
-A :class:`GlobalQueueTrackerRegistry` holds one tracker per viewer key so that an
-acknowledgement listener can route each ack to the right tracker. Despite its historical name it
-is an ordinary object: create one and pass it to the pieces that share it.
+"""Bookkeeping of items sent to a viewer and the acknowledgements that come back: a
+:class:`QueueTracker` per viewer, a :class:`GlobalQueueTrackerRegistry` to route acks by key.
 
 Memory stays flat: acknowledged ids are not kept, only counters plus a bounded set of the most
 recently acknowledged ids (to tell a duplicate ack from an unknown one).
@@ -18,15 +8,15 @@ recently acknowledged ids (to tell a duplicate ack from an unknown one).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, final
 
 import attrs
 
+from zmqruntime.config import check_count, check_seconds, checked
 from zmqruntime.core.messages import AckOutcome
 from zmqruntime.errors import ConfigurationError
 
@@ -39,31 +29,10 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RECENT_ACK_CAPACITY = 10_000
 """How many recently acknowledged ids a tracker remembers to recognise duplicate acks."""
 
+_COUNTERS = ("sent", "processed", "skipped", "failed", "unknown_acks", "duplicate_acks")
+"""A tracker's per-batch counters, named as in :class:`TrackerStatistics` (outcomes by value)."""
 
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-    if not (math.isfinite(number) and (number > 0 or (allow_zero and number == 0))):
-        bound = "0 or more" if allow_zero else "above 0"
-        raise ConfigurationError(
-            f"{name} must be a finite number of seconds {bound}, got {value!r}"
-        )
-    return float(number)
-
-
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(
-            f"{name} must be a whole number of {minimum} or more, got {value!r}"
-        )
-    return value
-
-
-def _positive_seconds(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    _check_seconds(attribute.name, value, allow_zero=False)
-
-
-def _non_negative_int(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    _check_count(attribute.name, value, 0)
+_positive_seconds = checked(check_seconds)
 
 
 def _viewer_key(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -76,24 +45,19 @@ def _viewer_key(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
 class TrackerStatistics:
     """A consistent snapshot of one tracker's counters, taken under its lock.
 
-    Counters cover the current batch: they restart at :meth:`QueueTracker.clear` and whenever
-    a new batch starts. ``sent - acknowledged == pending`` always holds.
+    Counters cover the current batch (they restart with it); ``sent - acknowledged ==
+    pending`` always holds. ``processed``, ``skipped`` and ``failed`` count acks by outcome;
+    ``stuck`` counts pending items older than the tracker's timeout.
     """
 
     viewer_key: str
-    """The viewer the tracker follows."""
     sent: int
     """Items sent in this batch (plus those still pending when it started)."""
     processed: int
-    """Items acknowledged as processed."""
     skipped: int
-    """Items acknowledged as skipped."""
     failed: int
-    """Items acknowledged as failed."""
     pending: int
-    """Items sent and not acknowledged yet."""
     stuck: int
-    """Pending items older than the tracker's timeout."""
     unknown_acks: int
     """Acks that matched no pending item (unknown ids and duplicates together)."""
     duplicate_acks: int
@@ -121,11 +85,9 @@ class QueueTracker:
     viewer_key: str = attrs.field(validator=_viewer_key)
     """What this tracker follows, e.g. ``"tcp://127.0.0.1:7780"``."""
     timeout: float = attrs.field(default=DEFAULT_TIMEOUT, validator=_positive_seconds)
-    """Seconds an item may stay pending before it counts as stuck."""
     clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
-    """Where send times and ages come from."""
     recent_ack_capacity: int = attrs.field(
-        default=DEFAULT_RECENT_ACK_CAPACITY, validator=_non_negative_int, repr=False
+        default=DEFAULT_RECENT_ACK_CAPACITY, validator=checked(check_count, 0), repr=False
     )
     """How many acknowledged ids to remember for duplicate detection (0: none)."""
 
@@ -136,71 +98,53 @@ class QueueTracker:
     _recent_acks: OrderedDict[str, AckOutcome] = attrs.field(
         factory=OrderedDict, init=False, repr=False
     )
-    _sent: int = attrs.field(default=0, init=False, repr=False)
-    _outcomes: dict[AckOutcome, int] = attrs.field(
-        factory=lambda: dict.fromkeys(AckOutcome, 0), init=False, repr=False
+    _counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys(_COUNTERS, 0), init=False, repr=False
     )
-    _unknown_acks: int = attrs.field(default=0, init=False, repr=False)
-    _duplicate_acks: int = attrs.field(default=0, init=False, repr=False)
 
     def register_sent(self, item_id: str) -> None:
-        """Record that ``item_id`` was sent and now awaits an acknowledgement.
-
-        Registering an id that is already pending changes nothing (its first send time
-        stands). An id that was acknowledged earlier and is sent again counts as a new send.
-        """
+        """Record that ``item_id`` was sent and awaits an ack. An id already pending keeps its
+        first send time; an id acknowledged earlier and sent again counts as a new send."""
         with self._condition:
             self._register(item_id)
 
     def wait_and_register(self, item_id: str, limit: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
         """Wait until fewer than ``limit`` items are pending, then :meth:`register_sent`
-        ``item_id``, in one step; ``False`` (nothing registered) after ``timeout`` seconds.
-
-        Unlike :meth:`wait_pending_below` followed by :meth:`register_sent`, concurrent
-        senders can never push the pending count past ``limit`` together.
-        """
-        _check_count("limit", limit, 1)
-        seconds = _check_seconds("timeout", timeout, allow_zero=True)
-        pending = self._pending
-        with self._condition:
-            if len(pending) >= limit and not self._condition.wait_for(
-                lambda: len(pending) < limit, seconds
-            ):
+        ``item_id``, in one step (so concurrent senders never push the pending count past
+        ``limit``); ``False`` (nothing registered) after ``timeout`` seconds."""
+        with self._condition:  # re-entrant: held from the wait through the registration
+            if not self.wait_pending_below(limit, timeout):
                 return False
             self._register(item_id)
         return True
 
     def _register(self, item_id: str) -> None:
         """The body of :meth:`register_sent` (condition held)."""
-        if item_id in self._pending:
-            return
-        self._recent_acks.pop(item_id, None)
-        self._pending[item_id] = self.clock()
-        self._sent += 1
+        if item_id not in self._pending:
+            self._recent_acks.pop(item_id, None)
+            self._pending[item_id] = self.clock()
+            self._counts["sent"] += 1
 
     def acknowledge(self, item_id: str, outcome: AckOutcome, error: str = "") -> bool:
         """Record the consumer's ``outcome`` for ``item_id``; ``True`` if it was pending.
 
-        An ack for an id that is not pending (never sent, already acknowledged, or forgotten by
-        :meth:`clear`) is not an error: it returns ``False``, is logged at debug level and is
-        counted in :meth:`statistics`. ``error`` is the consumer's reason for a failure; it is
-        logged, not stored.
+        An ack for an id that is not pending is not an error: it returns ``False`` and is
+        counted in :meth:`statistics`. ``error``, the reason for a failure, is logged, not stored.
         """
         if type(outcome) is not AckOutcome:
             outcome = AckOutcome(outcome)
         with self._condition:
             if self._pending.pop(item_id, None) is None:
-                self._unknown_acks += 1
+                self._counts["unknown_acks"] += 1
                 previous = self._recent_acks.get(item_id)
-                self._duplicate_acks += previous is not None
+                self._counts["duplicate_acks"] += previous is not None
                 why = "unknown item" if previous is None else f"duplicate, already {previous.value}"
                 logger.debug("%s: %s ack for %r: %s", self.viewer_key, outcome.value, item_id, why)
                 return False
-            self._outcomes[outcome] += 1
-            if self.recent_ack_capacity:
-                self._recent_acks[item_id] = outcome
-                while len(self._recent_acks) > self.recent_ack_capacity:
-                    self._recent_acks.popitem(last=False)
+            self._counts[outcome.value] += 1
+            self._recent_acks[item_id] = outcome
+            while len(self._recent_acks) > self.recent_ack_capacity:
+                self._recent_acks.popitem(last=False)
             self._condition.notify_all()
         if outcome is AckOutcome.FAILED:
             logger.debug("%s: item %r failed: %s", self.viewer_key, item_id, error or "(no reason)")
@@ -221,7 +165,7 @@ class QueueTracker:
     def get_progress(self) -> tuple[int, int]:
         """``(acknowledged, sent)`` for the current batch, e.g. ``(812, 900)``."""
         with self._condition:
-            return sum(self._outcomes.values()), self._sent
+            return sum(self._counts[outcome.value] for outcome in AckOutcome), self._counts["sent"]
 
     def get_pending_count(self) -> int:
         """How many items are sent and not yet acknowledged."""
@@ -231,78 +175,58 @@ class QueueTracker:
     def has_stuck_images(self) -> bool:
         """Whether any item has been pending for longer than ``timeout``."""
         with self._condition:
-            oldest = next(iter(self._pending.values()), None)
-            return oldest is not None and self.clock() - oldest > self.timeout
+            return next(self._stuck(self.clock()), None) is not None
 
     def get_stuck_images(self) -> list[str]:
         """Ids pending for longer than ``timeout``, oldest first."""
         with self._condition:
-            return self._stuck_locked(self.clock())
+            return list(self._stuck(self.clock()))
 
-    def _stuck_locked(self, now: float) -> list[str]:
-        stuck: list[str] = []
+    def _stuck(self, now: float) -> Iterator[str]:
+        """Stuck ids, oldest first; consume it with the condition held."""
         # Pending ids are kept in send order, and send times never decrease.
         for item_id, sent_at in self._pending.items():
             if now - sent_at <= self.timeout:
-                break
-            stuck.append(item_id)
-        return stuck
+                return
+            yield item_id
 
     def clear(self) -> None:
-        """Forget everything: pending items, remembered acks and all counters.
-
-        Threads waiting in :meth:`wait_all_acknowledged` wake and see nothing pending.
+        """Forget everything: pending items, remembered acks and all counters (a late ack for
+        an item pending before then counts as unknown). Threads waiting in
+        :meth:`wait_all_acknowledged` wake and see nothing pending. :meth:`reset_for_new_batch`
+        is the predecessor's name for it; :meth:`start_batch_keeping_pending` keeps tracking.
         """
         self._restart(keep_pending=False)
-        logger.debug("%s: queue tracker cleared", self.viewer_key)
 
-    def reset_for_new_batch(self) -> None:
-        """Start a new batch from nothing, as the predecessor's method did: like :meth:`clear`,
-        pending items, remembered acks and every counter are forgotten.
-
-        A late ack for an item that was pending then counts as unknown. To begin a new count
-        while still tracking what is pending, use :meth:`start_batch_keeping_pending`.
-        """
-        self.clear()
+    reset_for_new_batch = clear
 
     def start_batch_keeping_pending(self) -> None:
-        """Start counting a new batch while still tracking the items that are pending.
-
-        Items pending now stay pending (they can still be acknowledged or become stuck) and
-        count as sent in the new batch: afterwards ``get_progress()`` is ``(0, pending count)``.
-        Acknowledgement and unknown-ack counters restart at 0; remembered acks are kept.
-        """
+        """Start counting a new batch while still tracking the items that are pending: they
+        count as sent in it (``get_progress()`` is then ``(0, pending count)``), every other
+        counter restarts at 0, remembered acks are kept."""
         self._restart(keep_pending=True)
-        logger.debug("%s: queue tracker counts a new batch", self.viewer_key)
 
     def _restart(self, *, keep_pending: bool) -> None:
         with self._condition:
             if not keep_pending:
                 self._pending.clear()
                 self._recent_acks.clear()
-            self._sent = len(self._pending)
-            self._outcomes = dict.fromkeys(AckOutcome, 0)
-            self._unknown_acks = self._duplicate_acks = 0
+            self._counts = dict.fromkeys(_COUNTERS, 0)
+            self._counts["sent"] = len(self._pending)
             self._condition.notify_all()
+        done = "counts a new batch" if keep_pending else "cleared"
+        logger.debug("%s: queue tracker %s", self.viewer_key, done)
 
     def wait_all_acknowledged(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
-        """Block until nothing is pending or ``timeout`` seconds pass; ``True`` if drained.
-
-        Nothing pending counts as drained, whether items were acknowledged or forgotten by
-        :meth:`clear`.
-        """
-        seconds = _check_seconds("timeout", timeout, allow_zero=True)
-        with self._condition:
-            return self._condition.wait_for(lambda: not self._pending, seconds)
+        """Block until nothing is pending (acknowledged or cleared) or ``timeout`` seconds
+        pass; ``True`` if drained."""
+        return self.wait_pending_below(1, timeout)
 
     def wait_pending_below(self, limit: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
-        """Block until fewer than ``limit`` items are pending or ``timeout`` seconds pass.
-
-        Returns whether the pending count is below ``limit``. Senders use it for
-        backpressure: wait before sending when ``limit`` items are already in flight.
-        """
-        _check_count("limit", limit, 1)
-        seconds = _check_seconds("timeout", timeout, allow_zero=True)
+        """Block until fewer than ``limit`` items are pending or ``timeout`` seconds pass;
+        returns whether the pending count is below ``limit``."""
+        check_count("limit", limit, 1)
+        seconds = check_seconds("timeout", timeout, allow_zero=True)
         with self._condition:
             return self._condition.wait_for(lambda: len(self._pending) < limit, seconds)
 
@@ -313,15 +237,10 @@ class QueueTracker:
             oldest = next(iter(self._pending.values()), None)
             return TrackerStatistics(
                 viewer_key=self.viewer_key,
-                sent=self._sent,
-                processed=self._outcomes[AckOutcome.PROCESSED],
-                skipped=self._outcomes[AckOutcome.SKIPPED],
-                failed=self._outcomes[AckOutcome.FAILED],
                 pending=len(self._pending),
-                stuck=len(self._stuck_locked(now)),
-                unknown_acks=self._unknown_acks,
-                duplicate_acks=self._duplicate_acks,
+                stuck=len(list(self._stuck(now))),
                 oldest_pending_age=None if oldest is None else now - oldest,
+                **self._counts,
             )
 
 
@@ -331,42 +250,32 @@ class GlobalQueueTrackerRegistry:
     """One :class:`QueueTracker` per viewer key; thread-safe.
 
     Not a singleton: create one and hand it to whatever sends and whatever receives acks.
-    Two registries never share trackers. Trackers it creates use its ``clock``.
+    Two registries never share trackers. Trackers it creates use its ``clock``, and
+    ``default_timeout`` unless given one.
     """
 
     default_timeout: float = attrs.field(default=DEFAULT_TIMEOUT, validator=_positive_seconds)
-    """The ``timeout`` of trackers created without one."""
     clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
-    """The clock every tracker created here uses."""
 
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _trackers: dict[str, QueueTracker] = attrs.field(factory=dict, init=False, repr=False)
 
     def get_or_create_tracker(self, viewer_key: str, timeout: float | None = None) -> QueueTracker:
-        """The tracker for ``viewer_key``, created on first use.
-
-        ``timeout`` (default: ``default_timeout``) applies only when the tracker is created;
-        an existing tracker is returned unchanged.
-        """
+        """The tracker for ``viewer_key``, created on first use (only then does ``timeout``
+        apply; an existing tracker is returned unchanged)."""
         if timeout is not None:
-            _check_seconds("timeout", timeout, allow_zero=False)
+            check_seconds("timeout", timeout)
         with self._lock:
-            tracker = self._trackers.get(viewer_key)
-            if tracker is None:
-                tracker = QueueTracker(
-                    viewer_key,
-                    timeout=self.default_timeout if timeout is None else timeout,
-                    clock=self.clock,
+            if viewer_key not in self._trackers:
+                self._trackers[viewer_key] = QueueTracker(
+                    viewer_key, timeout=timeout or self.default_timeout, clock=self.clock
                 )
-                self._trackers[viewer_key] = tracker
                 logger.debug("created queue tracker for %s", viewer_key)
-            return tracker
+            return self._trackers[viewer_key]
 
     def add_tracker(self, tracker: QueueTracker, viewer_key: str | None = None) -> None:
-        """Register an existing tracker under ``viewer_key`` (default: its own key).
-
-        Raises ``ValueError`` if a different tracker already holds that key.
-        """
+        """Register an existing tracker under ``viewer_key`` (default: its own key); raises
+        ``ValueError`` if a different tracker already holds that key."""
         key = tracker.viewer_key if viewer_key is None else viewer_key
         with self._lock:
             current = self._trackers.setdefault(key, tracker)
@@ -379,10 +288,8 @@ class GlobalQueueTrackerRegistry:
             return self._trackers.get(viewer_key)
 
     def remove_tracker(self, viewer_key: str) -> bool:
-        """Drop the tracker for ``viewer_key``; ``True`` if there was one.
-
-        The tracker object itself is left as it is; holders of it may keep using it.
-        """
+        """Drop the tracker for ``viewer_key`` (holders may keep using it); ``True`` if there
+        was one."""
         with self._lock:
             return self._trackers.pop(viewer_key, None) is not None
 
