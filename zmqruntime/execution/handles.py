@@ -37,9 +37,7 @@ class Execution:
     future: concurrent.futures.Future[Any]
     _result_timeout: float
     _cancel: Callable[..., bool]
-    """The client's ``cancel``; an execution only holds what it asks of its client."""
     _record: Callable[..., ExecutionRecord]
-    """The client's ``record``."""
     accepted: concurrent.futures.Future[Message] = attrs.field(factory=concurrent.futures.Future)
     """Resolves once the server has taken the task: to its ``Accepted`` reply when submitted
     with ``confirm=True``, otherwise to the ``Completion`` (or fails, failing :attr:`future`
@@ -126,7 +124,7 @@ class Subscribers:
         event: str | None = None,
     ) -> Subscription:
         """Subscribe ``callback`` to one execution's progress (None: all), or to ``event``."""
-        subscription = Subscription(self, callback, execution_id=execution_id, event=event)
+        subscription = Subscription(self, callback, execution_id, event)
         with self._lock:
             self._subscriptions = (*self._subscriptions, subscription)
         self.client.subscribe(self._topic(subscription))
