@@ -126,17 +126,16 @@ class ExecutionClient:
         timeout: float | None = None,
         confirm: bool = False,
     ) -> Execution:
-        """Send ``task`` to the server and return its :class:`Execution` at once (nothing waits
-        for the server here).
+        """Send ``task`` to the server and return its :class:`Execution` at once.
 
         If the server refuses (queue full, shutting down …) the execution's future fails with
         that :class:`RemoteError`; if it has not ended within ``timeout`` seconds
         (``config.result_timeout``, an hour by default), with :class:`ZMQTimeoutError`. With
-        ``confirm=True`` the server also replies as soon as it has queued the task
+        ``confirm=True`` the server also replies once it has queued the task
         (``execution.accepted`` resolves then, and ``timeout`` bounds only that reply). A
         client-chosen ``execution_id`` makes resubmission idempotent: the server never runs an
-        id twice, and a retry gets the first run's outcome. Raises ``TypeError`` here for a
-        task the serializer cannot carry or labels that are not strings.
+        id twice, and a retry gets the first run's outcome. Raises ``TypeError`` for a task the
+        serializer cannot carry or labels that are not strings.
         """
         labels = dict(labels or {})
         for key, value in labels.items():
@@ -249,19 +248,15 @@ class ExecutionClient:
     def on_progress(
         self, callback: ProgressCallback, execution_id: str | None = None
     ) -> Subscription:
-        """Call ``callback`` for progress of one execution (or all), on the I/O thread.
-
-        Events published before the subscription reaches the server are not seen (PUB/SUB);
-        :meth:`record` always has the latest progress.
-        """
+        """Call ``callback`` for progress of one execution (or all), on the I/O thread. Events
+        published before the subscription reaches the server are not seen; :meth:`record`
+        always has the latest progress."""
         return self._subscribers.add(callback, execution_id=execution_id)
 
     def subscribe(self, topic: str, callback: Callable[[Any], None]) -> Subscription:
         """Call ``callback(payload)`` for every application event the server publishes on
-        ``topic`` (exactly that topic), on the I/O thread; see ``ExecutionServer.publish``.
-
-        Events published before the subscription reaches the server are not seen.
-        """
+        ``topic`` (exactly that topic), on the I/O thread. Events published before the
+        subscription reaches the server are not seen."""
         return self._subscribers.add(callback, event=topic)
 
     def request_async(
@@ -272,13 +267,10 @@ class ExecutionClient:
         return self.client.call_async(name, payload, timeout=timeout)
 
     def request(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
-        """Send the application request ``name`` with ``payload`` (both through the serializer)
-        and return the reply's payload.
-
-        A handler's exception, or an unknown name, raises :class:`~zmqruntime.RemoteError`
-        (with ``error_type``, message and ``remote_traceback``). Times out after ``timeout``
-        seconds (``config.request_timeout``) with ``ZMQTimeoutError``.
-        """
+        """Send the application request ``name`` with ``payload`` and return the reply's
+        payload. A handler's exception, or an unknown name, raises :class:`~zmqruntime.RemoteError`
+        (with ``error_type``, message and ``remote_traceback``); after ``timeout`` seconds
+        (``config.request_timeout``), ``ZMQTimeoutError``."""
         return self.client.call(name, payload, timeout=timeout)
 
     def ping(self, timeout: float | None = None) -> Pong:

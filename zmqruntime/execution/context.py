@@ -28,11 +28,9 @@ def _ignore(_event: ProgressEvent) -> None:
 @final
 @attrs.define(eq=False)
 class ExecutionContext:
-    """The :class:`~zmqruntime.TaskContext` the library hands to executors.
-
-    ``report`` receives every progress event (the server publishes it); ``cancel_event`` is
-    set when a cancellation is requested. Safe to use from several threads of one executor.
-    """
+    """The :class:`~zmqruntime.TaskContext` the library hands to executors: ``report``
+    receives every progress event, ``cancel_event`` is set when a cancellation is requested.
+    Safe to use from several threads of one executor."""
 
     execution_id: str
     labels: Mapping[str, str] = attrs.field(factory=dict)

@@ -45,10 +45,8 @@ class Execution:
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result, waiting up to ``timeout`` (``config.result_timeout``) seconds.
-
         Raises :class:`TaskFailed` (with the remote traceback), :class:`TaskCancelled`,
-        :class:`ServerLost`, or :class:`ZMQTimeoutError` if it is not done in time.
-        """
+        :class:`ServerLost`, or :class:`ZMQTimeoutError` if it is not done in time."""
         return self._wait(self.future.result, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:

@@ -114,13 +114,11 @@ class WorkerPool:
     ) -> WorkerPool:
         """Run jobs on a :class:`~zmqruntime.protocols.RemoteEngine` (``ProcessPoolExecutor``,
         Dask's ``client.get_executor()`` …) whose workers are other processes or hosts; the
-        executor function and tasks must be picklable and importable there.
-
-        At most ``max_workers`` engine tasks (default: the executor's worker count) are handed
-        over at once; the rest wait here. See
-        :class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` for ``inlet_host`` and
-        ``advertise_host``. The pool never shuts the executor down.
-        """
+        executor function and tasks must be picklable and importable there. At most
+        ``max_workers`` engine tasks (default: the executor's worker count) are handed over at
+        once; the rest wait here. ``inlet_host`` and ``advertise_host``: see
+        :class:`~zmqruntime.execution.backends.inlet.RemoteWorkers`. The pool never shuts the
+        executor down."""
         if max_workers is None:
             max_workers = int(getattr(executor, "_max_workers", 1) or 1)
         return cls(RemoteWorkers(executor, max_workers, inlet_host, advertise_host), on_close)

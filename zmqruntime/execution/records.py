@@ -60,11 +60,8 @@ class ExecutionStore:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def submit(self, execution_id: str, labels: dict[str, str]) -> tuple[ExecutionRecord, bool]:
-        """Register a new QUEUED execution; returns ``(record, created)``.
-
-        An id that is already known is not registered again: its current record comes back
-        with ``created=False`` (this is what makes resubmission idempotent).
-        """
+        """Register a new QUEUED execution; returns ``(record, created)``. A known id is not
+        registered again: its current record comes back with ``created=False``."""
         with self._lock:
             self._expire()
             existing = self._current(execution_id)
