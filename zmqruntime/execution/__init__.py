@@ -1,11 +1,9 @@
 """Tier 2: run a task in another process or host, follow it, cancel it, get its result.
 
-:class:`ExecutionServer` runs tasks with an application-supplied
-:class:`~zmqruntime.TaskExecutor` on a :class:`WorkerPool`; :class:`ExecutionClient` submits
-them and returns :class:`Execution` handles backed by ``concurrent.futures.Future``.
-The pool runs them on a backend: :class:`ThreadWorkers`, :class:`ProcessWorkers`, or
-:class:`RemoteWorkers` (``WorkerPool.remote``, :func:`zmqruntime.execution.backends.dask.dask_pool`)
-for another engine's workers, which get a :class:`RemoteContext`.
+:class:`ExecutionServer` runs tasks with an application's :class:`~zmqruntime.TaskExecutor` on
+a :class:`WorkerPool` (:class:`ThreadWorkers`, :class:`ProcessWorkers`, or another engine's
+workers through :class:`RemoteWorkers`); :class:`ExecutionClient` submits them and returns
+:class:`Execution` handles backed by ``concurrent.futures.Future``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """ExecutionClient: submit tasks, follow their progress, cancel them, get their results.
 
-Composed from a :class:`~zmqruntime.ZMQClient` (DEALER control with request ids, SUB data for
-progress). Each submission returns an :class:`Execution` whose ``future`` is a real
-``concurrent.futures.Future``: it is resolved by the completion the server pushes to this
-client — no polling — or failed with :class:`~zmqruntime.ServerLost` the moment the
-connection to the server breaks. Safe to use from several threads.
+Each submission returns an :class:`Execution` whose ``future`` is resolved by the completion
+the server pushes to this client (no polling), or failed with :class:`~zmqruntime.ServerLost`
+the moment the connection breaks. Safe to use from several threads.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, cast, final
+from typing import Any, final
 
 import attrs
 import zmq
@@ -53,20 +51,13 @@ __all__ = ["Execution", "ExecutionClient", "ProgressCallback", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
-ALL_COMPLETED: Final = concurrent.futures.ALL_COMPLETED
-FIRST_COMPLETED: Final = concurrent.futures.FIRST_COMPLETED
-FIRST_EXCEPTION: Final = concurrent.futures.FIRST_EXCEPTION
-
 
 @final
 @attrs.define(eq=False)
 class ExecutionClient:
-    """Talks to one :class:`~zmqruntime.execution.ExecutionServer`.
-
-    It talks through the ``client`` it is given (:meth:`to` builds one for an endpoint).
-    Give client and server the same
-    ``serializer`` (the safe default on both, or ``PickleSerializer`` on both for trusted
-    setups). The client connects on first use, or with ``with`` / :meth:`connect`.
+    """Talks to one :class:`~zmqruntime.execution.ExecutionServer` through ``client``
+    (:meth:`to` builds one for an endpoint), whose serializer must be the server's. It
+    connects on first use, or with ``with`` / :meth:`connect`.
     """
 
     client: ZMQClient
@@ -93,14 +84,11 @@ class ExecutionClient:
         """A client with its own :class:`~zmqruntime.ZMQClient` for the server at
         ``endpoint``; ``serializer`` (safe by default) must be the server's;
         ``options`` are this class's other fields."""
-        zmq_client = ZMQClient(
-            endpoint,
-            data_socket_type=zmq.SUB,
-            context=context,
-            name="execution-client",
-            serializer=serializer or SafeSerializer(),
+        serializer = serializer or SafeSerializer()
+        client = ZMQClient(
+            endpoint, context=context, name="execution-client", serializer=serializer
         )
-        return cls(zmq_client, **options)
+        return cls(client, **options)
 
     def __attrs_post_init__(self) -> None:
         self.client.endpoint.check_serializer(
@@ -108,15 +96,13 @@ class ExecutionClient:
         )
         # Before anything can connect it: replies, pushes and progress reach this client.
         self.client.listen(
-            on_message=self._on_push, on_data=self._subscribers.deliver, on_disconnect=self._on_lost
+            on_message=self._finish, on_data=self._subscribers.deliver, on_disconnect=self._on_lost
         )
 
     @property
     def serializer(self) -> TaskSerializer:
         """The client's serializer (the server's must be the same)."""
         return self.client.serializer
-
-    # --- life cycle ------------------------------------------------------------------------
 
     def connect(self) -> ExecutionClient:
         """Open the sockets (idempotent); returns the client."""
@@ -131,8 +117,6 @@ class ExecutionClient:
     __enter__ = connect_on_enter
     __exit__ = close_on_exit
 
-    # --- requests --------------------------------------------------------------------------
-
     def submit(
         self,
         task: Any,
@@ -144,17 +128,14 @@ class ExecutionClient:
     ) -> Execution:
         """Send ``task`` to the server and return its :class:`Execution` at once.
 
-        Submissions pipeline: nothing waits for the server here. If the server refuses (queue
-        full, shutting down …) the execution's future fails with that :class:`RemoteError`;
-        if it has not ended within ``timeout`` seconds (``config.result_timeout``, an hour by
-        default: pass more for longer tasks), with :class:`ZMQTimeoutError`. The server
-        answers with the outcome only, which is what keeps a submission cheap; with
-        ``confirm=True`` it also replies as soon as it has queued the task
-        (``execution.accepted`` resolves then, and ``timeout`` bounds only that reply) — for
-        a caller that must know the task is in before it lets go. A
-        client-chosen ``execution_id`` makes resubmission idempotent: the server never runs
-        an id twice, and a retry gets the first run's outcome. Raises ``TypeError`` here for
-        a task the serializer cannot carry or labels that are not strings.
+        If the server refuses (queue full, shutting down …) the execution's future fails with
+        that :class:`RemoteError`; if it has not ended within ``timeout`` seconds
+        (``config.result_timeout``, an hour by default), with :class:`ZMQTimeoutError`. With
+        ``confirm=True`` the server also replies once it has queued the task
+        (``execution.accepted`` resolves then, and ``timeout`` bounds only that reply). A
+        client-chosen ``execution_id`` makes resubmission idempotent: the server never runs an
+        id twice, and a retry gets the first run's outcome. Raises ``TypeError`` for a task the
+        serializer cannot carry or labels that are not strings.
         """
         labels = dict(labels or {})
         for key, value in labels.items():
@@ -164,19 +145,14 @@ class ExecutionClient:
         if not isinstance(execution_id, str) or not execution_id:
             raise TypeError("execution_id must be a non-empty str")
         payload = tuple(self.serializer.dumps(task))
+        limit = self.client.config.result_timeout
         with self._lock:
             execution = self._waiting.get(execution_id)
             created = execution is None
             if execution is None:
                 future: concurrent.futures.Future[Any] = concurrent.futures.Future()
                 future.set_running_or_notify_cancel()  # only the server can cancel it
-                execution = Execution(
-                    execution_id,
-                    future,
-                    self.client.config.result_timeout,
-                    self.cancel,
-                    self.record,
-                )
+                execution = Execution(execution_id, future, limit, self.cancel, self.record)
                 self._waiting[execution_id] = execution
         request = Execute(
             request_id=0,
@@ -187,12 +163,9 @@ class ExecutionClient:
             payload=payload,
         )
         try:
-            # The reply is the outcome (or, confirmed, the acceptance, which a burst of
-            # submissions may delay as long as the work ahead of it): it may take as long as
-            # a result would, and a lost server fails it at once anyway.
-            acceptance = self.client.request_async(
-                request, self.client.config.result_timeout if timeout is None else timeout
-            )
+            # The reply (the outcome, or a confirmation a burst of submissions may delay) can take
+            # as long as a result: a lost server fails it at once anyway.
+            acceptance = self.client.request_async(request, limit if timeout is None else timeout)
         except BaseException:
             if created:
                 with self._lock:
@@ -204,22 +177,18 @@ class ExecutionClient:
         return execution
 
     def _on_accepted(
-        self,
-        execution: Execution,
-        acceptance: concurrent.futures.Future[Message],
-        *,
-        created: bool,
+        self, execution: Execution, acceptance: concurrent.futures.Future[Message], *, created: bool
     ) -> None:
         error = acceptance.exception()
-        reply = None if error is not None else acceptance.result()
-        if error is None and not isinstance(reply, (Accepted, Completion)):
-            error = RemoteProtocolError(f"server answered execute with {type(reply).__name__}")
         if error is None:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                execution.accepted.set_result(cast(Message, reply))
-            if isinstance(reply, Completion):
-                self._complete(reply)
-            return
+            reply = acceptance.result()
+            if isinstance(reply, (Accepted, Completion)):
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    execution.accepted.set_result(reply)
+                if isinstance(reply, Completion):
+                    self._finish(reply)
+                return
+            error = RemoteProtocolError(f"server answered execute with {type(reply).__name__}")
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             execution.accepted.set_exception(error)
         if not created:
@@ -268,7 +237,7 @@ class ExecutionClient:
         self,
         executions: Iterable[Execution],
         timeout: float | None = None,
-        return_when: str = ALL_COMPLETED,
+        return_when: str = concurrent.futures.ALL_COMPLETED,
     ) -> tuple[set[Execution], set[Execution]]:
         """Wait like ``concurrent.futures.wait``: returns ``(done, not_done)``."""
         by_future = {execution.future: execution for execution in executions}
@@ -279,19 +248,15 @@ class ExecutionClient:
     def on_progress(
         self, callback: ProgressCallback, execution_id: str | None = None
     ) -> Subscription:
-        """Call ``callback`` for progress of one execution (or all), on the I/O thread.
-
-        Events published before the subscription reaches the server are not seen (PUB/SUB);
-        :meth:`record` always has the latest progress.
-        """
+        """Call ``callback`` for progress of one execution (or all), on the I/O thread. Events
+        published before the subscription reaches the server are not seen; :meth:`record`
+        always has the latest progress."""
         return self._subscribers.add(callback, execution_id=execution_id)
 
     def subscribe(self, topic: str, callback: Callable[[Any], None]) -> Subscription:
         """Call ``callback(payload)`` for every application event the server publishes on
-        ``topic`` (exactly that topic), on the I/O thread; see ``ExecutionServer.publish``.
-
-        Events published before the subscription reaches the server are not seen.
-        """
+        ``topic`` (exactly that topic), on the I/O thread. Events published before the
+        subscription reaches the server are not seen."""
         return self._subscribers.add(callback, event=topic)
 
     def request_async(
@@ -303,13 +268,9 @@ class ExecutionClient:
 
     def request(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
         """Send the application request ``name`` with ``payload`` and return the reply's
-        payload. Both travel through the serializer (arrays out of band).
-
-        A handler's exception raises :class:`~zmqruntime.RemoteError` with its
-        ``error_type``, message and ``remote_traceback``; so does an unknown name (the
-        message lists the known ones, as does ``ping().capabilities``). Times out after
-        ``timeout`` seconds (``config.request_timeout``) with ``ZMQTimeoutError``.
-        """
+        payload. A handler's exception, or an unknown name, raises :class:`~zmqruntime.RemoteError`
+        (with ``error_type``, message and ``remote_traceback``); after ``timeout`` seconds
+        (``config.request_timeout``), ``ZMQTimeoutError``."""
         return self.client.call(name, payload, timeout=timeout)
 
     def ping(self, timeout: float | None = None) -> Pong:
@@ -323,25 +284,20 @@ class ExecutionClient:
 
     # --- I/O thread callbacks --------------------------------------------------------------
 
-    def _on_push(self, message: Message) -> None:
+    def _finish(self, message: Message) -> None:
         if not isinstance(message, Completion):
             logger.debug("ignored an unsolicited %s", message.TYPE.value)
             return
-        self._complete(message)
-
-    def _complete(self, message: Completion) -> None:
         record = message.record
         with self._lock:
             execution = self._waiting.pop(record.execution_id, None)
         if execution is None:
             return
         future = execution.future
-        try:
-            if record.status is ExecutionStatus.COMPLETE:
-                future.set_result(self._result(message))
-            elif record.status is ExecutionStatus.CANCELLED:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if record.status is ExecutionStatus.CANCELLED:
                 future.set_exception(TaskCancelled(record.execution_id))
-            else:
+            elif record.status is not ExecutionStatus.COMPLETE:
                 future.set_exception(
                     TaskFailed(
                         record.execution_id,
@@ -350,18 +306,18 @@ class ExecutionClient:
                         record.traceback or "",
                     )
                 )
-        except ProtocolError as exc:
-            future.set_exception(exc)
-        except concurrent.futures.InvalidStateError:
-            pass
-
-    def _result(self, completion: Completion) -> Any:
-        if not completion.result:
-            raise RemoteProtocolError(
-                f"execution {completion.record.execution_id} completed, but the server no "
-                "longer holds its result"
-            )
-        return self.serializer.loads(completion.result)
+            elif not message.result:
+                future.set_exception(
+                    RemoteProtocolError(
+                        f"execution {record.execution_id} completed, but the server no "
+                        "longer holds its result"
+                    )
+                )
+            else:
+                try:
+                    future.set_result(self.serializer.loads(message.result))
+                except ProtocolError as exc:
+                    future.set_exception(exc)
 
     def _on_lost(self) -> None:
         # A refused handshake also ends in a disconnect: say why, whichever failure lands first.

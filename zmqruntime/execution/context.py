@@ -1,8 +1,6 @@
-"""ExecutionContext: what an executor receives next to its task.
-
-It carries the execution's id and labels, publishes progress (validated here, in the
-executor's thread, so a bad value raises where it was made and never reaches a server loop),
-and tells the executor when a cancellation was requested.
+"""ExecutionContext: what an executor receives next to its task: the execution's id and
+labels, a way to publish progress (validated in the executor's thread, so a bad value raises
+where it was made), and whether a cancellation was requested.
 """
 
 from __future__ import annotations
@@ -30,11 +28,9 @@ def _ignore(_event: ProgressEvent) -> None:
 @final
 @attrs.define(eq=False)
 class ExecutionContext:
-    """The :class:`~zmqruntime.TaskContext` the library hands to executors.
-
-    ``report`` receives every progress event (the server publishes it); ``cancel_event`` is
-    set when a cancellation is requested. Safe to use from several threads of one executor.
-    """
+    """The :class:`~zmqruntime.TaskContext` the library hands to executors: ``report``
+    receives every progress event, ``cancel_event`` is set when a cancellation is requested.
+    Safe to use from several threads of one executor."""
 
     execution_id: str
     labels: Mapping[str, str] = attrs.field(factory=dict)
@@ -50,10 +46,8 @@ class ExecutionContext:
         return self.cancel_event.is_set()
 
     def wait_cancelled(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a cancellation; True if one was requested.
-
-        The way for a task to pause without missing a cancel (instead of ``time.sleep``).
-        """
+        """Wait up to ``timeout`` seconds for a cancellation; True if one was requested (a
+        task's way to pause without missing a cancel)."""
         return self.cancel_event.wait(timeout)
 
     def raise_if_cancelled(self) -> None:
@@ -64,12 +58,9 @@ class ExecutionContext:
     def report_progress(
         self, fraction: float | None = None, message: str = "", **fields: JSONValue
     ) -> None:
-        """Publish a progress event.
-
-        ``fraction`` is None or a finite number (conventionally 0..1); ``message`` a string;
-        ``fields`` JSON values. Anything else raises ``TypeError`` (or ``ValueError`` for a
-        non-finite fraction) right here.
-        """
+        """Publish a progress event: ``fraction`` is None or a finite number (conventionally
+        0..1), ``message`` a string, ``fields`` JSON values. Anything else raises ``TypeError``
+        (``ValueError`` for a non-finite fraction) right here."""
         if fraction is not None:
             if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
                 raise TypeError(f"fraction must be a number or None, not {type(fraction)!r}")

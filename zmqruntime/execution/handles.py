@@ -37,9 +37,7 @@ class Execution:
     future: concurrent.futures.Future[Any]
     _result_timeout: float
     _cancel: Callable[..., bool]
-    """The client's ``cancel``; an execution only holds what it asks of its client."""
     _record: Callable[..., ExecutionRecord]
-    """The client's ``record``."""
     accepted: concurrent.futures.Future[Message] = attrs.field(factory=concurrent.futures.Future)
     """Resolves once the server has taken the task: to its ``Accepted`` reply when submitted
     with ``confirm=True``, otherwise to the ``Completion`` (or fails, failing :attr:`future`
@@ -47,10 +45,8 @@ class Execution:
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result, waiting up to ``timeout`` (``config.result_timeout``) seconds.
-
         Raises :class:`TaskFailed` (with the remote traceback), :class:`TaskCancelled`,
-        :class:`ServerLost`, or :class:`ZMQTimeoutError` if it is not done in time.
-        """
+        :class:`ServerLost`, or :class:`ZMQTimeoutError` if it is not done in time."""
         return self._wait(self.future.result, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -126,7 +122,7 @@ class Subscribers:
         event: str | None = None,
     ) -> Subscription:
         """Subscribe ``callback`` to one execution's progress (None: all), or to ``event``."""
-        subscription = Subscription(self, callback, execution_id=execution_id, event=event)
+        subscription = Subscription(self, callback, execution_id, event)
         with self._lock:
             self._subscriptions = (*self._subscriptions, subscription)
         self.client.subscribe(self._topic(subscription))

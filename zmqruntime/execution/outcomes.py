@@ -44,11 +44,8 @@ class Job:
 @final
 @attrs.frozen
 class Completed:
-    """The executor returned ``result``.
-
-    ``frames``: the result already encoded with the server's serializer (a remote worker
-    did it, and ``result`` is then None); the server sends them on as they are.
-    """
+    """The executor returned ``result``, or a remote worker encoded it as ``frames`` with the
+    server's serializer (``result`` is then None) and the server sends them on as they are."""
 
     result: Any
     frames: tuple[Buffer, ...] | None = None
@@ -83,11 +80,9 @@ Outcome: TypeAlias = Completed | Failed | Cancelled
 @final
 @attrs.frozen
 class PoolListener:
-    """Where a pool reports: all three are called from pool threads, never under its lock.
-
-    ``started(job)`` is called just before the executor runs; returning False skips the job
-    (it was cancelled meanwhile). ``progress(event)`` carries the executor's progress.
-    ``finished(job, outcome)`` is called exactly once per job the pool accepted.
+    """Where a pool reports, from its threads and never under its lock: ``started(job)`` just
+    before the executor runs (False skips the job: it was cancelled meanwhile), ``progress``
+    with each event, ``finished(job, outcome)`` exactly once per job the pool accepted.
     """
 
     started: Callable[[Job], bool]
@@ -98,11 +93,9 @@ class PoolListener:
 @final
 @attrs.frozen(kw_only=True)
 class JobSink:
-    """What a :class:`~zmqruntime.protocols.WorkerBackend` is given at start: where it
-    reports (its pool; see the protocol for when each is called), and the server's endpoint
-    and serializer for a backend that opens sockets of its own (a remote engine's inlet binds
-    on the server's host with its configuration and keys; its workers encode results with
-    ``serializer``)."""
+    """What a :class:`~zmqruntime.protocols.WorkerBackend` is given at start: where it reports
+    (its pool), and the server's endpoint and serializer for a backend that opens sockets of
+    its own (a remote engine's inlet; its workers encode results with ``serializer``)."""
 
     started: Callable[[Job], bool]
     progress: Callable[[ProgressEvent], None]
@@ -149,19 +142,12 @@ def check_workers(_instance: object, _attribute: object, value: int) -> None:
 def run_job(
     executor: Callable[[Any, Any], object], job: Job, context: Any, cancelled: Callable[[], bool]
 ) -> Outcome:
-    """Run ``executor(task, context)`` and describe how it ended.
-
-    A cancellation requested while it ran wins over its result: the caller asked for it,
-    and the result is discarded.
-    """
+    """Run ``executor(task, context)`` and describe how it ended; a cancellation requested
+    while it ran wins over its result or error."""
     try:
-        result = executor(job.task, context)
+        outcome: Outcome = Completed(executor(job.task, context))
     except TaskCancelled:
         return Cancelled()
     except BaseException as exc:  # a failing executor is data, not a crash
-        if cancelled():
-            return Cancelled()
-        return Failed.from_exception(exc)
-    if cancelled():
-        return Cancelled()
-    return Completed(result)
+        outcome = Failed.from_exception(exc)
+    return Cancelled() if cancelled() else outcome

@@ -1,9 +1,7 @@
 """WorkerPool: runs executor calls off the server's I/O thread, FIFO, with real cancellation.
 
 The pool keeps its own queue, so a queued job can always be dropped on cancel, and hands
-jobs to the :class:`~zmqruntime.protocols.WorkerBackend` it was given while that has room
-(:mod:`zmqruntime.execution.backends`: threads, owned processes, a remote engine). What it
-learns it reports to a :class:`~zmqruntime.execution.outcomes.PoolListener`.
+jobs to its :class:`~zmqruntime.protocols.WorkerBackend` while that has room.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from typing import final
 import attrs
 
 from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ChannelClosed
 from zmqruntime.execution.backends.inlet import RemoteWorkers
@@ -62,12 +61,9 @@ class PoolStatistics:
 @final
 @attrs.define(eq=False)
 class WorkerPool:
-    """Runs jobs for an :class:`~zmqruntime.execution.ExecutionServer` on ``backend``.
-
-    Build one with :meth:`threads`, :meth:`processes`, :meth:`from_executor` or
-    :meth:`remote` (or pass a backend of your own) and give it to the server; the server
-    starts and closes it. ``on_close`` is called once by :meth:`close`, after the last job:
-    it releases what the pool was built on.
+    """Runs jobs for an :class:`~zmqruntime.execution.ExecutionServer` on ``backend``; the
+    server starts and closes it. ``on_close`` is called once by :meth:`close`, after the last
+    job: it releases what the pool was built on.
     """
 
     backend: WorkerBackend
@@ -81,7 +77,6 @@ class WorkerPool:
     _handed: int = attrs.field(default=0, init=False)
     """Hand-overs the backend holds (it frees each one)."""
     _local: threading.local = attrs.field(factory=threading.local, init=False)
-    """``dispatching``: this thread hands jobs over (see :meth:`_dispatch`)."""
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
@@ -94,9 +89,8 @@ class WorkerPool:
     @classmethod
     def processes(cls, max_workers: int = 1, *, start_method: str = "spawn") -> WorkerPool:
         """A pool of worker processes it owns (the executor must be an importable, picklable
-        function); a task may start processes of its own, and cancelling it ends its worker
-        with them and starts a fresh one (see
-        :class:`~zmqruntime.execution.backends.processes.ProcessWorkers`)."""
+        function); cancelling a task ends its worker, with the processes it started, and
+        starts a fresh one."""
         return cls(ProcessWorkers(max_workers, start_method=start_method))
 
     @classmethod
@@ -118,22 +112,16 @@ class WorkerPool:
         advertise_host: str | None = None,
         on_close: Callable[[], object] | None = None,
     ) -> WorkerPool:
-        """Run jobs on an engine whose workers are other processes or hosts.
-
-        ``executor`` is the engine (a :class:`~zmqruntime.protocols.RemoteEngine`:
-        ``ProcessPoolExecutor``, Dask's ``client.get_executor()``, a
-        :class:`~zmqruntime.execution.backends.dask.DaskEngine` …); the executor function and
-        tasks must be picklable and importable there. At most ``max_workers`` engine tasks
-        (default: the executor's worker count) are handed over at once; the rest wait here,
-        where a cancel simply drops them. Short jobs share engine tasks, see
-        :class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` (which also says what
-        ``inlet_host`` and ``advertise_host`` are). The pool never shuts the executor down.
-        """
+        """Run jobs on a :class:`~zmqruntime.protocols.RemoteEngine` (``ProcessPoolExecutor``,
+        Dask's ``client.get_executor()`` …) whose workers are other processes or hosts; the
+        executor function and tasks must be picklable and importable there. At most
+        ``max_workers`` engine tasks (default: the executor's worker count) are handed over at
+        once; the rest wait here. ``inlet_host`` and ``advertise_host``: see
+        :class:`~zmqruntime.execution.backends.inlet.RemoteWorkers`. The pool never shuts the
+        executor down."""
         if max_workers is None:
             max_workers = int(getattr(executor, "_max_workers", 1) or 1)
         return cls(RemoteWorkers(executor, max_workers, inlet_host, advertise_host), on_close)
-
-    # --- life cycle ------------------------------------------------------------------------
 
     def start(
         self,
@@ -144,10 +132,8 @@ class WorkerPool:
         serializer: TaskSerializer | None = None,
     ) -> None:
         """Start the backend; ``executor`` runs every job, ``listener`` hears about them.
-
         ``endpoint`` and ``serializer`` are the server's (see
-        :class:`~zmqruntime.execution.outcomes.JobSink`).
-        """
+        :class:`~zmqruntime.execution.outcomes.JobSink`)."""
         if self._listener is not None:
             raise RuntimeError("this WorkerPool is already started; a pool serves one server")
         self._listener = listener
@@ -169,8 +155,7 @@ class WorkerPool:
             if self._closed:
                 return
             self._closed = True
-            dropped = list(self._queue)
-            self._queue.clear()
+            dropped, self._queue = self._queue, collections.deque()
             self._cancelled.update(self._running)
         for job in dropped:
             self._report(job, Cancelled())
@@ -188,10 +173,7 @@ class WorkerPool:
     def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    # --- jobs ------------------------------------------------------------------------------
+    __exit__ = close_on_exit
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; it starts when the backend has room (FIFO)."""
@@ -202,10 +184,8 @@ class WorkerPool:
         self._dispatch()
 
     def cancel(self, execution_id: str) -> bool:
-        """Cancel a queued job (dropped now) or a running one (the backend stops it).
-
-        Returns False if the pool does not hold the job. The job's outcome is reported to
-        the listener as usual: at once for a queued job, when it stops for a running one.
+        """Cancel a queued job (dropped and reported now) or a running one (the backend stops
+        it, and its end is reported then). Returns False if the pool does not hold the job.
         """
         with self._lock:
             queued = next((j for j in self._queue if j.execution_id == execution_id), None)
@@ -239,7 +219,7 @@ class WorkerPool:
 
     def statistics(self) -> PoolStatistics:
         """The pool's capacity, queue, running jobs and workers."""
-        workers: tuple[WorkerStatistics, ...] = self.backend.statistics()
+        workers = self.backend.statistics()
         with self._lock:
             running = tuple(self._running)
             queued = len(self._queue)
@@ -287,9 +267,8 @@ class WorkerPool:
         with self._lock:
             if job.execution_id in self._cancelled:
                 return False
-        listener = self._listener
-        assert listener is not None
-        return listener.started(job)
+        assert self._listener is not None
+        return self._listener.started(job)
 
     def _finished(self, job: Job, outcome: Outcome) -> None:
         with self._lock:
@@ -303,10 +282,9 @@ class WorkerPool:
         self._dispatch()
 
     def _report(self, job: Job, outcome: Outcome) -> None:
-        listener = self._listener
-        if listener is None:
+        if self._listener is None:
             return
         try:
-            listener.finished(job, outcome)
+            self._listener.finished(job, outcome)
         except Exception:
             logger.exception("reporting the end of %s failed", job.execution_id)

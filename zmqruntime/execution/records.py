@@ -1,12 +1,8 @@
 """The execution lifecycle: a thread-safe store of records with guarded transitions.
 
-Every execution moves QUEUED → RUNNING → one of COMPLETE / FAILED / CANCELLED (or straight from
-QUEUED to CANCELLED). A transition that does not fit — starting a cancelled execution,
-finishing one twice, progress after the end — is refused and reported as False, never applied:
-terminal states never change. Terminal records are kept for a bounded count and age, so a
-long-running server's memory stays flat.
-
-The store owns no threads and no sockets; its clock is injected.
+Every execution moves QUEUED → RUNNING → one of COMPLETE / FAILED / CANCELLED (or from QUEUED
+to FAILED or CANCELLED). A transition that does not fit is refused (None or False), never
+applied: terminal states never change. Terminal records are kept for a bounded count and age.
 """
 
 from __future__ import annotations
@@ -64,17 +60,13 @@ class ExecutionStore:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def submit(self, execution_id: str, labels: dict[str, str]) -> tuple[ExecutionRecord, bool]:
-        """Register a new QUEUED execution; returns ``(record, created)``.
-
-        An id that is already known is not registered again: its current record comes back
-        with ``created=False`` (this is what makes resubmission idempotent).
-        """
+        """Register a new QUEUED execution; returns ``(record, created)``. A known id is not
+        registered again: its current record comes back with ``created=False``."""
         with self._lock:
             self._expire()
-            existing = self._records.get(execution_id)
+            existing = self._current(execution_id)
             if existing is not None:
-                latest = self._progress.get(execution_id)
-                return (existing if latest is None else _with_progress(existing, latest)), False
+                return existing, False
             record = ExecutionRecord(
                 execution_id=execution_id,
                 status=_QUEUED,
@@ -89,10 +81,12 @@ class ExecutionStore:
         """The current record of ``execution_id``, or None if unknown (or expired)."""
         with self._lock:
             self._expire()
-            record = self._records.get(execution_id)
-            if record is not None and execution_id in self._progress:
-                return _with_progress(record, self._progress[execution_id])
-            return record
+            return self._current(execution_id)
+
+    def _current(self, execution_id: str) -> ExecutionRecord | None:
+        record = self._records.get(execution_id)
+        latest = self._progress.get(execution_id)
+        return record if record is None or latest is None else attrs.evolve(record, progress=latest)
 
     def start(self, execution_id: str) -> ExecutionRecord | None:
         """QUEUED → RUNNING; None if the execution is not queued (e.g. cancelled meanwhile)."""
@@ -121,24 +115,19 @@ class ExecutionStore:
 
     def complete(self, execution_id: str) -> ExecutionRecord | None:
         """RUNNING → COMPLETE; None if the execution is not running."""
-        return self._finish(execution_id, ExecutionStatus.COMPLETE, running_only=True)
+        return self._finish(execution_id, ExecutionStatus.COMPLETE)
 
     def fail(
         self, execution_id: str, error_type: str, error_message: str, traceback: str
     ) -> ExecutionRecord | None:
         """QUEUED or RUNNING → FAILED with the error's type, message and traceback."""
         return self._finish(
-            execution_id,
-            ExecutionStatus.FAILED,
-            running_only=False,
-            error_type=error_type,
-            error_message=error_message,
-            traceback=traceback,
+            execution_id, ExecutionStatus.FAILED, error_type, error_message, traceback
         )
 
     def cancel(self, execution_id: str) -> ExecutionRecord | None:
         """QUEUED or RUNNING → CANCELLED; None if unknown or already terminal."""
-        return self._finish(execution_id, ExecutionStatus.CANCELLED, running_only=False)
+        return self._finish(execution_id, ExecutionStatus.CANCELLED)
 
     def counts(self) -> dict[ExecutionStatus, int]:
         """How many known executions are in each state."""
@@ -160,17 +149,14 @@ class ExecutionStore:
         self,
         execution_id: str,
         status: ExecutionStatus,
-        *,
-        running_only: bool,
         error_type: str | None = None,
         error_message: str | None = None,
         traceback: str | None = None,
     ) -> ExecutionRecord | None:
+        from_states = (_RUNNING,) if status is ExecutionStatus.COMPLETE else (_QUEUED, _RUNNING)
         with self._lock:
             record = self._records.get(execution_id)
-            if record is None or record.status.is_terminal:
-                return None
-            if running_only and record.status is not _RUNNING:
+            if record is None or record.status not in from_states:
                 return None
             now = self.clock()
             finished = attrs.evolve(
@@ -201,7 +187,3 @@ class ExecutionStore:
             record = self._records.pop(execution_id, None)
             if record is not None:
                 self._counts[record.status] -= 1
-
-
-def _with_progress(record: ExecutionRecord, event: ProgressEvent) -> ExecutionRecord:
-    return attrs.evolve(record, progress=event)

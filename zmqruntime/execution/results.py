@@ -19,12 +19,10 @@ _RESULT_ENTRY_OVERHEAD: Final = 256
 @final
 @attrs.define(eq=False)
 class ResultCache:
-    """The serialized results of recently finished executions, within a byte budget.
-
-    Lets a client that resubmits a finished execution (a retry after a timeout) still get
-    its result. Each entry is charged its bookkeeping as well as its frames, and at most
-    ``max_entries`` are kept (the retention's record count: the result of an execution whose
-    record has expired is never asked for), so millions of tiny results cannot pile up.
+    """The serialized results of recently finished executions, for clients that resubmit one
+    (a retry after a timeout). Each entry is charged its bookkeeping as well as its frames
+    against ``budget``, and at most ``max_entries`` are kept (the server passes its retention's
+    record count), so millions of tiny results cannot pile up. Thread-safe.
     """
 
     budget: int

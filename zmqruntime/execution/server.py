@@ -1,16 +1,10 @@
 """ExecutionServer: accepts tasks, runs them on a WorkerPool, reports progress and results.
 
-Composed from tier-1 pieces: a :class:`~zmqruntime.ZMQServer` with handlers for execute,
-status, cancel and shutdown; an :class:`~zmqruntime.execution.records.ExecutionStore` for the
-lifecycle; a :class:`~zmqruntime.execution.WorkerPool` that runs the application's
-:class:`~zmqruntime.TaskExecutor`. The I/O thread never runs user code.
-
-Progress is published on the data socket (XPUB, topic = execution id) — only while somebody
-subscribes to it, so unobserved progress costs no encoding. When an execution ends, its
-:class:`~zmqruntime.core.messages.Completion` — record plus serialized result — answers every
-client that submitted it (as the reply to its ``Execute``, or pushed after an ``Accepted``
-when the client asked to be confirmed at once), and its final record (a Completion without
-the result) is published on its topic, so progress observers see it end.
+The I/O thread never runs user code. Progress is published on the data socket (topic =
+execution id) only while somebody subscribes to it. When an execution ends, its
+:class:`~zmqruntime.core.messages.Completion` (record and serialized result) answers every
+client that submitted it, as the reply to its ``Execute`` or pushed after an ``Accepted``, and
+its final record (a Completion without the result) is published on its topic.
 """
 
 from __future__ import annotations
@@ -100,8 +94,6 @@ class ExecutionServer:
         cache = ResultCache(self.result_cache_bytes, int(self.retention.max_records))
         return Waiters(self.server, self._store, cache)
 
-    # --- life cycle ------------------------------------------------------------------------
-
     @classmethod
     def bind(
         cls,
@@ -135,17 +127,16 @@ class ExecutionServer:
         return self.server.serializer
 
     def publish(self, topic: str, payload: Any) -> bool:
-        """Publish an application event to the clients subscribed to ``topic`` (any thread).
-
-        Encoded only while someone subscribes; returns whether anyone did.
-        """
+        """Publish an application event to the clients subscribed to ``topic`` (any thread);
+        encoded only while someone subscribes, and returns whether anyone did."""
         try:
             return self.server.publish_event(topic, payload)
         except ChannelClosed:
             logger.debug("server closed; dropped an event on %r", topic)
             return False
 
-    def _build(self) -> ZMQServer:
+    def start(self) -> ExecutionServer:
+        """Bind, start the workers, and serve in a background thread. Returns the server."""
         if self._started:
             raise RuntimeError("this ExecutionServer was already started")
         self._started = True
@@ -165,29 +156,21 @@ class ExecutionServer:
         try:
             self.pool.start(
                 self.executor,
-                PoolListener(
-                    started=self._started_job, progress=self._progress, finished=self._done
-                ),
+                PoolListener(self._started_job, self._progress, self._done),
                 endpoint=endpoint,  # a remote pool's inlet binds where this server does
                 serializer=self.serializer,  # remote workers encode results with it
             )
         except BaseException:
             self.server.close()
             raise
-        return self.server
-
-    def start(self) -> ExecutionServer:
-        """Bind, start the workers, and serve in a background thread. Returns the server."""
-        self._build().start()
+        self.server.start()
         return self
 
     def serve_forever(self) -> None:
         """Serve until a shutdown request or SIGINT/SIGTERM, then close; blocks the caller.
 
-        The first signal works like a forced shutdown request: queued tasks are cancelled,
-        running ones are asked to stop, and every client hears how its executions ended
-        before the server stops. A second signal stops at once. Starts the server first
-        unless :meth:`start` already did (to report the bound port before blocking, say).
+        The first signal acts like :meth:`request_stop`; a second one stops at once. Starts
+        the server first unless :meth:`start` already did.
         """
         if not self._started:
             self.start()
@@ -199,9 +182,8 @@ class ExecutionServer:
                 self.close()
 
     def request_stop(self) -> None:
-        """Stop like a forced shutdown request: cancel what is left, tell every client, stop.
-
-        Returns at once (safe from other threads, e.g. a lifeline watcher).
+        """Stop like a forced shutdown request: cancel queued tasks, ask running ones to stop,
+        tell every client how its executions ended, then stop. Returns at once (any thread).
         """
         self._drain(force=True)
 
@@ -209,9 +191,9 @@ class ExecutionServer:
         if self._draining:
             logger.warning("signal %d again: stopping now", signum)
             self.server.request_stop()
-            return
-        logger.info("signal %d: cancelling what is left, then stopping", signum)
-        self._drain(force=True)
+        else:
+            logger.info("signal %d: cancelling what is left, then stopping", signum)
+            self._drain(force=True)
 
     def close(self, timeout: float | None = None) -> None:
         """Cancel queued work, stop running work, push the last completions, close. Idempotent."""
@@ -240,13 +222,12 @@ class ExecutionServer:
         """Queue length, running tasks, counts per status, workers and uptime."""
         counts = self._store.counts()
         pool = self.pool.statistics()
-        uptime = self.server.statistics().uptime
         return ServerSummary(
             queued=counts[ExecutionStatus.QUEUED],
             running=counts[ExecutionStatus.RUNNING],
             counts={status.value: number for status, number in counts.items()},
             workers=pool.capacity,
-            uptime=uptime,
+            uptime=self.server.statistics().uptime,
             engine=pool.engine,
         )
 
@@ -334,7 +315,7 @@ class ExecutionServer:
         return self._store.start(job.execution_id) is not None
 
     def _progress(self, event: ProgressEvent) -> None:
-        if self._store.progress(event) and self._waiters.watched(event.execution_id):
+        if self._store.progress(event) and self.server.has_subscribers(event.execution_id):
             self._waiters.publish(event, event.execution_id)
 
     def _done(self, job: Job, outcome: Outcome) -> None:
@@ -346,20 +327,18 @@ class ExecutionServer:
                 frames = self.serializer.dumps(outcome.result)
             except Exception as exc:
                 outcome = Failed.from_exception(exc)
-        record = self._finish(job.execution_id, outcome)
+        execution_id = job.execution_id
+        if isinstance(outcome, Completed):
+            record = self._store.complete(execution_id)
+        elif isinstance(outcome, Cancelled):
+            record = self._store.cancel(execution_id)
+        else:
+            error = outcome.error_type, outcome.error_message, outcome.traceback
+            record = self._store.fail(execution_id, *error)
         if record is None:
             return  # already terminal: nothing changes, nothing is sent twice
         self._waiters.finish(record, frames)
         self._stop_if_idle()
-
-    def _finish(self, execution_id: str, outcome: Outcome) -> ExecutionRecord | None:
-        if isinstance(outcome, Completed):
-            return self._store.complete(execution_id)
-        if isinstance(outcome, Cancelled):
-            return self._store.cancel(execution_id)
-        return self._store.fail(
-            execution_id, outcome.error_type, outcome.error_message, outcome.traceback
-        )
 
 
 def _error(request_id: int, code: ErrorCode, text: str) -> ErrorReply:

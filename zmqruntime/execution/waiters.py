@@ -1,12 +1,9 @@
 """Waiters: who hears how each execution ends, and the messages that tell them.
 
-Every client that submitted an execution — first, or again with the same id — waits for its
-:class:`~zmqruntime.core.messages.Completion`: as the reply to its ``Execute`` (a request id),
-or pushed after an ``Accepted``. When the execution ends, :meth:`Waiters.finish` answers them
-all, keeps the encoded result for late resubmitters (within the
-:class:`~zmqruntime.execution.results.ResultCache`'s budget) and publishes the final record to
-progress subscribers. A resubmission of an execution that has already ended is answered at
-once from the store and the cache: an id never runs twice, and nobody waits forever.
+Every client that submitted an execution (first, or again with the same id) waits for its
+:class:`~zmqruntime.core.messages.Completion`. A resubmission of an execution that has already
+ended is answered at once from the store and the result cache: an id never runs twice, and
+nobody waits forever.
 """
 
 from __future__ import annotations
@@ -81,7 +78,8 @@ class Waiters:
         )
 
     def finish(self, record: ExecutionRecord, frames: list[Buffer] | None) -> None:
-        """The execution ended as ``record`` says, with a result's ``frames`` (if any)."""
+        """The execution ended as ``record`` says, with a result's ``frames`` (if any): answer
+        its waiters, keep the frames for late resubmitters, publish the final record."""
         if frames is not None:
             self.results.put(record.execution_id, frames)
         completion = self.completion(record, frames)
@@ -89,7 +87,7 @@ class Waiters:
             waiting = self._waiting.pop(record.execution_id, [])
         for peer, request_id in waiting:
             self.send(peer, completion, request_id)
-        if self.watched(record.execution_id):
+        if self.server.has_subscribers(record.execution_id):
             final = Completion(record=record, serializer=completion.serializer)
             self.publish(final, record.execution_id)
 
@@ -101,12 +99,8 @@ class Waiters:
             result=tuple(frames or ()),
         )
 
-    def watched(self, execution_id: str) -> bool:
-        """Whether anybody subscribes to the progress of ``execution_id``."""
-        return self.server.has_subscribers(execution_id)
-
     def send(self, peer: Peer, message: Message, request_id: int | None = None) -> None:
-        """Send to one peer; a closed server only logs."""
+        """Send to one peer (a closed server only logs)."""
         try:
             self.server.send(peer, message, request_id=request_id)
         except ChannelClosed:
