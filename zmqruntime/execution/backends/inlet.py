@@ -2,11 +2,11 @@
 
 :class:`RemoteWorkers` hands each job to its engine with a
 :class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back to its inlet
-(a :class:`~zmqruntime.core.server.ZMQServer`): it hears the worker's ``Attach``, progress and
-``Completion``, and sends ``Cancel`` to the worker of a cancelled execution. A job ends
-exactly once: by its worker's completion (the usual way, the result already encoded), or by
-the engine's future when the engine cancelled or failed it, or carried the outcome itself.
-With CURVE, the inlet uses the server's key pair and admits one key pair made for the pool.
+(a :class:`~zmqruntime.core.server.ZMQServer`), which hears the worker's ``Attach``, progress
+and ``Completion`` and sends ``Cancel`` to the worker of a cancelled execution. A job ends
+exactly once: by its worker's completion (the usual way), or by the engine's future when
+the engine cancelled or failed it, or carried the outcome itself. With CURVE, the inlet uses
+the server's key pair and admits one key pair made for the pool.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Final, final
 
 import attrs
 
+from zmqruntime.config import TransportMode
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Attach,
@@ -39,18 +40,11 @@ from zmqruntime.core.messages import (
 )
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
 from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.core.transport import get_zmq_transport_url
 from zmqruntime.errors import ChannelClosed, ErrorCode
+from zmqruntime.execution import outcomes
 from zmqruntime.execution.backends import remote
-from zmqruntime.execution.outcomes import (
-    Cancelled,
-    Completed,
-    Failed,
-    Job,
-    JobSink,
-    Outcome,
-    WorkerStatistics,
-    check_workers,
-)
+from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
 from zmqruntime.protocols import RemoteEngine, TaskExecutor
 
 __all__ = ["RemoteWorkers"]
@@ -98,12 +92,12 @@ class RemoteWorkers:
     """
 
     engine: RemoteEngine
-    capacity: int = attrs.field(default=1, validator=check_workers)
+    capacity: int = attrs.field(default=1, validator=outcomes.check_workers)
     host: str | None = None
     advertise_host: str | None = None
     # Set by start():
     _executor: TaskExecutor = attrs.field(init=False)
-    _sink: JobSink = attrs.field(init=False)
+    _sink: outcomes.JobSink = attrs.field(init=False)
     _server: ZMQServer = attrs.field(init=False)
     _client_curve: ClientCurve | None = attrs.field(init=False)
     _jobs: dict[str, _Handed] = attrs.field(factory=dict, init=False)
@@ -111,19 +105,14 @@ class RemoteWorkers:
     _done: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Jobs each worker finished."""
     _mean_run: float | None = attrs.field(default=None, init=False)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    _changed: threading.Condition = attrs.field(init=False)
+    _lock: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     """Notified when a job ends or a deadline is set."""
     _deadlines: list[tuple[float, str]] = attrs.field(factory=list, init=False)
     """A heap: when to give up on a completion the engine said was sent (see _watch)."""
     _watcher: threading.Thread = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
-    @_changed.default
-    def _make_changed(self) -> threading.Condition:
-        return threading.Condition(self._lock)
-
-    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
+    def start(self, executor: TaskExecutor, sink: outcomes.JobSink) -> None:
         """Bind the inlet (TCP, a free port pair on ``host``) and start serving it."""
         if hasattr(self, "_server"):
             raise RuntimeError("these RemoteWorkers are already started")
@@ -162,10 +151,7 @@ class RemoteWorkers:
         if not hasattr(self, "_server"):
             return None
         port = self._sink.config.control_port(self._server.bound_port)
-        host = str(self.advertise_host)
-        if ":" in host and not host.startswith("["):  # an IPv6 literal
-            host = f"[{host}]"
-        return f"tcp://{host}:{port}"
+        return get_zmq_transport_url(port, str(self.advertise_host), TransportMode.TCP)
 
     def run(self, jobs: Sequence[Job]) -> None:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
@@ -221,16 +207,16 @@ class RemoteWorkers:
             return 1
         return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / max(mean, 1e-6))))
 
-    def statistics(self) -> tuple[WorkerStatistics, ...]:
+    def statistics(self) -> tuple[outcomes.WorkerStatistics, ...]:
         """Each worker that attached: what it runs now, how many it finished."""
         running: dict[str, list[str]] = {}
         with self._lock:
             for execution_id, entry in self._jobs.items():
                 if entry.attached is not None:
                     running.setdefault(entry.attached[1], []).append(execution_id)
-            done = dict(self._done)
+            done = self._done.copy()
         return tuple(
-            WorkerStatistics(name=n, running=tuple(running.get(n, ())), done=done.get(n, 0))
+            outcomes.WorkerStatistics(name=n, running=tuple(running.get(n, ())), done=done[n])
             for n in sorted(set(running) | set(done))
         )
 
@@ -250,10 +236,10 @@ class RemoteWorkers:
         for execution_id in open_jobs:
             self.cancel(execution_id)
         with self._lock:
-            if not self._changed.wait_for(lambda: not self._jobs, timeout):
+            if not self._lock.wait_for(lambda: not self._jobs, timeout):
                 logger.warning("%d remote jobs still run after close", len(self._jobs))
             self._closed = True
-            self._changed.notify_all()
+            self._lock.notify_all()
         self._watcher.join(timeout)
         self._server.close(timeout)
 
@@ -272,7 +258,7 @@ class RemoteWorkers:
             outcome = Cancelled()  # never seen running (its attach was lost): cancelled since
         self._sink.finished(job, outcome)
         with self._lock:  # after the report: close() waits for it
-            self._changed.notify_all()
+            self._lock.notify_all()
 
     def _engine_done(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
         try:
@@ -286,18 +272,18 @@ class RemoteWorkers:
             if not any(job.execution_id in self._jobs for job in jobs):
                 return  # every worker's completion came first, as it usually does
         if future.cancelled():
-            outcomes: list[Any] = [Cancelled()] * len(jobs)
+            ends: list[Any] = [Cancelled()] * len(jobs)
         elif (error := future.exception()) is not None:
             # the engine failed it (a dead worker …)
-            outcomes = [Failed.from_exception(error)] * len(jobs)
+            ends = [Failed.from_exception(error)] * len(jobs)
         else:
             result = future.result()
-            outcomes = result if len(jobs) > 1 else [result]
-            if not isinstance(outcomes, list) or len(outcomes) != len(jobs):
+            ends = result if len(jobs) > 1 else [result]
+            if not isinstance(ends, list) or len(ends) != len(jobs):
                 # None: every worker's completion is on its way (anything else is not
                 # ours; then too, wait for them, then report them lost).
-                outcomes = [None] * len(jobs)
-        for job, outcome in zip(jobs, outcomes, strict=True):
+                ends = [None] * len(jobs)
+        for job, outcome in zip(jobs, ends, strict=True):
             if outcome is None:  # the worker sent its completion; it is still on its way
                 self._expect_completion(job)
             elif isinstance(outcome, (Completed, Failed, Cancelled)):
@@ -313,7 +299,7 @@ class RemoteWorkers:
             if job.execution_id in self._jobs:
                 deadline = time.monotonic() + self._sink.config.request_timeout
                 heapq.heappush(self._deadlines, (deadline, job.execution_id))
-                self._changed.notify_all()
+                self._lock.notify_all()
 
     def _watch(self) -> None:
         """Fail each job whose completion never came: the engine says it ended, so its
@@ -326,13 +312,11 @@ class RemoteWorkers:
                 if not due:
                     if self._closed:
                         return
-                    self._changed.wait(self._deadlines[0][0] - now if self._deadlines else 3600.0)
+                    self._lock.wait(self._deadlines[0][0] - now if self._deadlines else 3600.0)
                     continue
             for execution_id in due:  # those that ended meanwhile are no longer known
-                text = (
-                    f"the engine finished {execution_id} but its outcome never reached the server"
-                )
-                self._end(execution_id, Failed("OutcomeLost", text, ""))
+                msg = f"the engine finished {execution_id} but its outcome never reached the server"
+                self._end(execution_id, Failed("OutcomeLost", msg, ""))
 
     # --- what workers send ----------------------------------------------------------------
 

@@ -1,16 +1,12 @@
 """Tasks on another engine's workers: the context they carry, and how they report.
 
-When a :class:`~zmqruntime.execution.WorkerPool` hands jobs to an engine whose workers are
-other processes or hosts (``ProcessPoolExecutor``, Dask, loky, ``mpi4py.futures``), the
-executor function, the task and a :class:`RemoteContext` travel to the worker by that
-engine's own means. The context opens a zmq connection of its own (DEALER) to the pool's
-:class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` and sends on it an
-:class:`~zmqruntime.core.messages.Attach`, the progress events, and at the end the task's
-:class:`~zmqruntime.core.messages.Completion`, its result already encoded with the server's
-serializer; the inlet answers with :class:`~zmqruntime.core.messages.Cancel` when the execution
-is cancelled. One connection keeps order, so every progress event reaches the server before
-the outcome. The engine's own return value is then None: only when the outcome cannot be
-sent does it travel back through the engine instead.
+The executor function, the task and a :class:`RemoteContext` travel to the engine's worker
+by the engine's own means. The context connects (DEALER) to the pool's
+:class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` and sends an ``Attach``, the
+progress events, and last the ``Completion``, its result encoded with the server's
+serializer; the inlet answers ``Cancel`` when the execution is cancelled. One connection
+keeps order: every progress event reaches the server before the outcome. The engine's own
+return value is None, unless the outcome could not be sent: then it carries the outcome.
 """
 
 from __future__ import annotations
@@ -54,21 +50,6 @@ __all__ = ["RemoteContext", "outcome_of", "run_remote", "run_remote_batch"]
 logger = logging.getLogger(__name__)
 
 _CONTEXT_LOCK: Final = threading.Lock()
-_PROCESS_CONTEXT: dict[int, zmq.Context[zmq.Socket[bytes]]] = {}
-
-
-def _process_context() -> zmq.Context[zmq.Socket[bytes]]:
-    """One zmq context per worker process (a fresh one after a fork). It is never terminated:
-    its sockets are the threads' links below, which live as long as the process."""
-    with _CONTEXT_LOCK:
-        pid = os.getpid()
-        context = _PROCESS_CONTEXT.get(pid)
-        if context is None:
-            _PROCESS_CONTEXT.clear()
-            context = _PROCESS_CONTEXT[pid] = zmq.Context()
-        return context
-
-
 _LINKS: Final = threading.local()
 _MAX_LINKS: Final = 4
 _LINK_RECONNECT_MAX: Final = 5.0
@@ -94,44 +75,41 @@ def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> _Lin
     A thread keeps at most a few (one per inlet it served; the oldest is closed first);
     a link to an inlet that went away retries ever more rarely.
     """
-    links: dict[tuple[int, str, bytes | None], _Link] | None = getattr(_LINKS, "links", None)
-    if links is None:
-        links = _LINKS.links = {}
+    links: dict[tuple[int, str, bytes | None], _Link] = _LINKS.__dict__.setdefault("links", {})
     key = (os.getpid(), url, None if curve is None else curve.keypair.public_key)
     link = links.get(key)
     if link is None:
-        context = _process_context()
-        link = _Link(
-            open_connected_socket(
-                context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
-            )
+        with _CONTEXT_LOCK:  # one context per process, also when two threads start at once
+            context = _process_context(os.getpid())
+        dealer = open_connected_socket(
+            context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
         )
-        links[key] = link
+        link = links[key] = _Link(dealer)
         while len(links) > _MAX_LINKS:
             links.pop(next(iter(links))).socket.close()
     return link
 
 
-_WORKER_NAMES: dict[int, str] = {}
+@functools.lru_cache(maxsize=1)
+def _process_context(_pid: int) -> zmq.Context[zmq.Socket[bytes]]:
+    """One zmq context per worker process, given ``os.getpid()`` (a fresh one after a fork).
+    It is never terminated: its sockets are the threads' links, which live as long as the
+    process."""
+    return zmq.Context()
 
 
-def worker_name() -> str:
-    """How this worker process is named in the server's status: the Dask worker's address
-    when running under Dask, else ``host:pid``. Looked up once per process."""
-    pid = os.getpid()
-    name = _WORKER_NAMES.get(pid)
-    if name is None:
-        name = f"{socket.gethostname()}:{pid}"
-        if "distributed" in sys.modules:
-            try:
-                from distributed import get_worker  # noqa: PLC0415 - only when Dask is in use
+@functools.lru_cache(maxsize=1)
+def _worker_name(pid: int) -> str:
+    """How this worker process, given ``os.getpid()``, is named in the server's status: the
+    Dask worker's address when running under Dask, else ``host:pid``."""
+    if "distributed" in sys.modules:
+        try:
+            from distributed import get_worker  # noqa: PLC0415 - only when Dask is in use
 
-                name = str(get_worker().address)
-            except (ImportError, ValueError):
-                pass
-        _WORKER_NAMES.clear()  # another process's (a forked parent's) name
-        _WORKER_NAMES[pid] = name
-    return name
+            return str(get_worker().address)
+        except (ImportError, ValueError):
+            pass
+    return f"{socket.gethostname()}:{pid}"
 
 
 @final
@@ -161,8 +139,8 @@ class RemoteContext:
         # Only the address, keys and the settings a connection needs travel (a few hundred
         # bytes fewer per task than the whole config); sockets are made where the task runs.
         settings = tuple(getattr(self.config, name) for name in _SHIPPED_SETTINGS)
-        link = (self.control_url, settings, self.curve)
-        return (_revive, (self.execution_id, dict(self.labels), link, self.serializer))
+        fields = (self.execution_id, dict(self.labels), self.control_url)
+        return (_revive, (*fields, settings, self.curve, self.serializer))
 
     def open(self) -> RemoteContext:
         """Connect to the inlet (or reuse this thread's link) and say which execution this
@@ -176,20 +154,19 @@ class RemoteContext:
             self._local = ExecutionContext(
                 self.execution_id, self.labels, report=self._send_progress
             )
-            attach = Attach(request_id=0, execution_id=self.execution_id, worker=worker_name())
+            attach = Attach(
+                request_id=0, execution_id=self.execution_id, worker=_worker_name(os.getpid())
+            )
             try:
                 send_frames(self._link.socket, codec.encode(attach), zmq.NOBLOCK)
-            except zmq.Again:  # the task still runs; it shows in no status, and its
-                # completion tells the server it ran
+            except zmq.Again:  # the task runs anyway; its completion tells the server
                 logger.warning("%s: the inlet is not taking messages", self.execution_id)
         return self
 
     def deliver(self, outcome: Outcome, started: float | None = None) -> bool:
-        """Send the task's outcome to the server over the link, behind its progress events;
-        a result is encoded with the server's serializer first (if that fails, the task
-        failed). ``started``: when the task started (``time.time()``), so the server learns
-        how long tasks take. False if it could not be sent: the engine must carry it
-        instead."""
+        """Send the outcome to the server behind the progress events, a result encoded with
+        the server's serializer (if that fails, the task failed). ``started``: the task's
+        ``time.time()`` at start. False if it could not be sent: the engine must carry it."""
         frames: tuple[Buffer, ...] = ()
         if isinstance(outcome, Completed):
             try:
@@ -272,10 +249,9 @@ class RemoteContext:
             except ProtocolError as exc:
                 logger.warning("dropped a malformed notice from the inlet: %s", exc)
                 continue
-            stop = isinstance(notice, Cancel) or (
+            if isinstance(notice, Cancel) or (
                 isinstance(notice, Accepted) and notice.status is ExecutionStatus.CANCELLED
-            )
-            if stop:
+            ):
                 link.cancelled.append(getattr(notice, "execution_id", ""))
         if self.execution_id in link.cancelled:
             self._cancelled = True
@@ -293,15 +269,10 @@ _SHIPPED_SETTINGS: Final = (
 
 
 def _revive(
-    execution_id: str,
-    labels: dict[str, str],
-    link: tuple[str, tuple[Any, ...], ClientCurve | None],
-    serializer: TaskSerializer,
+    execution_id: str, labels: dict[str, str], url: str, settings: tuple[Any, ...], *rest: Any
 ) -> RemoteContext:
-    control_url, settings, curve = link
-    return RemoteContext(
-        execution_id, labels, control_url, _shipped_config(settings), curve, serializer
-    )
+    """An unpickled :class:`RemoteContext`; ``rest``: its curve and serializer."""
+    return RemoteContext(execution_id, labels, url, _shipped_config(settings), *rest)
 
 
 @functools.lru_cache(maxsize=8)
