@@ -100,9 +100,8 @@ class DaskEngine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         with self._lock:
-            left = list(self._tasks.values())
-            self._tasks.clear()
-        for task, mirror in left:
+            left, self._tasks = self._tasks, {}
+        for task, mirror in left.values():
             if mirror.cancel():
                 _cancel_task(task)  # the collecting thread is gone
 
@@ -181,15 +180,10 @@ def dask_pool(
     advertise_host: str | None = None,
 ) -> WorkerPool:
     """A remote :class:`WorkerPool` on a ``distributed.Client``, through a
-    :class:`DaskEngine` the pool closes with itself.
-
-    At most ``max_workers`` Dask tasks are in Dask at once (default: four per thread of the
-    cluster when the pool is made, at least 8, so Dask always has the next tasks at hand);
-    short jobs share Dask tasks (see :meth:`WorkerPool.remote`), the rest wait in the
-    server's queue. A cancel drops a job from either queue.
-    ``inlet_host`` / ``advertise_host``: see :meth:`WorkerPool.remote` — on a real cluster,
-    bind an interface the workers can reach and advertise its name. The client stays yours:
-    close it after the server.
+    :class:`DaskEngine` the pool closes with itself; the client stays yours (close it after
+    the server). At most ``max_workers`` tasks are in Dask at once (default: four per thread
+    of the cluster when the pool is made, at least 8), the rest wait in the server's queue.
+    ``inlet_host`` / ``advertise_host``: see :meth:`WorkerPool.remote`.
     """
     if not callable(getattr(client, "nthreads", None)):
         raise ConfigurationError(

@@ -121,9 +121,8 @@ class RemoteWorkers:
         inlet_curve, self._client_curve = None, None
         if sink.curve is not None:
             keys = generate_curve_keypair()
-            server_keys = sink.curve.keypair
-            inlet_curve = ServerCurve(server_keys, allowed_client_keys={keys.public_key})
-            self._client_curve = ClientCurve(keys, server_keys.public_key)
+            inlet_curve = ServerCurve(sink.curve.keypair, allowed_client_keys={keys.public_key})
+            self._client_curve = ClientCurve(keys, sink.curve.keypair.public_key)
         if self.advertise_host is None:
             wildcard = bind_host in ("0.0.0.0", "*", "::")
             self.advertise_host = socket.gethostname() if wildcard else bind_host
@@ -192,9 +191,8 @@ class RemoteWorkers:
         if future is not None and whole:
             future.cancel()  # not started: the done callback reports it cancelled
         if route is not None:
-            # Also after a successful future.cancel(): some engines (Dask) "cancel" a task
-            # that already runs, and only its context can tell it to stop. A job further
-            # down a batch hears it before it starts, and does not run.
+            # Also after future.cancel(): Dask "cancels" a running task, which only its context
+            # stops (a job further down a batch hears it before it starts: it does not run).
             with contextlib.suppress(ChannelClosed):
                 self._server.send(route, Cancel(request_id=0, execution_id=execution_id))
 
@@ -243,8 +241,6 @@ class RemoteWorkers:
         self._watcher.join(timeout)
         self._server.close(timeout)
 
-    # --- how a job ends ---------------------------------------------------------------------
-
     def _end(self, execution_id: str, outcome: Outcome) -> None:
         """Report ``outcome`` for the job, unless it ended already."""
         with self._lock:
@@ -273,15 +269,13 @@ class RemoteWorkers:
                 return  # every worker's completion came first, as it usually does
         if future.cancelled():
             ends: list[Any] = [Cancelled()] * len(jobs)
-        elif (error := future.exception()) is not None:
-            # the engine failed it (a dead worker …)
+        elif (error := future.exception()) is not None:  # e.g. a dead worker
             ends = [Failed.from_exception(error)] * len(jobs)
         else:
             result = future.result()
             ends = result if len(jobs) > 1 else [result]
             if not isinstance(ends, list) or len(ends) != len(jobs):
-                # None: every worker's completion is on its way (anything else is not
-                # ours; then too, wait for them, then report them lost).
+                # None: the completions are on their way (else not ours: wait, then lost)
                 ends = [None] * len(jobs)
         for job, outcome in zip(jobs, ends, strict=True):
             if outcome is None:  # the worker sent its completion; it is still on its way
@@ -317,8 +311,6 @@ class RemoteWorkers:
             for execution_id in due:  # those that ended meanwhile are no longer known
                 msg = f"the engine finished {execution_id} but its outcome never reached the server"
                 self._end(execution_id, Failed("OutcomeLost", msg, ""))
-
-    # --- what workers send ----------------------------------------------------------------
 
     def _on_attach(self, request: Attach, peer: Peer) -> Message | None:
         execution_id = request.execution_id

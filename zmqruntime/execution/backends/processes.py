@@ -1,8 +1,7 @@
 """Worker processes a pool owns, as a :class:`~zmqruntime.protocols.WorkerBackend`.
 
-Each worker is a child process on a private ``multiprocessing`` pipe, one job at a time.
-Pipe traffic is pickled: both ends are processes this backend started, so nothing from the
-network is unpickled here (the server's serializer decoded the task payloads).
+Each worker is a child process on a private pipe, one job at a time. Pipe traffic is
+pickled: both ends are processes this backend started, never the network.
 
 Workers are not daemonic, so a task may start processes of its own. Cancelling a running
 job kills its worker and, on POSIX, its process group (each worker leads one; a process
@@ -10,11 +9,10 @@ that left it, with ``setsid`` say, is not reached); a fresh worker takes its pla
 does for a worker that died.
 
 Workers never outlive their pool: :meth:`ProcessWorkers.close` stops them (killing busy
-ones); an interpreter that exits without closing kills them (a ``multiprocessing``
-finalizer, run before it joins its children); and a worker whose pool's process is gone,
-even killed, kills its group and itself, watching a lifeline pipe whose write end only
-that process holds (under ``fork``, workers started later hold copies too, so a worker
-follows once they are gone).
+ones), so does an interpreter exiting without closing (a ``multiprocessing`` finalizer),
+and a worker whose pool's process is gone, even killed, kills its group and itself (the
+write end of its lifeline pipe closed; under ``fork``, once workers started later, which
+hold copies, are gone too).
 """
 
 from __future__ import annotations
@@ -240,8 +238,6 @@ class ProcessWorkers:
         self._finalizer()
         for end in self._wake:
             end.close()
-
-    # --- the reader thread -----------------------------------------------------------------
 
     def _read(self) -> None:
         wake = self._wake[0]

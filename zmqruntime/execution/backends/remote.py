@@ -12,6 +12,7 @@ return value is None, unless the outcome could not be sent: then it carries the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -34,6 +35,7 @@ from zmqruntime.core.messages import (
     Completion,
     ExecutionRecord,
     ExecutionStatus,
+    Message,
     ProgressEvent,
 )
 from zmqruntime.core.push import open_connected_socket
@@ -70,11 +72,8 @@ class _Link:
 
 def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> _Link:
     """This thread's connection to the inlet at ``url``, opened by its first task and kept
-    for the next ones, so a task costs no connection (nor a CURVE handshake) of its own.
-
-    A thread keeps at most a few (one per inlet it served; the oldest is closed first);
-    a link to an inlet that went away retries ever more rarely.
-    """
+    for the next ones: at most ``_MAX_LINKS`` (one per inlet served, the oldest closed
+    first); a link to an inlet that went away retries ever more rarely."""
     links: dict[tuple[int, str, bytes | None], _Link] = _LINKS.__dict__.setdefault("links", {})
     key = (os.getpid(), url, None if curve is None else curve.keypair.public_key)
     link = links.get(key)
@@ -92,9 +91,8 @@ def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> _Lin
 
 @functools.lru_cache(maxsize=1)
 def _process_context(_pid: int) -> zmq.Context[zmq.Socket[bytes]]:
-    """One zmq context per worker process, given ``os.getpid()`` (a fresh one after a fork).
-    It is never terminated: its sockets are the threads' links, which live as long as the
-    process."""
+    """One zmq context per worker process, given ``os.getpid()`` (a fresh one after a fork),
+    never terminated: its sockets, the threads' links, live as long as the process."""
     return zmq.Context()
 
 
@@ -117,10 +115,8 @@ def _worker_name(pid: int) -> str:
 class RemoteContext:
     """The :class:`~zmqruntime.TaskContext` a remote worker receives: picklable, it connects
     to the server's inlet when :meth:`open` is called in the worker (``run_remote`` does).
-
-    Use it from the executor's thread (its sockets belong to that thread); a lock keeps a
-    stray second thread from corrupting them.
-    """
+    Use it from the executor's thread (its socket belongs to that thread); a lock keeps a
+    stray second thread from corrupting it."""
 
     execution_id: str
     labels: Mapping[str, str]
@@ -136,8 +132,7 @@ class RemoteContext:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Only the address, keys and the settings a connection needs travel (a few hundred
-        # bytes fewer per task than the whole config); sockets are made where the task runs.
+        # Only what a connection needs travels, not the whole config; sockets are made there.
         settings = tuple(getattr(self.config, name) for name in _SHIPPED_SETTINGS)
         fields = (self.execution_id, dict(self.labels), self.control_url)
         return (_revive, (*fields, settings, self.curve, self.serializer))
@@ -157,9 +152,7 @@ class RemoteContext:
             attach = Attach(
                 request_id=0, execution_id=self.execution_id, worker=_worker_name(os.getpid())
             )
-            try:
-                send_frames(self._link.socket, codec.encode(attach), zmq.NOBLOCK)
-            except zmq.Again:  # the task runs anyway; its completion tells the server
+            if not self._send(attach):  # the task runs anyway; its completion tells the server
                 logger.warning("%s: the inlet is not taking messages", self.execution_id)
         return self
 
@@ -179,14 +172,10 @@ class RemoteContext:
             result=frames,
         )
         with self._lock:
-            if self._link is None:
-                return False
-            try:
-                send_frames(self._link.socket, codec.encode(message), zmq.NOBLOCK)
-            except zmq.Again:
-                logger.warning("%s: the inlet is not taking messages", self.execution_id)
-                return False
-        return True
+            sent = self._send(message)
+        if not sent:
+            logger.warning("%s: the inlet is not taking messages", self.execution_id)
+        return sent
 
     def close(self) -> None:
         """Let go of the link (it stays open for the thread's next task). Idempotent."""
@@ -232,12 +221,16 @@ class RemoteContext:
 
     def _send_progress(self, event: ProgressEvent) -> None:
         with self._lock:
-            if self._link is None:
-                return
-            try:
-                send_frames(self._link.socket, codec.encode(event), zmq.NOBLOCK)
-            except zmq.Again:
-                logger.debug("progress %d of %s dropped: queue full", event.sequence, event)
+            if not self._send(event):
+                logger.debug("progress %d of %s dropped", event.sequence, event)
+
+    def _send(self, message: Message) -> bool:
+        """Queue ``message`` for the inlet (lock held); False without a link or room in it."""
+        if self._link is not None:
+            with contextlib.suppress(zmq.Again):
+                send_frames(self._link.socket, codec.encode(message), zmq.NOBLOCK)
+                return True
+        return False
 
     def _take_notices(self, link: _Link) -> bool:
         """Read what the inlet sent (lock held); True once this execution is cancelled."""
@@ -318,11 +311,9 @@ def outcome_of(message: Completion, serializer: TaskSerializer) -> Outcome:
 
 
 def run_remote(executor: TaskExecutor, job: Job, context: RemoteContext) -> Outcome | None:
-    """What the engine runs in its worker: the executor, with the context connected.
-
-    A job cancelled before it starts does not run. Returns None once the outcome went to
-    the inlet, else the outcome itself.
-    """
+    """What the engine runs in its worker: the executor, with the context connected (a job
+    cancelled before it starts does not run). None once the outcome went to the inlet, else
+    the outcome itself."""
     context.open()
     try:
         started = time.time()
@@ -339,10 +330,7 @@ def run_remote_batch(
     executor: TaskExecutor, jobs: list[Job], contexts: list[RemoteContext]
 ) -> list[Outcome | None] | None:
     """Several small jobs as one engine task, one after another, each as :func:`run_remote`
-    runs it (its own attach, progress, cancellation and outcome).
-
-    None when every outcome went to the inlet, else each job's :func:`run_remote` result.
-    """
+    runs it. None when every outcome went to the inlet, else each job's result there."""
     outcomes = [
         run_remote(executor, job, context) for job, context in zip(jobs, contexts, strict=True)
     ]
