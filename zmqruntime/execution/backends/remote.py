@@ -101,12 +101,10 @@ def _worker_name(pid: int) -> str:
     """How this worker process, given ``os.getpid()``, is named in the server's status: the
     Dask worker's address when running under Dask, else ``host:pid``."""
     if "distributed" in sys.modules:
-        try:
+        with contextlib.suppress(ImportError, ValueError):
             from distributed import get_worker  # noqa: PLC0415 - only when Dask is in use
 
             return str(get_worker().address)
-        except (ImportError, ValueError):
-            pass
     return f"{socket.gethostname()}:{pid}"
 
 
@@ -270,27 +268,23 @@ def _revive(
 
 @functools.lru_cache(maxsize=8)
 def _shipped_config(settings: tuple[Any, ...]) -> ZMQConfig:
-    """The config a context's settings describe; made once per distinct settings (a
-    ZMQConfig is frozen, so tasks may share it)."""
+    """The config ``settings`` describe, made once per distinct settings (tasks share it)."""
     return ZMQConfig(**dict(zip(_SHIPPED_SETTINGS, settings, strict=True)))
 
 
 def _record(execution_id: str, outcome: Outcome, started: float | None) -> ExecutionRecord:
     """What a worker tells the inlet about how its task ended and how long it ran (the
     server keeps its own times in the record it publishes)."""
-    status, error = ExecutionStatus.COMPLETE, None
+    error = attrs.asdict(outcome) if isinstance(outcome, Failed) else {}
+    status = ExecutionStatus.FAILED if error else ExecutionStatus.COMPLETE
     if isinstance(outcome, Cancelled):
         status = ExecutionStatus.CANCELLED
-    elif isinstance(outcome, Failed):
-        status, error = ExecutionStatus.FAILED, outcome
     return ExecutionRecord(
         execution_id=execution_id,
         status=status,
         started_at=started,
         finished_at=time.time(),
-        error_type=error.error_type if error else None,
-        error_message=error.error_message if error else None,
-        traceback=error.traceback if error else None,
+        **error,
     )
 
 
