@@ -52,9 +52,8 @@ __all__ = ["RemoteWorkers"]
 logger = logging.getLogger(__name__)
 
 _BATCH_SECONDS: Final = 0.05
-"""Work per engine task worth batching up to. An engine's own cost per task (Dask: about a
-millisecond of scheduler work, more with our bookkeeping) stays a few percent of 50 ms;
-jobs of 25 ms or more go one by one, so the engine still balances them."""
+"""Work per engine task worth batching up to: an engine's own cost per task (Dask: about a
+millisecond) stays a few percent of it, and jobs of 25 ms or more go one by one."""
 _MAX_BATCH: Final = 32
 _RUN_WEIGHT: Final = 0.2
 """How much each finished job moves the running mean of run times."""
@@ -80,16 +79,13 @@ class _Handed:
 @final
 @attrs.define(eq=False)
 class RemoteWorkers:
-    """A remote engine as a :class:`~zmqruntime.protocols.WorkerBackend`.
-
-    Each hand-over becomes one engine task (``engine.submit``), at most ``capacity`` at
-    once. Once finished jobs show that jobs take under 25 ms, a hand-over carries a batch of
-    about 50 ms of them (up to 32), so the engine's own cost is shared; each job still
-    attaches, reports and ends on its own, and a job cancelled while it waits in a batch
-    does not run. Workers reach the inlet that :meth:`start` binds on ``host`` (default:
-    the server's interface) under the name ``advertise_host`` (default: the bound host, or
-    this machine's name for a wildcard). The engine is never shut down here.
-    """
+    """A remote engine as a :class:`~zmqruntime.protocols.WorkerBackend`: each hand-over is one
+    engine task (``engine.submit``), at most ``capacity`` at once. Once jobs are seen to take
+    under 25 ms, a hand-over carries about 50 ms of them (up to 32); each still attaches,
+    reports and ends on its own, and one cancelled while it waits in its batch does not run.
+    Workers reach the inlet :meth:`start` binds on ``host`` (default: the server's interface)
+    as ``advertise_host`` (default: the bound host, or this machine's name for a wildcard).
+    The engine is never shut down here."""
 
     engine: RemoteEngine
     capacity: int = attrs.field(default=1, validator=outcomes.check_workers)
@@ -313,28 +309,26 @@ class RemoteWorkers:
                 self._end(execution_id, Failed("OutcomeLost", msg, ""))
 
     def _on_attach(self, request: Attach, peer: Peer) -> Message | None:
-        execution_id = request.execution_id
+        refusal = Cancel(request_id=request.request_id, execution_id=request.execution_id)
         stop: list[str] = []
-        started = cancelled = False
         with self._lock:
-            entry = self._jobs.get(execution_id)
-            if entry is not None:
-                entry.attached = (peer, request.worker)
-                for later in entry.batch:
-                    if (mate := self._jobs.get(later)) is not None:
-                        mate.route = peer  # the rest of its batch runs there too
-                        if later != execution_id and mate.cancelled:
-                            stop.append(later)  # cancelled before the batch had a worker
-                started, cancelled = entry.started, entry.cancelled  # started: a retry
+            entry = self._jobs.get(request.execution_id)
+            if entry is None:
+                logger.debug("inlet: %s attached to an ended execution", request.worker)
+                return refusal
+            entry.attached = (peer, request.worker)
+            for mate in (self._jobs[later] for later in entry.batch if later in self._jobs):
+                mate.route = peer  # the rest of its batch runs there too
+                if mate is not entry and mate.cancelled:
+                    stop.append(mate.job.execution_id)  # cancelled before the batch had a worker
+            started, cancelled = entry.started, entry.cancelled  # started: a retry
         for later in stop:
             self._server.send(peer, Cancel(request_id=0, execution_id=later))
-        if entry is not None and not cancelled and (started or self._sink.started(entry.job)):
-            with self._lock:
-                entry.started = True
-            return None  # no answer needed: a Cancel follows if it comes to that
-        if entry is None:
-            logger.debug("inlet: %s attached to an ended execution", request.worker)
-        return Cancel(request_id=request.request_id, execution_id=execution_id)
+        if cancelled or not (started or self._sink.started(entry.job)):
+            return refusal
+        with self._lock:
+            entry.started = True
+        return None  # no answer needed: a Cancel follows if it comes to that
 
     def _on_progress(self, event: ProgressEvent, _peer: Peer) -> None:
         with self._lock:
