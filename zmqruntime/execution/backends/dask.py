@@ -52,11 +52,7 @@ class DaskEngine:
     @classmethod
     def start(cls, client: Any) -> DaskEngine:
         """An engine on ``client`` (a ``distributed.Client``), its collecting thread started."""
-        if not all(callable(getattr(client, name, None)) for name in ("submit", "gather")):
-            raise ConfigurationError(
-                f"DaskEngine needs a distributed.Client, got {type(client).__name__}; for a "
-                "scheduler address, pass distributed.Client(address)"
-            )
+        _check_client(client, "DaskEngine", "submit", "gather")
         engine = cls(client)
         engine._thread = threading.Thread(
             target=engine._collect, name="zmqruntime-dask-results", daemon=True
@@ -165,6 +161,14 @@ class _Cancel:
     task: Any
 
 
+def _check_client(client: Any, user: str, *methods: str) -> None:
+    if not all(callable(getattr(client, name, None)) for name in methods):
+        raise ConfigurationError(
+            f"{user} needs a distributed.Client, got {type(client).__name__}; for a "
+            "scheduler address, pass distributed.Client(address)"
+        )
+
+
 def _cancel_task(task: Any) -> None:
     try:
         task.cancel()
@@ -185,11 +189,7 @@ def dask_pool(
     of the cluster when the pool is made, at least 8), the rest wait in the server's queue.
     ``inlet_host`` / ``advertise_host``: see :meth:`WorkerPool.remote`.
     """
-    if not callable(getattr(client, "nthreads", None)):
-        raise ConfigurationError(
-            f"dask_pool needs a distributed.Client, got {type(client).__name__}; for a "
-            "scheduler address, pass distributed.Client(address)"
-        )
+    _check_client(client, "dask_pool", "nthreads")
     if max_workers is None:
         max_workers = max(8, 4 * sum(client.nthreads().values()))
     engine = DaskEngine.start(client)

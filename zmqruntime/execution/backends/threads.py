@@ -28,11 +28,9 @@ logger = logging.getLogger(__name__)
 @final
 @attrs.define(eq=False)
 class ThreadWorkers:
-    """Up to ``capacity`` jobs at once on threads of this process.
-
-    ``executor``: an injected executor to run on (it stays yours); None: a thread pool of
-    ``capacity`` threads, made by :meth:`start` and shut down by :meth:`close`.
-    """
+    """Up to ``capacity`` jobs at once on threads of this process: an injected ``executor``'s
+    (it stays yours), or with None a thread pool of ``capacity`` threads that :meth:`start`
+    makes and :meth:`close` shuts down."""
 
     capacity: int = attrs.field(default=1, validator=outcomes.check_workers)
     executor: concurrent.futures.Executor | None = None
