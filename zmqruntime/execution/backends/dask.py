@@ -1,10 +1,6 @@
-"""Dask distributed behind an :class:`~zmqruntime.execution.ExecutionServer`.
-
-``ExecutionServer(run, pool=dask_pool(client))`` keeps zmqruntime's protocol, progress,
-cancellation and records, and hands the work to a Dask cluster: the executor function and
-each task are shipped to Dask workers (so both must be picklable and importable there), and
-the workers report progress, hear cancellation and send outcomes through the pool's inlet.
-Needs the ``dask`` extra (``pip install 'zmqruntime[dask]'``).
+"""Dask distributed behind an :class:`~zmqruntime.execution.ExecutionServer`
+(``pool=dask_pool(client)``): the executor function and each task are shipped to Dask
+workers, so both must be picklable and importable there. Needs the ``dask`` extra.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ __all__ = ["DaskEngine", "dask_pool"]
 logger = logging.getLogger(__name__)
 
 _STOP: Final = object()
-_NONE_TYPE: Final = type(None)
 _ONE_RESULT_TIMEOUT: Final = 60.0
 """Seconds to fetch the outcome of one task that did not simply finish (an error, a loss)."""
 
@@ -39,10 +34,8 @@ class DaskEngine:
 
     ``submit`` is ``client.submit(fn, *args, pure=False)`` (two submissions of equal tasks
     are two executions, never one cached key) and returns a ``concurrent.futures.Future``.
-    A thread of the engine's own takes every task that finished since it last looked, skips
-    the results Dask reports to be None, and fetches the rest with one ``client.gather``:
-    Dask's own ``client.get_executor()`` fetches each result on its own, which costs the
-    cluster a round trip per task.
+    A thread of the engine's own takes every task that finished since it last looked and
+    fetches their results with one ``client.gather`` (none for a result Dask knows is None).
     Cancelling a returned future cancels the Dask task. Build one with :meth:`start`;
     :meth:`close` stops the thread (the client stays yours).
     """
@@ -59,11 +52,7 @@ class DaskEngine:
     @classmethod
     def start(cls, client: Any) -> DaskEngine:
         """An engine on ``client`` (a ``distributed.Client``), its collecting thread started."""
-        if not all(callable(getattr(client, name, None)) for name in ("submit", "gather")):
-            raise ConfigurationError(
-                f"DaskEngine needs a distributed.Client, got {type(client).__name__}; for a "
-                "scheduler address, pass distributed.Client(address)"
-            )
+        _check_client(client, "DaskEngine", "submit", "gather")
         engine = cls(client)
         engine._thread = threading.Thread(
             target=engine._collect, name="zmqruntime-dask-results", daemon=True
@@ -107,9 +96,8 @@ class DaskEngine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         with self._lock:
-            left = list(self._tasks.values())
-            self._tasks.clear()
-        for task, mirror in left:
+            left, self._tasks = self._tasks, {}
+        for task, mirror in left.values():
             if mirror.cancel():
                 _cancel_task(task)  # the collecting thread is gone
 
@@ -117,11 +105,8 @@ class DaskEngine:
         stop = False
         while not stop:
             batch = [self._done.get()]  # close() always puts _STOP
-            while True:
-                try:
-                    batch.append(self._done.get_nowait())
-                except queue.Empty:
-                    break
+            while not self._done.empty():  # this thread is the only reader
+                batch.append(self._done.get_nowait())
             stop = any(item is _STOP for item in batch)
             for item in batch:
                 if isinstance(item, _Cancel):
@@ -134,15 +119,10 @@ class DaskEngine:
 
     def _settle(self, tasks: list[Any]) -> None:
         """Resolve the futures of ``tasks`` (all done): the finished ones in one gather."""
-        values: dict[Any, Any] = {}
-        finished = []
-        for task in tasks:
-            if task.status != "finished":
-                continue
-            if task.type is _NONE_TYPE:  # Dask knows the result is None: nothing to fetch
-                values[task.key] = None
-            else:
-                finished.append(task)
+        done = [task for task in tasks if task.status == "finished"]
+        # Dask knows which results are None: nothing to fetch for them.
+        values: dict[Any, Any] = {task.key: None for task in done if task.type is type(None)}
+        finished = [task for task in done if task.key not in values]
         if finished:
             try:
                 values.update(
@@ -181,6 +161,14 @@ class _Cancel:
     task: Any
 
 
+def _check_client(client: Any, user: str, *methods: str) -> None:
+    if not all(callable(getattr(client, name, None)) for name in methods):
+        raise ConfigurationError(
+            f"{user} needs a distributed.Client, got {type(client).__name__}; for a "
+            "scheduler address, pass distributed.Client(address)"
+        )
+
+
 def _cancel_task(task: Any) -> None:
     try:
         task.cancel()
@@ -196,21 +184,12 @@ def dask_pool(
     advertise_host: str | None = None,
 ) -> WorkerPool:
     """A remote :class:`WorkerPool` on a ``distributed.Client``, through a
-    :class:`DaskEngine` the pool closes with itself.
-
-    At most ``max_workers`` Dask tasks are in Dask at once (default: four per thread of the
-    cluster when the pool is made, at least 8, so Dask always has the next tasks at hand);
-    short jobs share Dask tasks (see :meth:`WorkerPool.remote`), the rest wait in the
-    server's queue. A cancel drops a job from either queue.
-    ``inlet_host`` / ``advertise_host``: see :meth:`WorkerPool.remote` — on a real cluster,
-    bind an interface the workers can reach and advertise its name. The client stays yours:
-    close it after the server.
+    :class:`DaskEngine` the pool closes with itself; the client stays yours (close it after
+    the server). At most ``max_workers`` tasks are in Dask at once (default: four per thread
+    of the cluster when the pool is made, at least 8), the rest wait in the server's queue.
+    ``inlet_host`` / ``advertise_host``: see :meth:`WorkerPool.remote`.
     """
-    if not callable(getattr(client, "nthreads", None)):
-        raise ConfigurationError(
-            f"dask_pool needs a distributed.Client, got {type(client).__name__}; for a "
-            "scheduler address, pass distributed.Client(address)"
-        )
+    _check_client(client, "dask_pool", "nthreads")
     if max_workers is None:
         max_workers = max(8, 4 * sum(client.nthreads().values()))
     engine = DaskEngine.start(client)

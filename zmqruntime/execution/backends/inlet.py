@@ -2,11 +2,11 @@
 
 :class:`RemoteWorkers` hands each job to its engine with a
 :class:`~zmqruntime.execution.backends.remote.RemoteContext` that connects back to its inlet
-(a :class:`~zmqruntime.core.server.ZMQServer`): it hears the worker's ``Attach``, progress and
-``Completion``, and sends ``Cancel`` to the worker of a cancelled execution. A job ends
-exactly once: by its worker's completion (the usual way, the result already encoded), or by
-the engine's future when the engine cancelled or failed it, or carried the outcome itself.
-With CURVE, the inlet uses the server's key pair and admits one key pair made for the pool.
+(a :class:`~zmqruntime.core.server.ZMQServer`), which hears the worker's ``Attach``, progress
+and ``Completion`` and sends ``Cancel`` to the worker of a cancelled execution. A job ends
+exactly once: by its worker's completion (the usual way), or by the engine's future when
+the engine cancelled or failed it, or carried the outcome itself. With CURVE, the inlet uses
+the server's key pair and admits one key pair made for the pool.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Final, final
 
 import attrs
 
+from zmqruntime.config import TransportMode
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Attach,
@@ -39,18 +40,11 @@ from zmqruntime.core.messages import (
 )
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
 from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.core.transport import get_zmq_transport_url
 from zmqruntime.errors import ChannelClosed, ErrorCode
+from zmqruntime.execution import outcomes
 from zmqruntime.execution.backends import remote
-from zmqruntime.execution.outcomes import (
-    Cancelled,
-    Completed,
-    Failed,
-    Job,
-    JobSink,
-    Outcome,
-    WorkerStatistics,
-    check_workers,
-)
+from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome
 from zmqruntime.protocols import RemoteEngine, TaskExecutor
 
 __all__ = ["RemoteWorkers"]
@@ -58,9 +52,8 @@ __all__ = ["RemoteWorkers"]
 logger = logging.getLogger(__name__)
 
 _BATCH_SECONDS: Final = 0.05
-"""Work per engine task worth batching up to. An engine's own cost per task (Dask: about a
-millisecond of scheduler work, more with our bookkeeping) stays a few percent of 50 ms;
-jobs of 25 ms or more go one by one, so the engine still balances them."""
+"""Work per engine task worth batching up to: an engine's own cost per task (Dask: about a
+millisecond) stays a few percent of it, and jobs of 25 ms or more go one by one."""
 _MAX_BATCH: Final = 32
 _RUN_WEIGHT: Final = 0.2
 """How much each finished job moves the running mean of run times."""
@@ -86,24 +79,21 @@ class _Handed:
 @final
 @attrs.define(eq=False)
 class RemoteWorkers:
-    """A remote engine as a :class:`~zmqruntime.protocols.WorkerBackend`.
-
-    Each hand-over becomes one engine task (``engine.submit``), at most ``capacity`` at
-    once. Once finished jobs show that jobs take under 25 ms, a hand-over carries a batch of
-    about 50 ms of them (up to 32), so the engine's own cost is shared; each job still
-    attaches, reports and ends on its own, and a job cancelled while it waits in a batch
-    does not run. Workers reach the inlet that :meth:`start` binds on ``host`` (default:
-    the server's interface) under the name ``advertise_host`` (default: the bound host, or
-    this machine's name for a wildcard). The engine is never shut down here.
-    """
+    """A remote engine as a :class:`~zmqruntime.protocols.WorkerBackend`: each hand-over is one
+    engine task (``engine.submit``), at most ``capacity`` at once. Once jobs are seen to take
+    under 25 ms, a hand-over carries about 50 ms of them (up to 32); each still attaches,
+    reports and ends on its own, and one cancelled while it waits in its batch does not run.
+    Workers reach the inlet :meth:`start` binds on ``host`` (default: the server's interface)
+    as ``advertise_host`` (default: the bound host, or this machine's name for a wildcard).
+    The engine is never shut down here."""
 
     engine: RemoteEngine
-    capacity: int = attrs.field(default=1, validator=check_workers)
+    capacity: int = attrs.field(default=1, validator=outcomes.check_workers)
     host: str | None = None
     advertise_host: str | None = None
     # Set by start():
     _executor: TaskExecutor = attrs.field(init=False)
-    _sink: JobSink = attrs.field(init=False)
+    _sink: outcomes.JobSink = attrs.field(init=False)
     _server: ZMQServer = attrs.field(init=False)
     _client_curve: ClientCurve | None = attrs.field(init=False)
     _jobs: dict[str, _Handed] = attrs.field(factory=dict, init=False)
@@ -111,19 +101,14 @@ class RemoteWorkers:
     _done: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Jobs each worker finished."""
     _mean_run: float | None = attrs.field(default=None, init=False)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    _changed: threading.Condition = attrs.field(init=False)
+    _lock: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     """Notified when a job ends or a deadline is set."""
     _deadlines: list[tuple[float, str]] = attrs.field(factory=list, init=False)
     """A heap: when to give up on a completion the engine said was sent (see _watch)."""
     _watcher: threading.Thread = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
-    @_changed.default
-    def _make_changed(self) -> threading.Condition:
-        return threading.Condition(self._lock)
-
-    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
+    def start(self, executor: TaskExecutor, sink: outcomes.JobSink) -> None:
         """Bind the inlet (TCP, a free port pair on ``host``) and start serving it."""
         if hasattr(self, "_server"):
             raise RuntimeError("these RemoteWorkers are already started")
@@ -132,9 +117,8 @@ class RemoteWorkers:
         inlet_curve, self._client_curve = None, None
         if sink.curve is not None:
             keys = generate_curve_keypair()
-            server_keys = sink.curve.keypair
-            inlet_curve = ServerCurve(server_keys, allowed_client_keys={keys.public_key})
-            self._client_curve = ClientCurve(keys, server_keys.public_key)
+            inlet_curve = ServerCurve(sink.curve.keypair, allowed_client_keys={keys.public_key})
+            self._client_curve = ClientCurve(keys, sink.curve.keypair.public_key)
         if self.advertise_host is None:
             wildcard = bind_host in ("0.0.0.0", "*", "::")
             self.advertise_host = socket.gethostname() if wildcard else bind_host
@@ -162,10 +146,7 @@ class RemoteWorkers:
         if not hasattr(self, "_server"):
             return None
         port = self._sink.config.control_port(self._server.bound_port)
-        host = str(self.advertise_host)
-        if ":" in host and not host.startswith("["):  # an IPv6 literal
-            host = f"[{host}]"
-        return f"tcp://{host}:{port}"
+        return get_zmq_transport_url(port, str(self.advertise_host), TransportMode.TCP)
 
     def run(self, jobs: Sequence[Job]) -> None:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
@@ -206,9 +187,8 @@ class RemoteWorkers:
         if future is not None and whole:
             future.cancel()  # not started: the done callback reports it cancelled
         if route is not None:
-            # Also after a successful future.cancel(): some engines (Dask) "cancel" a task
-            # that already runs, and only its context can tell it to stop. A job further
-            # down a batch hears it before it starts, and does not run.
+            # Also after future.cancel(): Dask "cancels" a running task, which only its context
+            # stops (a job further down a batch hears it before it starts: it does not run).
             with contextlib.suppress(ChannelClosed):
                 self._server.send(route, Cancel(request_id=0, execution_id=execution_id))
 
@@ -221,16 +201,16 @@ class RemoteWorkers:
             return 1
         return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / max(mean, 1e-6))))
 
-    def statistics(self) -> tuple[WorkerStatistics, ...]:
+    def statistics(self) -> tuple[outcomes.WorkerStatistics, ...]:
         """Each worker that attached: what it runs now, how many it finished."""
         running: dict[str, list[str]] = {}
         with self._lock:
             for execution_id, entry in self._jobs.items():
                 if entry.attached is not None:
                     running.setdefault(entry.attached[1], []).append(execution_id)
-            done = dict(self._done)
+            done = self._done.copy()
         return tuple(
-            WorkerStatistics(name=n, running=tuple(running.get(n, ())), done=done.get(n, 0))
+            outcomes.WorkerStatistics(name=n, running=tuple(running.get(n, ())), done=done[n])
             for n in sorted(set(running) | set(done))
         )
 
@@ -250,14 +230,12 @@ class RemoteWorkers:
         for execution_id in open_jobs:
             self.cancel(execution_id)
         with self._lock:
-            if not self._changed.wait_for(lambda: not self._jobs, timeout):
+            if not self._lock.wait_for(lambda: not self._jobs, timeout):
                 logger.warning("%d remote jobs still run after close", len(self._jobs))
             self._closed = True
-            self._changed.notify_all()
+            self._lock.notify_all()
         self._watcher.join(timeout)
         self._server.close(timeout)
-
-    # --- how a job ends ---------------------------------------------------------------------
 
     def _end(self, execution_id: str, outcome: Outcome) -> None:
         """Report ``outcome`` for the job, unless it ended already."""
@@ -272,7 +250,7 @@ class RemoteWorkers:
             outcome = Cancelled()  # never seen running (its attach was lost): cancelled since
         self._sink.finished(job, outcome)
         with self._lock:  # after the report: close() waits for it
-            self._changed.notify_all()
+            self._lock.notify_all()
 
     def _engine_done(self, jobs: list[Job], future: concurrent.futures.Future[Any]) -> None:
         try:
@@ -286,18 +264,16 @@ class RemoteWorkers:
             if not any(job.execution_id in self._jobs for job in jobs):
                 return  # every worker's completion came first, as it usually does
         if future.cancelled():
-            outcomes: list[Any] = [Cancelled()] * len(jobs)
-        elif (error := future.exception()) is not None:
-            # the engine failed it (a dead worker …)
-            outcomes = [Failed.from_exception(error)] * len(jobs)
+            ends: list[Any] = [Cancelled()] * len(jobs)
+        elif (error := future.exception()) is not None:  # e.g. a dead worker
+            ends = [Failed.from_exception(error)] * len(jobs)
         else:
             result = future.result()
-            outcomes = result if len(jobs) > 1 else [result]
-            if not isinstance(outcomes, list) or len(outcomes) != len(jobs):
-                # None: every worker's completion is on its way (anything else is not
-                # ours; then too, wait for them, then report them lost).
-                outcomes = [None] * len(jobs)
-        for job, outcome in zip(jobs, outcomes, strict=True):
+            ends = result if len(jobs) > 1 else [result]
+            if not isinstance(ends, list) or len(ends) != len(jobs):
+                # None: the completions are on their way (else not ours: wait, then lost)
+                ends = [None] * len(jobs)
+        for job, outcome in zip(jobs, ends, strict=True):
             if outcome is None:  # the worker sent its completion; it is still on its way
                 self._expect_completion(job)
             elif isinstance(outcome, (Completed, Failed, Cancelled)):
@@ -313,7 +289,7 @@ class RemoteWorkers:
             if job.execution_id in self._jobs:
                 deadline = time.monotonic() + self._sink.config.request_timeout
                 heapq.heappush(self._deadlines, (deadline, job.execution_id))
-                self._changed.notify_all()
+                self._lock.notify_all()
 
     def _watch(self) -> None:
         """Fail each job whose completion never came: the engine says it ended, so its
@@ -326,39 +302,33 @@ class RemoteWorkers:
                 if not due:
                     if self._closed:
                         return
-                    self._changed.wait(self._deadlines[0][0] - now if self._deadlines else 3600.0)
+                    self._lock.wait(self._deadlines[0][0] - now if self._deadlines else 3600.0)
                     continue
             for execution_id in due:  # those that ended meanwhile are no longer known
-                text = (
-                    f"the engine finished {execution_id} but its outcome never reached the server"
-                )
-                self._end(execution_id, Failed("OutcomeLost", text, ""))
-
-    # --- what workers send ----------------------------------------------------------------
+                msg = f"the engine finished {execution_id} but its outcome never reached the server"
+                self._end(execution_id, Failed("OutcomeLost", msg, ""))
 
     def _on_attach(self, request: Attach, peer: Peer) -> Message | None:
-        execution_id = request.execution_id
+        refusal = Cancel(request_id=request.request_id, execution_id=request.execution_id)
         stop: list[str] = []
-        started = cancelled = False
         with self._lock:
-            entry = self._jobs.get(execution_id)
-            if entry is not None:
-                entry.attached = (peer, request.worker)
-                for later in entry.batch:
-                    if (mate := self._jobs.get(later)) is not None:
-                        mate.route = peer  # the rest of its batch runs there too
-                        if later != execution_id and mate.cancelled:
-                            stop.append(later)  # cancelled before the batch had a worker
-                started, cancelled = entry.started, entry.cancelled  # started: a retry
+            entry = self._jobs.get(request.execution_id)
+            if entry is None:
+                logger.debug("inlet: %s attached to an ended execution", request.worker)
+                return refusal
+            entry.attached = (peer, request.worker)
+            for mate in (self._jobs[later] for later in entry.batch if later in self._jobs):
+                mate.route = peer  # the rest of its batch runs there too
+                if mate is not entry and mate.cancelled:
+                    stop.append(mate.job.execution_id)  # cancelled before the batch had a worker
+            started, cancelled = entry.started, entry.cancelled  # started: a retry
         for later in stop:
             self._server.send(peer, Cancel(request_id=0, execution_id=later))
-        if entry is not None and not cancelled and (started or self._sink.started(entry.job)):
-            with self._lock:
-                entry.started = True
-            return None  # no answer needed: a Cancel follows if it comes to that
-        if entry is None:
-            logger.debug("inlet: %s attached to an ended execution", request.worker)
-        return Cancel(request_id=request.request_id, execution_id=execution_id)
+        if cancelled or not (started or self._sink.started(entry.job)):
+            return refusal
+        with self._lock:
+            entry.started = True
+        return None  # no answer needed: a Cancel follows if it comes to that
 
     def _on_progress(self, event: ProgressEvent, _peer: Peer) -> None:
         with self._lock:

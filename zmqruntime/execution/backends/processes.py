@@ -1,22 +1,18 @@
 """Worker processes a pool owns, as a :class:`~zmqruntime.protocols.WorkerBackend`.
 
-Each worker is a child process connected by a private ``multiprocessing`` pipe; it runs one
-job at a time and sends back progress events and the outcome. Pipe traffic is pickled: both
-ends are processes this backend started, so nothing from the network is ever unpickled here
-(task payloads were decoded by the server's serializer before they reach the pool).
+Each worker is a child process on a private pipe, one job at a time. Pipe traffic is
+pickled: both ends are processes this backend started, never the network.
 
 Workers are not daemonic, so a task may start processes of its own. Cancelling a running
-job kills its worker and, on POSIX, everything the worker started: each worker leads a
-process group of its own, and the whole group gets SIGKILL (a process that left the group,
-with ``setsid`` say, is not reached). Elsewhere only the worker is killed. Either way a
-fresh worker takes its place, as it does for a worker that died.
+job kills its worker and, on POSIX, its process group (each worker leads one; a process
+that left it, with ``setsid`` say, is not reached); a fresh worker takes its place, as it
+does for a worker that died.
 
 Workers never outlive their pool: :meth:`ProcessWorkers.close` stops them (killing busy
-ones); an interpreter that exits without closing kills them (a ``multiprocessing``
-finalizer, run before it joins its children); and a worker whose pool's process is gone,
-even killed, kills its group and itself: it watches a lifeline pipe whose write end only
-that process holds (under ``fork``, workers started later hold copies too, so a worker
-follows once they are gone).
+ones), so does an interpreter exiting without closing (a ``multiprocessing`` finalizer),
+and a worker whose pool's process is gone, even killed, kills its group and itself (the
+write end of its lifeline pipe closed; under ``fork``, once workers started later, which
+hold copies, are gone too).
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import multiprocessing.connection
 import multiprocessing.util
 import os
 import pickle
@@ -38,17 +33,8 @@ from typing import Any, final
 import attrs
 
 from zmqruntime.errors import ConfigurationError
+from zmqruntime.execution import outcomes
 from zmqruntime.execution.context import ExecutionContext
-from zmqruntime.execution.outcomes import (
-    Cancelled,
-    Failed,
-    Job,
-    JobSink,
-    Outcome,
-    WorkerStatistics,
-    check_workers,
-    run_job,
-)
 from zmqruntime.protocols import TaskExecutor
 
 __all__ = ["ProcessWorkers"]
@@ -81,11 +67,11 @@ def _worker_main(
             return
         job = message[1]
         context = ExecutionContext(job.execution_id, job.labels, report=report)
-        outcome = run_job(executor, job, context, lambda: False)
+        outcome = outcomes.run_job(executor, job, context, lambda: False)
         try:
             connection.send(("done", outcome))
         except Exception as exc:  # e.g. an unpicklable result
-            connection.send(("done", Failed.from_exception(exc)))
+            connection.send(("done", outcomes.Failed.from_exception(exc)))
 
 
 def _watch(lifeline: Connection) -> None:
@@ -108,7 +94,7 @@ class _Worker:
     connection: Connection
     lifeline: Connection
     """The lifeline's write end: the worker ends itself once it is closed."""
-    job: Job | None = None
+    job: outcomes.Job | None = None
     killed: bool = False
     done: int = 0
     replaced: int = 0
@@ -120,12 +106,12 @@ class ProcessWorkers:
     """``capacity`` worker processes (started with ``start_method``) and the thread that
     listens to them. A worker that does not stop within ``kill_timeout`` seconds is killed."""
 
-    capacity: int = attrs.field(default=1, validator=check_workers)
+    capacity: int = attrs.field(default=1, validator=outcomes.check_workers)
     start_method: str = attrs.field(default="spawn", kw_only=True)
     kill_timeout: float = attrs.field(default=5.0, kw_only=True)
     # Set by start():
     _executor: TaskExecutor = attrs.field(init=False)
-    _sink: JobSink = attrs.field(init=False)
+    _sink: outcomes.JobSink = attrs.field(init=False)
     _wake: tuple[Connection, Connection] = attrs.field(init=False)
     _thread: threading.Thread = attrs.field(init=False)
     _finalizer: Callable[[], object] = attrs.field(init=False)
@@ -136,7 +122,7 @@ class ProcessWorkers:
     _deaths_in_a_row: int = attrs.field(default=0, init=False)
     _broken: str | None = attrs.field(default=None, init=False)
 
-    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
+    def start(self, executor: TaskExecutor, sink: outcomes.JobSink) -> None:
         """Start the worker processes and the thread that listens to them."""
         if hasattr(self, "_thread"):
             raise RuntimeError("these ProcessWorkers are already started")
@@ -175,10 +161,9 @@ class ProcessWorkers:
         return _Worker(name, process, parent, keep)
 
     def batch_size(self) -> int:
-        """One job per hand-over."""
         return 1
 
-    def run(self, jobs: Sequence[Job]) -> None:
+    def run(self, jobs: Sequence[outcomes.Job]) -> None:
         """Send the job to an idle worker (there is one: a dead worker's slot is refilled
         before it is freed), unless the workers keep dying (then it fails at once)."""
         (job,) = jobs
@@ -189,18 +174,15 @@ class ProcessWorkers:
             if worker is not None:
                 worker.job = job
         if worker is None:  # the pool closes, or workers keep dying
-            self._report(
-                job, Cancelled() if closing else Failed("WorkerStartFailed", str(broken), "")
-            )
+            failed = outcomes.Failed("WorkerStartFailed", str(broken), "")
+            self._report(job, outcomes.Cancelled() if closing else failed)
         elif not self._sink.started(job):
-            if self._release(worker, job):
-                self._report(job, Cancelled())
+            self._release(worker, job, outcomes.Cancelled())
         else:
             try:
                 worker.connection.send(("run", job))
             except Exception as exc:  # the task cannot be pickled, or the worker just died
-                if self._release(worker, job):
-                    self._report(job, Failed.from_exception(exc))
+                self._release(worker, job, outcomes.Failed.from_exception(exc))
 
     def cancel(self, execution_id: str) -> None:
         """Kill the worker running ``execution_id`` with its group; the reader reports the
@@ -213,11 +195,11 @@ class ProcessWorkers:
             worker.killed = True
         _kill_tree(worker.process)
 
-    def statistics(self) -> tuple[WorkerStatistics, ...]:
+    def statistics(self) -> tuple[outcomes.WorkerStatistics, ...]:
         """Each worker slot: its process, its job, how many it ran, how often it was replaced."""
         with self._lock:
             return tuple(
-                WorkerStatistics(
+                outcomes.WorkerStatistics(
                     name=w.name,
                     pid=w.process.pid,
                     running=(w.job.execution_id,) if w.job else (),
@@ -257,8 +239,6 @@ class ProcessWorkers:
         for end in self._wake:
             end.close()
 
-    # --- the reader thread -----------------------------------------------------------------
-
     def _read(self) -> None:
         wake = self._wake[0]
         while True:
@@ -284,7 +264,7 @@ class ProcessWorkers:
             self._worker_gone(worker)
             return
         except Exception as exc:  # a result that cannot be unpickled here
-            message = ("done", Failed.from_exception(exc))
+            message = ("done", outcomes.Failed.from_exception(exc))
         if message[0] == "progress":
             try:
                 self._sink.progress(message[1])
@@ -293,27 +273,22 @@ class ProcessWorkers:
             return
         job = worker.job
         # A killed worker's job ends cancelled (see _worker_gone), even if it just finished.
-        if job is not None and not worker.killed and self._release(worker, job):
-            with self._lock:
-                worker.done += 1
-                self._deaths_in_a_row = 0
-            self._report(job, message[1])
+        if job is not None and not worker.killed:
+            self._release(worker, job, message[1], ran=True)
 
     def _worker_gone(self, worker: _Worker) -> None:
         """Report its job, and put a fresh worker in its place (unless closing, or workers
         keep dying) before its slot is freed."""
         _reap(worker, self.kill_timeout)
         pid, code = worker.process.pid, worker.process.exitcode
-        outcome: Outcome = Cancelled()
+        outcome: outcomes.Outcome = outcomes.Cancelled()
         with self._lock:
             self._workers.remove(worker)
             job, worker.job = worker.job, None
             if not worker.killed and not self._closing.is_set():
                 logger.error("worker process %s died (exit code %s)", pid, code)
-                message = (
-                    f"the worker process {pid} died (exit code {code}) while running this task"
-                )
-                outcome = Failed("WorkerDied", message, "")
+                text = f"the worker process {pid} died (exit code {code}) while running this task"
+                outcome = outcomes.Failed("WorkerDied", text, "")
                 self._deaths_in_a_row += 1
             if self._deaths_in_a_row >= _MAX_DEATHS_IN_A_ROW and self._broken is None:
                 self._broken = (
@@ -334,15 +309,21 @@ class ProcessWorkers:
         if job is not None:
             self._sink.freed()
 
-    def _release(self, worker: _Worker, job: Job) -> bool:
-        """Take ``job`` off ``worker``; True for the one caller that gets to report it."""
+    def _release(
+        self, worker: _Worker, job: outcomes.Job, outcome: outcomes.Outcome, *, ran: bool = False
+    ) -> None:
+        """Take ``job`` off ``worker`` and report ``outcome``, unless another caller did
+        (``ran``: the worker finished it)."""
         with self._lock:
             if worker.job is not job:
-                return False
+                return
             worker.job = None
-            return True
+            if ran:
+                worker.done += 1
+                self._deaths_in_a_row = 0
+        self._report(job, outcome)
 
-    def _report(self, job: Job, outcome: Outcome) -> None:
+    def _report(self, job: outcomes.Job, outcome: outcomes.Outcome) -> None:
         self._sink.finished(job, outcome)
         self._sink.freed()
 

@@ -1,21 +1,18 @@
 """Tasks on another engine's workers: the context they carry, and how they report.
 
-When a :class:`~zmqruntime.execution.WorkerPool` hands jobs to an engine whose workers are
-other processes or hosts (``ProcessPoolExecutor``, Dask, loky, ``mpi4py.futures``), the
-executor function, the task and a :class:`RemoteContext` travel to the worker by that
-engine's own means. The context opens a zmq connection of its own (DEALER) to the pool's
-:class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` and sends on it an
-:class:`~zmqruntime.core.messages.Attach`, the progress events, and at the end the task's
-:class:`~zmqruntime.core.messages.Completion`, its result already encoded with the server's
-serializer; the inlet answers with :class:`~zmqruntime.core.messages.Cancel` when the execution
-is cancelled. One connection keeps order, so every progress event reaches the server before
-the outcome. The engine's own return value is then None: only when the outcome cannot be
-sent does it travel back through the engine instead.
+The executor function, the task and a :class:`RemoteContext` travel to the engine's worker
+by the engine's own means. The context connects (DEALER) to the pool's
+:class:`~zmqruntime.execution.backends.inlet.RemoteWorkers` and sends an ``Attach``, the
+progress events, and last the ``Completion``, its result encoded with the server's
+serializer; the inlet answers ``Cancel`` when the execution is cancelled. One connection
+keeps order: every progress event reaches the server before the outcome. The engine's own
+return value is None, unless the outcome could not be sent: then it carries the outcome.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -38,6 +35,7 @@ from zmqruntime.core.messages import (
     Completion,
     ExecutionRecord,
     ExecutionStatus,
+    Message,
     ProgressEvent,
 )
 from zmqruntime.core.push import open_connected_socket
@@ -54,21 +52,6 @@ __all__ = ["RemoteContext", "outcome_of", "run_remote", "run_remote_batch"]
 logger = logging.getLogger(__name__)
 
 _CONTEXT_LOCK: Final = threading.Lock()
-_PROCESS_CONTEXT: dict[int, zmq.Context[zmq.Socket[bytes]]] = {}
-
-
-def _process_context() -> zmq.Context[zmq.Socket[bytes]]:
-    """One zmq context per worker process (a fresh one after a fork). It is never terminated:
-    its sockets are the threads' links below, which live as long as the process."""
-    with _CONTEXT_LOCK:
-        pid = os.getpid()
-        context = _PROCESS_CONTEXT.get(pid)
-        if context is None:
-            _PROCESS_CONTEXT.clear()
-            context = _PROCESS_CONTEXT[pid] = zmq.Context()
-        return context
-
-
 _LINKS: Final = threading.local()
 _MAX_LINKS: Final = 4
 _LINK_RECONNECT_MAX: Final = 5.0
@@ -89,49 +72,40 @@ class _Link:
 
 def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> _Link:
     """This thread's connection to the inlet at ``url``, opened by its first task and kept
-    for the next ones, so a task costs no connection (nor a CURVE handshake) of its own.
-
-    A thread keeps at most a few (one per inlet it served; the oldest is closed first);
-    a link to an inlet that went away retries ever more rarely.
-    """
-    links: dict[tuple[int, str, bytes | None], _Link] | None = getattr(_LINKS, "links", None)
-    if links is None:
-        links = _LINKS.links = {}
+    for the next ones: at most ``_MAX_LINKS`` (one per inlet served, the oldest closed
+    first); a link to an inlet that went away retries ever more rarely."""
+    links: dict[tuple[int, str, bytes | None], _Link] = _LINKS.__dict__.setdefault("links", {})
     key = (os.getpid(), url, None if curve is None else curve.keypair.public_key)
     link = links.get(key)
     if link is None:
-        context = _process_context()
-        link = _Link(
-            open_connected_socket(
-                context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
-            )
+        with _CONTEXT_LOCK:  # one context per process, also when two threads start at once
+            context = _process_context(os.getpid())
+        dealer = open_connected_socket(
+            context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
         )
-        links[key] = link
+        link = links[key] = _Link(dealer)
         while len(links) > _MAX_LINKS:
             links.pop(next(iter(links))).socket.close()
     return link
 
 
-_WORKER_NAMES: dict[int, str] = {}
+@functools.lru_cache(maxsize=1)
+def _process_context(_pid: int) -> zmq.Context[zmq.Socket[bytes]]:
+    """One zmq context per worker process, given ``os.getpid()`` (a fresh one after a fork),
+    never terminated: its sockets, the threads' links, live as long as the process."""
+    return zmq.Context()
 
 
-def worker_name() -> str:
-    """How this worker process is named in the server's status: the Dask worker's address
-    when running under Dask, else ``host:pid``. Looked up once per process."""
-    pid = os.getpid()
-    name = _WORKER_NAMES.get(pid)
-    if name is None:
-        name = f"{socket.gethostname()}:{pid}"
-        if "distributed" in sys.modules:
-            try:
-                from distributed import get_worker  # noqa: PLC0415 - only when Dask is in use
+@functools.lru_cache(maxsize=1)
+def _worker_name(pid: int) -> str:
+    """How this worker process, given ``os.getpid()``, is named in the server's status: the
+    Dask worker's address when running under Dask, else ``host:pid``."""
+    if "distributed" in sys.modules:
+        with contextlib.suppress(ImportError, ValueError):
+            from distributed import get_worker  # noqa: PLC0415 - only when Dask is in use
 
-                name = str(get_worker().address)
-            except (ImportError, ValueError):
-                pass
-        _WORKER_NAMES.clear()  # another process's (a forked parent's) name
-        _WORKER_NAMES[pid] = name
-    return name
+            return str(get_worker().address)
+    return f"{socket.gethostname()}:{pid}"
 
 
 @final
@@ -139,10 +113,8 @@ def worker_name() -> str:
 class RemoteContext:
     """The :class:`~zmqruntime.TaskContext` a remote worker receives: picklable, it connects
     to the server's inlet when :meth:`open` is called in the worker (``run_remote`` does).
-
-    Use it from the executor's thread (its sockets belong to that thread); a lock keeps a
-    stray second thread from corrupting them.
-    """
+    Use it from the executor's thread (its socket belongs to that thread); a lock keeps a
+    stray second thread from corrupting it."""
 
     execution_id: str
     labels: Mapping[str, str]
@@ -158,11 +130,10 @@ class RemoteContext:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Only the address, keys and the settings a connection needs travel (a few hundred
-        # bytes fewer per task than the whole config); sockets are made where the task runs.
+        # Only what a connection needs travels, not the whole config; sockets are made there.
         settings = tuple(getattr(self.config, name) for name in _SHIPPED_SETTINGS)
-        link = (self.control_url, settings, self.curve)
-        return (_revive, (self.execution_id, dict(self.labels), link, self.serializer))
+        fields = (self.execution_id, dict(self.labels), self.control_url)
+        return (_revive, (*fields, settings, self.curve, self.serializer))
 
     def open(self) -> RemoteContext:
         """Connect to the inlet (or reuse this thread's link) and say which execution this
@@ -176,20 +147,17 @@ class RemoteContext:
             self._local = ExecutionContext(
                 self.execution_id, self.labels, report=self._send_progress
             )
-            attach = Attach(request_id=0, execution_id=self.execution_id, worker=worker_name())
-            try:
-                send_frames(self._link.socket, codec.encode(attach), zmq.NOBLOCK)
-            except zmq.Again:  # the task still runs; it shows in no status, and its
-                # completion tells the server it ran
+            attach = Attach(
+                request_id=0, execution_id=self.execution_id, worker=_worker_name(os.getpid())
+            )
+            if not self._send(attach):  # the task runs anyway; its completion tells the server
                 logger.warning("%s: the inlet is not taking messages", self.execution_id)
         return self
 
     def deliver(self, outcome: Outcome, started: float | None = None) -> bool:
-        """Send the task's outcome to the server over the link, behind its progress events;
-        a result is encoded with the server's serializer first (if that fails, the task
-        failed). ``started``: when the task started (``time.time()``), so the server learns
-        how long tasks take. False if it could not be sent: the engine must carry it
-        instead."""
+        """Send the outcome to the server behind the progress events, a result encoded with
+        the server's serializer (if that fails, the task failed). ``started``: the task's
+        ``time.time()`` at start. False if it could not be sent: the engine must carry it."""
         frames: tuple[Buffer, ...] = ()
         if isinstance(outcome, Completed):
             try:
@@ -202,14 +170,10 @@ class RemoteContext:
             result=frames,
         )
         with self._lock:
-            if self._link is None:
-                return False
-            try:
-                send_frames(self._link.socket, codec.encode(message), zmq.NOBLOCK)
-            except zmq.Again:
-                logger.warning("%s: the inlet is not taking messages", self.execution_id)
-                return False
-        return True
+            sent = self._send(message)
+        if not sent:
+            logger.warning("%s: the inlet is not taking messages", self.execution_id)
+        return sent
 
     def close(self) -> None:
         """Let go of the link (it stays open for the thread's next task). Idempotent."""
@@ -255,12 +219,16 @@ class RemoteContext:
 
     def _send_progress(self, event: ProgressEvent) -> None:
         with self._lock:
-            if self._link is None:
-                return
-            try:
-                send_frames(self._link.socket, codec.encode(event), zmq.NOBLOCK)
-            except zmq.Again:
-                logger.debug("progress %d of %s dropped: queue full", event.sequence, event)
+            if not self._send(event):
+                logger.debug("progress %d of %s dropped", event.sequence, event)
+
+    def _send(self, message: Message) -> bool:
+        """Queue ``message`` for the inlet (lock held); False without a link or room in it."""
+        if self._link is not None:
+            with contextlib.suppress(zmq.Again):
+                send_frames(self._link.socket, codec.encode(message), zmq.NOBLOCK)
+                return True
+        return False
 
     def _take_notices(self, link: _Link) -> bool:
         """Read what the inlet sent (lock held); True once this execution is cancelled."""
@@ -272,10 +240,9 @@ class RemoteContext:
             except ProtocolError as exc:
                 logger.warning("dropped a malformed notice from the inlet: %s", exc)
                 continue
-            stop = isinstance(notice, Cancel) or (
+            if isinstance(notice, Cancel) or (
                 isinstance(notice, Accepted) and notice.status is ExecutionStatus.CANCELLED
-            )
-            if stop:
+            ):
                 link.cancelled.append(getattr(notice, "execution_id", ""))
         if self.execution_id in link.cancelled:
             self._cancelled = True
@@ -293,40 +260,31 @@ _SHIPPED_SETTINGS: Final = (
 
 
 def _revive(
-    execution_id: str,
-    labels: dict[str, str],
-    link: tuple[str, tuple[Any, ...], ClientCurve | None],
-    serializer: TaskSerializer,
+    execution_id: str, labels: dict[str, str], url: str, settings: tuple[Any, ...], *rest: Any
 ) -> RemoteContext:
-    control_url, settings, curve = link
-    return RemoteContext(
-        execution_id, labels, control_url, _shipped_config(settings), curve, serializer
-    )
+    """An unpickled :class:`RemoteContext`; ``rest``: its curve and serializer."""
+    return RemoteContext(execution_id, labels, url, _shipped_config(settings), *rest)
 
 
 @functools.lru_cache(maxsize=8)
 def _shipped_config(settings: tuple[Any, ...]) -> ZMQConfig:
-    """The config a context's settings describe; made once per distinct settings (a
-    ZMQConfig is frozen, so tasks may share it)."""
+    """The config ``settings`` describe, made once per distinct settings (tasks share it)."""
     return ZMQConfig(**dict(zip(_SHIPPED_SETTINGS, settings, strict=True)))
 
 
 def _record(execution_id: str, outcome: Outcome, started: float | None) -> ExecutionRecord:
     """What a worker tells the inlet about how its task ended and how long it ran (the
     server keeps its own times in the record it publishes)."""
-    status, error = ExecutionStatus.COMPLETE, None
+    error = attrs.asdict(outcome) if isinstance(outcome, Failed) else {}
+    status = ExecutionStatus.FAILED if error else ExecutionStatus.COMPLETE
     if isinstance(outcome, Cancelled):
         status = ExecutionStatus.CANCELLED
-    elif isinstance(outcome, Failed):
-        status, error = ExecutionStatus.FAILED, outcome
     return ExecutionRecord(
         execution_id=execution_id,
         status=status,
         started_at=started,
         finished_at=time.time(),
-        error_type=error.error_type if error else None,
-        error_message=error.error_message if error else None,
-        traceback=error.traceback if error else None,
+        **error,
     )
 
 
@@ -347,11 +305,9 @@ def outcome_of(message: Completion, serializer: TaskSerializer) -> Outcome:
 
 
 def run_remote(executor: TaskExecutor, job: Job, context: RemoteContext) -> Outcome | None:
-    """What the engine runs in its worker: the executor, with the context connected.
-
-    A job cancelled before it starts does not run. Returns None once the outcome went to
-    the inlet, else the outcome itself.
-    """
+    """What the engine runs in its worker: the executor, with the context connected (a job
+    cancelled before it starts does not run). None once the outcome went to the inlet, else
+    the outcome itself."""
     context.open()
     try:
         started = time.time()
@@ -368,10 +324,7 @@ def run_remote_batch(
     executor: TaskExecutor, jobs: list[Job], contexts: list[RemoteContext]
 ) -> list[Outcome | None] | None:
     """Several small jobs as one engine task, one after another, each as :func:`run_remote`
-    runs it (its own attach, progress, cancellation and outcome).
-
-    None when every outcome went to the inlet, else each job's :func:`run_remote` result.
-    """
+    runs it. None when every outcome went to the inlet, else each job's result there."""
     outcomes = [
         run_remote(executor, job, context) for job, context in zip(jobs, contexts, strict=True)
     ]

@@ -1,8 +1,6 @@
 """Threads of this process as a :class:`~zmqruntime.protocols.WorkerBackend`.
 
-Jobs run on a thread pool the backend owns, or on an injected
-``concurrent.futures.Executor`` running in this process (threads of your own, never shut
-down here). A running job cannot be killed: cancelling it sets its
+A running job cannot be killed: cancelling it sets its
 :class:`~zmqruntime.execution.ExecutionContext`'s ``cancelled``, and the executor should
 stop. A job cancelled before its thread picks it up never runs.
 """
@@ -18,16 +16,8 @@ from typing import final
 import attrs
 
 from zmqruntime.errors import ConfigurationError
+from zmqruntime.execution import outcomes
 from zmqruntime.execution.context import ExecutionContext
-from zmqruntime.execution.outcomes import (
-    Cancelled,
-    Job,
-    JobSink,
-    Outcome,
-    WorkerStatistics,
-    check_workers,
-    run_job,
-)
 from zmqruntime.protocols import TaskExecutor
 
 __all__ = ["ThreadWorkers"]
@@ -38,27 +28,21 @@ logger = logging.getLogger(__name__)
 @final
 @attrs.define(eq=False)
 class ThreadWorkers:
-    """Up to ``capacity`` jobs at once on threads of this process.
+    """Up to ``capacity`` jobs at once on threads of this process: an injected ``executor``'s
+    (it stays yours), or with None a thread pool of ``capacity`` threads that :meth:`start`
+    makes and :meth:`close` shuts down."""
 
-    ``executor``: an injected executor to run on (it stays yours); None: a thread pool of
-    ``capacity`` threads, made by :meth:`start` and shut down by :meth:`close`.
-    """
-
-    capacity: int = attrs.field(default=1, validator=check_workers)
+    capacity: int = attrs.field(default=1, validator=outcomes.check_workers)
     executor: concurrent.futures.Executor | None = None
     # Set by start():
     _threads: concurrent.futures.Executor = attrs.field(init=False)
     _task_executor: TaskExecutor = attrs.field(init=False)
-    _sink: JobSink = attrs.field(init=False)
+    _sink: outcomes.JobSink = attrs.field(init=False)
     _contexts: dict[str, ExecutionContext] = attrs.field(factory=dict, init=False)
     _workers: dict[str, tuple[str | None, int]] = attrs.field(factory=dict, init=False)
     """Each thread that ran a job: the execution it runs now, and how many it finished."""
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    _idle: threading.Condition = attrs.field(init=False)
-
-    @_idle.default
-    def _make_idle(self) -> threading.Condition:
-        return threading.Condition(self._lock)
+    _lock: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    """Notified when a job ends."""
 
     @classmethod
     def on(
@@ -74,7 +58,7 @@ class ThreadWorkers:
             max_workers = int(getattr(executor, "_max_workers", 1) or 1)
         return cls(max_workers, executor)
 
-    def start(self, executor: TaskExecutor, sink: JobSink) -> None:
+    def start(self, executor: TaskExecutor, sink: outcomes.JobSink) -> None:
         """Run jobs with ``executor``, report to ``sink``; makes the thread pool if owned."""
         if hasattr(self, "_threads"):
             raise RuntimeError("these ThreadWorkers are already started")
@@ -84,10 +68,9 @@ class ThreadWorkers:
         )
 
     def batch_size(self) -> int:
-        """One job per hand-over."""
         return 1
 
-    def run(self, jobs: Sequence[Job]) -> None:
+    def run(self, jobs: Sequence[outcomes.Job]) -> None:
         """Queue the job for a thread; it runs unless cancelled before it starts."""
         (job,) = jobs
         context = ExecutionContext(job.execution_id, job.labels, report=self._sink.progress)
@@ -107,12 +90,12 @@ class ThreadWorkers:
         if context is not None:
             context.cancel_event.set()
 
-    def statistics(self) -> tuple[WorkerStatistics, ...]:
+    def statistics(self) -> tuple[outcomes.WorkerStatistics, ...]:
         """Each thread that ran one of the jobs, what it runs now and how many it ran."""
         with self._lock:
             return tuple(
-                WorkerStatistics(name=name, running=(running,) if running else (), done=done)
-                for name, (running, done) in self._workers.items()
+                outcomes.WorkerStatistics(name=name, running=(job,) if job else (), done=done)
+                for name, (job, done) in self._workers.items()
             )
 
     def __enter__(self) -> ThreadWorkers:
@@ -127,26 +110,26 @@ class ThreadWorkers:
         with self._lock:
             for context in self._contexts.values():
                 context.cancel_event.set()
-            idle = self._idle.wait_for(lambda: not self._contexts, timeout)
+            idle = self._lock.wait_for(lambda: not self._contexts, timeout)
             if not idle:
                 logger.warning("%d thread jobs still run after close", len(self._contexts))
         if self.executor is None and hasattr(self, "_threads"):
             self._threads.shutdown(wait=idle, cancel_futures=True)
 
-    def _work(self, job: Job, context: ExecutionContext) -> None:
-        sink, executor = self._sink, self._task_executor
+    def _work(self, job: outcomes.Job, context: ExecutionContext) -> None:
         name = threading.current_thread().name
         with self._lock:
             done = self._workers.get(name, (None, 0))[1]
             self._workers[name] = (job.execution_id, done)
-        outcome: Outcome = Cancelled()
+        outcome: outcomes.Outcome = outcomes.Cancelled()
         try:
-            if not context.cancelled and sink.started(job):
-                outcome = run_job(executor, job, context, lambda: context.cancelled)
+            if not context.cancelled and self._sink.started(job):
+                cancelled = context.cancel_event.is_set
+                outcome = outcomes.run_job(self._task_executor, job, context, cancelled)
         finally:
-            sink.finished(job, outcome)
+            self._sink.finished(job, outcome)
             with self._lock:  # after the report: close() waits for it
                 del self._contexts[job.execution_id]
                 self._workers[name] = (None, done + 1)
-                self._idle.notify_all()
-            sink.freed()
+                self._lock.notify_all()
+            self._sink.freed()
