@@ -43,25 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         logging.getLogger(__name__).error("%s", exc)
         return 2
+    transport = None if args.transport is None else TransportMode(args.transport)
     config = ZMQConfig(ipc_root=args.ipc_root)
-    server = StreamingServer.bind(
-        Endpoint.of(
-            port=args.port,
-            host=args.host,
-            transport_mode=None if args.transport is None else TransportMode(args.transport),
-            config=config,
-        ),
-        sink,
-        mode=StreamMode(args.mode),
-    )
+    endpoint = Endpoint.of(args.port, host=args.host, transport_mode=transport, config=config)
+    server = StreamingServer.bind(endpoint, sink, mode=StreamMode(args.mode))
     if isinstance(sink, NapariSink):
-        return _serve_with_napari(server)
-    watch_lifeline(server.request_stop)
-    server.serve_forever()
+        _serve_with_napari(server)
+    else:
+        watch_lifeline(server.request_stop)
+        server.serve_forever()
     return 0
 
 
-def _serve_with_napari(server: StreamingServer) -> int:
+def _serve_with_napari(server: StreamingServer) -> None:
     """Qt owns the main thread: serve in the background, quit the window when serving ends."""
     import napari  # noqa: PLC0415 - optional extra
     from qtpy.QtCore import QTimer  # noqa: PLC0415
@@ -69,7 +63,6 @@ def _serve_with_napari(server: StreamingServer) -> int:
     server.start()
     watch_lifeline(server.request_stop)
     timer = QTimer()
-    timer.setInterval(_WINDOW_CHECK_MS)
 
     def close_when_stopped() -> None:
         if not server.server.is_running:
@@ -78,12 +71,11 @@ def _serve_with_napari(server: StreamingServer) -> int:
                 viewer.close()
 
     timer.timeout.connect(close_when_stopped)
-    timer.start()
+    timer.start(_WINDOW_CHECK_MS)
     try:
         napari.run()
     finally:
         server.close()
-    return 0
 
 
 if __name__ == "__main__":
