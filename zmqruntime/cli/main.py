@@ -85,8 +85,7 @@ def _where(args: argparse.Namespace) -> str:
 
 
 def _address(args: argparse.Namespace, *, client: bool = True) -> Endpoint:
-    """The endpoint the options name: a one-shot client's (on localhost by default), or else
-    where a server binds."""
+    """Where a one-shot client connects (localhost by default), or else where a server binds."""
     from zmqruntime.core.endpoint import Endpoint  # noqa: PLC0415 - lazy, see top
 
     config = ZMQConfig(ipc_root=args.ipc_root)
@@ -192,7 +191,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the server summary, or one execution's record."""
     with _client(args) as client:
         answer = client.status(args.execution_id, timeout=args.timeout)
     if args.json:
@@ -205,7 +203,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """Cancel one execution."""
     with _client(args) as client:
         cancelled = client.cancel(args.execution_id, timeout=args.timeout)
     state = "cancelled" if cancelled else "already finished; nothing to cancel"
@@ -215,7 +212,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    """Ask the server on a port who it is."""
     with _control_client(args) as client:
         pong = client.ping(timeout=args.timeout)
     human = (
@@ -228,7 +224,6 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
-    """Stop the server on a port (gracefully, or with --force)."""
     with _control_client(args) as client:
         client.request(Shutdown(request_id=0, force=args.force), timeout=args.timeout)
     _answer(args, {"shutdown": True}, f"shutdown requested on {_where(args)}")
@@ -236,7 +231,6 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    """Run the ready-made viewer process."""
     from zmqruntime.streaming.__main__ import main as viewer_main  # noqa: PLC0415 - lazy, see top
 
     kind, _, folder = args.sink.partition(":")
@@ -249,7 +243,6 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    """Write a CURVE key pair for the secure mode."""
     from zmqruntime.core.security import write_curve_keypair  # noqa: PLC0415 - lazy, see top
 
     try:
@@ -262,7 +255,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Everything at once: see ``zmqruntime demo --help``."""
     from zmqruntime.cli.demo import run_demo  # noqa: PLC0415 - lazy, see top
 
     return run_demo(tasks=args.tasks, out=Path(args.out), use_napari=args.napari)

@@ -21,8 +21,8 @@ from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
 _WINDOW_CHECK_MS = 200  # how often the Qt loop looks whether the viewer was told to stop
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The viewer's command-line options."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the viewer until it is told to stop; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m zmqruntime.streaming", description=__doc__)
     parser.add_argument("--port", type=int, default=None, help="data port (default 7777)")
     parser.add_argument("--host", default=None, help="interface a TCP viewer binds")
@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sink", default="npy:zmqruntime-images", help="npy:DIR or napari")
     parser.add_argument("--mode", choices=[m.value for m in StreamMode], default="all")
     parser.add_argument("--log-level", default="INFO")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the viewer until it is told to stop; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
     try:
         sink = sink_from_spec(args.sink)

@@ -45,10 +45,9 @@ class DirectorySink:
             self._next += 1
         stem = self.directory / f"{self.prefix}-{number:06d}"
         sidecar = {"dtype": image.dtype.str, "shape": list(image.shape), "metadata": dict(metadata)}
-        _write_atomically(stem.with_suffix(".npy"), lambda f: numpy.save(f, image))
-        _write_atomically(
-            stem.with_suffix(".json"), lambda f: f.write(json.dumps(sidecar, indent=1).encode())
-        )
+        text = json.dumps(sidecar, indent=1).encode()
+        _write_atomically(stem.with_suffix(".npy"), lambda handle: numpy.save(handle, image))
+        _write_atomically(stem.with_suffix(".json"), lambda handle: handle.write(text))
 
     def close(self) -> None:
         """Nothing to release; present so viewers can close every sink the same way."""
