@@ -1,12 +1,9 @@
 """``zmqruntime demo``: the whole library at work, on an embedded default.
 
-It launches an execution server and a viewer as real subprocesses (through
-:class:`~zmqruntime.streaming.VisualizerProcessManager` and :class:`LaunchSpec`\\ s) on private
-IPC sockets (TCP on Windows), submits a batch of tasks that synthesise microscopy-like images
-and stream them to the viewer from inside the executor, shows live progress from the progress
-stream, cancels one task on purpose, waits for every image's ack, stops both processes, and
-prints a summary. The images land in ``OUT/frames`` as ``.npy`` files and in
-``OUT/contact-sheet.png`` (Pillow, from the ``demo`` extra).
+An execution server and a viewer run as subprocesses on private IPC sockets (TCP on Windows);
+tasks synthesise microscopy-like images and stream them to the viewer from inside the
+executor, one is cancelled on purpose, and every image's ack is awaited. The images land in
+``OUT/frames`` (``.npy``) and ``OUT/contact-sheet.png`` (Pillow, the ``demo`` extra).
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy
 
@@ -45,7 +41,12 @@ def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
     if tasks < 1:
         raise CLIError("--tasks must be 1 or more")
     if not use_napari:
-        _require_pillow()
+        try:
+            import PIL  # noqa: F401, PLC0415 - optional extra
+        except ImportError:
+            raise CLIError(
+                "the demo writes a PNG contact sheet with Pillow: pip install 'zmqruntime[demo]'"
+            ) from None
     out.mkdir(parents=True, exist_ok=True)
     frames = out / "frames"
     for old in frames.glob("image-*"):
@@ -58,39 +59,40 @@ def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
         tracker = registry.get_or_create_tracker("demo")
         sink = "napari" if use_napari else f"npy:{frames}"
 
+        def at(port: int) -> Endpoint:
+            return Endpoint.of(port=port, transport_mode=mode, config=config)
+
         def launch(module: str, port: int, role: str, *args: str) -> VisualizerProcessManager:
             where = ("--port", str(port), "--transport", mode.value, "--ipc-root", private)
             spec = python_module_spec(module, *where, *args)
-            return VisualizerProcessManager(
-                spec, Endpoint.of(port=port, transport_mode=mode, config=config), role=role
-            )
+            return VisualizerProcessManager(spec, at(port), role)
 
-        with AckChannel.bind(
-            Endpoint.of(port=0, transport_mode=mode, config=config), registry=registry
-        ) as channel:
+        with AckChannel.bind(at(0), registry=registry) as channel:
             viewer_port, server_port = _two_ports(mode, config)  # after the channel's port
             viewer = launch("zmqruntime.streaming", viewer_port, "viewer", "--sink", sink)
             images = ("--viewer-port", str(viewer_port), "--ack-to", channel.address)
             worker = launch("zmqruntime.cli.demo_server", server_port, "execution", *images)
             with viewer.start(timeout=60), worker.start(timeout=60):
-                outcome = _run_tasks(tasks, server_port, mode, config)
+                outcome = _run_tasks(tasks, at(server_port))
                 acked = tracker.wait_all_acknowledged(timeout=30)
                 worker_code, viewer_code = worker.stop(), viewer.stop()
     elapsed = time.perf_counter() - started
     processed, sent = tracker.get_progress()
+    total = sum(outcome.values())
+    rows = [(f"tasks {name}", str(count)) for name, count in outcome.items()]
+    rows += [
+        ("images sent", str(sent)),
+        ("images acked", str(processed)),
+        ("wall time", f"{elapsed:.1f} s"),
+        ("tasks per second", f"{total / elapsed:.1f}"),
+        ("server, viewer exit codes", f"{worker_code}, {viewer_code}"),
+    ]
     sheet = None if use_napari else contact_sheet(sorted(frames.glob("image-*.npy")), out)
-    _summary(outcome, sent, processed, elapsed, sheet=sheet, codes=(worker_code, viewer_code))
-    everything_ended = sum(outcome.values()) == tasks
-    return 0 if everything_ended and acked and processed == sent else 1
-
-
-def _require_pillow() -> None:
-    try:
-        import PIL  # noqa: F401, PLC0415 - optional extra
-    except ImportError:
-        raise CLIError(
-            "the demo writes a PNG contact sheet with Pillow: pip install 'zmqruntime[demo]'"
-        ) from None
+    if sheet is not None:
+        rows.append(("contact sheet", str(sheet)))
+    show_table("zmqruntime demo", rows)
+    sys.stdout.flush()
+    return 0 if total == tasks and acked and processed == sent else 1
 
 
 def _two_ports(mode: TransportMode, config: ZMQConfig) -> tuple[int, int]:
@@ -104,16 +106,13 @@ def _two_ports(mode: TransportMode, config: ZMQConfig) -> tuple[int, int]:
     return first, second
 
 
-def _run_tasks(tasks: int, port: int, mode: TransportMode, config: ZMQConfig) -> dict[str, int]:
+def _run_tasks(tasks: int, endpoint: Endpoint) -> dict[str, int]:
     outcome = {"complete": 0, "failed": 0, "cancelled": 0}
     bars = Bars().start()
     bars.update("all tasks", 0.0, f"0/{tasks}")
     names: dict[str, str] = {}
-
     try:
-        with ExecutionClient.to(
-            Endpoint.of(port=port, transport_mode=mode, config=config)
-        ) as client:
+        with ExecutionClient.to(endpoint) as client:
             subscription = client.on_progress(lambda event: bars.show(event, names))
             client.ping(timeout=10)
             executions = []
@@ -155,9 +154,8 @@ def contact_sheet(paths: list[Path], out: Path) -> Path | None:
     rows = math.ceil(len(images) / columns)
     height, width = images[0].shape[:2]
     gap = 4
-    sheet = numpy.full(
-        (rows * (height + gap) + gap, columns * (width + gap) + gap), 24, numpy.uint8
-    )
+    shape = (rows * (height + gap) + gap, columns * (width + gap) + gap)
+    sheet = numpy.full(shape, 24, numpy.uint8)
     for number, image in enumerate(images):
         low, high = numpy.percentile(image, (1, 99.7))
         scaled = numpy.clip((image - low) / max(high - low, 1) * 255, 0, 255).astype(numpy.uint8)
@@ -167,29 +165,3 @@ def contact_sheet(paths: list[Path], out: Path) -> Path | None:
     target = out / "contact-sheet.png"
     Image.fromarray(sheet, mode="L").save(target)
     return target
-
-
-def _summary(
-    outcome: dict[str, int],
-    sent: int,
-    acked: int,
-    elapsed: float,
-    *,
-    sheet: Path | None,
-    codes: tuple[Any, Any],
-) -> None:
-    total = sum(outcome.values())
-    rows = [
-        ("tasks complete", str(outcome["complete"])),
-        ("tasks failed", str(outcome["failed"])),
-        ("tasks cancelled", str(outcome["cancelled"])),
-        ("images sent", str(sent)),
-        ("images acked", str(acked)),
-        ("wall time", f"{elapsed:.1f} s"),
-        ("tasks per second", f"{total / elapsed:.1f}"),
-        ("server, viewer exit codes", f"{codes[0]}, {codes[1]}"),
-    ]
-    if sheet is not None:
-        rows.append(("contact sheet", str(sheet)))
-    show_table("zmqruntime demo", rows)
-    sys.stdout.flush()

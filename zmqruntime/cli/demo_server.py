@@ -1,10 +1,6 @@
-"""The demo's moving parts: a microscopy-like image task and the worker process that runs it.
-
-``zmqruntime demo`` (see :mod:`zmqruntime.cli`) launches ``python -m zmqruntime.cli.demo_server``
-as an execution server subprocess. Each task synthesises a field of Gaussian blobs with
-numpy, reports progress while it "acquires", and streams the image to the demo's viewer from
-inside the executor, with the acks going to the launcher's :class:`~zmqruntime.AckChannel`.
-"""
+"""The demo's worker process (``python -m zmqruntime.cli.demo_server``, launched by
+``zmqruntime demo``): an execution server whose task synthesises a microscopy-like image and
+streams it to the demo's viewer, with the acks going to the launcher's AckChannel."""
 
 from __future__ import annotations
 
@@ -82,16 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     mode, config = TransportMode(args.transport), ZMQConfig(ipc_root=args.ipc_root)
-    with ImageSender.to(
-        Endpoint.of(port=args.viewer_port, transport_mode=mode, config=config),
-        ack_to=args.ack_to,
-        tracker_key="demo",
-    ) as images:
-        server = ExecutionServer.bind(
-            Endpoint.of(port=args.port, transport_mode=mode, config=config),
-            BlobTask(images),
-            pool=WorkerPool.threads(args.workers),
-        )
+    viewer = Endpoint.of(args.viewer_port, transport_mode=mode, config=config)
+    with ImageSender.to(viewer, ack_to=args.ack_to, tracker_key="demo") as images:
+        endpoint = Endpoint.of(args.port, transport_mode=mode, config=config)
+        pool = WorkerPool.threads(args.workers)
+        server = ExecutionServer.bind(endpoint, BlobTask(images), pool=pool)
         watch_lifeline(server.request_stop)
         server.serve_forever()
     return 0

@@ -1,8 +1,5 @@
-"""Terminal output for the command line: progress bars and tables with rich, or plain text.
-
-rich comes with the ``cli`` extra; without it every view falls back to plain lines, so the
-command line works with the core dependencies alone.
-"""
+"""Terminal output for the command line: progress bars and tables with rich (the ``cli``
+extra), or plain lines without it."""
 
 from __future__ import annotations
 
@@ -66,7 +63,6 @@ def show_summary(summary: ServerSummary) -> None:
         if status not in {"queued", "running"}  # shown above already
     ]
     rows += [("workers", str(summary.workers)), ("uptime", f"{summary.uptime:.1f}s")]
-    # each worker and what it runs
     rows += [(f"worker {name}", ", ".join(ids)) for name, ids in sorted(summary.engine.items())]
     show_table("execution server", rows)
 

@@ -33,17 +33,14 @@ from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
 from zmqruntime.core.transport import get_default_transport_mode
 
-# Each command imports the tiers it needs when it runs ("lazy" below): ``--help`` and a
-# usage mistake answer without loading them all, which takes about half a second. These
-# imports are for type annotations only and never run (no cycle: nothing imports the CLI).
+# Each command imports the tiers it needs when it runs ("lazy" below), so ``--help`` and a usage
+# mistake answer without loading them all (about half a second); these are for annotations only.
 if TYPE_CHECKING:
     from zmqruntime.core.client import ZMQClient
     from zmqruntime.core.endpoint import Endpoint
     from zmqruntime.execution import ExecutionClient
 
 __all__ = ["CLIError", "main"]
-
-logger = logging.getLogger(__name__)
 
 EXIT_TASK_FAILED = 1
 EXIT_UNREACHABLE = 3
@@ -79,9 +76,6 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, indent=2)
 
 
-# --- where the server is ------------------------------------------------------------------------
-
-
 def _mode(args: argparse.Namespace) -> TransportMode:
     return args.mode or get_default_transport_mode()
 
@@ -90,32 +84,28 @@ def _where(args: argparse.Namespace) -> str:
     return f"port {7777 if args.port is None else args.port} ({_mode(args).value})"
 
 
-def _address(
-    args: argparse.Namespace, *, one_shot: bool = True, host: str | None = None
-) -> Endpoint:
-    """The endpoint the options name (``host``: where a client connects by default)."""
+def _address(args: argparse.Namespace, *, client: bool = True) -> Endpoint:
+    """Where a one-shot client connects (localhost by default), or else where a server binds."""
     from zmqruntime.core.endpoint import Endpoint  # noqa: PLC0415 - lazy, see top
 
     config = ZMQConfig(ipc_root=args.ipc_root)
-    if one_shot:
+    if client:
         config = attrs.evolve(config, linger=_ONE_SHOT_LINGER)
-    return Endpoint.of(args.port, host=args.host or host, transport_mode=_mode(args), config=config)
+    host = args.host or ("localhost" if client else None)
+    return Endpoint.of(args.port, host=host, transport_mode=_mode(args), config=config)
 
 
 def _client(args: argparse.Namespace) -> ExecutionClient:
     from zmqruntime.execution import ExecutionClient  # noqa: PLC0415 - lazy, see top
 
-    return ExecutionClient.to(_address(args, host="localhost"))
+    return ExecutionClient.to(_address(args))
 
 
 def _control_client(args: argparse.Namespace) -> ZMQClient:
     """A client for ping and shutdown: any role of server, no data socket."""
     from zmqruntime.core.client import ZMQClient  # noqa: PLC0415 - lazy, see top
 
-    return ZMQClient(_address(args, host="localhost"), connect_data=False)
-
-
-# --- commands -------------------------------------------------------------------------------
+    return ZMQClient(_address(args), connect_data=False)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -130,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.processes is not None
         else WorkerPool.threads(1 if args.workers is None else args.workers)
     )
-    server = ExecutionServer.bind(_address(args, one_shot=False), executor, pool=pool)
+    server = ExecutionServer.bind(_address(args, client=False), executor, pool=pool)
     server.start()  # bound (or failed) before the line below claims it serves
     try:
         watch_lifeline(server.request_stop)
@@ -201,7 +191,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the server summary, or one execution's record."""
     with _client(args) as client:
         answer = client.status(args.execution_id, timeout=args.timeout)
     if args.json:
@@ -214,7 +203,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """Cancel one execution."""
     with _client(args) as client:
         cancelled = client.cancel(args.execution_id, timeout=args.timeout)
     state = "cancelled" if cancelled else "already finished; nothing to cancel"
@@ -224,7 +212,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    """Ask the server on a port who it is."""
     with _control_client(args) as client:
         pong = client.ping(timeout=args.timeout)
     human = (
@@ -237,7 +224,6 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
-    """Stop the server on a port (gracefully, or with --force)."""
     with _control_client(args) as client:
         client.request(Shutdown(request_id=0, force=args.force), timeout=args.timeout)
     _answer(args, {"shutdown": True}, f"shutdown requested on {_where(args)}")
@@ -245,7 +231,6 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    """Run the ready-made viewer process."""
     from zmqruntime.streaming.__main__ import main as viewer_main  # noqa: PLC0415 - lazy, see top
 
     kind, _, folder = args.sink.partition(":")
@@ -258,7 +243,6 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    """Write a CURVE key pair for the secure mode."""
     from zmqruntime.core.security import write_curve_keypair  # noqa: PLC0415 - lazy, see top
 
     try:
@@ -271,7 +255,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Everything at once: see ``zmqruntime demo --help``."""
     from zmqruntime.cli.demo import run_demo  # noqa: PLC0415 - lazy, see top
 
     return run_demo(tasks=args.tasks, out=Path(args.out), use_napari=args.napari)
@@ -356,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        code: int = args.handler(args)
-        return code
+        return int(args.handler(args))
     except CLIError as exc:
         return _fail(str(exc), exc.code)
     except errors.TaskFailed as exc:
@@ -368,10 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     except (errors.ZMQTimeoutError, errors.ServerLost) as exc:
         if "port" not in args:  # demo: the error names the process that did not answer
             return _fail(str(exc), EXIT_UNREACHABLE)
-        where = _where(args)
-        return _fail(
-            f"no zmqruntime server answered on {where}; is one running there?", EXIT_UNREACHABLE
-        )
+        message = f"no zmqruntime server answered on {_where(args)}; is one running there?"
+        return _fail(message, EXIT_UNREACHABLE)
     except errors.RemoteError as exc:
         return _fail(f"the server refused: {exc.detail}", EXIT_REFUSED)
     except (errors.ZMQRuntimeError, OSError) as exc:

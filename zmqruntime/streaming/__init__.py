@@ -1,9 +1,6 @@
-"""Tier 3: stream numpy images to a viewer process, with an acknowledgement per image.
-
-:class:`ImageSender` sends, :class:`StreamingServer` receives and calls an
-:class:`~zmqruntime.ImageSink`; :class:`VisualizerProcessManager` launches, health-checks and
-stops the viewer process described by a :class:`~zmqruntime.LaunchSpec`.
-"""
+"""Tier 3: stream numpy images to a viewer process (:class:`ImageSender` to
+:class:`StreamingServer`), with an acknowledgement per image; :class:`VisualizerProcessManager`
+launches, health-checks and stops that process."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
 _WINDOW_CHECK_MS = 200  # how often the Qt loop looks whether the viewer was told to stop
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The viewer's command-line options."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the viewer until it is told to stop; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m zmqruntime.streaming", description=__doc__)
     parser.add_argument("--port", type=int, default=None, help="data port (default 7777)")
     parser.add_argument("--host", default=None, help="interface a TCP viewer binds")
@@ -31,37 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sink", default="npy:zmqruntime-images", help="npy:DIR or napari")
     parser.add_argument("--mode", choices=[m.value for m in StreamMode], default="all")
     parser.add_argument("--log-level", default="INFO")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the viewer until it is told to stop; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
     try:
         sink = sink_from_spec(args.sink)
     except ValueError as exc:
         logging.getLogger(__name__).error("%s", exc)
         return 2
+    transport = None if args.transport is None else TransportMode(args.transport)
     config = ZMQConfig(ipc_root=args.ipc_root)
-    server = StreamingServer.bind(
-        Endpoint.of(
-            port=args.port,
-            host=args.host,
-            transport_mode=None if args.transport is None else TransportMode(args.transport),
-            config=config,
-        ),
-        sink,
-        mode=StreamMode(args.mode),
-    )
+    endpoint = Endpoint.of(args.port, host=args.host, transport_mode=transport, config=config)
+    server = StreamingServer.bind(endpoint, sink, mode=StreamMode(args.mode))
     if isinstance(sink, NapariSink):
-        return _serve_with_napari(server)
-    watch_lifeline(server.request_stop)
-    server.serve_forever()
+        _serve_with_napari(server)
+    else:
+        watch_lifeline(server.request_stop)
+        server.serve_forever()
     return 0
 
 
-def _serve_with_napari(server: StreamingServer) -> int:
+def _serve_with_napari(server: StreamingServer) -> None:
     """Qt owns the main thread: serve in the background, quit the window when serving ends."""
     import napari  # noqa: PLC0415 - optional extra
     from qtpy.QtCore import QTimer  # noqa: PLC0415
@@ -69,7 +58,6 @@ def _serve_with_napari(server: StreamingServer) -> int:
     server.start()
     watch_lifeline(server.request_stop)
     timer = QTimer()
-    timer.setInterval(_WINDOW_CHECK_MS)
 
     def close_when_stopped() -> None:
         if not server.server.is_running:
@@ -78,12 +66,11 @@ def _serve_with_napari(server: StreamingServer) -> int:
                 viewer.close()
 
     timer.timeout.connect(close_when_stopped)
-    timer.start()
+    timer.start(_WINDOW_CHECK_MS)
     try:
         napari.run()
     finally:
         server.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,4 @@
-"""Launch, health-check and stop a server process (a viewer, or any zmqruntime server).
-
-:class:`VisualizerProcessManager` starts the command of a :class:`~zmqruntime.LaunchSpec`,
-waits until the server on the given port answers ping with the expected role, and stops it
-in steps (shutdown request, SIGTERM, SIGKILL). It attaches to a healthy server already
-answering there instead of launching a second one, never kills a process it did not start,
-and gives each launched child a lifeline so the child exits when its launcher dies.
-"""
+"""Launch, health-check and stop a server process (a viewer, or any zmqruntime server)."""
 
 from __future__ import annotations
 
@@ -24,6 +17,7 @@ import attrs
 from zmqruntime import errors
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import start_on_enter
 from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
 from zmqruntime.core.messages import Pong, Shutdown
 from zmqruntime.core.transport import is_endpoint_in_use
@@ -39,7 +33,7 @@ _TAIL_BYTES: Final = 4000
 
 
 def _strings(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(str(value) for value in values)
+    return tuple(map(str, values))
 
 
 def _environment(values: Mapping[str, str]) -> dict[str, str]:
@@ -66,13 +60,14 @@ def python_module_spec(
 @final
 @attrs.define(eq=False)
 class VisualizerProcessManager:
-    """Owns one server process reachable at ``endpoint`` (``Endpoint.of()`` by default: the
-    configuration's default port on the platform's default transport; a CURVE-protected server
-    needs the endpoint to hold this side's ``ClientCurve`` keys).
+    """Owns one server process reachable at ``endpoint`` (``Endpoint.of()`` by default; a
+    CURVE-protected server needs the endpoint to hold this side's ``ClientCurve`` keys).
 
-    ``role`` is what the server must say it is in its pong ("viewer" for a
-    :class:`~zmqruntime.streaming.StreamingServer`, "execution" for an execution server).
-    The child's stdout and stderr go to :attr:`log_path`.
+    It starts the command of ``spec`` and waits until the server answers ping with ``role``
+    ("viewer" for a :class:`~zmqruntime.streaming.StreamingServer`, "execution" for an
+    execution server), or attaches to a healthy server already answering there instead of
+    launching a second one; it never kills a process it did not start. A launched child gets a
+    lifeline, so it exits when its launcher dies; its stdout and stderr go to :attr:`log_path`.
     """
 
     spec: LaunchSpec
@@ -85,8 +80,6 @@ class VisualizerProcessManager:
     _log: IO[bytes] | None = attrs.field(default=None, init=False)
     _lifeline: int | None = attrs.field(default=None, init=False)
 
-    # --- life cycle ------------------------------------------------------------------------
-
     def start(self, timeout: float | None = None) -> VisualizerProcessManager:
         """Launch the command (or attach) and return once the server answers ping.
 
@@ -97,7 +90,8 @@ class VisualizerProcessManager:
         """
         if self._process is not None or self._attached:
             return self
-        limit = self.endpoint.config.connect_timeout if timeout is None else timeout
+        endpoint = self.endpoint
+        limit = endpoint.config.connect_timeout if timeout is None else timeout
         pong = self._probe()
         if pong is not None:
             try:
@@ -106,28 +100,24 @@ class VisualizerProcessManager:
                 self._release()  # a refused start leaves no probe client behind
                 raise
             self._attached = True
-            logger.info("attached to the %s already serving port %s", self.role, self._port)
+            logger.info("attached to the %s already serving port %s", self.role, endpoint.port)
             return self
-        if is_endpoint_in_use(self._port, self.endpoint.transport, config=self.endpoint.config):
+        if is_endpoint_in_use(endpoint.port, endpoint.transport, config=endpoint.config):
             raise errors.AddressInUseError(
-                f"port {self._port} is held by something that does not answer as a zmqruntime "
-                "server; stop it or choose another port"
+                f"port {endpoint.port} is held by something that does not answer as a "
+                "zmqruntime server; stop it or choose another port"
             )
         try:
-            self._launch()
-            self._wait_ready(time.monotonic() + limit, limit)
+            self._wait_ready(self._launch(), limit)
         except BaseException:  # stopped again: no child, lifeline or log file is left behind
-            self.stop(timeout=self.endpoint.config.close_timeout)
+            self.stop(timeout=endpoint.config.close_timeout)
             raise
         return self
 
     def is_running(self) -> bool:
         """True while the server answers (launched: while the process lives, too)."""
-        if self._process is not None and self._process.poll() is not None:
-            return False
-        if self._process is None and not self._attached:
-            return False
-        return self._probe() is not None
+        alive = self._process.poll() is None if self._process is not None else self._attached
+        return alive and self._probe() is not None
 
     def ping(self, timeout: float | None = None) -> Pong:
         """The server's pong (raises like :meth:`ZMQClient.ping`)."""
@@ -143,16 +133,12 @@ class VisualizerProcessManager:
         process, self._process = self._process, None
         self._attached = False
         try:
-            if process is None:
-                return None
-            return self._end(process, limit)
+            return None if process is None else self._end(process, limit)
         finally:
             self._release()
 
     close = stop
-
-    def __enter__(self) -> VisualizerProcessManager:
-        return self.start()
+    __enter__ = start_on_enter
 
     def __exit__(self, *_exc_info: object) -> None:
         self.stop()
@@ -172,24 +158,12 @@ class VisualizerProcessManager:
         """The file holding the launched child's stdout and stderr."""
         return self._log.name if self._log is not None else None
 
-    # --- internals -------------------------------------------------------------------------
-
-    @property
-    def _port(self) -> int:
-        return self.endpoint.port
-
     def _connection(self) -> ZMQClient:
         if self._client is None:
-            self._client = ZMQClient(
-                attrs.evolve(
-                    self.endpoint,
-                    config=attrs.evolve(
-                        self.endpoint.config, linger=min(self.endpoint.config.linger, _PROBE_LINGER)
-                    ),
-                ),
-                connect_data=False,
-                name="process-manager",
-            ).connect()
+            config = self.endpoint.config
+            quick = attrs.evolve(config, linger=min(config.linger, _PROBE_LINGER))
+            endpoint = attrs.evolve(self.endpoint, config=quick)
+            self._client = ZMQClient(endpoint, connect_data=False, name="process-manager").connect()
         return self._client
 
     def _probe(self) -> Pong | None:
@@ -207,11 +181,11 @@ class VisualizerProcessManager:
     def _check_role(self, pong: Pong) -> None:
         if pong.role != self.role:
             raise errors.AddressInUseError(
-                f"port {self._port} is served by a {pong.role!r} server (pid {pong.pid}), not "
-                f"a {self.role!r}; choose another port"
+                f"port {self.endpoint.port} is served by a {pong.role!r} server (pid {pong.pid}), "
+                f"not a {self.role!r}; choose another port"
             )
 
-    def _launch(self) -> None:
+    def _launch(self) -> subprocess.Popen[bytes]:
         env: dict[str, str] = {**os.environ, **self.spec.env}
         lifeline = open_lifeline()
         if lifeline is not None:  # the child gets the read end; the write end lives in _release
@@ -236,10 +210,10 @@ class VisualizerProcessManager:
             if lifeline is not None:
                 os.close(lifeline[0])
         logger.info("launched %s (pid %s)", command, self._process.pid)
+        return self._process
 
-    def _wait_ready(self, deadline: float, limit: float) -> None:
-        process = self._process
-        assert process is not None
+    def _wait_ready(self, process: subprocess.Popen[bytes], limit: float) -> None:
+        deadline = time.monotonic() + limit
         while True:
             code = process.poll()
             if code is not None:
@@ -251,7 +225,7 @@ class VisualizerProcessManager:
             if time.monotonic() >= deadline:
                 raise errors.ZMQTimeoutError(
                     f"the {self.role} launched with {' '.join(self.spec.argv)} did not answer on "
-                    f"port {self._port} within {limit}s; its output:\n{self._tail()}"
+                    f"port {self.endpoint.port} within {limit}s; its output:\n{self._tail()}"
                 )
 
     def _end(self, process: subprocess.Popen[bytes], limit: float) -> int:

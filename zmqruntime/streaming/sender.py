@@ -1,23 +1,14 @@
 """ImageSender: streams numpy images to a viewer, with an acknowledgement for every image.
 
 Pixels travel as one raw frame (zero-copy for contiguous arrays) with dtype and shape in the
-JSON header; metadata must be JSON values. By default the sender runs its own
-:class:`~zmqruntime.AckChannel`, so the viewer's acks come back to it and update
-:attr:`ImageSender.tracker`; at most ``max_in_flight`` images are unacknowledged at once
-(``send`` waits, with a timeout, instead of letting queues grow). With ``ack_to=`` the acks go
-to another process's channel instead (the worker sends, the GUI tracks): the sender then
-tells that channel what it sent, so the tracker there stays exact.
-
-Fast path: each calling thread sends its images on a PUSH socket of its own (a socket is
-still owned by exactly one thread), so an image costs no hand-off to an I/O thread. Past
-:data:`MAX_THREAD_SOCKETS` calling threads, with ``ack_to`` (the sent notice must go first)
-and for IPv6 hosts, images go through the client's I/O thread instead.
+JSON header. Each calling thread sends on a PUSH socket of its own, so an image costs no
+hand-off to an I/O thread; past :data:`MAX_THREAD_SOCKETS` calling threads, with ``ack_to``
+(the sent notice must go first) and for IPv6 hosts, images go through the client's I/O thread.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +21,6 @@ import zmq
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
-from zmqruntime.core.codec import check_json_object, image_from_array
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
 from zmqruntime.core.messages import AckOutcome, ImageSent
@@ -41,8 +31,6 @@ from zmqruntime.core.sockets import Socket, send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, ZMQTimeoutError
 
 __all__ = ["ImageSender"]
-
-logger = logging.getLogger(__name__)
 
 MAX_THREAD_SOCKETS = 16
 """How many calling threads get a data socket of their own; more go through the I/O thread."""
@@ -74,11 +62,12 @@ class ImageSender:
     :meth:`to` builds one, and the ack channel, for an endpoint).
 
     Without ``ack_to`` the viewer's acks come back to ``channel``, this sender's own
-    :class:`~zmqruntime.AckChannel`, started and closed with it. ``tracker`` (created when not
-    given) follows what was sent and acknowledged; ``tracker_key`` names this stream in acks
-    (default: a fresh unique key). ``send_timeout`` bounds how long :meth:`send` waits for room
-    under ``max_in_flight`` (``config.request_timeout`` by default). Safe to call from several
-    threads.
+    :class:`~zmqruntime.AckChannel`, started and closed with it; with it they go to that other
+    process's channel, which the sender tells of each image it sends, so the tracker there stays
+    exact. ``tracker`` (created when not given) follows what was sent and acknowledged;
+    ``tracker_key`` names this stream in acks (default: a fresh unique key). ``send_timeout``
+    bounds how long :meth:`send` waits for room under ``max_in_flight``
+    (``config.request_timeout`` by default). Safe to call from several threads.
     """
 
     client: ZMQClient
@@ -135,8 +124,6 @@ class ImageSender:
         timeout = self.send_timeout
         self._limit = self.client.config.request_timeout if timeout is None else timeout
 
-    # --- life cycle ------------------------------------------------------------------------
-
     def connect(self) -> ImageSender:
         """Connect to the viewer and (without ``ack_to``) start the ack listener. Idempotent."""
         with self._lock:
@@ -167,9 +154,8 @@ class ImageSender:
             if self._closed:
                 return
             self._closed = True
-            thread_sockets = list(self._thread_sockets.values())
-            self._thread_sockets.clear()
-        for entry in thread_sockets:  # before the client ends the context they live in
+            thread_sockets, self._thread_sockets = self._thread_sockets, {}
+        for entry in thread_sockets.values():  # before the client ends the context they live in
             entry.close()
         self.client.close()
         if self.channel is not None:
@@ -195,8 +181,6 @@ class ImageSender:
         """The viewer's data address this sender sends to."""
         return self.client.endpoint.data_url
 
-    # --- sending ---------------------------------------------------------------------------
-
     def send(
         self,
         image: numpy.ndarray[Any, Any],
@@ -211,34 +195,33 @@ class ImageSender:
         are sent without a copy, so do not change the array until it is acknowledged — or
         pass ``copy=True``. ``metadata`` must hold JSON values (``TypeError`` otherwise).
         """
-        client = self.client
         if not self._connected or self._closed:
             self.connect()
         meta = dict(metadata) if metadata else {}
         if meta:
-            check_json_object(meta, "metadata")
+            codec.check_json_object(meta, "metadata")
         array = numpy.array(image, copy=True) if copy else image
         image_id = f"{self._id_prefix}-{next(self._numbers)}"
-        frame = image_from_array(
-            array,
-            image_id=image_id,
-            tracker_key=self._key,
-            metadata=meta,
-            ack_to=self.ack_address,
+        frame = codec.image_from_array(
+            array, image_id=image_id, tracker_key=self._key, metadata=meta, ack_to=self.ack_address
         )
         if self.ack_to is not None:
             notice = ImageSent(image_id=image_id, tracker_key=self._key)
-            client.push(self.ack_to, notice, curve=self.ack_to_curve)
-            client.send_data(frame)
+            self.client.push(self.ack_to, notice, curve=self.ack_to_curve)
+            self.client.send_data(frame)
             return image_id
         frames = codec.encode(frame)  # before registering: a bad image raises here
         tracker = self.tracker
         assert tracker is not None
         if not tracker.wait_and_register(image_id, self.max_in_flight, self._limit):
-            raise self._no_room(tracker)
-        entry = self._thread_socket(client)
+            raise ZMQTimeoutError(
+                f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
+                f"unacknowledged after {self._limit}s (max_in_flight={self.max_in_flight}); is "
+                f"the viewer running?{self._connection_hint()}"
+            )
+        entry = self._thread_socket()
         if entry.socket is None:
-            client.send_data(frame)
+            self.client.send_data(frame)
             return image_id
         with entry.lock:
             try:
@@ -254,7 +237,7 @@ class ImageSender:
                 raise
         return image_id
 
-    def _thread_socket(self, client: ZMQClient) -> _ThreadSocket:
+    def _thread_socket(self) -> _ThreadSocket:
         """The calling thread's entry, made on its first send."""
         thread = threading.current_thread()
         ident = threading.get_ident()
@@ -264,21 +247,20 @@ class ImageSender:
         with self._lock:
             if self._closed:
                 raise ChannelClosed("this ImageSender is closed")
-            # Ended threads' sockets go (an ended thread's ident may be this thread's now).
+            # Ended threads' sockets go, and one under this thread's ident (reused before its
+            # thread looked ended).
             stale = [
                 key
                 for key, other in self._thread_sockets.items()
-                if other.thread is not thread and not other.thread.is_alive()
+                if key == ident or not other.thread.is_alive()
             ]
             for key in stale:
                 self._thread_sockets.pop(key).close()
-            if ident in self._thread_sockets:  # an ident reused before its thread looked ended
-                self._thread_sockets.pop(ident).close()
             owned = sum(other.socket is not None for other in self._thread_sockets.values())
             socket = None
             # An IPv6 literal host needs socket options only the client's socket has.
             if owned < MAX_THREAD_SOCKETS and ":" not in self.client.endpoint.host:
-                pair = client.sockets
+                pair = self.client.sockets
                 socket = open_connected_socket(
                     pair.context, zmq.PUSH, pair.data_url, self.client.config, self.client.curve
                 )
@@ -292,12 +274,12 @@ class ImageSender:
     ) -> list[str]:
         """Send several images in order; returns their ids."""
         images = list(images)
-        if metadatas is not None and len(metadatas) != len(images):
-            raise ValueError(f"{len(images)} images but {len(metadatas)} metadata mappings")
-        return [
-            self.send(image, None if metadatas is None else metadatas[index])
-            for index, image in enumerate(images)
-        ]
+        metas: Sequence[Mapping[str, Any] | None] = (
+            [None] * len(images) if metadatas is None else metadatas
+        )
+        if len(metas) != len(images):
+            raise ValueError(f"{len(images)} images but {len(metas)} metadata mappings")
+        return [self.send(image, meta) for image, meta in zip(images, metas, strict=True)]
 
     def wait_all_acked(self, timeout: float | None = None) -> None:
         """Block until every image sent is acknowledged.
@@ -305,7 +287,12 @@ class ImageSender:
         Raises :class:`ZMQTimeoutError` naming how many are still missing after ``timeout``
         seconds (``config.request_timeout`` by default).
         """
-        tracker = self._local_tracker()
+        if self.ack_to is not None:
+            raise RuntimeError(
+                "acks for this sender go to another process's AckChannel; track them there"
+            )
+        tracker = self.connect().tracker
+        assert tracker is not None
         limit = self.client.config.request_timeout if timeout is None else timeout
         if not tracker.wait_all_acknowledged(limit):
             missing = tracker.get_pending_count()
@@ -313,13 +300,6 @@ class ImageSender:
                 f"{missing} image(s) sent to {self.viewer_address} were not acknowledged "
                 f"within {limit}s; is the viewer running?{self._connection_hint()}"
             )
-
-    def _no_room(self, tracker: QueueTracker) -> ZMQTimeoutError:
-        return ZMQTimeoutError(
-            f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
-            f"unacknowledged after {self._limit}s (max_in_flight={self.max_in_flight}); is the "
-            f"viewer running?{self._connection_hint()}"
-        )
 
     def _connection_hint(self) -> str:
         """Why images may not get through, when the connection to the viewer says so."""
@@ -332,12 +312,3 @@ class ImageSender:
                 "a word, so check that the key is allowed and the viewer's key is right."
             )
         return ""
-
-    def _local_tracker(self) -> QueueTracker:
-        if self.ack_to is not None:
-            raise RuntimeError(
-                "acks for this sender go to another process's AckChannel; track them there"
-            )
-        self.connect()
-        assert self.tracker is not None
-        return self.tracker

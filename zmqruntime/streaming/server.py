@@ -1,11 +1,7 @@
-"""StreamingServer: receives images on its data socket and hands them to an ImageSink.
-
-Composed from a :class:`~zmqruntime.ZMQServer` (role "viewer": ROUTER control answering ping
-and shutdown, PULL data socket for images) and one sink thread. The I/O thread only queues
-images; the sink thread calls the application's :class:`~zmqruntime.ImageSink` in arrival
-order and acknowledges each image to the :class:`~zmqruntime.AckChannel` its header names:
-processed, failed (with the error text) or, in latest-frame mode, skipped.
-"""
+"""StreamingServer: a :class:`~zmqruntime.ZMQServer` (role "viewer", PULL data socket) whose
+I/O thread only queues images, and a sink thread that calls the :class:`~zmqruntime.ImageSink`
+in arrival order and acknowledges each image to the :class:`~zmqruntime.AckChannel` its header
+names: processed, failed (with the error text) or, in latest-frame mode, skipped."""
 
 from __future__ import annotations
 
@@ -91,8 +87,6 @@ class StreamingServer:
         init=False,
     )
 
-    # --- life cycle ------------------------------------------------------------------------
-
     @classmethod
     def bind(
         cls,
@@ -175,16 +169,12 @@ class StreamingServer:
         waiting = max(0, counts["received"] - self._taken + len(self._queue))
         return StreamingStatistics(**counts, waiting=waiting)
 
-    # --- I/O thread ------------------------------------------------------------------------
-
     def _on_data(self, message: Message) -> None:
         if not isinstance(message, ImageFrame):
             logger.warning("viewer dropped a %s: only images belong here", message.TYPE.value)
             return
         self._counts["received"] += 1
         self._inbox.put(message)
-
-    # --- sink thread -----------------------------------------------------------------------
 
     def _run_sink(self) -> None:
         acks = AckSender(config=self.server.config, curve=self.ack_curve)
@@ -198,8 +188,7 @@ class StreamingServer:
                 show, skip = self._take()
                 for image in skip:
                     self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
-                if show is not None:
-                    self._show(acks, show)
+                self._show(acks, show)
         finally:
             self._drain_on_close(acks)
             acks.close()
@@ -224,19 +213,15 @@ class StreamingServer:
             pass
         return self._stopping
 
-    def _take(self) -> tuple[ImageFrame | None, list[ImageFrame]]:
+    def _take(self) -> tuple[ImageFrame, list[ImageFrame]]:
         """The next image to show and the images to skip (sink thread)."""
         first = self._queue.popleft()
         if self.mode is StreamMode.ALL:
             return first, []
-        newer = [image for image in self._queue if image.tracker_key == first.tracker_key]
-        if not newer:
-            return first, []
-        latest = newer[-1]
-        self._queue = collections.deque(
-            image for image in self._queue if image.tracker_key != first.tracker_key
-        )
-        return latest, [first, *newer[:-1]]
+        key = first.tracker_key
+        same = [first, *(image for image in self._queue if image.tracker_key == key)]
+        self._queue = collections.deque(image for image in self._queue if image.tracker_key != key)
+        return same[-1], same[:-1]
 
     def _show(self, acks: AckSender, image: ImageFrame) -> None:
         try:
@@ -255,8 +240,8 @@ class StreamingServer:
     def _drain_on_close(self, acks: AckSender) -> None:
         while self._receive(None) or self._inbox.qsize():
             pass
-        left, self._queue = list(self._queue), collections.deque()
-        for image in left:
+        while self._queue:
+            image = self._queue.popleft()
             self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
 
     def _close_sink(self) -> None:

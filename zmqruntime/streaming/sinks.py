@@ -1,14 +1,9 @@
-"""Ready-made :class:`~zmqruntime.ImageSink`\\ s: a folder of ``.npy`` files, and napari.
-
-Any callable ``sink(image, metadata)`` is a sink; these are the ones the library ships. The
-napari sink needs the optional extra (``pip install zmqruntime[napari]``) and is imported only
-when used.
-"""
+"""Ready-made :class:`~zmqruntime.ImageSink`\\ s: a folder of ``.npy`` files, and napari (the
+optional extra ``zmqruntime[napari]``, imported only when used)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -19,8 +14,6 @@ import attrs
 import numpy
 
 __all__ = ["DirectorySink", "NapariSink", "sink_from_spec"]
-
-logger = logging.getLogger(__name__)
 
 
 @final
@@ -40,26 +33,21 @@ class DirectorySink:
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
         """Write one image and its metadata sidecar."""
         with self._lock:
-            number = self._number()
+            if self._next is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                taken = [
+                    int(path.stem.rsplit("-", 1)[1])
+                    for path in self.directory.glob(f"{self.prefix}-*.npy")
+                    if path.stem.rsplit("-", 1)[1].isdigit()
+                ]
+                self._next = max(taken, default=-1) + 1
+            number = self._next
+            self._next += 1
         stem = self.directory / f"{self.prefix}-{number:06d}"
         sidecar = {"dtype": image.dtype.str, "shape": list(image.shape), "metadata": dict(metadata)}
-        _write_atomically(stem.with_suffix(".npy"), lambda f: numpy.save(f, image))
-        _write_atomically(
-            stem.with_suffix(".json"), lambda f: f.write(json.dumps(sidecar, indent=1).encode())
-        )
-
-    def _number(self) -> int:
-        if self._next is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            taken = [
-                int(path.stem.rsplit("-", 1)[1])
-                for path in self.directory.glob(f"{self.prefix}-*.npy")
-                if path.stem.rsplit("-", 1)[1].isdigit()
-            ]
-            self._next = max(taken, default=-1) + 1
-        number = self._next
-        self._next += 1
-        return number
+        text = json.dumps(sidecar, indent=1).encode()
+        _write_atomically(stem.with_suffix(".npy"), lambda handle: numpy.save(handle, image))
+        _write_atomically(stem.with_suffix(".json"), lambda handle: handle.write(text))
 
     def close(self) -> None:
         """Nothing to release; present so viewers can close every sink the same way."""
@@ -95,27 +83,23 @@ class NapariSink:
         data = numpy.asarray(image)
 
         def update() -> None:
-            layers = self.viewer.layers
-            if name in layers:
-                layers[name].data = data
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = data
             else:
                 self.viewer.add_image(data, name=name)
 
-        self._runner()(update)
-
-    def _runner(self) -> Callable[[Callable[[], None]], None]:
         if self._invoke is None:
-            self._invoke = _qt_invoker(self.viewer, self.timeout)
-        return self._invoke
+            self._invoke = _invoker(self.viewer, self.timeout)
+        self._invoke(update)
 
     def close(self) -> None:
         """Leave the viewer open: it belongs to the application."""
 
 
-def _qt_invoker(viewer: Any, timeout: float) -> Callable[[Callable[[], None]], None]:
+def _invoker(viewer: Any, timeout: float) -> Callable[[Callable[[], None]], None]:
     """Run a callable on the Qt main thread and wait for it, or directly without a window."""
     if getattr(viewer, "window", None) is None:
-        return lambda call: call()
+        return _call
     from superqt.utils import ensure_main_thread  # noqa: PLC0415 - optional extra
 
     runner = ensure_main_thread(_call, await_return=True, timeout=int(timeout * 1000))
@@ -127,10 +111,8 @@ def _call(call: Callable[[], None]) -> None:
 
 
 def sink_from_spec(spec: str) -> Callable[..., None]:
-    """A sink from a command-line spec: ``npy:DIR`` or ``napari``.
-
-    ``napari`` opens a napari window (needs the ``napari`` extra and a display).
-    """
+    """A sink from a command-line spec: ``npy:DIR``, or ``napari`` (opens a window: needs the
+    ``napari`` extra and a display); ``ValueError`` for anything else."""
     kind, _, argument = spec.partition(":")
     if kind == "npy" and argument:
         return DirectorySink(Path(argument))
