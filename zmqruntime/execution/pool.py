@@ -21,7 +21,7 @@ from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ChannelClosed
 from zmqruntime.execution.backends.inlet import RemoteWorkers
 from zmqruntime.execution.backends.processes import ProcessWorkers
-from zmqruntime.execution.backends.threads import ThreadWorkers
+from zmqruntime.execution.backends.threads import ThreadWorkers, worker_count
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Failed,
@@ -119,9 +119,8 @@ class WorkerPool:
         once; the rest wait here. ``inlet_host`` and ``advertise_host``: see
         :class:`~zmqruntime.execution.backends.inlet.RemoteWorkers`. The pool never shuts the
         executor down."""
-        if max_workers is None:
-            max_workers = int(getattr(executor, "_max_workers", 1) or 1)
-        return cls(RemoteWorkers(executor, max_workers, inlet_host, advertise_host), on_close)
+        capacity = worker_count(executor, max_workers)
+        return cls(RemoteWorkers(executor, capacity, inlet_host, advertise_host), on_close)
 
     def start(
         self,

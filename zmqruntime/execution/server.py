@@ -37,8 +37,8 @@ from zmqruntime.core.messages import (
     StatusRequest,
     SummaryReply,
 )
-from zmqruntime.core.requests import RequestTable
-from zmqruntime.core.serializers import SafeSerializer, serializer_name
+from zmqruntime.core.requests import RequestTable, serializer_refusal
+from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, PoolListener
@@ -237,14 +237,9 @@ class ExecutionServer:
         rid = request.request_id
         if self._draining:
             return _error(rid, ErrorCode.REFUSED, "the server is shutting down")
-        ours = serializer_name(self.serializer)
-        if request.serializer != ours:
-            return _error(
-                rid,
-                ErrorCode.REFUSED,
-                f"the task was serialized with {request.serializer!r} but this server uses "
-                f"{ours!r}; give client and server the same serializer",
-            )
+        refusal = serializer_refusal(rid, request.serializer, self.serializer, "the task")
+        if refusal is not None:
+            return refusal
         execution_id = request.execution_id or uuid.uuid4().hex
         if not 0 < len(execution_id) <= MAX_EXECUTION_ID_LENGTH:
             return _error(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")

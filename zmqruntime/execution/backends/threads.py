@@ -20,9 +20,19 @@ from zmqruntime.execution import outcomes
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.protocols import TaskExecutor
 
-__all__ = ["ThreadWorkers"]
+__all__ = ["ThreadWorkers", "worker_count"]
 
 logger = logging.getLogger(__name__)
+
+
+def worker_count(executor: object, max_workers: int | None) -> int:
+    """``max_workers``, else the executor's own worker count, else 1.
+
+    The standard library's executors keep their count only in ``_max_workers``.
+    """
+    if max_workers is not None:
+        return max_workers
+    return int(getattr(executor, "_max_workers", 1) or 1)
 
 
 @final
@@ -54,9 +64,7 @@ class ThreadWorkers:
             raise ConfigurationError(
                 "a ProcessPoolExecutor runs tasks in other processes; use WorkerPool.remote()"
             )
-        if max_workers is None:
-            max_workers = int(getattr(executor, "_max_workers", 1) or 1)
-        return cls(max_workers, executor)
+        return cls(worker_count(executor, max_workers), executor)
 
     def start(self, executor: TaskExecutor, sink: outcomes.JobSink) -> None:
         """Run jobs with ``executor``, report to ``sink``; makes the thread pool if owned."""
