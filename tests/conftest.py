@@ -19,6 +19,7 @@ import zmq.utils.garbage
 
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.credentials import client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.server import ControlHandler, ZMQServer
 
@@ -26,6 +27,16 @@ THREAD_PREFIX = "zmqruntime-"
 """Every thread zmqruntime starts is named with this prefix."""
 
 _IPC_SUPPORTED = os.name != "nt"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_home_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point ``HOME`` (and so every default ``ZMQConfig``'s IPC and runtime folders) at a
+    temporary folder for the whole run, child processes included: tests never touch the home
+    folder of whoever runs them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        yield
 
 
 @pytest.fixture
@@ -81,6 +92,15 @@ def no_thread_leak() -> Iterator[None]:
     assert_no_new_threads(before)
 
 
+def authenticate(socket: zmq.Socket[bytes], url: str, config: ZMQConfig) -> None:
+    """Make a hand-made socket present this user's credentials to the server at a TCP ``url``
+    bound with ``config``, as a hostile peer of the same user (who can read them) would."""
+    if url.startswith("tcp://"):
+        credentials = client_credentials(Endpoint.parse(url, config=config))
+        assert credentials is not None
+        credentials.apply(socket)
+
+
 ServerFactory = Callable[..., ZMQServer]
 ClientFactory = Callable[..., ZMQClient]
 
@@ -89,7 +109,8 @@ def split_endpoint(
     fields: dict[str, Any], port: int, mode: TransportMode | None
 ) -> tuple[Endpoint, dict[str, Any]]:
     """The endpoint named by the address keywords among ``fields``, and the other fields."""
-    address = {key: fields.pop(key) for key in ("host", "config", "curve") if key in fields}
+    names = ("host", "config", "curve", "insecure")
+    address = {key: fields.pop(key) for key in names if key in fields}
     return Endpoint.of(fields.pop("port", port), transport_mode=mode, **address), fields
 
 

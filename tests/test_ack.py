@@ -10,6 +10,7 @@ import time
 import pytest
 import zmq
 
+from tests.conftest import authenticate
 from zmqruntime import AckChannel, GlobalQueueTrackerRegistry, TransportMode, ZMQClient, ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckSender
@@ -93,6 +94,7 @@ def test_malformed_input_is_dropped_and_the_channel_goes_on(tmp_path) -> None:
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 1000)
+        authenticate(push, channel.address, config)
         push.connect(channel.address)
         try:
             push.send_multipart([b"garbage"])

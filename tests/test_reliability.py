@@ -55,6 +55,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import parse_monitor_message
 
+from tests.conftest import authenticate
 from tests.executors import answer, dispatch, echo
 from tests.strategies import garbage_frames, hostile_frames, to_wire
 from zmqruntime import (
@@ -273,10 +274,12 @@ def assert_bounded(
     assert after.rss_kib - before.rss_kib < 64 * 1024, (before, after)
 
 
-def raw_socket(context: RawContext, kind: int, url: str) -> RawSocket:
+def raw_socket(context: RawContext, kind: int, url: str, config: ZMQConfig) -> RawSocket:
+    """A hand-made socket presenting this user's credentials (see ``authenticate``)."""
     sock = context.socket(kind)
     sock.linger = 0
     sock.sndhwm = sock.rcvhwm = 100_000
+    authenticate(sock, url, config)
     sock.connect(url)
     return sock
 
@@ -658,7 +661,9 @@ def _batches(items: Sequence[list[bytes]], size: int = 100) -> Iterator[Sequence
         yield items[start : start + size]
 
 
-def fuzz_control(url: str, messages: Sequence[list[bytes]]) -> collections.Counter[str]:
+def fuzz_control(
+    url: str, messages: Sequence[list[bytes]], config: ZMQConfig
+) -> collections.Counter[str]:
     """Send every message to a ROUTER from one DEALER; each gets exactly one reply.
 
     Valid shutdown requests are left out (they would stop the server). An execute that
@@ -667,7 +672,7 @@ def fuzz_control(url: str, messages: Sequence[list[bytes]]) -> collections.Count
     """
     counts: collections.Counter[str] = collections.Counter()
     with raw_context() as context:
-        dealer = raw_socket(context, zmq.DEALER, url)
+        dealer = raw_socket(context, zmq.DEALER, url, config)
         for batch in _batches(messages):
             expected = 0
             for frames in batch:
@@ -698,12 +703,13 @@ def fuzz_pull(
     messages: Sequence[list[bytes]],
     sentinel: Callable[[int], list[bytes]],
     arrived: Callable[[int], bool],
+    config: ZMQConfig,
 ) -> int:
     """Push every message to a PULL socket; after each batch a valid sentinel must arrive
     (one PUSH connection keeps order, so by then the whole batch has been taken in)."""
     sent = 0
     with raw_context() as context:
-        push = raw_socket(context, zmq.PUSH, url)
+        push = raw_socket(context, zmq.PUSH, url, config)
         for number, batch in enumerate(_batches(messages)):
             for frames in batch:
                 push.send_multipart(frames)
@@ -741,7 +747,9 @@ def test_execution_server_survives_hostile_input_on_both_sockets(
         assert client.submit({"warm": "up"}).result(WAIT) == {"warm": "up"}
         before = Resources.now()
 
-        counts = fuzz_control(server.server.sockets.control_url, [*hostile_corpus, *targeted])
+        counts = fuzz_control(
+            server.server.sockets.control_url, [*hostile_corpus, *targeted], config
+        )
         assert counts["invalid"] >= 1500, counts
         assert counts["errors"] >= counts["invalid"], counts
 
@@ -755,7 +763,7 @@ def test_execution_server_survives_hostile_input_on_both_sockets(
         ]
         published = 0
         with raw_context() as context:
-            xsub = raw_socket(context, zmq.XSUB, server.server.sockets.data_url)
+            xsub = raw_socket(context, zmq.XSUB, server.server.sockets.data_url, config)
             corpus = [*hostile_corpus, *targeted, *subscriptions * 10]
             random.Random(7).shuffle(corpus)
             for number, batch in enumerate(_batches(corpus, 200)):
@@ -810,7 +818,7 @@ def test_a_remote_pools_inlet_survives_hostile_input(
         before = Resources.now()
         pongs = 0
         with raw_context() as context:
-            dealer = raw_socket(context, zmq.DEALER, address)
+            dealer = raw_socket(context, zmq.DEALER, address, config)
             corpus = [*hostile_corpus, *targeted_frames(marker)]
             for number, batch in enumerate(_batches(corpus)):
                 for frames in batch:
@@ -904,7 +912,9 @@ def test_viewer_survives_hostile_input_on_both_sockets(
         sender.wait_all_acked(WAIT)
         before = Resources.now()
 
-        counts = fuzz_control(viewer.server.sockets.control_url, [*hostile_corpus, *targeted])
+        counts = fuzz_control(
+            viewer.server.sockets.control_url, [*hostile_corpus, *targeted], config
+        )
         assert counts["invalid"] >= 1500 and counts["errors"] >= counts["invalid"], counts
 
         def sentinel(number: int) -> list[bytes]:
@@ -922,7 +932,7 @@ def test_viewer_survives_hostile_input_on_both_sockets(
         messages = [*hostile_corpus, *targeted, *_ack_addresses(range(2, 302))]
         random.Random(11).shuffle(messages)
         url = viewer.server.sockets.data_url
-        sent = fuzz_pull(url, messages, sentinel, lambda n: n in sink.sentinels)
+        sent = fuzz_pull(url, messages, sentinel, lambda n: n in sink.sentinels, config)
         wait_until(lambda: viewer.statistics().waiting == 0, "the sink to catch up")
         stats, server_stats = viewer.statistics(), viewer.server.statistics()
         assert server_stats.data_messages == 1 + sent + len(sink.sentinels)  # 1: warm-up
@@ -936,6 +946,7 @@ def test_viewer_survives_hostile_input_on_both_sockets(
             _ack_addresses(range(302, 602)),
             lambda n: sentinel(10_000 + n),
             lambda n: 10_000 + n in sink.sentinels,
+            config,
         )
         assert_bounded(before, Resources.now(), extra_fds=2 * 64 + 8)
         assert client_ping(viewer.port_number, TCP, config).role == "viewer"
@@ -1003,7 +1014,9 @@ def test_ack_channel_survives_hostile_input_on_both_sockets(
         assert tracker.wait_all_acknowledged(WAIT)
         before = Resources.now()
 
-        counts = fuzz_control(channel.server.sockets.control_url, [*hostile_corpus, *targeted])
+        counts = fuzz_control(
+            channel.server.sockets.control_url, [*hostile_corpus, *targeted], config
+        )
         assert counts["invalid"] >= 1500 and counts["errors"] >= counts["invalid"], counts
 
         def sentinel(number: int) -> list[bytes]:
@@ -1016,7 +1029,7 @@ def test_ack_channel_survives_hostile_input_on_both_sockets(
             return tracker.get_pending_count() == 0
 
         messages = [*hostile_corpus, *targeted]
-        sent = fuzz_pull(channel.server.sockets.data_url, messages, sentinel, arrived)
+        sent = fuzz_pull(channel.server.sockets.data_url, messages, sentinel, arrived, config)
         sentinels = len(list(_batches(messages)))
         assert channel.server.statistics().data_messages == 1 + sent + sentinels  # 1: warm-up
         after = Resources.now()
@@ -1049,12 +1062,13 @@ def _disconnected(monitor: RawSocket, timeout: float = WAIT) -> bool:
     return False
 
 
-def _send_oversized(url: str, kind: int, oversized: list[bytes]) -> None:
+def _send_oversized(url: str, kind: int, oversized: list[bytes], config: ZMQConfig) -> None:
     """Send ``oversized`` from a fresh raw socket and wait until the server drops it."""
     with raw_context() as context:
         sock = context.socket(kind)
         sock.linger = 0
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        authenticate(sock, url, config)
         sock.connect(url)
         sock.send_multipart(oversized)
         assert _disconnected(monitor), (
@@ -1100,14 +1114,14 @@ def test_frames_over_the_size_limit_drop_only_that_peer(
 
         for target in (server.server, viewer.server, channel.server):
             url = target.sockets.control_url
-            _send_oversized(url, zmq.DEALER, oversized_execute)
-            _send_oversized(url, zmq.DEALER, [*ping, big])
-        _send_oversized(server.server.sockets.data_url, zmq.XSUB, [b"\x01" + big])
+            _send_oversized(url, zmq.DEALER, oversized_execute, cfg)
+            _send_oversized(url, zmq.DEALER, [*ping, big], cfg)
+        _send_oversized(server.server.sockets.data_url, zmq.XSUB, [b"\x01" + big], cfg)
         # not a subscription at all (an XSUB passes those on as they are)
-        _send_oversized(server.server.sockets.data_url, zmq.XSUB, [b"\x02" + big])
+        _send_oversized(server.server.sockets.data_url, zmq.XSUB, [b"\x02" + big], cfg)
         for target in (viewer.server, channel.server):
-            _send_oversized(target.sockets.data_url, zmq.PUSH, oversized_image)
-            _send_oversized(target.sockets.data_url, zmq.PUSH, oversized_ack)
+            _send_oversized(target.sockets.data_url, zmq.PUSH, oversized_image, cfg)
+            _send_oversized(target.sockets.data_url, zmq.PUSH, oversized_ack, cfg)
 
         # nothing of it reached a handler; everyone else is served as before
         assert [s.server.statistics().requests for s in (server, viewer, channel)] == requests
@@ -1144,7 +1158,7 @@ def test_nothing_received_is_ever_unpickled(
     ):
         # a pickle as the payload of an execute, named "safe" and named "pickle"
         with raw_context() as context:
-            dealer = raw_socket(context, zmq.DEALER, server.server.sockets.control_url)
+            dealer = raw_socket(context, zmq.DEALER, server.server.sockets.control_url, config)
             for blob in blobs:
                 for name in ("safe", "pickle"):
                     request = Execute(request_id=5, serializer=name, payload=(blob,))
@@ -1174,7 +1188,7 @@ def test_nothing_received_is_ever_unpickled(
         router.bind(f"tcp://127.0.0.1:{config.control_port(port)}")
         received: list[Message] = []
         with ExecutionClient.to(
-            Endpoint.of(port=port, transport_mode=TCP, config=config)
+            Endpoint.of(port=port, transport_mode=TCP, config=config, insecure=True)
         ) as victim:
             victim.on_progress(received.append)
             execution = victim.submit({"n": 1}, execution_id="victim")

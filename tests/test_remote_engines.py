@@ -25,6 +25,7 @@ from tests import executors
 from tests.test_remote import WAIT, wait_until
 from zmqruntime import TransportMode, ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.credentials import client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Completion, ExecutionRecord, ExecutionStatus, Ping, Pong
 from zmqruntime.core.serializers import SafeSerializer
@@ -197,6 +198,9 @@ def test_a_completion_forged_by_another_peer_is_dropped(config: ZMQConfig) -> No
             wait_until(lambda: bool(client.summary().engine), "the worker to attach")
             address = server.pool.inlet_address
             assert address is not None
+            credentials = client_credentials(Endpoint.parse(address, config=config))
+            assert credentials is not None  # a peer of the same user, not the worker
+            credentials.apply(forger)
             forger.connect(address)
             record = ExecutionRecord(
                 execution_id=running.execution_id, status=ExecutionStatus.COMPLETE

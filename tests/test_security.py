@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
+import attrs
 import pytest
 
 from zmqruntime import (
@@ -18,6 +20,7 @@ from zmqruntime import (
     ZMQTimeoutError,
     generate_curve_keypair,
 )
+from zmqruntime.core.credentials import connection_file_path
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import check_pickle_exposure, is_loopback_host
 from zmqruntime.execution import ExecutionClient, ExecutionServer
@@ -98,17 +101,16 @@ def test_a_pickle_client_for_a_remote_host_without_curve_is_refused_before_conne
     )
 
 
-def test_binding_beyond_loopback_without_curve_warns(config, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="zmqruntime.core.sockets")
-    with ZMQServer(
-        Endpoint.of(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config)
-    ):
+def test_binding_beyond_loopback_without_keys_uses_curve_and_insecure_warns(config, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="zmqruntime.core.authentication")
+    exposed = Endpoint.of(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config)
+    with ZMQServer(exposed) as server:
+        path = connection_file_path(config, server.bound_port)
+        assert json.loads(path.read_text())["mechanism"] == "curve"
+    assert not caplog.records
+    with ZMQServer(attrs.evolve(exposed, insecure=True)):
         pass
-    assert any("without CURVE" in record.getMessage() for record in caplog.records)
-    caplog.clear()
-    with ZMQServer(Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config)):
-        pass
-    assert not any("without CURVE" in record.getMessage() for record in caplog.records)
+    assert any("insecure=True" in record.getMessage() for record in caplog.records)
 
 
 def test_a_client_with_an_unknown_key_is_told_authentication_may_be_why(config) -> None:

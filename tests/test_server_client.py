@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 import zmqruntime
+from tests.conftest import authenticate
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.client import ZMQClient
@@ -125,11 +126,14 @@ def raw_context() -> Iterator[RawContext]:
         context.destroy(linger=0)
 
 
-def raw_socket(context: RawContext, kind: int, url: str) -> zmq.Socket[bytes]:
+def raw_socket(context: RawContext, kind: int, url: str, config: ZMQConfig) -> zmq.Socket[bytes]:
+    """A hand-made socket that presents this user's credentials, as an authenticated but
+    hostile or foreign peer would."""
     sock = context.socket(kind)
     sock.linger = 0
     sock.sndhwm = sock.rcvhwm = 100_000
     sock.sndtimeo = sock.rcvtimeo = int(WAIT * 1000)
+    authenticate(sock, url, config)
     sock.connect(url)
     return sock
 
@@ -365,7 +369,7 @@ def test_garbage_on_the_control_socket_gets_error_replies(
     raw_context: RawContext,
 ) -> None:
     server = start_server(transport_mode)  # no handlers: even a valid StatusRequest is refused
-    dealer = raw_socket(raw_context, zmq.DEALER, server.sockets.control_url)
+    dealer = raw_socket(raw_context, zmq.DEALER, server.sockets.control_url, server.sockets.config)
     rng = random.Random(20240601)
     sent = [_garbage(rng, i) for i in range(1000)]
     for frames, _request_id, _code in sent:
@@ -410,7 +414,7 @@ def test_garbage_on_a_pull_data_socket_is_counted_and_dropped(
             sentinel_seen.set()
 
     server = start_server(transport_mode, data_socket_type=zmq.PULL, data_handler=on_data)
-    push = raw_socket(raw_context, zmq.PUSH, server.sockets.data_url)
+    push = raw_socket(raw_context, zmq.PUSH, server.sockets.data_url, server.sockets.config)
     rng = random.Random(7)
     garbage = (_garbage(rng, i)[0] for i in range(2000))
     undecodable = [frames for frames in garbage if not _decodes(frames)][:1000]
@@ -444,7 +448,7 @@ def test_a_plain_req_socket_can_ping(
     start_server: ServerFactory, transport_mode: TransportMode, raw_context: RawContext
 ) -> None:
     server = start_server(transport_mode, role="req-friendly")
-    req = raw_socket(raw_context, zmq.REQ, server.sockets.control_url)
+    req = raw_socket(raw_context, zmq.REQ, server.sockets.control_url, server.sockets.config)
     for request_id in (77, 78):  # twice: REQ must get each answer to send again
         req.send_multipart(codec.encode(Ping(request_id=request_id)))
         assert req.poll(int(WAIT * 1000))

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
+from tests.conftest import authenticate
 from tests.strategies import image_dtypes, json_objects
 from zmqruntime import (
     AckChannel,
@@ -791,6 +792,7 @@ def test_viewer_survives_garbage_and_non_images(
         raw = context.socket(zmq.PUSH)
         raw.setsockopt(zmq.LINGER, 1000)
         try:
+            authenticate(raw, address, config)
             raw.connect(address)
             raw.send_multipart([b"not json at all"])
             raw.send_multipart([b'{"v": 999}', b"x"])

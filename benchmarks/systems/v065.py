@@ -49,6 +49,8 @@ def ensure_venv(venv: Path, log: Any) -> Path | Skipped:
     python, marker = _python(venv), venv / ".zmqruntime-bench-ready"
     if marker.exists() and python.exists():
         return python
+    if os.environ.get("ZMQRUNTIME_BENCH_NO_BUILD"):
+        return Skipped(f"the {VERSION} venv is not built and ZMQRUNTIME_BENCH_NO_BUILD is set")
     log(f"building a venv with zmqruntime=={VERSION} in {venv} (once) ...")
     steps = [
         [sys.executable, "-m", "venv", "--clear", str(venv)],

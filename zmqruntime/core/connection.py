@@ -34,8 +34,9 @@ _HANDSHAKE_FAILURES: Final = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
 )
 _REFUSED: Final = (
-    "the server refused this client's CURVE credentials (authentication failed); is the "
-    "client's public key in its allowed keys?"
+    "the server refused this client's credentials (authentication failed): it belongs to "
+    "another user or runtime folder (ZMQConfig ipc_root/app_name), or its CURVE keys do not "
+    "allow this client's public key"
 )
 
 

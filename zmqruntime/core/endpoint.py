@@ -45,6 +45,11 @@ def _check_transport(_endpoint: Endpoint, _attribute: object, value: TransportMo
         raise ConfigurationError("IPC sockets are not supported on Windows; use Endpoint.tcp")
 
 
+def _check_insecure(endpoint: Endpoint, _attribute: object, insecure: bool) -> None:
+    if insecure and endpoint.curve is not None:
+        raise ConfigurationError("insecure=True contradicts the CURVE keys given; drop one")
+
+
 def _check_curve(
     endpoint: Endpoint, _attribute: object, curve: ServerCurve | ClientCurve | None
 ) -> None:
@@ -67,6 +72,11 @@ class Endpoint:
     server binds and the host a client connects to (ignored for IPC, whose socket files live
     in ``config.ipc_directory()``). Construction validates everything and raises
     :class:`~zmqruntime.ConfigurationError` naming what to change.
+
+    A TCP endpoint without keys is secure by default (see :mod:`zmqruntime.core.credentials`):
+    its server makes credentials and writes them to a connection file only its user can read;
+    clients of that user find them by port. ``insecure=True`` opts out: the server accepts any
+    peer that can reach it (with a warning), and its clients present no credentials.
     """
 
     transport: TransportMode = attrs.field(validator=_check_transport)
@@ -74,6 +84,7 @@ class Endpoint:
     host: str = attrs.field(default="127.0.0.1", validator=_check_host)
     port: int = attrs.field(validator=_check_port)
     curve: ServerCurve | ClientCurve | None = attrs.field(default=None, validator=_check_curve)
+    insecure: bool = attrs.field(default=False, validator=_check_insecure)
 
     @classmethod
     def tcp(
@@ -83,6 +94,7 @@ class Endpoint:
         host: str = "127.0.0.1",
         config: ZMQConfig | None = None,
         curve: ServerCurve | ClientCurve | None = None,
+        insecure: bool = False,
     ) -> Self:
         """A TCP endpoint (loopback unless ``host`` says otherwise)."""
         return cls(
@@ -91,6 +103,7 @@ class Endpoint:
             port=port,
             config=config or ZMQConfig(),
             curve=curve,
+            insecure=insecure,
         )
 
     @classmethod
@@ -107,6 +120,7 @@ class Endpoint:
         transport_mode: TransportMode | None = None,
         config: ZMQConfig | None = None,
         curve: ServerCurve | ClientCurve | None = None,
+        insecure: bool = False,
     ) -> Self:
         """The keyword shorthand; ``None`` means the default: ``config.default_port``,
         ``config.bind_host`` (loopback), the platform's transport (IPC on POSIX, TCP on Windows)."""
@@ -117,6 +131,7 @@ class Endpoint:
             port=cfg.default_port if port is None else port,
             config=cfg,
             curve=curve,
+            insecure=insecure,
         )
 
     @classmethod
@@ -126,6 +141,7 @@ class Endpoint:
         *,
         config: ZMQConfig | None = None,
         curve: ServerCurve | ClientCurve | None = None,
+        insecure: bool = False,
     ) -> Self:
         """The endpoint whose data URL is ``url`` (``tcp://host:port`` or ``ipc://path``).
 
@@ -138,7 +154,8 @@ class Endpoint:
         match = _TCP_URL.fullmatch(url)
         if match is not None:
             host = match["host"].removeprefix("[").removesuffix("]")
-            return cls.tcp(int(match["port"]), host=host, config=config, curve=curve)
+            port = int(match["port"])
+            return cls.tcp(port, host=host, config=config, curve=curve, insecure=insecure)
         if url.startswith("ipc://"):
             return cls.ipc(0, config=config)._from_ipc_path(Path(url[len("ipc://") :]))
         raise ConfigurationError(

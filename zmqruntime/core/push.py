@@ -15,8 +15,11 @@ import attrs
 import zmq
 
 from zmqruntime.config import ZMQConfig
+from zmqruntime.core.credentials import ClientCredentials, client_credentials
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.sockets import Context, Socket, configure_socket, ms, send_frames
+from zmqruntime.errors import ConfigurationError
 
 __all__ = ["PushSockets", "open_connected_socket"]
 
@@ -32,22 +35,27 @@ def open_connected_socket(
     socket_type: int,
     url: str,
     config: ZMQConfig,
-    curve: ClientCurve | None = None,
+    curve: ClientCredentials | None = None,
     *,
     reconnect_max: float | None = None,
 ) -> Socket:
     """A single socket of ``socket_type`` connected to ``url``, configured like a pair's.
 
-    ``reconnect_max`` (seconds) makes reconnection attempts back off up to that interval. The
-    caller owns and closes it.
+    It presents ``curve``, else the credentials of the connection file of a TCP ``url``'s
+    port (see :func:`~zmqruntime.core.credentials.client_credentials`). ``reconnect_max``
+    (seconds) makes reconnection attempts back off up to that interval. The caller owns and
+    closes it.
     """
     socket = context.socket(socket_type)
     try:
         configure_socket(socket, config, bound=False)
         if reconnect_max is not None:
             socket.setsockopt(zmq.RECONNECT_IVL_MAX, ms(reconnect_max))
-        if curve is not None:
-            curve.apply(socket)
+        credentials = curve
+        if curve is None and url.startswith("tcp://"):
+            credentials = client_credentials(Endpoint.parse(url, config=config))
+        if credentials is not None:
+            credentials.apply(socket)
         socket.connect(url)
     except BaseException:
         socket.close(linger=0)
@@ -91,7 +99,7 @@ class PushSockets:
                     curve or self.curve,
                     reconnect_max=_PUSH_RECONNECT_MAX,
                 )
-            except zmq.ZMQError as exc:
+            except (zmq.ZMQError, ConfigurationError) as exc:
                 logger.warning("cannot connect to %s: %s", address, exc)
                 return False
             self._sockets[address] = socket

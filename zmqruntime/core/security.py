@@ -103,10 +103,11 @@ def load_public_key(path: str | os.PathLike[str]) -> bytes:
 class _AllowedKeys:
     """The credentials provider handed to pyzmq's authenticator: a fixed set of keys."""
 
-    keys: frozenset[bytes]
+    keys: frozenset[bytes] | None
+    """None admits every key."""
 
     def callback(self, domain: str, key: bytes) -> bool:
-        allowed = key in self.keys
+        allowed = self.keys is None or key in self.keys
         if not allowed:
             logger.warning("refused a CURVE client with unknown public key %r", key)
         return allowed
@@ -132,20 +133,12 @@ class ServerCurve:
         socket.curve_publickey = self.keypair.public_key
         socket.curve_server = True
 
-    def start_authenticator(
-        self, context: zmq.Context[zmq.Socket[bytes]]
-    ) -> zmq.auth.thread.ThreadAuthenticator:
-        """Start the one ZAP authenticator of ``context``; the caller stops it on close."""
+    def configure(self, authenticator: zmq.auth.thread.ThreadAuthenticator, domain: str) -> None:
+        """Admit this server's clients under ZAP ``domain`` (see
+        :func:`~zmqruntime.core.credentials.acquire_authenticator`)."""
         _require_curve()
-        authenticator = zmq.auth.thread.ThreadAuthenticator(context, log=logger)
-        authenticator.start()
-        if self.allowed_client_keys is None:
-            authenticator.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
-        else:
-            authenticator.configure_curve_callback(
-                domain="*", credentials_provider=_AllowedKeys(self.allowed_client_keys)
-            )
-        return authenticator
+        provider = _AllowedKeys(self.allowed_client_keys)
+        authenticator.configure_curve_callback(domain=domain, credentials_provider=provider)
 
 
 @final
@@ -215,9 +208,9 @@ def describe_handshake_failure(event: int, value: int, *, curve: bool) -> str:
     )
     if mismatch and not curve:
         return (
-            "the handshake failed: the server uses a security mechanism this client does not "
-            "(it probably requires CURVE authentication); pass curve=ClientCurve(...) with a "
-            "key the server allows"
+            "the handshake failed: the server and this client use different security "
+            "mechanisms; an open server (insecure=True) needs insecure=True on its clients too, "
+            "one with CURVE keys needs curve=ClientCurve(...) with a key it allows"
         )
     if mismatch:
         return (

@@ -15,13 +15,13 @@ from typing import Any, cast, final
 
 import attrs
 import zmq
-import zmq.auth.thread
 
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.authentication import ServerAuthentication
+from zmqruntime.core.credentials import client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Message
-from zmqruntime.core.security import is_loopback_host
 from zmqruntime.core.transport import (
     ensure_ipc_directory,
     find_free_ipc_port,
@@ -88,7 +88,8 @@ class SocketPair:
     data: Socket
     endpoint: Endpoint
     owns_context: bool
-    authenticator: zmq.auth.thread.ThreadAuthenticator | None = None
+    authentication: ServerAuthentication | None = None
+    """What a bound TCP pair requires at the handshake (None: IPC, insecure, or a client)."""
     removes_ipc_files: bool = False
     """A bound IPC pair removes its socket files on close."""
     closed: bool = False
@@ -137,31 +138,35 @@ class SocketPair:
 
         Port 0 picks a free port pair. An IPC socket file that a live server listens on is
         never taken over: :class:`AddressInUseError` says so; a stale file left by a dead
-        server is replaced. A TCP host beyond loopback without CURVE keys is bound with a
-        warning: anyone who can reach it can talk to this server.
+        server is replaced. TCP requires credentials at the handshake unless the endpoint is
+        ``insecure`` (see :class:`~zmqruntime.core.credentials.ServerAuthentication`); made-up
+        ones are written to the connection file of the bound port, removed on close.
         """
-        curve = endpoint.server_curve
         owns = context is None
         ctx: Context = zmq.Context() if context is None else context
-        authenticator = curve.start_authenticator(ctx) if curve is not None else None
+        auth = None
         try:
+            auth = ServerAuthentication.start(endpoint, ctx)
             for attempt in range(1, _BIND_ATTEMPTS + 1):
                 chosen = endpoint if endpoint.port else endpoint.with_port(_free_port(endpoint))
                 try:
-                    data, control = _open(ctx, chosen, data_type, control_type, bound=True)
+                    opened = _open(ctx, chosen, data_type, control_type, bound=True, auth=auth)
+                    data, control = opened
                     break
                 except AddressInUseError:
                     if endpoint.port or attempt == _BIND_ATTEMPTS:
                         raise
                     logger.debug("port %d was taken while binding; trying another", chosen.port)
+            if auth is not None:
+                auth.publish(chosen)
         except BaseException:
-            if authenticator is not None:
-                authenticator.stop()
+            if auth is not None:
+                auth.close()
             if owns:
                 ctx.term()
             raise
         ipc = chosen.transport is TransportMode.IPC
-        return cls(ctx, control, data, chosen, owns, authenticator, removes_ipc_files=ipc)
+        return cls(ctx, control, data, chosen, owns, auth, removes_ipc_files=ipc)
 
     @classmethod
     def connect(
@@ -175,7 +180,8 @@ class SocketPair:
     ) -> SocketPair:
         """Connect a control and a data socket to the server at ``endpoint``.
 
-        Connecting never blocks: libzmq connects (and reconnects) in the background. With
+        Connecting never blocks: libzmq connects (and reconnects) in the background. The
+        sockets present :func:`~zmqruntime.core.credentials.client_credentials`. With
         ``connect_data=False`` the data socket is created but left unconnected (for a client
         that only talks on the control socket, e.g. a health check of any kind of server).
         """
@@ -194,7 +200,7 @@ class SocketPair:
         return cls(ctx, control, data, endpoint, owns)
 
     def close(self, linger: float | None = None) -> None:
-        """Close both sockets, stop the authenticator, end an owned context, remove IPC files.
+        """Close both sockets and the authentication, end an owned context, remove IPC files.
 
         Idempotent. ``linger`` (seconds) bounds how long unsent messages are kept trying;
         the configured ``linger`` by default.
@@ -205,8 +211,8 @@ class SocketPair:
         linger_ms = 0 if linger == 0 else ms(self.config.linger if linger is None else linger)
         self.data.close(linger=linger_ms)
         self.control.close(linger=linger_ms)
-        if self.authenticator is not None:
-            self.authenticator.stop()
+        if self.authentication is not None:
+            self.authentication.close()
         if self.owns_context:
             self.context.term()
         if self.removes_ipc_files:
@@ -221,12 +227,13 @@ def _open(
     control_type: int,
     *,
     bound: bool,
+    auth: ServerAuthentication | None = None,
     connect_data: bool = True,
 ) -> tuple[Socket, Socket]:
-    """The (data, control) sockets of ``endpoint``, bound or connected; AddressInUseError if
-    an address to bind is taken."""
+    """The (data, control) sockets of ``endpoint``, bound (requiring ``auth``) or connected
+    (presenting the client's credentials); AddressInUseError if an address to bind is taken."""
     cfg = endpoint.config
-    curve = endpoint.server_curve if bound else endpoint.client_curve
+    credentials = None if bound else client_credentials(endpoint)
     if bound and endpoint.transport is TransportMode.IPC:
         ensure_ipc_directory(cfg)
         for number in (endpoint.port, endpoint.control_port):
@@ -236,12 +243,6 @@ def _open(
                     "stop it or choose another port"
                 )
             remove_ipc_socket(number, cfg)
-    elif bound and curve is None and not is_loopback_host(endpoint.host):
-        logger.warning(
-            "binding %s without CURVE: anyone who can reach this host can talk to this "
-            "server; give the endpoint ServerCurve keys for an exposed host",
-            endpoint.data_url,
-        )
     sockets: list[Socket] = []
     try:
         for url, socket_type, wanted in (
@@ -253,8 +254,10 @@ def _open(
             configure_socket(socket, cfg, bound=bound)
             if endpoint.transport is TransportMode.TCP and ":" in endpoint.host:
                 socket.setsockopt(zmq.IPV6, 1)
-            if curve is not None:
-                curve.apply(socket)
+            if auth is not None:
+                auth.apply(socket)
+            if credentials is not None:
+                credentials.apply(socket)
             if bound:
                 try:
                     socket.bind(url)

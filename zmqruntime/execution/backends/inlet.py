@@ -25,6 +25,7 @@ from typing import Any, Final, final
 import attrs
 
 from zmqruntime.config import TransportMode
+from zmqruntime.core.credentials import ClientCredentials, client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Attach,
@@ -95,7 +96,9 @@ class RemoteWorkers:
     _executor: TaskExecutor = attrs.field(init=False)
     _sink: outcomes.JobSink = attrs.field(init=False)
     _server: ZMQServer = attrs.field(init=False)
-    _client_curve: ClientCurve | None = attrs.field(init=False)
+    _credentials: ClientCredentials | None = attrs.field(init=False)
+    """What workers present to the inlet: keys made here when the server has CURVE keys,
+    else those of the inlet's connection file."""
     _jobs: dict[str, _Handed] = attrs.field(factory=dict, init=False)
     """Jobs handed to the engine that have not ended; whoever pops one reports its end."""
     _done: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
@@ -114,11 +117,11 @@ class RemoteWorkers:
             raise RuntimeError("these RemoteWorkers are already started")
         self._executor, self._sink = executor, sink
         bind_host = self.host or sink.endpoint.host
-        inlet_curve, self._client_curve = None, None
+        inlet_curve, self._credentials = None, None
         if sink.curve is not None:
             keys = generate_curve_keypair()
             inlet_curve = ServerCurve(sink.curve.keypair, allowed_client_keys={keys.public_key})
-            self._client_curve = ClientCurve(keys, sink.curve.keypair.public_key)
+            self._credentials = ClientCurve(keys, sink.curve.keypair.public_key)
         if self.advertise_host is None:
             wildcard = bind_host in ("0.0.0.0", "*", "::")
             self.advertise_host = socket.gethostname() if wildcard else bind_host
@@ -134,6 +137,8 @@ class RemoteWorkers:
             role="inlet",
         )
         self._server.start()
+        if inlet_curve is None:
+            self._credentials = client_credentials(self._server.sockets.endpoint)
         self._watcher = threading.Thread(
             target=self._watch, name="zmqruntime-inlet-deadlines", daemon=True
         )
@@ -152,7 +157,7 @@ class RemoteWorkers:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
         jobs, address, sink = list(jobs), self.address, self._sink
         assert address is not None, "not started"
-        link = (address, sink.config, self._client_curve, sink.serializer)
+        link = (address, sink.config, self._credentials, sink.serializer)
         contexts = [remote.RemoteContext(job.execution_id, dict(job.labels), *link) for job in jobs]
         ids = tuple(job.execution_id for job in jobs)
         handed = [_Handed(job, ids) for job in jobs]

@@ -28,6 +28,7 @@ import zmq
 
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.credentials import ClientCredentials
 from zmqruntime.core.messages import (
     Accepted,
     Attach,
@@ -39,7 +40,6 @@ from zmqruntime.core.messages import (
     ProgressEvent,
 )
 from zmqruntime.core.push import open_connected_socket
-from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
 from zmqruntime.core.sockets import Socket, receive_ready, send_frames
 from zmqruntime.errors import ProtocolError
@@ -70,18 +70,18 @@ class _Link:
     )
 
 
-def _thread_link(url: str, config: ZMQConfig, curve: ClientCurve | None) -> _Link:
+def _thread_link(url: str, config: ZMQConfig, credentials: ClientCredentials | None) -> _Link:
     """This thread's connection to the inlet at ``url``, opened by its first task and kept
     for the next ones: at most ``_MAX_LINKS`` (one per inlet served, the oldest closed
     first); a link to an inlet that went away retries ever more rarely."""
-    links: dict[tuple[int, str, bytes | None], _Link] = _LINKS.__dict__.setdefault("links", {})
-    key = (os.getpid(), url, None if curve is None else curve.keypair.public_key)
+    links: dict[tuple[Any, ...], _Link] = _LINKS.__dict__.setdefault("links", {})
+    key = (os.getpid(), url, credentials)
     link = links.get(key)
     if link is None:
         with _CONTEXT_LOCK:  # one context per process, also when two threads start at once
             context = _process_context(os.getpid())
         dealer = open_connected_socket(
-            context, zmq.DEALER, url, config, curve, reconnect_max=_LINK_RECONNECT_MAX
+            context, zmq.DEALER, url, config, credentials, reconnect_max=_LINK_RECONNECT_MAX
         )
         link = links[key] = _Link(dealer)
         while len(links) > _MAX_LINKS:
@@ -120,7 +120,8 @@ class RemoteContext:
     labels: Mapping[str, str]
     control_url: str
     config: ZMQConfig = attrs.field(factory=ZMQConfig)
-    curve: ClientCurve | None = None
+    credentials: ClientCredentials | None = None
+    """What the worker presents to the inlet (it travels with the task through the engine)."""
     serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
     """The server's serializer: :meth:`deliver` encodes the result with it."""
 
@@ -133,7 +134,7 @@ class RemoteContext:
         # Only what a connection needs travels, not the whole config; sockets are made there.
         settings = tuple(getattr(self.config, name) for name in _SHIPPED_SETTINGS)
         fields = (self.execution_id, dict(self.labels), self.control_url)
-        return (_revive, (*fields, settings, self.curve, self.serializer))
+        return (_revive, (*fields, settings, self.credentials, self.serializer))
 
     def open(self) -> RemoteContext:
         """Connect to the inlet (or reuse this thread's link) and say which execution this
@@ -141,7 +142,7 @@ class RemoteContext:
         with self._lock:
             if self._link is not None:
                 return self
-            self._link = _thread_link(self.control_url, self.config, self.curve)
+            self._link = _thread_link(self.control_url, self.config, self.credentials)
             self._cancelled = False
             self._take_notices(self._link)  # what came while earlier tasks ran
             self._local = ExecutionContext(
@@ -262,7 +263,7 @@ _SHIPPED_SETTINGS: Final = (
 def _revive(
     execution_id: str, labels: dict[str, str], url: str, settings: tuple[Any, ...], *rest: Any
 ) -> RemoteContext:
-    """An unpickled :class:`RemoteContext`; ``rest``: its curve and serializer."""
+    """An unpickled :class:`RemoteContext`; ``rest``: its credentials and serializer."""
     return RemoteContext(execution_id, labels, url, _shipped_config(settings), *rest)
 
 

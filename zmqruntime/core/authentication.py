@@ -1,0 +1,140 @@
+"""ZAP authentication of bound TCP sockets: one authenticator per zmq context, shared by the
+servers on it under a ZAP domain each, and :class:`ServerAuthentication`, what one bound
+socket pair requires at the handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import final
+
+import attrs
+import zmq
+import zmq.auth.thread
+
+from zmqruntime.config import TransportMode
+from zmqruntime.core.credentials import (
+    ConnectionFile,
+    PlainCredentials,
+    UserCredentials,
+    remove_connection_file,
+)
+from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.security import ServerCurve
+
+__all__ = ["ServerAuthentication", "acquire_authenticator", "release_authenticator"]
+
+logger = logging.getLogger(__name__)
+Context = zmq.Context[zmq.Socket[bytes]]
+
+_authenticators_lock = threading.Lock()
+_authenticators: dict[int, tuple[zmq.auth.thread.ThreadAuthenticator, int]] = {}
+
+
+def acquire_authenticator(
+    context: Context,
+) -> zmq.auth.thread.ThreadAuthenticator:
+    """The ZAP authenticator of ``context``, started on first use; pair every call with
+    :func:`release_authenticator`. libzmq allows one ZAP handler per context, so servers that
+    share a context share it, each under a ZAP domain of its own."""
+    with _authenticators_lock:
+        authenticator, users = _authenticators.get(id(context), (None, 0))
+        if authenticator is None:
+            authenticator = zmq.auth.thread.ThreadAuthenticator(context, log=logger)
+            authenticator.start()
+            authenticator.thread.name = "zmqruntime-zap"
+        _authenticators[id(context)] = (authenticator, users + 1)
+        return authenticator
+
+
+def release_authenticator(context: Context, domain: str) -> None:
+    """Forget ``domain``'s credentials; stop the authenticator when its last user leaves."""
+    with _authenticators_lock:
+        authenticator, users = _authenticators.pop(id(context))
+        authenticator.passwords.pop(domain, None)
+        authenticator.credentials_providers.pop(domain, None)
+        authenticator.certs.pop(domain, None)
+        if users > 1:
+            _authenticators[id(context)] = (authenticator, users - 1)
+            return
+    authenticator.stop()
+
+
+@final
+@attrs.define(eq=False)
+class ServerAuthentication:
+    """What a bound TCP socket pair requires at the handshake, and its clean-up.
+
+    Build it with :meth:`start` before binding, :meth:`apply` it to each socket, then
+    :meth:`publish` the bound address; :meth:`close` forgets the credentials and removes the
+    connection file.
+    """
+
+    context: Context
+    domain: str
+    """The ZAP domain of this pair's sockets on the context's shared authenticator."""
+    plain: PlainCredentials | None
+    curve: ServerCurve | None
+    file: ConnectionFile | None
+    """The connection file to write, when the credentials were made here."""
+    path: Path | None = None
+
+    @classmethod
+    def start(cls, endpoint: Endpoint, context: Context) -> ServerAuthentication | None:
+        """The authentication ``endpoint`` asks for: its ServerCurve keys; none for IPC (its
+        0700 folder protects it) or an ``insecure`` endpoint (with a warning); otherwise
+        credentials made now, PLAIN on loopback and CURVE elsewhere."""
+        if endpoint.transport is not TransportMode.TCP:
+            return None
+        if endpoint.insecure:
+            logger.warning(
+                "the TCP server on %s (port %s) is open (insecure=True): anyone who can reach "
+                "it can submit, cancel and shut down; drop insecure=True to require this "
+                "user's credentials",
+                endpoint.host,
+                endpoint.port or "any",
+            )
+            return None
+        file, side = None, endpoint.server_curve
+        if side is None:
+            user = UserCredentials.load(endpoint.config)
+            made, client = user.server_side(endpoint.host), user.client_side(endpoint.host)
+            plain, curve = (made, None) if isinstance(made, PlainCredentials) else (None, made)
+            file = ConnectionFile(endpoint.host, 0, 0, os.getpid(), client)
+        else:
+            plain, curve = None, side
+        auth = cls(context, f"zmqruntime-{secrets.token_hex(8)}", plain, curve, file)
+        authenticator = acquire_authenticator(context)
+        try:
+            if plain is not None:
+                authenticator.configure_plain(auth.domain, {plain.username: plain.password})
+            elif curve is not None:
+                curve.configure(authenticator, auth.domain)
+        except BaseException:
+            release_authenticator(context, auth.domain)
+            raise
+        return auth
+
+    def apply(self, socket: zmq.Socket[bytes]) -> None:
+        """Require these credentials on ``socket`` (before it binds)."""
+        socket.zap_domain = self.domain.encode()
+        if self.plain is not None:
+            socket.plain_server = True
+        elif self.curve is not None:
+            self.curve.apply(socket)
+
+    def publish(self, endpoint: Endpoint) -> None:
+        """Write the connection file for the bound ``endpoint`` (when there is one to write)."""
+        if self.file is not None:
+            bound = attrs.evolve(self.file, port=endpoint.port, control_port=endpoint.control_port)
+            self.path = bound.write(endpoint.config)
+
+    def close(self) -> None:
+        """Remove the connection file and forget the credentials. Call once."""
+        if self.path is not None:
+            remove_connection_file(self.path, os.getpid())
+        release_authenticator(self.context, self.domain)
