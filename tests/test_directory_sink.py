@@ -185,6 +185,16 @@ def test_a_foreign_file_is_never_overwritten(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "image-000003.json").read_text())["metadata"] == {"n": 1}
 
 
+def test_a_prefix_with_a_dot_keeps_every_item(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path, prefix="plate.1")
+    for number in range(2):
+        sink(SMALL + number, {"n": number})
+    assert names(tmp_path) == [f"plate.1-{n:06d}.{s}" for n in range(2) for s in ("json", "npy")]
+    assert (numpy.load(tmp_path / "plate.1-000001.npy") == SMALL + 1).all()
+    DirectorySink(tmp_path, prefix="plate.1")(SMALL, {"n": 2})  # numbering goes on
+    assert (tmp_path / "plate.1-000002.npy").exists()
+
+
 def test_a_full_disk_raises_the_os_error_and_leaves_nothing(spawn: Spawn, tmp_path: Path) -> None:
     results = [json.loads(line) for line in finish(spawn("full", tmp_path)).splitlines()]
     too_large = [OSError.__name__, errno.EFBIG, f"[Errno {errno.EFBIG}] {os.strerror(errno.EFBIG)}"]
