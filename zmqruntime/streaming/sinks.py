@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast, final
@@ -21,43 +21,77 @@ __all__ = ["DirectorySink", "NapariSink", "sink_from_spec"]
 class DirectorySink:
     """Writes each image as ``<prefix>-<n>.npy`` with its metadata in ``<prefix>-<n>.json``.
 
-    Files appear atomically (written under a temporary name, then renamed), so a reader never
-    sees half an image. Numbering continues after the files already in the folder.
+    Never overwrites, also with several sinks in several processes on one folder: both files
+    are written under hidden temporary names, then published with hard links, which fail if the
+    name exists (the sink then takes the next number); numbering starts after the files already
+    there. The sidecar is published first, so a reader that takes each ``.npy`` finds its
+    complete ``.json`` beside it; a ``.json`` alone is an item still being written: skip it.
+    A writer killed mid-write may leave a hidden ``.part`` file or a lone ``.json``, never a
+    wrong item. The folder's filesystem must support hard links (FAT does not). Files are not
+    fsynced: they survive a crash of the process, not of the machine.
     """
 
     directory: Path = attrs.field(converter=Path)
     prefix: str = "image"
-    _next: int | None = attrs.field(default=None, init=False)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _next: int = attrs.field(default=-1, init=False)  # -1: the folder is not scanned yet
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
-        """Write one image and its metadata sidecar."""
-        with self._lock:
-            if self._next is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                taken = [
-                    int(path.stem.rsplit("-", 1)[1])
-                    for path in self.directory.glob(f"{self.prefix}-*.npy")
-                    if path.stem.rsplit("-", 1)[1].isdigit()
-                ]
-                self._next = max(taken, default=-1) + 1
-            number = self._next
-            self._next += 1
-        stem = self.directory / f"{self.prefix}-{number:06d}"
-        sidecar = {"dtype": image.dtype.str, "shape": list(image.shape), "metadata": dict(metadata)}
+        """Write one image and its metadata sidecar under the next free number (any thread).
+
+        Raises the ``OSError`` of a failed write (a full disk, a read-only folder), leaving no
+        file behind, so a viewer acks the image as failed with the OS error text; ``TypeError``
+        for metadata JSON cannot encode.
+        """
+        pixels = numpy.asarray(image, order="C")
+        sidecar = {
+            "dtype": pixels.dtype.str,
+            "shape": list(pixels.shape),
+            "metadata": dict(metadata),
+        }
         text = json.dumps(sidecar, indent=1).encode()
-        _write_atomically(stem.with_suffix(".npy"), lambda handle: numpy.save(handle, image))
-        _write_atomically(stem.with_suffix(".json"), lambda handle: handle.write(text))
+        if self._next < 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._next = self._first_free()
+        token = f".{self.prefix}-{uuid.uuid4().hex}"
+        parts = (self.directory / f"{token}.json.part", self.directory / f"{token}.npy.part")
+        try:
+            with open(parts[1], "xb") as handle:
+                header = numpy.lib.format.header_data_from_array_1_0(pixels)
+                numpy.lib.format.write_array_header_1_0(handle, header)
+                handle.write(pixels.reshape(-1).view(numpy.uint8).data)  # numpy.save hides errno
+            with open(parts[0], "xb") as handle:
+                handle.write(text)
+            self._publish(*parts)
+        finally:
+            for path in parts:
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Nothing to release; present so viewers can close every sink the same way."""
 
+    def _first_free(self) -> int:
+        head = f"{self.prefix}-"
+        ours = (name[len(head) :] for name in os.listdir(self.directory) if name.startswith(head))
+        split = (rest.partition(".") for rest in ours)
+        taken = (int(n) for n, _, suffix in split if n.isdecimal() and suffix in ("npy", "json"))
+        return 1 + max(taken, default=-1)
 
-def _write_atomically(path: Path, write: Callable[[Any], object]) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
+    def _publish(self, sidecar: Path, pixels: Path) -> None:
+        """Link the sidecar, then the pixels, to the first number where both names are free."""
+        while True:
+            stem = self.directory / f"{self.prefix}-{self._next:06d}"
+            self._next += 1
+            try:
+                os.link(sidecar, f"{stem}.json")
+            except FileExistsError:
+                continue
+            try:
+                os.link(pixels, f"{stem}.npy")
+                return
+            except BaseException as exc:
+                os.unlink(f"{stem}.json")
+                if not isinstance(exc, FileExistsError):
+                    raise
 
 
 @final
