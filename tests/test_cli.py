@@ -30,6 +30,7 @@ import pytest
 import zmq.auth
 
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.cli.display import Bars
 from zmqruntime.core.endpoint import Endpoint as ServerEndpoint
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.streaming import ImageSender
@@ -953,3 +954,12 @@ _DEMO_COUNTS = (
     "images sent",
     "images acked",
 )
+
+
+def test_progress_notes_are_shown_as_text_not_markup(capfd: pytest.CaptureFixture[str]) -> None:
+    """A task's progress message is data: '[/]' in it raised MarkupError in the bars (rich)."""
+    pytest.importorskip("rich", reason="plain lines have no markup")
+    bars = Bars().start()
+    bars.update("task", 0.5, "[/] [bold]")
+    bars.finish()
+    assert "[/] [bold]" in capfd.readouterr().err
