@@ -650,7 +650,7 @@ def test_usage_mistakes_are_exit_2(tmp_path: Path) -> None:
     assert_one_line_error(no_task, 2, "required: TASK_JSON (see: zmqruntime submit --help)")
     assert_one_line_error(no_executor, 2, "the following arguments are required: --executor")
     assert_one_line_error(bad_sink, 2, "--sink must be npy:DIR or napari, not 'tiff:somewhere'")
-    assert_one_line_error(no_tasks, 2, "--tasks must be 1 or more")
+    assert_one_line_error(no_tasks, 2, "--tasks must be 1 to 1000, not 0")
     assert not (tmp_path / "demo").exists()
 
 
@@ -747,7 +747,9 @@ def test_bad_places_are_one_line_and_exit_2(a_file: Path, tmp_path: Path) -> Non
         (["view", "--sink", f"npy:{a_file / 'images'}", "--port", "0"], "--sink: cannot create"),
     ]
     if importlib.util.find_spec("PIL") is not None:  # else the demo stops sooner, for Pillow
-        cases.append((["demo", "--tasks", "1", "--out", str(a_file)], "--out: cannot create"))
+        # 1000 tasks, the most a demo runs, pass their check and stop at the folder.
+        cases.append((["demo", "--tasks", "1000", "--out", str(a_file)], "--out: cannot create"))
+    cases.append((["demo", "--tasks", "1001", "--out", str(a_file)], "--tasks must be 1 to 1000"))
     commands = [args for args, _says in cases]
     for (args, says), result in zip(cases, run_all(commands, tmp_path), strict=True):
         assert_one_line_error(result, 2, says)

@@ -30,16 +30,18 @@ from zmqruntime.errors import TaskCancelled, TaskFailed, ZMQRuntimeError
 from zmqruntime.execution import ExecutionClient
 from zmqruntime.streaming import VisualizerProcessManager, python_module_spec
 
-__all__ = ["contact_sheet", "run_demo"]
+__all__ = ["MAX_TASKS", "contact_sheet", "run_demo"]
 
 CANCELLED_ON_PURPOSE = 1
 """The index of the task the demo cancels to show cancellation."""
+MAX_TASKS = 1000
+"""The most tasks a demo runs (a showcase, well under the server's queue limit)."""
 
 
 def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
     """Run the demo; returns 0 when every task ended and every image was acknowledged."""
-    if tasks < 1:
-        raise CLIError("--tasks must be 1 or more")
+    if not 1 <= tasks <= MAX_TASKS:
+        raise CLIError(f"--tasks must be 1 to {MAX_TASKS}, not {tasks}")
     if use_napari:
         check_napari()
     else:
