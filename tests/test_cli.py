@@ -12,6 +12,7 @@ answered, 4 refused, 5 ``--wait`` gave up).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import pytest
 import zmq.auth
 
 from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime.cli.display import Bars
 from zmqruntime.core.endpoint import Endpoint as ServerEndpoint
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.streaming import ImageSender
@@ -85,7 +87,7 @@ def cli_command(*args: str) -> list[str]:
 
 
 def run_cli(
-    *args: str, cwd: Path, timeout: float = RUN_TIMEOUT
+    *args: str, cwd: Path, timeout: float = RUN_TIMEOUT, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run one command to its end; its exit code, stdout and stderr."""
     return subprocess.run(
@@ -93,7 +95,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=cli_env(),
+        env=cli_env() if env is None else env,
         cwd=cwd,
         check=False,
     )
@@ -142,6 +144,13 @@ def assert_one_line_error(
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
     return json.loads(result.stdout)
+
+
+def row(text: str, label: str) -> str:
+    """The one line of a table (rich box or plain lines) whose row is ``label``."""
+    found = [line for line in text.splitlines() if re.match(rf"^\W*{re.escape(label)} ", line)]
+    assert len(found) == 1, f"want one row {label!r} in:\n{text}"
+    return found[0]
 
 
 def table_value(text: str, label: str) -> str:
@@ -637,16 +646,11 @@ def test_usage_mistakes_are_exit_2(tmp_path: Path) -> None:
         ],
         tmp_path,
     )
-    for argparse_error, says in [
-        (unknown, "invalid choice: 'frobnicate'"),
-        (no_task, "the following arguments are required: TASK_JSON"),
-        (no_executor, "the following arguments are required: --executor"),
-    ]:
-        assert argparse_error.returncode == 2, argparse_error
-        assert says in argparse_error.stderr
-        assert "Traceback" not in argparse_error.stderr
+    assert_one_line_error(unknown, 2, "invalid choice: 'frobnicate'", "(see: zmqruntime --help)")
+    assert_one_line_error(no_task, 2, "required: TASK_JSON (see: zmqruntime submit --help)")
+    assert_one_line_error(no_executor, 2, "the following arguments are required: --executor")
     assert_one_line_error(bad_sink, 2, "--sink must be npy:DIR or napari, not 'tiff:somewhere'")
-    assert_one_line_error(no_tasks, 2, "--tasks must be 1 or more")
+    assert_one_line_error(no_tasks, 2, "--tasks must be 1 to 1000, not 0")
     assert not (tmp_path / "demo").exists()
 
 
@@ -662,6 +666,166 @@ def test_keygen_into_a_file_is_exit_2(a_file: Path, tmp_path: Path) -> None:
     assert_one_line_error(result, 2, f"cannot write keys into {a_file / 'keys'}")
 
 
+# --- no traceback, ever: every bad input is one line and exit code 2 --------------------------
+
+DEEPEST = 100
+"""How deep lists and objects may nest in a task (SafeSerializer's limit)."""
+INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+WEEK = 7 * 24 * 3600
+"""The longest --timeout or --wait-timeout."""
+
+
+def nested(depth: int, kind: str) -> str:
+    """JSON of ``depth`` nested lists or objects around a 1."""
+    if kind == "list":
+        return "[" * depth + "1" + "]" * depth
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Each once printed a traceback (exit 1) or hung: deep or huge JSON, a task deeper than the
+    serializer takes, a bad log level, timeouts out of range, text that is not UTF-8."""
+    nobody = ["--port", "1", "--tcp", "--timeout", "0.3"]  # nothing listens, none is reached
+    cases: list[tuple[list[str], str]] = [
+        (["submit", nested(60_000, "list"), *nobody], "TASK_JSON nests too deeply to read"),
+        (["submit", nested(10_000, "dict"), *nobody], "TASK_JSON nests too deeply to read"),
+        (["submit", "7" * 5000, *nobody], f"TASK_JSON has an integer over {INT_DIGITS} digits"),
+        (["submit", nested(DEEPEST + 1, "list"), *nobody], "TASK_JSON cannot be sent"),
+        (["submit", nested(DEEPEST + 1, "dict"), *nobody], f"deeper than {DEEPEST}"),
+        (["--log-level", "bogus", "ping"], "argument --log-level: want one of debug, info,"),
+        (["ping", "--timeout", "-1"], "argument --timeout: want seconds above 0, at most"),
+        (["ping", "--timeout", "0"], "argument --timeout"),
+        (["ping", "--timeout", "nan"], "argument --timeout"),
+        (["ping", "--timeout", "inf"], "argument --timeout"),
+        (["ping", "--timeout", "1e300"], "argument --timeout"),
+        (["submit", "1", "--wait-timeout", f"{WEEK}.001", *nobody], "argument --wait-timeout"),
+        (["ping", "--port", "many"], "argument --port: invalid int value: 'many'"),
+        (["ping", "--port", "70000"], "port must be a whole number in 0..65535, got 70000"),
+        (["ping", "--tcp", "--ipc"], "argument --ipc: not allowed with argument --tcp"),
+        (["ping", "two\nlines"], "unrecognized arguments: two lines"),
+        (["ping", "--host", "\udcff", *nobody], "argument --host: '\\udcff' is not UTF-8 text"),
+        (["submit", "1", "--label", "a=\udcff", *nobody], "argument --label"),
+        (["keygen", str(tmp_path / "keys"), "--name", ""], "want a file name without slashes"),
+        (["keygen", str(tmp_path / "keys"), "--name", "../up"], "without slashes: '../up'"),
+    ]
+    commands = [args for args, _says in cases]
+    for (args, says), result in zip(cases, run_all(commands, tmp_path), strict=True):
+        assert_one_line_error(result, 2, says)
+        assert result.stdout == "", args
+    assert not (tmp_path / "keys").exists()
+    assert not (tmp_path / "up.key").exists()
+
+
+def test_values_at_their_limits_pass_the_checks(tmp_path: Path) -> None:
+    """The other side of each edge above: the command gets as far as looking for a server."""
+    nobody = ["--port", "1", "--tcp", "--timeout", "0.3"]
+    edges = [
+        ["submit", nested(DEEPEST, "list"), *nobody],
+        ["submit", nested(DEEPEST, "dict"), *nobody],
+        ["submit", "7" * INT_DIGITS, *nobody],
+        ["submit", "1", "--wait-timeout", str(WEEK), *nobody],
+        ["--log-level", "ERROR", "ping", "--port", "1", "--tcp", "--timeout", "1e-3"],
+    ]
+    for args, result in zip(edges, run_all(edges, tmp_path), strict=True):
+        assert_one_line_error(result, 3, "no zmqruntime server answered on port 1 (tcp)")
+        assert args  # each reached the network: its input passed every check
+
+
+def test_bad_places_are_one_line_and_exit_2(a_file: Path, tmp_path: Path) -> None:
+    """An executor module that cannot load, an address that cannot be bound, output folders
+    that cannot be written."""
+    (tmp_path / "raises_at_import.py").write_text("raise RuntimeError('broken on purpose')\n")
+    (tmp_path / "not_python.py").write_text("x = (\n")
+    serve = ["serve", "--port", "0", "--tcp", "--executor"]
+    cases: list[tuple[list[str], str]] = [
+        ([*serve, "raises_at_import:run"], "'raises_at_import': RuntimeError: broken on purpose"),
+        ([*serve, "not_python:run"], "cannot import 'not_python': SyntaxError:"),
+        (  # TEST-NET-1 (RFC 5737) is no address of this machine: binding fails here, no traffic
+            ["--log-level", "error", *serve, "tests.executors:echo", "--host", "192.0.2.1"],
+            "Cannot assign requested address",
+        ),
+        (["view", "--sink", f"npy:{a_file / 'images'}", "--port", "0"], "--sink: cannot create"),
+    ]
+    if importlib.util.find_spec("PIL") is not None:  # else the demo stops sooner, for Pillow
+        # 1000 tasks, the most a demo runs, pass their check and stop at the folder.
+        cases.append((["demo", "--tasks", "1000", "--out", str(a_file)], "--out: cannot create"))
+    cases.append((["demo", "--tasks", "1001", "--out", str(a_file)], "--tasks must be 1 to 1000"))
+    commands = [args for args, _says in cases]
+    for (args, says), result in zip(cases, run_all(commands, tmp_path), strict=True):
+        assert_one_line_error(result, 2, says)
+        assert result.stdout == "", args
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="only Linux can lack a display")
+def test_napari_without_a_display_is_exit_2(tmp_path: Path) -> None:
+    """Qt aborted the process (SIGABRT) when napari had no display."""
+    env = {k: v for k, v in cli_env().items() if k not in {"DISPLAY", "WAYLAND_DISPLAY"}}
+    env.pop("QT_QPA_PLATFORM", None)
+    result = run_cli("view", "--sink", "napari", "--port", "0", "--tcp", cwd=tmp_path, env=env)
+    assert_one_line_error(result, 2, "napari")
+
+
+def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    assert run_cli("keygen", str(folder), cwd=tmp_path).returncode == 0
+    secret = folder / "zmqruntime.key_secret"
+    first = secret.read_bytes()
+    again = run_cli("keygen", str(folder), cwd=tmp_path)
+    assert_one_line_error(again, 2, f"{folder / 'zmqruntime.key'} already exists; --force")
+    assert secret.read_bytes() == first  # untouched
+    (folder / "zmqruntime.key").unlink()  # the secret alone is enough to refuse
+    refused = run_cli("keygen", str(folder), cwd=tmp_path)
+    assert_one_line_error(refused, 2, f"{secret} already exists")
+    forced = run_cli("keygen", str(folder), "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert secret.read_bytes() != first
+    assert (
+        zmq.auth.load_certificate(folder / "zmqruntime.key")[0]
+        == (zmq.auth.load_certificate(secret)[0])
+    )
+
+
+def test_an_internal_error_is_one_line_and_exit_70(tmp_path: Path) -> None:
+    """A bug in a command (here: a handler that raises) names the error in one line, exit 70;
+    --log-level debug adds the traceback."""
+    script = (
+        "import sys, zmqruntime.cli\n"
+        "cli = sys.modules['zmqruntime.cli.main']\n"
+        "def broken(args):\n"
+        "    raise LookupError('a bug on purpose')\n"
+        "cli._COMMANDS['ping'] = (broken, *cli._COMMANDS['ping'][1:])\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    quiet, loud = (
+        subprocess.run(
+            [sys.executable, "-c", script, *level, "ping"],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            env=cli_env(),
+            cwd=tmp_path,
+            check=False,
+        )
+        for level in ([], ["--log-level", "debug"])
+    )
+    line = assert_one_line_error(quiet, 70, "internal error: LookupError: a bug on purpose")
+    assert "--log-level debug" in line
+    assert loud.returncode == 70, loud.stderr
+    assert "Traceback" in loud.stderr and "a bug on purpose" in loud.stderr
+    assert loud.stderr.strip().splitlines()[-1] == line
+
+
+def test_labels_and_errors_are_shown_as_text_not_markup(server: Background) -> None:
+    """Rich markup in a label or an error message is shown as it is (it raised MarkupError)."""
+    execution_id = submit_id(server, {"op": "[/]"}, "--label", "x=[/]", "--label", "y=[bold]")
+    wait_for_status(server, execution_id, "failed")
+    shown = server.run("status", execution_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "[/]" in row(shown.stdout, "label x")
+    assert "[bold]" in row(shown.stdout, "label y")
+    assert "unknown op '[/]'" in row(shown.stdout, "error")
+
+
 # --- help ------------------------------------------------------------------------------------
 
 
@@ -671,6 +835,8 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     assert main_help.returncode == 0, main_help.stderr
     listed = re.findall(r"^ {4}(\w+) +\S", main_help.stdout, re.MULTILINE)
     assert listed == list(COMMANDS), main_help.stdout
+    assert "Exit codes: 0 success, 1 the task failed" in main_help.stdout
+    assert "70 an" in main_help.stdout  # internal error
     for command, result in zip(COMMANDS, results[1:], strict=True):
         assert result.returncode == 0, (command, result.stderr)
         assert result.stdout.startswith(f"usage: zmqruntime {command}"), result.stdout
@@ -790,3 +956,12 @@ _DEMO_COUNTS = (
     "images sent",
     "images acked",
 )
+
+
+def test_progress_notes_are_shown_as_text_not_markup(capfd: pytest.CaptureFixture[str]) -> None:
+    """A task's progress message is data: '[/]' in it raised MarkupError in the bars (rich)."""
+    pytest.importorskip("rich", reason="plain lines have no markup")
+    bars = Bars().start()
+    bars.update("task", 0.5, "[/] [bold]")
+    bars.finish()
+    assert "[/] [bold]" in capfd.readouterr().err

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy
 
-from zmqruntime.cli.display import Bars, CLIError, show_table
+from zmqruntime.cli.display import Bars, CLIError, check_napari, show_table, writable_folder
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.endpoint import Endpoint
@@ -30,27 +30,34 @@ from zmqruntime.errors import TaskCancelled, TaskFailed, ZMQRuntimeError
 from zmqruntime.execution import ExecutionClient
 from zmqruntime.streaming import VisualizerProcessManager, python_module_spec
 
-__all__ = ["contact_sheet", "run_demo"]
+__all__ = ["MAX_TASKS", "contact_sheet", "run_demo"]
 
 CANCELLED_ON_PURPOSE = 1
 """The index of the task the demo cancels to show cancellation."""
+MAX_TASKS = 1000
+"""The most tasks a demo runs (a showcase, well under the server's queue limit)."""
 
 
 def run_demo(*, tasks: int, out: Path, use_napari: bool = False) -> int:
     """Run the demo; returns 0 when every task ended and every image was acknowledged."""
-    if tasks < 1:
-        raise CLIError("--tasks must be 1 or more")
-    if not use_napari:
+    if not 1 <= tasks <= MAX_TASKS:
+        raise CLIError(f"--tasks must be 1 to {MAX_TASKS}, not {tasks}")
+    if use_napari:
+        check_napari()
+    else:
         try:
             import PIL  # noqa: F401, PLC0415 - optional extra
         except ImportError:
             raise CLIError(
                 "the demo writes a PNG contact sheet with Pillow: pip install 'zmqruntime[demo]'"
             ) from None
-    out.mkdir(parents=True, exist_ok=True)
     frames = out / "frames"
-    for old in frames.glob("image-*"):
-        old.unlink()  # a fresh run, a fresh contact sheet
+    writable_folder(frames, "--out")
+    try:
+        for old in frames.glob("image-*"):
+            old.unlink()  # a fresh run, a fresh contact sheet
+    except OSError as exc:
+        raise CLIError(f"--out: cannot remove the last run's images: {exc}") from None
     started = time.perf_counter()
     mode = get_default_transport_mode()
     with tempfile.TemporaryDirectory(prefix="zmqrt-") as private:

@@ -1,22 +1,52 @@
-"""Terminal output for the command line: progress bars and tables with rich (the ``cli``
-extra), or plain lines without it."""
+"""What a person types and sees at the command line: one-line errors and their exit codes,
+checks of typed values, and progress bars and tables with rich (the ``cli`` extra), or plain
+lines without it."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib.util
+import io
+import logging
+import math
+import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, final
 
 import attrs
 
+from zmqruntime import errors
 from zmqruntime.core.messages import Completion, ExecutionRecord, ProgressEvent, ServerSummary
 
-__all__ = ["EXIT_USAGE", "Bars", "CLIError", "follow", "show_record", "show_summary", "show_table"]
+__all__ = [
+    "EXIT_USAGE",
+    "MAX_SECONDS",
+    "Bars",
+    "CLIError",
+    "check_napari",
+    "file_name",
+    "follow",
+    "log_level",
+    "parse_args",
+    "report",
+    "seconds",
+    "show_record",
+    "show_summary",
+    "show_table",
+    "text",
+    "writable_folder",
+]
 
-EXIT_USAGE = 2
-"""The exit code of a command given wrong arguments (1 is reserved for a failed task)."""
+EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_WAIT_TIMEOUT = 1, 2, 3, 4, 5
+EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130  # 70: EX_SOFTWARE of sysexits.h, a bug
+MAX_SECONDS = 7 * 24 * 3600.0
+"""The longest ``--timeout`` or ``--wait-timeout`` (a week)."""
+logger = logging.getLogger(__name__)
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class CLIError(Exception):
@@ -25,6 +55,110 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but a usage error is a :class:`CLIError` of one line."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == 0:  # --help
+            raise
+        usage, _, message = said.getvalue().partition(": error: ")
+        command = usage.rpartition("\n")[2].removeprefix("usage: ").split(" [")[0]
+        raise CLIError(f"{message.strip()} (see: {command} --help)") from None
+
+
+def report(exc: BaseException, where: str | None) -> int:
+    """Write what ``exc`` means as one line on stderr; returns the exit code. ``where`` names
+    the server a command talked to (None: the error names it)."""
+    if isinstance(exc, errors.TaskFailed):
+        sys.stderr.write(exc.remote_traceback or f"{exc.error_type}: {exc.error_message}\n")
+    message, code = _explain(exc, where)
+    sys.stderr.write(f"zmqruntime: {' '.join(message.splitlines())}\n")
+    return code
+
+
+def _explain(exc: BaseException, where: str | None) -> tuple[str, int]:
+    if isinstance(exc, CLIError):
+        return str(exc), exc.code
+    if isinstance(exc, errors.TaskFailed):
+        return f"task failed: {exc.error_type}: {exc.error_message}", EXIT_TASK_FAILED
+    if isinstance(exc, errors.TaskCancelled):
+        return f"task {exc.execution_id} was cancelled", EXIT_TASK_FAILED
+    if isinstance(exc, errors.ZMQTimeoutError | errors.ServerLost):
+        nobody = f"no zmqruntime server answered on {where}; is one running there?"
+        return (str(exc) if where is None else nobody), EXIT_UNREACHABLE
+    if isinstance(exc, errors.RemoteError):
+        return f"the server refused: {exc.detail}", EXIT_REFUSED
+    if isinstance(exc, errors.ZMQRuntimeError | OSError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    zmq = sys.modules.get("zmq")  # loaded if it raised: an address zmq cannot bind or reach
+    if zmq is not None and isinstance(exc, zmq.ZMQError):
+        return f"{exc}; check --host and --port", EXIT_USAGE
+    logger.debug("internal error", exc_info=exc)
+    detail = "--log-level debug shows its traceback"
+    return f"internal error: {type(exc).__name__}: {exc} ({detail})", EXIT_INTERNAL
+
+
+def seconds(typed: str) -> float:
+    """An argparse type: seconds above 0, at most :data:`MAX_SECONDS`."""
+    try:
+        number = float(typed)
+    except ValueError:
+        number = math.nan
+    if not 0 < number <= MAX_SECONDS:  # nan too
+        raise argparse.ArgumentTypeError(
+            f"want seconds above 0, at most {MAX_SECONDS:g}: {typed!r}"
+        )
+    return number
+
+
+def text(typed: str) -> str:
+    """An argparse type: text that can travel (argv bytes that were not UTF-8 cannot)."""
+    try:
+        typed.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{typed!r} is not UTF-8 text") from None
+    return typed
+
+
+def file_name(typed: str) -> str:
+    """An argparse type: a non-empty file name without slashes."""
+    if not typed or {"/", "\\"} & set(typed):
+        raise argparse.ArgumentTypeError(f"want a file name without slashes: {typed!r}")
+    return text(typed)
+
+
+def log_level(typed: str) -> str:
+    """An argparse type: a logging level name, any case; returns it upper-case."""
+    if typed.upper() not in _LOG_LEVELS:
+        levels = ", ".join(_LOG_LEVELS).lower()
+        raise argparse.ArgumentTypeError(f"want one of {levels}: {typed!r}")
+    return typed.upper()
+
+
+def writable_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed; :class:`CLIError` unless this process can write there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{option}: cannot create the folder {folder}: {exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"{option}: cannot write into the folder {folder}")
+
+
+def check_napari() -> None:
+    """:class:`CLIError` unless napari can open a window here (Qt aborts the process if not)."""
+    if importlib.util.find_spec("napari") is None:
+        raise CLIError("the napari sink needs: pip install 'zmqruntime[napari]'")
+    names = ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    if sys.platform.startswith("linux") and not any(map(os.environ.get, names)):
+        raise CLIError("napari needs a display and none is set (DISPLAY); use --sink npy:DIR")
 
 
 def _rich() -> Any:
@@ -45,12 +179,13 @@ def show_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
             sys.stdout.write(f"  {key.ljust(width)}  {value}\n")
         return
     import rich.table  # noqa: PLC0415
+    import rich.text  # noqa: PLC0415
 
     table = rich.table.Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(rich.text.Text(key), rich.text.Text(value))  # not markup: labels are data
     rich.console.Console().print(table)
 
 
@@ -103,10 +238,10 @@ class Bars:
             import rich.progress  # noqa: PLC0415
 
             self._progress = rich.progress.Progress(
-                rich.progress.TextColumn("{task.description}"),
+                rich.progress.TextColumn("{task.description}", markup=False),
                 rich.progress.BarColumn(),
                 rich.progress.TaskProgressColumn(),
-                rich.progress.TextColumn("{task.fields[note]}"),
+                rich.progress.TextColumn("{task.fields[note]}", markup=False),
                 console=rich.console.Console(stderr=True),
             )
             self._progress.start()

@@ -2,13 +2,14 @@
 
 Commands: ``serve``, ``submit``, ``status``, ``cancel``, ``ping``, ``shutdown``, ``view``,
 ``keygen`` and ``demo``. Every error a person can cause — nothing listening, a wrong port,
-bad JSON, an unknown executor path — ends in one clear line on stderr and a non-zero exit
-code, never a traceback. Output uses rich (the ``cli`` extra) when it is installed and
-plain text otherwise; ``--json`` gives machine-readable output.
+bad or too deep JSON, an unknown executor path, a value out of range — ends in one line on
+stderr (``zmqruntime: …``) and a non-zero exit code, never a traceback; so does a bug in here
+(``--log-level debug`` adds its traceback). Output uses rich (the ``cli`` extra) when it is
+installed and plain text otherwise; ``--json`` gives machine-readable output.
 
 Exit codes: 0 success, 1 the task failed or was cancelled, 2 bad usage, 3 no server answered
 (or it vanished), 4 the server refused the request, 5 ``submit --wait`` gave up waiting (the
-task is still running on the server).
+task is still running on the server), 70 an internal error (a bug), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from zmqruntime import errors
-from zmqruntime.cli.display import EXIT_USAGE, CLIError, follow, show_record, show_summary
+from zmqruntime.cli import display
+from zmqruntime.cli.display import CLIError, follow, show_record, show_summary
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
@@ -42,10 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CLIError", "main"]
 
-EXIT_TASK_FAILED = 1
-EXIT_UNREACHABLE = 3
-EXIT_REFUSED = 4
-EXIT_WAIT_TIMEOUT = 5
 _ONE_SHOT_LINGER = 0.1  # a command's last message is answered before it exits; no need to linger
 
 
@@ -139,9 +137,9 @@ def load_executor(path: str) -> Callable[..., Any]:
         raise CLIError(f"--executor must look like package.module:function, not {path!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CLIError(f"cannot import {module_name!r}: {exc}") from None
-    executor = getattr(module, attribute, None)
+        executor = getattr(module, attribute, None)
+    except Exception as exc:  # importing runs the module: any error is the module's
+        raise CLIError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     if not callable(executor):
         raise CLIError(f"{module_name!r} has no callable named {attribute!r}")
     return executor  # type: ignore[no-any-return]
@@ -157,12 +155,31 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return labels
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    """Submit one task (JSON); print its id, or with --wait its progress and result."""
+def _task(text: str) -> Any:
+    """The task in TASK_JSON, checked against what the default serializer sends."""
+    from zmqruntime.core.serializers import SafeSerializer  # noqa: PLC0415 - lazy, see top
+
     try:
-        task = json.loads(args.task)
+        task = json.loads(text)
+    except RecursionError:
+        raise CLIError("TASK_JSON nests too deeply to read") from None
     except json.JSONDecodeError as exc:
         raise CLIError(f"TASK_JSON is not valid JSON: {exc}") from None
+    except ValueError:  # Python reads at most sys.get_int_max_str_digits() digits of an int
+        limit = sys.get_int_max_str_digits()
+        raise CLIError(
+            f"TASK_JSON has an integer over {limit} digits; send it as a string"
+        ) from None
+    try:
+        SafeSerializer.dumps(task)
+    except TypeError as exc:
+        raise CLIError(f"TASK_JSON cannot be sent: {exc}") from None
+    return task
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit one task (JSON); print its id, or with --wait its progress and result."""
+    task = _task(args.task)
     labels = _labels(args.label)
     execution_id = uuid.uuid4().hex
     with _client(args) as client:
@@ -172,7 +189,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             execution.accepted.result(timeout=args.timeout)
             _answer(args, {"execution_id": execution_id}, execution_id)
             return 0
-        with follow(client, execution_id, quiet=args.json) as display:
+        with follow(client, execution_id, quiet=args.json) as bars:
             execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             try:
                 result = execution.result(timeout=args.wait_timeout)
@@ -182,10 +199,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 raise CLIError(
                     f"task {execution_id} did not finish within {args.wait_timeout:g}s; it is "
                     f"still running (see: zmqruntime status {execution_id})",
-                    EXIT_WAIT_TIMEOUT,
+                    display.EXIT_WAIT_TIMEOUT,
                 ) from None
             finally:
-                display.finish()
+                bars.finish()
     _write(dumps(result))
     return 0
 
@@ -236,6 +253,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     kind, _, folder = args.sink.partition(":")
     if not (kind == "napari" or (kind == "npy" and folder)):
         raise CLIError(f"--sink must be npy:DIR or napari, not {args.sink!r}")
+    if kind == "napari":
+        display.check_napari()
+    else:
+        display.writable_folder(Path(folder), "--sink")
     argv = ["--sink", args.sink, "--transport", _mode(args).value]
     given = (("--port", args.port), ("--ipc-root", args.ipc_root), ("--host", args.host))
     argv += [str(part) for option, value in given if value is not None for part in (option, value)]
@@ -245,6 +266,10 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from zmqruntime.core.security import write_curve_keypair  # noqa: PLC0415 - lazy, see top
 
+    paths = [Path(args.directory, f"{args.name}{suffix}") for suffix in (".key", ".key_secret")]
+    existing = [path for path in paths if path.exists() or path.is_symlink()]
+    if existing and not args.force:
+        raise CLIError(f"{existing[0]} already exists; --force replaces the key pair")
     try:
         public, secret = write_curve_keypair(Path(args.directory), args.name)
     except OSError as exc:
@@ -270,7 +295,7 @@ def _option(*names: str, **settings: Any) -> _Option:
 
 
 _JSON = _option("--json", action="store_true", help="machine-readable output")
-_ID = _option("execution_id", metavar="ID")
+_ID = _option("execution_id", metavar="ID", type=display.text)
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_Option]]] = {
     # name: (handler, help, which endpoint options ("server", "client" or none), own options)
     "serve": (cmd_serve, "run an execution server", "server", [
@@ -279,14 +304,14 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_
         _option("--processes", type=int, help="worker processes"),
     ]),
     "submit": (cmd_submit, "submit a task", "client", [
-        _option("task", metavar="TASK_JSON"),
-        _option("--label", action="append", default=[], metavar="KEY=VALUE"),
+        _option("task", metavar="TASK_JSON", type=display.text),
+        _option("--label", action="append", default=[], metavar="KEY=VALUE", type=display.text),
         _option("--wait", action="store_true", help="show progress, print the result"),
-        _option("--wait-timeout", type=float, default=3600.0, help="seconds (3600)"),
+        _option("--wait-timeout", type=display.seconds, default=3600.0, help="seconds (3600)"),
         _JSON,
     ]),
     "status": (cmd_status, "server summary, or one execution", "client", [
-        _option("execution_id", nargs="?", metavar="ID"), _JSON,
+        _option("execution_id", nargs="?", metavar="ID", type=display.text), _JSON,
     ]),
     "cancel": (cmd_cancel, "cancel an execution", "client", [_ID, _JSON]),
     "ping": (cmd_ping, "is a server answering, and what is it?", "client", [_JSON]),
@@ -297,7 +322,9 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_
         _option("--sink", required=True, help="npy:DIR or napari"),
     ]),
     "keygen": (cmd_keygen, "write a CURVE key pair", "", [
-        _option("directory", metavar="DIR"), _option("--name", default="zmqruntime"), _JSON,
+        _option("directory", metavar="DIR"),
+        _option("--name", default="zmqruntime", type=display.file_name, help="(zmqruntime)"),
+        _option("--force", action="store_true", help="replace existing key files"), _JSON,
     ]),
     "demo": (cmd_demo, "run the end-to-end demo", "", [
         _option("--tasks", type=int, default=12, help="how many tasks (12)"),
@@ -310,19 +337,26 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_
 def _add_endpoint(parser: argparse.ArgumentParser, side: str) -> None:
     parser.add_argument("--port", type=int, help="data port (default 7777)")
     host = "interface to bind" if side == "server" else "server host for TCP (default localhost)"
-    parser.add_argument("--host", help=host)
+    parser.add_argument("--host", help=host, type=display.text)
     mode = parser.add_mutually_exclusive_group()
     tcp, ipc = TransportMode.TCP, TransportMode.IPC
     mode.add_argument("--tcp", dest="mode", action="store_const", const=tcp, help="use TCP")
     mode.add_argument("--ipc", dest="mode", action="store_const", const=ipc, help="use IPC (POSIX)")
     parser.add_argument("--ipc-root", help="folder of IPC sockets (default ~)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (5)")
+    parser.add_argument("--timeout", type=display.seconds, default=5.0, help="seconds to wait (5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    parser = argparse.ArgumentParser(prog="zmqruntime", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default="WARNING", help="library log level (WARNING)")
+    parser = argparse.ArgumentParser(
+        prog="zmqruntime", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1]
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=display.log_level,
+        help="debug, info, warning (default), error or critical",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (handler, summary, side, options) in _COMMANDS.items():
         command = commands.add_parser(name, help=summary)
@@ -336,30 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    args = None
     try:
+        args = display.parse_args(build_parser(), argv)
+        logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
         return int(args.handler(args))
-    except CLIError as exc:
-        return _fail(str(exc), exc.code)
-    except errors.TaskFailed as exc:
-        sys.stderr.write(exc.remote_traceback or f"{exc.error_type}: {exc.error_message}\n")
-        return _fail(f"task failed: {exc.error_type}: {exc.error_message}", EXIT_TASK_FAILED)
-    except errors.TaskCancelled as exc:
-        return _fail(f"task {exc.execution_id} was cancelled", EXIT_TASK_FAILED)
-    except (errors.ZMQTimeoutError, errors.ServerLost) as exc:
-        if "port" not in args:  # demo: the error names the process that did not answer
-            return _fail(str(exc), EXIT_UNREACHABLE)
-        message = f"no zmqruntime server answered on {_where(args)}; is one running there?"
-        return _fail(message, EXIT_UNREACHABLE)
-    except errors.RemoteError as exc:
-        return _fail(f"the server refused: {exc.detail}", EXIT_REFUSED)
-    except (errors.ZMQRuntimeError, OSError) as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-
-
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"zmqruntime: {message}\n")
-    return code
+    except (Exception, KeyboardInterrupt) as exc:
+        where = _where(args) if args is not None and "port" in args else None  # demo: None
+        return display.report(exc, where)
