@@ -7,6 +7,7 @@ MAX_BYTES``) and its peak and current resident memory are read from ``/proc``.
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -18,11 +19,14 @@ from typing import Any
 
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.executors import dispatch, echo
 from tests.reliability_scripts import child_config
+from tests.strategies import json_values
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.core import codec
+from zmqruntime.core import codec, wire
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     Completion,
@@ -200,6 +204,28 @@ def test_a_huge_task_payload_costs_bounded_memory_and_never_delays_pings(
     assert grown <= GROWTH, f"the server grew by {grown / MIB:.0f} MiB"
     with ExecutionClient.to(child_endpoint(port, tmp_path)) as client:  # an honest client
         assert client.submit({"op": "echo", "value": 2}).result(PROMPT) == 2
+
+
+def nodes(value: Any) -> int:
+    """Values and object keys in ``value``, counted on the Python object."""
+    if isinstance(value, list):
+        return 1 + sum(nodes(item) for item in value)
+    if isinstance(value, dict):
+        return 1 + sum(1 + nodes(item) for item in value.values())
+    return 1
+
+
+@given(json_values(), st.sampled_from([None, 1]), st.booleans())
+def test_count_nodes_is_exact(value: Any, indent: int | None, ascii_only: bool) -> None:
+    text = json.dumps(value, indent=indent, ensure_ascii=ascii_only).encode()
+    assert wire.count_nodes(text) == nodes(value)
+
+
+@pytest.mark.parametrize("tricky", ['a"b\\', "\\", 'x,:[]{}"', '\\"', "[]", "é\n"])
+def test_count_nodes_is_exact_across_its_steps(tricky: str) -> None:
+    """Strings with escapes and brackets, and empty containers, astride its 64 KiB steps."""
+    value = [[], {}, tricky, {"k" + tricky: [tricky, []]}] * 20_000
+    assert wire.count_nodes(json.dumps(value).encode()) == nodes(value)
 
 
 def test_the_json_byte_limit_holds_at_its_edge(
