@@ -123,6 +123,25 @@ def json_problem(value: Any, reserved: str | None = None, depth: int = 0) -> str
     return None
 
 
+def count_nodes(frame: Buffer) -> int:
+    """How many values and object keys the JSON text ``frame`` holds at any depth: exact for
+    valid JSON, and for any text never below what a parser builds of a prefix before it fails.
+    Linear time in 64 KiB steps (other threads run between them); memory: two copies of
+    ``frame`` and one step."""
+    text = bytes(frame).replace(b"\\\\", b"").replace(b'\\"', b"")  # the rest delimit strings
+    nodes, inside, carry = 1, False, b""
+    for start in range(0, len(text), 1 << 16):
+        parts = text[start : start + (1 << 16)].split(b'"')
+        outside = (b"0" if inside else b"") + b"0".join(parts[int(inside) :: 2])
+        inside ^= len(parts) % 2 == 0
+        step = outside.translate(None, b" \t\n\r")
+        whole = carry + step
+        nodes += sum(step.count(mark) for mark in (b",", b":", b"[", b"{"))
+        nodes -= whole.count(b"[]") + whole.count(b"{}")
+        carry = whole[-1:]
+    return nodes
+
+
 def check_json_object(value: object, what: str = "value") -> None:
     """Raise ``TypeError`` naming the first part of ``value`` that is not plain JSON."""
     if (problem := json_problem(value)) is not None:

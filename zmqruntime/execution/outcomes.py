@@ -10,16 +10,18 @@ from typing import Any, TypeAlias, final
 import attrs
 
 from zmqruntime.config import ZMQConfig
+from zmqruntime.core import wire
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import ProgressEvent
 from zmqruntime.core.security import ServerCurve
 from zmqruntime.core.serializers import SafeSerializer
-from zmqruntime.errors import ConfigurationError, TaskCancelled
+from zmqruntime.errors import ConfigurationError, ErrorCode, RemoteProtocolError, TaskCancelled
 from zmqruntime.protocols import Buffer, TaskSerializer
 
 __all__ = [
     "Cancelled",
     "Completed",
+    "EncodedTask",
     "Failed",
     "Job",
     "JobSink",
@@ -33,8 +35,44 @@ __all__ = [
 
 @final
 @attrs.frozen
+class EncodedTask:
+    """A task still in its payload ``frames``: :func:`run_job` decodes it in the worker, so a
+    large payload never holds up the server's I/O thread, and a queued one costs its frames
+    only. ``max_nodes`` (SafeSerializer payloads) bounds the JSON values and keys of frame 0;
+    None: no bound. Pickles with its frames as bytes (the serializer must pickle too)."""
+
+    frames: tuple[Buffer, ...]
+    serializer: TaskSerializer
+    max_nodes: int | None = None
+
+    def decode(self) -> Any:
+        """The task. Raises :class:`~zmqruntime.RemoteProtocolError` (code ``TOO_LARGE``) past
+        ``max_nodes``, else what the serializer's ``loads`` raises."""
+        head = memoryview(self.frames[0]).nbytes if self.frames else 0
+        limit = self.max_nodes
+        if (
+            limit is not None
+            and head > limit
+            and (nodes := wire.count_nodes(self.frames[0])) > limit
+        ):
+            raise RemoteProtocolError(
+                f"the task holds {nodes} JSON values and keys, over the limit of {limit}; "
+                "send bulk data as numpy arrays or bytes, or raise "
+                "ExecutionServer(max_task_nodes=)",
+                ErrorCode.TOO_LARGE,
+            )
+        return self.serializer.loads(self.frames)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        frames = tuple(bytes(memoryview(frame)) for frame in self.frames)
+        return EncodedTask, (frames, self.serializer, self.max_nodes)
+
+
+@final
+@attrs.frozen
 class Job:
-    """One task waiting for, or in, a worker."""
+    """One task waiting for, or in, a worker; ``task`` is the task, or an :class:`EncodedTask`
+    that :func:`run_job` decodes first."""
 
     execution_id: str
     task: Any
@@ -142,10 +180,15 @@ def check_workers(_instance: object, _attribute: object, value: int) -> None:
 def run_job(
     executor: Callable[[Any, Any], object], job: Job, context: Any, cancelled: Callable[[], bool]
 ) -> Outcome:
-    """Run ``executor(task, context)`` and describe how it ended; a cancellation requested
-    while it ran wins over its result or error."""
+    """Decode the job's task if it is an :class:`EncodedTask` (failing the job if it cannot),
+    run ``executor(task, context)`` and describe how it ended; a cancellation requested while
+    it ran wins over its result or error."""
     try:
-        outcome: Outcome = Completed(executor(job.task, context))
+        task = job.task.decode() if isinstance(job.task, EncodedTask) else job.task
+    except Exception as exc:  # the payload is the peer's fault: no traceback of ours
+        return Failed(type(exc).__qualname__, f"the task payload cannot be decoded: {exc}", "")
+    try:
+        outcome: Outcome = Completed(executor(task, context))
     except TaskCancelled:
         return Cancelled()
     except BaseException as exc:  # a failing executor is data, not a crash

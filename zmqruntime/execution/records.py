@@ -2,13 +2,15 @@
 
 Every execution moves QUEUED → RUNNING → one of COMPLETE / FAILED / CANCELLED (or from QUEUED
 to FAILED or CANCELLED). A transition that does not fit is refused (None or False), never
-applied: terminal states never change. Terminal records are kept for a bounded count and age.
+applied: terminal states never change. Terminal records are kept for a bounded count, size and
+age.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,15 +18,56 @@ from typing import Any, Final, final
 
 import attrs
 
+from zmqruntime.core import wire
 from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ConfigurationError
 
-__all__ = ["ExecutionStore", "RetentionPolicy"]
+__all__ = [
+    "MAX_LABELS",
+    "MAX_LABELS_BYTES",
+    "ExecutionStore",
+    "RetentionPolicy",
+    "labels_problem",
+    "record_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
 _QUEUED: Final = ExecutionStatus.QUEUED
 _RUNNING: Final = ExecutionStatus.RUNNING
+MAX_LABELS: Final = 64
+"""Labels one submission may carry."""
+MAX_LABELS_BYTES: Final = 4096
+"""UTF-8 bytes of the keys and values of one submission's labels."""
+_RECORD_OVERHEAD: Final = 1024
+"""Bytes a retained record costs beyond its text (objects, index entries), charged to it."""
+
+
+def labels_problem(labels: dict[str, str]) -> str | None:
+    """Why a submission's ``labels`` are refused (past :data:`MAX_LABELS` or
+    :data:`MAX_LABELS_BYTES`), or None."""
+    if len(labels) > MAX_LABELS:
+        return f"{len(labels)} labels, over the limit of {MAX_LABELS}"
+    size = sum(
+        len(text.encode("utf-8", "surrogatepass")) for item in labels.items() for text in item
+    )
+    if size > MAX_LABELS_BYTES:
+        return (
+            f"labels of {size} bytes, over the limit of {MAX_LABELS_BYTES} (UTF-8 keys and values)"
+        )
+    return None
+
+
+def record_bytes(record: ExecutionRecord) -> int:
+    """The memory a retained record is charged: its strings and a fixed overhead."""
+    texts = [*record.labels, *record.labels.values()]
+    texts += [record.error_type or "", record.error_message or "", record.traceback or ""]
+    size = _RECORD_OVERHEAD + sum(sys.getsizeof(text) for text in texts)
+    if (progress := record.progress) is not None:
+        size += sys.getsizeof(progress.message) + len(
+            wire.dump_json(progress.fields, lone_surrogates=True)
+        )
+    return size
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -35,10 +78,12 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) 
 @final
 @attrs.frozen(kw_only=True)
 class RetentionPolicy:
-    """How many terminal records a server keeps, and for how long (seconds)."""
+    """How many terminal records a server keeps, how many bytes of them
+    (:func:`record_bytes`; a larger record is not kept), and for how long (seconds)."""
 
     max_records: int = attrs.field(default=10_000, validator=_positive)
     max_age: float = attrs.field(default=3600.0, validator=_positive)
+    max_bytes: int = attrs.field(default=64 << 20, validator=_positive)
 
 
 @final
@@ -50,9 +95,11 @@ class ExecutionStore:
     clock: Callable[[], float] = time.time
 
     _records: dict[str, ExecutionRecord] = attrs.field(factory=dict, init=False)
-    _terminal: collections.OrderedDict[str, float] = attrs.field(
+    _terminal: collections.OrderedDict[str, tuple[float, int]] = attrs.field(
         factory=collections.OrderedDict, init=False
     )
+    """Terminal records, oldest first: when each finished and its bytes."""
+    _terminal_bytes: int = attrs.field(default=0, init=False)
     _counts: collections.Counter[ExecutionStatus] = attrs.field(
         factory=collections.Counter, init=False
     )
@@ -171,19 +218,23 @@ class ExecutionStore:
             self._counts[record.status] -= 1
             self._counts[status] += 1
             self._records[execution_id] = finished
-            self._terminal[execution_id] = now
+            size = record_bytes(finished)
+            self._terminal[execution_id] = (now, size)
+            self._terminal_bytes += size
             self._expire()
             return finished
 
     def _expire(self) -> None:
-        """Drop terminal records beyond the retention count or age (lock held)."""
-        terminal = self._terminal
-        oldest_allowed = self.clock() - self.retention.max_age
+        """Drop terminal records beyond the retention count, bytes or age (lock held)."""
+        terminal, policy = self._terminal, self.retention
+        oldest_allowed = self.clock() - policy.max_age
         while terminal:
-            execution_id, finished_at = next(iter(terminal.items()))
-            if len(terminal) <= self.retention.max_records and finished_at >= oldest_allowed:
+            execution_id, (finished_at, size) = next(iter(terminal.items()))
+            fits = len(terminal) <= policy.max_records and self._terminal_bytes <= policy.max_bytes
+            if fits and finished_at >= oldest_allowed:
                 break
             terminal.popitem(last=False)
+            self._terminal_bytes -= size
             record = self._records.pop(execution_id, None)
             if record is not None:
                 self._counts[record.status] -= 1

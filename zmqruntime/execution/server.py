@@ -1,10 +1,12 @@
 """ExecutionServer: accepts tasks, runs them on a WorkerPool, reports progress and results.
 
-The I/O thread never runs user code. Progress is published on the data socket (topic =
-execution id) only while somebody subscribes to it. When an execution ends, its
-:class:`~zmqruntime.core.messages.Completion` (record and serialized result) answers every
-client that submitted it, as the reply to its ``Execute`` or pushed after an ``Accepted``, and
-its final record (a Completion without the result) is published on its topic.
+The I/O thread never runs user code, and decodes only small task payloads (frame 0 up to
+:data:`INLINE_DECODE_BYTES`); the worker decodes larger ones as the job starts. Progress is
+published on the data socket (topic = execution id) only while somebody subscribes to it. When
+an execution ends, its :class:`~zmqruntime.core.messages.Completion` (record and serialized
+result) answers every client that submitted it, as the reply to its ``Execute`` or pushed after
+an ``Accepted``, and its final record (a Completion without the result) is published on its
+topic.
 """
 
 from __future__ import annotations
@@ -40,10 +42,18 @@ from zmqruntime.core.messages import (
 from zmqruntime.core.requests import RequestTable, serializer_refusal
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
-from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
-from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, PoolListener
+from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError, RemoteProtocolError
+from zmqruntime.execution.outcomes import (
+    Cancelled,
+    Completed,
+    EncodedTask,
+    Failed,
+    Job,
+    Outcome,
+    PoolListener,
+)
 from zmqruntime.execution.pool import WorkerPool
-from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
+from zmqruntime.execution.records import ExecutionStore, RetentionPolicy, labels_problem
 from zmqruntime.execution.results import ResultCache
 from zmqruntime.execution.waiters import Waiters, unknown_execution
 from zmqruntime.protocols import Buffer, RequestHandler, TaskExecutor, TaskSerializer
@@ -53,6 +63,9 @@ __all__ = ["ExecutionServer"]
 logger = logging.getLogger(__name__)
 
 MAX_EXECUTION_ID_LENGTH: Final = 256
+INLINE_DECODE_BYTES: Final = 64 << 10
+"""Task payloads with a frame 0 up to this size are decoded on the I/O thread (a malformed one
+is refused at once); larger ones by the worker that runs them."""
 _WAKE_SECONDS: Final = 1.0
 CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown")
 
@@ -67,6 +80,8 @@ class ExecutionServer:
     endpoint; read a free port back from :attr:`port_number`). ``pool`` defaults to one worker
     thread (strict FIFO). Submissions beyond ``queue_limit`` waiting tasks are refused.
     ``result_cache_bytes`` bounds the results kept for clients that resubmit a finished execution.
+    With the safe serializer, a task's JSON (frame 0) is refused past ``max_task_json_bytes``,
+    and fails as it starts past ``max_task_nodes`` values and keys (the depth limit is 100).
     """
 
     executor: TaskExecutor
@@ -75,6 +90,8 @@ class ExecutionServer:
     retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
     queue_limit: int = 10_000
     result_cache_bytes: int = 64 << 20
+    max_task_json_bytes: int = 8 << 20
+    max_task_nodes: int = 250_000
     allow_insecure: bool = False
     """Accept ``PickleSerializer`` on an exposed TCP address without CURVE (not advised)."""
 
@@ -243,6 +260,8 @@ class ExecutionServer:
         execution_id = request.execution_id or uuid.uuid4().hex
         if not 0 < len(execution_id) <= MAX_EXECUTION_ID_LENGTH:
             return _error(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")
+        if (problem := labels_problem(request.labels)) is not None:
+            return _error(rid, ErrorCode.TOO_LARGE, f"{problem}; labels are short tags")
         answer_to = None if request.confirm else rid
         known = self._store.get(execution_id)
         if known is not None:
@@ -254,8 +273,12 @@ class ExecutionServer:
                 f"the queue is full ({self.queue_limit} tasks waiting); retry later",
             )
         try:
-            task = self.serializer.loads(request.payload)
-        except (ProtocolError, ValueError, TypeError) as exc:
+            task = self._task(request.payload)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.TOO_LARGE:
+                return _error(rid, exc.code, str(exc))
+            return _error(rid, exc.code, f"the task payload cannot be decoded: {exc}")
+        except (ValueError, TypeError) as exc:
             return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
         record, _created = self._store.submit(execution_id, request.labels)
         self._waiters.expect(execution_id, (peer, answer_to))
@@ -268,6 +291,21 @@ class ExecutionServer:
         if answer_to is not None:
             return None  # the Completion answers it
         return Accepted(request_id=rid, execution_id=execution_id, status=record.status)
+
+    def _task(self, frames: tuple[Buffer, ...]) -> Any:
+        """The task of a small payload; else an :class:`EncodedTask` its worker decodes.
+        Raises :class:`RemoteProtocolError` (``TOO_LARGE``) past ``max_task_json_bytes``."""
+        head = memoryview(frames[0]).nbytes if frames else 0
+        safe = isinstance(self.serializer, SafeSerializer)
+        if safe and head > self.max_task_json_bytes:
+            raise RemoteProtocolError(
+                f"the task's JSON is {head} bytes, over the limit of {self.max_task_json_bytes}; "
+                "send bulk data as numpy arrays or bytes, or raise "
+                "ExecutionServer(max_task_json_bytes=)",
+                ErrorCode.TOO_LARGE,
+            )
+        task = EncodedTask(frames, self.serializer, self.max_task_nodes if safe else None)
+        return task.decode() if head <= INLINE_DECODE_BYTES else task
 
     def _on_status(self, request: StatusRequest, _peer: Peer) -> Message:
         if request.execution_id is None:

@@ -3,14 +3,15 @@
 Every client that submitted an execution (first, or again with the same id) waits for its
 :class:`~zmqruntime.core.messages.Completion`. A resubmission of an execution that has already
 ended is answered at once from the store and the result cache: an id never runs twice, and
-nobody waits forever.
+nobody waits forever. A resubmission costs constant time, and an execution has at most
+:data:`MAX_WAITERS` waiters: more are refused.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import final
+from typing import Final, final
 
 import attrs
 
@@ -22,9 +23,12 @@ from zmqruntime.execution.records import ExecutionStore
 from zmqruntime.execution.results import ResultCache
 from zmqruntime.protocols import Buffer
 
-__all__ = ["Waiter", "Waiters", "unknown_execution"]
+__all__ = ["MAX_WAITERS", "Waiter", "Waiters", "unknown_execution"]
 
 logger = logging.getLogger(__name__)
+
+MAX_WAITERS: Final = 64
+"""Submissions of one execution (distinct peer and request id) waiting for its end."""
 
 Waiter = tuple[Peer, "int | None"]
 """A peer, and the request id its Completion answers (None: pushed after an Accepted)."""
@@ -38,13 +42,14 @@ class Waiters:
     server: ZMQServer
     store: ExecutionStore
     results: ResultCache
-    _waiting: dict[str, list[Waiter]] = attrs.field(factory=dict, init=False)
+    _waiting: dict[str, dict[Waiter, None]] = attrs.field(factory=dict, init=False)
+    """Each execution's waiters, as an ordered set."""
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def expect(self, execution_id: str, waiter: Waiter) -> None:
         """A new execution: ``waiter`` submitted it."""
         with self._lock:
-            self._waiting[execution_id] = [waiter]
+            self._waiting[execution_id] = {waiter: None}
 
     def forget(self, execution_id: str) -> None:
         """The execution was never queued after all: nobody waits for it."""
@@ -52,11 +57,19 @@ class Waiters:
             self._waiting.pop(execution_id, None)
 
     def join(self, request_id: int, record: ExecutionRecord, waiter: Waiter) -> Message | None:
-        """A resubmitted id: never run twice; the new submitter hears the outcome too."""
+        """A resubmitted id: never run twice; the new submitter hears the outcome too (refused
+        past :data:`MAX_WAITERS`)."""
         with self._lock:
             waiting = self._waiting.get(record.execution_id)
             if waiting is not None and waiter not in waiting:
-                waiting.append(waiter)  # it hears the outcome with the others
+                if len(waiting) >= MAX_WAITERS:
+                    return ErrorReply(
+                        request_id=request_id,
+                        code=ErrorCode.REFUSED,
+                        message=f"execution {record.execution_id!r} already has {MAX_WAITERS} "
+                        "waiting submissions; wait for one of them or ask its status instead",
+                    )
+                waiting[waiter] = None  # it hears the outcome with the others
         if waiting is None:
             # Its waiters were already served, so it has ended — even if ``record`` was read
             # just before a worker finished it: read it again, or this peer would never hear.
@@ -84,7 +97,7 @@ class Waiters:
             self.results.put(record.execution_id, frames)
         completion = self.completion(record, frames)
         with self._lock:
-            waiting = self._waiting.pop(record.execution_id, [])
+            waiting = self._waiting.pop(record.execution_id, {})
         for peer, request_id in waiting:
             self.send(peer, completion, request_id)
         if self.server.has_subscribers(record.execution_id):
