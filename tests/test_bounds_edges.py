@@ -3,7 +3,8 @@
 JSON nesting (100 levels, lists and objects alike), array dimensions (32), ints (2048 bits),
 header bytes (1 MiB), request ids (0..2**63-1), an int where a float is expected, the tracker's
 waits at ``limit=1`` and ``timeout=0``, its recent-ack memory (10,000), retention (at least one
-record), a request table (4 workers, 1,024 pending) and execution ids (1..256 characters).
+record), a request table (4 workers, 1,024 pending), execution ids (1..256 characters) and
+an ack channel's early acks (4,096).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 import attrs
 import numpy
 import pytest
+import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import MAX_REQUEST_ID, MESSAGE_STRATEGIES, to_wire
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec, wire
+from zmqruntime.core.ack import EARLY_ACK_CAPACITY, AckChannel
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
@@ -35,6 +38,7 @@ from zmqruntime.core.messages import (
     ExecutionRecord,
     ExecutionStatus,
     ImageFrame,
+    ImageSent,
     Message,
     Ping,
 )
@@ -496,3 +500,39 @@ def test_an_execution_id_of_256_characters_runs_and_257_is_refused(
             client.submit("no", execution_id="e" * 257).result(WAIT)
         assert info.value.code is ErrorCode.MALFORMED
         assert "1..256 characters" in str(info.value)
+
+
+# --- an ack channel keeps 4,096 early acks -------------------------------------------------
+
+
+def test_an_ack_channel_keeps_the_4096_latest_early_acks(
+    config: ZMQConfig, no_thread_leak: None
+) -> None:
+    assert EARLY_ACK_CAPACITY == 4096
+    registry = GlobalQueueTrackerRegistry()
+    tracker = registry.get_or_create_tracker("v")
+    tracker.register_sent("last")
+    done = threading.Event()
+    endpoint = Endpoint.of(0, transport_mode=TransportMode.IPC, config=config)
+    with AckChannel.bind(endpoint, registry=registry) as channel:
+        channel.add_callback(lambda ack: done.set() if ack.image_id == "last" else None)
+        context = zmq.Context()
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
+        push.setsockopt(zmq.LINGER, 1000)
+        try:
+            push.connect(channel.address)
+            # One past the capacity of acks that overtake their notices: the oldest is dropped.
+            for n in range(EARLY_ACK_CAPACITY + 1):
+                push.send_multipart(codec.encode(Ack(image_id=f"e{n}", tracker_key="v")))
+            for image_id in ("e0", "e1"):
+                push.send_multipart(codec.encode(ImageSent(image_id=image_id, tracker_key="v")))
+            push.send_multipart(codec.encode(Ack(image_id="last", tracker_key="v")))
+        finally:
+            push.close()
+            context.term()
+        assert done.wait(WAIT)
+    assert tracker.get_pending_count() == 1  # e0's ack was dropped, e1's was kept and applied
+    assert tracker.wait_pending_below(1, 0) is False
+    assert tracker.mark_processed("e0") is True
+    assert tracker.mark_processed("e1") is False
