@@ -11,7 +11,6 @@ import contextlib
 import enum
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, Final, final
 
@@ -43,6 +42,9 @@ BACKLOG_LIMIT: Final = 64
 """Default :attr:`StreamingServer.backlog_limit`: images received and not yet acknowledged."""
 BACKLOG_BYTES: Final = 256 << 20
 """Default :attr:`StreamingServer.backlog_bytes`: their pixel bytes (256 MiB)."""
+ACK_HIGH_WATER_MARK: Final = 4096
+"""Acks queued per channel before one is dropped, at least: a small ``send_high_water_mark``
+meant to make images push back must not cost acks."""
 ACK_COPIES: Final = "zmqruntime.ack_copies"
 """The built-in request (payload ``{"prefix": str}``) by which a sender whose acks go to another
 process (``ack_to``) asks for a copy of each, pushed on its control connection, for the images
@@ -243,7 +245,9 @@ class StreamingServer:
         return True
 
     def _run_sink(self) -> None:
-        acks = AckSender(config=self.server.config, curve=self.ack_curve)
+        config = self.server.config
+        hwm = max(config.send_high_water_mark, ACK_HIGH_WATER_MARK)
+        acks = AckSender(attrs.evolve(config, send_high_water_mark=hwm), self.ack_curve)
         try:
             # Once stopping, what still waits is acked as skipped on the way out.
             while True:
@@ -281,27 +285,27 @@ class StreamingServer:
         self._ack(acks, image, AckOutcome.PROCESSED, "")
 
     def _ack(self, acks: AckSender, image: ImageFrame, outcome: AckOutcome, error: str) -> None:
-        """Acknowledge ``image`` and make its room in the backlog (sink thread)."""
+        """Make the image's room in the backlog, then acknowledge it (sink thread)."""
         self._counts[outcome.value] += 1
-        if image.ack_to is not None:
-            acks.acknowledge(image.ack_to, image.image_id, image.tracker_key, outcome, error)
         with self._room:
             full = self._full()
             self._held[0] -= 1
             self._held[1] -= _pixel_bytes(image)
             peer = self._copies.get(image.image_id.rpartition("-")[0]) if self._copies else None
-        if peer is not None:
-            ack = Ack(
-                image_id=image.image_id,
-                tracker_key=image.tracker_key,
-                outcome=outcome,
-                error=error,
-                timestamp=time.time(),
-            )
-            with contextlib.suppress(ChannelClosed):  # closing: the sender hears no more
-                self.server.send(peer, ack)
         if full:  # the I/O thread may read again
             self.server.wake()
+        ack = Ack(
+            image_id=image.image_id,
+            tracker_key=image.tracker_key,
+            outcome=outcome,
+            error=error,
+            timestamp=acks.clock(),
+        )
+        if image.ack_to is not None:
+            acks.send(ack, image.ack_to)
+        if peer is not None:
+            with contextlib.suppress(ChannelClosed):  # closing: the sender hears no more
+                self.server.send(peer, ack)
 
     def _drain_on_close(self, acks: AckSender) -> None:
         with self._room:
