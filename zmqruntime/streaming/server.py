@@ -58,7 +58,7 @@ class StreamMode(enum.Enum):
     """How a viewer treats images that arrive faster than its sink shows them."""
 
     ALL = "all"
-    """Show every image, in order (senders bound the backlog with ``max_in_flight``)."""
+    """Show every image, in order."""
     LATEST = "latest"
     """Live view: per stream (tracker key), show only the newest waiting image; the others
     are acknowledged as skipped, so trackers stay exact."""
