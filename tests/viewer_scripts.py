@@ -42,6 +42,7 @@ def sender(
         Endpoint.of(port=int(port), transport_mode=TransportMode(mode), config=_config(ipc_root)),
         ack_to=ack_to,
         tracker_key=key,
+        max_in_flight=int(count),  # all may be pending at once: the parent gates the sink
     ) as images:
         for number in range(start, start + int(count)):
             images.send(numpy.full((16, 16), number, numpy.int32), {"value": number})

@@ -81,6 +81,9 @@ class ZMQServer:
     capabilities: tuple[str, ...] = ()
     data_socket_type: int = zmq.PUB
     data_handler: Callable[[Message], None] | None = None
+    data_paused: Callable[[], bool] | None = None
+    """Checked by the I/O thread before reading data: while true the data socket is not read;
+    call :meth:`wake` when it turns false."""
     on_shutdown: Callable[[bool], None] | None = None
     context: Context | None = None
     clock: Callable[[], float] = time.monotonic
@@ -112,9 +115,10 @@ class ZMQServer:
         handlers: Mapping[HandlerKey, ControlHandler],
         *,
         data_handler: Callable[[Message], None] | None = None,
+        data_paused: Callable[[], bool] | None = None,
         on_shutdown: Callable[[bool], None] | None = None,
     ) -> None:
-        """Add handlers (and the data handler, the shutdown hook) before the server starts;
+        """Add handlers (and the data handler and pause, the shutdown hook) before the start;
         ``RuntimeError`` once it is bound, or when a request type already has a handler."""
         with self._lock:
             if self._pair is not None:
@@ -125,6 +129,7 @@ class ZMQServer:
                 raise RuntimeError(f"{self.role} already has handlers for {names}")
             self.handlers = {**self.handlers, **handlers}
             self.data_handler = data_handler or self.data_handler
+            self.data_paused = data_paused or self.data_paused
             self.on_shutdown = on_shutdown or self.on_shutdown
 
     # --- life cycle -----------------------------------------------------------------------
@@ -164,6 +169,7 @@ class ZMQServer:
                 self._counts,
                 router.answer,
                 self.data_handler,
+                self.data_paused,
             )
             logger.info(
                 "%s listening: control %s, data %s", self.role, pair.control_url, pair.data_url
@@ -202,6 +208,11 @@ class ZMQServer:
     def request_stop(self) -> None:
         """Ask the loop to finish; returns at once (safe from handlers and signal handlers)."""
         self._stop.set()
+        if self._mailbox is not None:
+            self._mailbox.wake()
+
+    def wake(self) -> None:
+        """Have the I/O thread check ``data_paused`` again now (thread-safe)."""
         if self._mailbox is not None:
             self._mailbox.wake()
 

@@ -54,7 +54,9 @@ class ServerLoop:
     It polls the control socket, the data socket (when it receives) and the mailbox through
     which other threads send. ``answer(frames, peer)`` turns a request into its reply (None:
     answered later, through the mailbox); data messages go to the data handler; an XPUB's
-    subscription notices go to ``topics``. Undecodable data is dropped with a warning.
+    subscription notices go to ``topics``. Undecodable data is dropped with a warning. While
+    ``data_paused()`` is true the data socket is neither polled nor read (its high-water marks
+    then push back on senders); :meth:`ZMQServer.wake` has it checked again.
     """
 
     role: str
@@ -66,6 +68,7 @@ class ServerLoop:
     counts: dict[str, int]
     answer: Callable[[list[Buffer], Peer], Message | None]
     data_handler: Callable[[Message], None] | None
+    data_paused: Callable[[], bool] | None = None
 
     def run(self) -> None:
         """Serve until :attr:`stop` is set, then send what is still queued."""
@@ -73,11 +76,18 @@ class ServerLoop:
         poller = zmq.Poller()
         for source in (pair.control, mailbox.fileno):
             poller.register(source, zmq.POLLIN)
-        if pair.data_receives:
+        polled = pair.data_receives
+        if polled:
             poller.register(pair.data, zmq.POLLIN)
         try:
             while not self.stop.is_set():
                 try:
+                    if pair.data_receives and self._data_paused() == polled:
+                        polled = not polled
+                        if polled:
+                            poller.register(pair.data, zmq.POLLIN)
+                        else:
+                            poller.unregister(pair.data)
                     ready = dict(poller.poll(_POLL_TICK_MS))
                     if mailbox.fileno in ready:
                         self._flush(pair, mailbox)
@@ -139,10 +149,13 @@ class ServerLoop:
         self.counts["replies"] += 1
         self._send_now(pair.control, [*peer.envelope, *frames])
 
+    def _data_paused(self) -> bool:
+        return self.data_paused is not None and self.data_paused()
+
     def _drain_data(self, pair: SocketPair) -> None:
         notices = cast(int, pair.data.type) == zmq.XPUB
         for _ in range(_BURST):
-            frames = receive_ready(pair.data)
+            frames = None if self._data_paused() else receive_ready(pair.data)
             if frames is None:
                 return
             if notices:  # XPUB: libzmq applied each frame that is a notice; so do we

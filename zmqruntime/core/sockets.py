@@ -62,9 +62,11 @@ def configure_socket(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
     socket.setsockopt(zmq.LINGER, ms(config.linger))
     socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
     socket.setsockopt(zmq.RCVHWM, config.send_high_water_mark)
-    if socket.type not in (zmq.PUB, zmq.XPUB, zmq.SUB):
+    if socket.type not in (zmq.PUB, zmq.XPUB, zmq.SUB, zmq.PUSH, zmq.PULL):
         # ZMTP heartbeats are answered by libzmq's I/O thread, outside the GIL, so a busy
-        # executor never makes a healthy peer look dead.
+        # executor never makes a healthy peer look dead. Not on PUSH/PULL, whose reading
+        # may pause for backpressure: libzmq aborts when a stalled pipe's connection timed
+        # out meanwhile (zeromq/libzmq#3937, #4767).
         socket.setsockopt(zmq.HEARTBEAT_IVL, ms(config.heartbeat_interval))
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms(config.heartbeat_timeout))
         socket.setsockopt(zmq.HEARTBEAT_TTL, ms(config.heartbeat_timeout))

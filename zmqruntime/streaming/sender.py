@@ -23,12 +23,13 @@ from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
-from zmqruntime.core.messages import AckOutcome, ImageSent
+from zmqruntime.core.messages import Ack, AckOutcome, ImageSent, Message
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
 from zmqruntime.core.sockets import Socket, send_frames
-from zmqruntime.errors import ChannelClosed, ConfigurationError, ZMQTimeoutError
+from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
+from zmqruntime.streaming.server import ACK_COPIES
 
 __all__ = ["ImageSender"]
 
@@ -64,10 +65,12 @@ class ImageSender:
     Without ``ack_to`` the viewer's acks come back to ``channel``, this sender's own
     :class:`~zmqruntime.AckChannel`, started and closed with it; with it they go to that other
     process's channel, which the sender tells of each image it sends, so the tracker there stays
-    exact. ``tracker`` (created when not given) follows what was sent and acknowledged;
-    ``tracker_key`` names this stream in acks (default: a fresh unique key). ``send_timeout``
-    bounds how long :meth:`send` waits for room under ``max_in_flight``
-    (``config.request_timeout`` by default). Safe to call from several threads.
+    exact, and the viewer pushes this sender a copy of each on its control connection.
+    ``tracker`` (created when not given) follows what was sent and acknowledged here;
+    ``tracker_key`` names this stream in acks (default: a fresh unique key). At most
+    ``max_in_flight`` images are unacknowledged at once, with or without ``ack_to``;
+    ``send_timeout`` bounds how long :meth:`send` waits for room (``config.request_timeout``
+    by default). Safe to call from several threads.
     """
 
     client: ZMQClient
@@ -89,6 +92,8 @@ class ImageSender:
     _closed: bool = attrs.field(default=False, init=False)
     _thread_sockets: dict[int, _ThreadSocket] = attrs.field(factory=dict, init=False)
     _limit: float = attrs.field(default=0.0, init=False)
+    _copies_asked: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _copies_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     @classmethod
     def to(
@@ -143,6 +148,9 @@ class ImageSender:
                 else:
                     registry.add_tracker(self.tracker, self._key)
                 self.channel.start()
+            else:
+                self.tracker = self.tracker or QueueTracker(self._key)
+                self.client.listen(on_message=self._on_ack_copy)
             self.client.connect()
             self._connected = True
         return self
@@ -205,20 +213,22 @@ class ImageSender:
         frame = codec.image_from_array(
             array, image_id=image_id, tracker_key=self._key, metadata=meta, ack_to=self.ack_address
         )
-        if self.ack_to is not None:
-            notice = ImageSent(image_id=image_id, tracker_key=self._key)
-            self.client.push(self.ack_to, notice, curve=self.ack_to_curve)
-            self.client.send_data(frame)
-            return image_id
         frames = codec.encode(frame)  # before registering: a bad image raises here
         tracker = self.tracker
         assert tracker is not None
+        if self.ack_to is not None:
+            self._ask_for_ack_copies()
         if not tracker.wait_and_register(image_id, self.max_in_flight, self._limit):
             raise ZMQTimeoutError(
                 f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
                 f"unacknowledged after {self._limit}s (max_in_flight={self.max_in_flight}); is "
                 f"the viewer running?{self._connection_hint()}"
             )
+        if self.ack_to is not None:  # the notice goes first, so the image goes the same way
+            notice = ImageSent(image_id=image_id, tracker_key=self._key)
+            self.client.push(self.ack_to, notice, curve=self.ack_to_curve)
+            self.client.send_data(frame)
+            return image_id
         entry = self._thread_socket()
         if entry.socket is None:
             self.client.send_data(frame)
@@ -236,6 +246,29 @@ class ImageSender:
                     ) from None
                 raise
         return image_id
+
+    def _ask_for_ack_copies(self) -> None:
+        """Once, before the first image: ask the viewer for copies of this sender's acks
+        (waits up to ``send_timeout``; raises like ``ZMQClient.call``)."""
+        if self._copies_asked.is_set():
+            return
+        with self._copies_lock:
+            if self._copies_asked.is_set():
+                return
+            try:
+                self.client.call(ACK_COPIES, {"prefix": self._id_prefix}, timeout=self._limit)
+            except RemoteError as exc:
+                raise ConfigurationError(
+                    f"the viewer at {self.viewer_address} cannot copy acks to this sender, so "
+                    f"ack_to cannot hold max_in_flight: {exc}; upgrade the viewer"
+                ) from exc
+            self._copies_asked.set()
+
+    def _on_ack_copy(self, message: Message) -> None:
+        """Client I/O thread: a copy of an ack the viewer sent to ``ack_to`` frees a slot."""
+        tracker = self.tracker
+        if isinstance(message, Ack) and tracker is not None:
+            tracker.acknowledge(message.image_id, message.outcome, message.error)
 
     def _thread_socket(self) -> _ThreadSocket:
         """The calling thread's entry, made on its first send."""
@@ -287,10 +320,6 @@ class ImageSender:
         Raises :class:`ZMQTimeoutError` naming how many are still missing after ``timeout``
         seconds (``config.request_timeout`` by default).
         """
-        if self.ack_to is not None:
-            raise RuntimeError(
-                "acks for this sender go to another process's AckChannel; track them there"
-            )
         tracker = self.connect().tracker
         assert tracker is not None
         limit = self.client.config.request_timeout if timeout is None else timeout

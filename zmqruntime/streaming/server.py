@@ -1,14 +1,15 @@
 """StreamingServer: a :class:`~zmqruntime.ZMQServer` (role "viewer", PULL data socket) whose
 I/O thread only queues images, and a sink thread that calls the :class:`~zmqruntime.ImageSink`
 in arrival order and acknowledges each image to the :class:`~zmqruntime.AckChannel` its header
-names: processed, failed (with the error text) or, in latest-frame mode, skipped."""
+names: processed, failed (with the error text) or, in latest-frame mode, skipped. The queue
+between them is bounded by count and bytes, and a full one stops the reading."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
-import queue
 import threading
 from collections.abc import Mapping
 from typing import Any, Final, final
@@ -16,15 +17,17 @@ from typing import Any, Final, final
 import attrs
 import zmq
 
+from zmqruntime.config import check_count, checked
 from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
-from zmqruntime.core.messages import AckOutcome, ImageFrame, Message
+from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, Message
 from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer
-from zmqruntime.core.server import ZMQServer
+from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.errors import ChannelClosed
 from zmqruntime.protocols import ImageSink, RequestHandler, TaskSerializer
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
@@ -32,14 +35,30 @@ __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 logger = logging.getLogger(__name__)
 
 CAPABILITIES: Final = ("images", "acks", "shutdown")
-_WAKE_SECONDS: Final = 1.0  # the idle sink thread's timeout; close() wakes it at once anyway
+_WAKE_SECONDS: Final = 1.0  # the waits' slice; close() wakes them at once anyway
+_HELD: Final = ("backlog", "backlog_bytes", "peak_backlog", "peak_backlog_bytes")
+
+BACKLOG_LIMIT: Final = 64
+"""Default :attr:`StreamingServer.backlog_limit`: images received and not yet acknowledged."""
+BACKLOG_BYTES: Final = 256 << 20
+"""Default :attr:`StreamingServer.backlog_bytes`: their pixel bytes (256 MiB)."""
+ACK_HIGH_WATER_MARK: Final = 4096
+"""Acks queued per channel before one is dropped, at least: a small ``send_high_water_mark``
+meant to make images push back must not cost acks."""
+ACK_COPIES: Final = "zmqruntime.ack_copies"
+"""The built-in request (payload ``{"prefix": str}``) by which a sender whose acks go to another
+process (``ack_to``) asks for a copy of each, pushed on its control connection, for the images
+whose id is ``prefix-<number>``: so it can hold its ``max_in_flight``."""
+MAX_ACK_COPY_SENDERS: Final = 1024
+"""How many senders (id prefixes) a viewer sends ack copies to; the least recent is dropped."""
+_at_least_one = checked(check_count, 1)
 
 
 class StreamMode(enum.Enum):
     """How a viewer treats images that arrive faster than its sink shows them."""
 
     ALL = "all"
-    """Show every image, in order (senders bound the backlog with ``max_in_flight``)."""
+    """Show every image, in order."""
     LATEST = "latest"
     """Live view: per stream (tracker key), show only the newest waiting image; the others
     are acknowledged as skipped, so trackers stay exact."""
@@ -48,13 +67,23 @@ class StreamMode(enum.Enum):
 @final
 @attrs.frozen(kw_only=True)
 class StreamingStatistics:
-    """What a viewer has done with the images it received."""
+    """What a viewer has done with the images it received. ``backlog``/``backlog_bytes``: images
+    (and their pixel bytes) received and not yet acknowledged, the one in the sink included;
+    ``peak_*`` their highest values since the start."""
 
     received: int
     processed: int
     skipped: int
     failed: int
     waiting: int
+    backlog: int
+    backlog_bytes: int
+    peak_backlog: int
+    peak_backlog_bytes: int
+
+
+def _pixel_bytes(image: ImageFrame) -> int:
+    return memoryview(image.pixels).nbytes
 
 
 @final
@@ -65,21 +94,29 @@ class StreamingServer:
     It receives on the ``server`` it is given (:meth:`bind` builds one for an endpoint; read a free
     port back from :attr:`port_number`). If ``sink`` has a ``close()`` method, it is called on
     close, from the sink thread. ``ack_curve`` is used for acks sent to CURVE-protected channels.
+
+    The backlog (images received and not yet acknowledged) holds at most ``backlog_limit``
+    images; the I/O thread stops reading the data socket once it holds that many or
+    ``backlog_bytes`` pixel bytes or more (so one image more than that at most), until the sink
+    catches up. libzmq's high-water marks then fill and senders' sends wait; control requests
+    are still answered.
     """
 
     sink: ImageSink
     server: ZMQServer
     mode: StreamMode = StreamMode.ALL
     ack_curve: ClientCurve | None = None
+    backlog_limit: int = attrs.field(default=BACKLOG_LIMIT, validator=_at_least_one)
+    backlog_bytes: int = attrs.field(default=BACKLOG_BYTES, validator=_at_least_one)
 
-    # I/O thread -> sink thread; None only wakes the sink (on close).
-    _inbox: queue.SimpleQueue[ImageFrame | None] = attrs.field(
-        factory=queue.SimpleQueue, init=False
-    )
-    # Taken from the inbox by the sink thread, not yet shown (latest-frame mode keeps more).
+    # Received by the I/O thread, not yet taken by the sink thread; guarded by _room.
     _queue: collections.deque[ImageFrame] = attrs.field(factory=collections.deque, init=False)
-    _taken: int = attrs.field(default=0, init=False)  # written by the sink thread only
-    _stopping: bool = attrs.field(default=False, init=False)
+    _room: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    _held: list[int] = attrs.field(factory=lambda: [0, 0, 0, 0], init=False)  # see _HELD
+    _copies: collections.OrderedDict[str, Peer] = attrs.field(  # guarded by _room
+        factory=collections.OrderedDict, init=False
+    )
+    _stopping: bool = attrs.field(default=False, init=False)  # the sink thread ends
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _counts: dict[str, int] = attrs.field(
@@ -101,7 +138,7 @@ class StreamingServer:
         """A viewer with its own :class:`~zmqruntime.ZMQServer` at ``endpoint`` (port 0 picks
         a free one), answering the application's own ``requests`` (name → handler; payloads
         through ``serializer``, safe by default); ``options`` are this class's other fields
-        (``mode``, ``ack_curve``)."""
+        (``mode``, ``ack_curve``, ``backlog_limit``, ``backlog_bytes``)."""
         server = ZMQServer(
             endpoint,
             role="viewer",
@@ -116,7 +153,9 @@ class StreamingServer:
     def _build(self) -> ZMQServer:
         if self._thread is not None:
             raise RuntimeError("this StreamingServer was already started")
-        self.server.route({}, data_handler=self._on_data)
+        self.server.route({}, data_handler=self._on_data, data_paused=self._full)
+        table = self.server.requests
+        table.handlers = {**table.handlers, ACK_COPIES: self._copy_acks}
         self.server.bind()
         self._thread = threading.Thread(
             target=self._run_sink, name=f"zmqruntime-sink-{self.server.bound_port}", daemon=True
@@ -148,8 +187,9 @@ class StreamingServer:
         self._closed = True
         limit = self.server.config.close_timeout if timeout is None else timeout
         self.server.close(limit)
-        self._stopping = True
-        self._inbox.put(None)
+        with self._room:
+            self._stopping = True
+            self._room.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(limit)
             if self._thread.is_alive():
@@ -164,28 +204,59 @@ class StreamingServer:
         return self.server.bound_port
 
     def statistics(self) -> StreamingStatistics:
-        """Images received, processed, skipped and failed, and how many wait for the sink."""
-        counts = dict(self._counts)
-        waiting = max(0, counts["received"] - self._taken + len(self._queue))
-        return StreamingStatistics(**counts, waiting=waiting)
+        """Images received, processed, skipped and failed, how many wait for the sink, and the
+        backlog now and at its peak."""
+        with self._room:
+            held, waiting = list(self._held), len(self._queue)
+        return StreamingStatistics(
+            **self._counts, waiting=waiting, **dict(zip(_HELD, held, strict=True))
+        )
+
+    def _full(self) -> bool:
+        """Whether the I/O thread must stop reading images (any thread)."""
+        with self._room:  # re-entrant
+            return self._held[0] >= self.backlog_limit or self._held[1] >= self.backlog_bytes
 
     def _on_data(self, message: Message) -> None:
+        """I/O thread, which reads nothing more while the backlog is full."""
         if not isinstance(message, ImageFrame):
             logger.warning("viewer dropped a %s: only images belong here", message.TYPE.value)
             return
-        self._counts["received"] += 1
-        self._inbox.put(message)
+        size = _pixel_bytes(message)
+        held = self._held
+        with self._room:
+            held[0] += 1
+            held[1] += size
+            held[2], held[3] = max(held[2], held[0]), max(held[3], held[1])
+            self._counts["received"] += 1
+            self._queue.append(message)
+            self._room.notify_all()
+
+    def _copy_acks(self, payload: Any, peer: Peer) -> bool:
+        """Request worker: send ``peer`` a copy of the acks of images ``prefix-<number>``."""
+        prefix = payload.get("prefix") if isinstance(payload, dict) else None
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError('ack copies need a payload {"prefix": "<image id prefix>"}')
+        with self._room:
+            self._copies[prefix] = peer
+            self._copies.move_to_end(prefix)
+            while len(self._copies) > MAX_ACK_COPY_SENDERS:
+                self._copies.popitem(last=False)
+        return True
 
     def _run_sink(self) -> None:
-        acks = AckSender(config=self.server.config, curve=self.ack_curve)
+        config = self.server.config
+        hwm = max(config.send_high_water_mark, ACK_HIGH_WATER_MARK)
+        acks = AckSender(attrs.evolve(config, send_high_water_mark=hwm), self.ack_curve)
         try:
             # Once stopping, what still waits is acked as skipped on the way out.
-            while not self._stopping:
-                if not self._queue and not self._receive(_WAKE_SECONDS):
-                    continue
-                if self.mode is StreamMode.LATEST and self._receive_all():
-                    return
-                show, skip = self._take()
+            while True:
+                with self._room:
+                    while not self._queue and not self._stopping:
+                        self._room.wait(_WAKE_SECONDS)
+                    if self._stopping:
+                        return
+                    show, skip = self._take()
                 for image in skip:
                     self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
                 self._show(acks, show)
@@ -194,27 +265,8 @@ class StreamingServer:
             acks.close()
             self._close_sink()
 
-    def _receive(self, timeout: float | None) -> bool:
-        """Move one image from the inbox to the queue, waiting up to ``timeout`` seconds
-        (None: not at all); False if none came."""
-        try:
-            image = self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
-        except queue.Empty:
-            return False
-        if image is None:
-            return False
-        self._queue.append(image)
-        self._taken += 1
-        return True
-
-    def _receive_all(self) -> bool:
-        """Move every waiting image to the queue; True if the viewer is stopping."""
-        while self._receive(None):
-            pass
-        return self._stopping
-
     def _take(self) -> tuple[ImageFrame, list[ImageFrame]]:
-        """The next image to show and the images to skip (sink thread)."""
+        """The next image to show and the images to skip (sink thread, ``_room`` held)."""
         first = self._queue.popleft()
         if self.mode is StreamMode.ALL:
             return first, []
@@ -233,15 +285,32 @@ class StreamingServer:
         self._ack(acks, image, AckOutcome.PROCESSED, "")
 
     def _ack(self, acks: AckSender, image: ImageFrame, outcome: AckOutcome, error: str) -> None:
+        """Make the image's room in the backlog, then acknowledge it (sink thread)."""
         self._counts[outcome.value] += 1
+        with self._room:
+            full = self._full()
+            self._held[0] -= 1
+            self._held[1] -= _pixel_bytes(image)
+            peer = self._copies.get(image.image_id.rpartition("-")[0]) if self._copies else None
+        if full:  # the I/O thread may read again
+            self.server.wake()
+        ack = Ack(
+            image_id=image.image_id,
+            tracker_key=image.tracker_key,
+            outcome=outcome,
+            error=error,
+            timestamp=acks.clock(),
+        )
         if image.ack_to is not None:
-            acks.acknowledge(image.ack_to, image.image_id, image.tracker_key, outcome, error)
+            acks.send(ack, image.ack_to)
+        if peer is not None:
+            with contextlib.suppress(ChannelClosed):  # closing: the sender hears no more
+                self.server.send(peer, ack)
 
     def _drain_on_close(self, acks: AckSender) -> None:
-        while self._receive(None) or self._inbox.qsize():
-            pass
-        while self._queue:
-            image = self._queue.popleft()
+        with self._room:
+            left, self._queue = list(self._queue), collections.deque()
+        for image in left:
             self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
 
     def _close_sink(self) -> None:
