@@ -965,3 +965,32 @@ def test_progress_notes_are_shown_as_text_not_markup(capfd: pytest.CaptureFixtur
     bars.update("task", 0.5, "[/] [bold]")
     bars.finish()
     assert "[/] [bold]" in capfd.readouterr().err
+
+
+def _ping_until_up(server: Background, *options: str) -> dict[str, Any]:
+    deadline = time.monotonic() + READY_WITHIN
+    while (answer := server.run("ping", "--json", "--timeout", "3", *options)).returncode:
+        assert server.process.poll() is None, server.output()
+        assert time.monotonic() < deadline, answer.stderr
+    pong: dict[str, Any] = json.loads(answer.stdout)
+    return pong
+
+
+def test_keys_and_insecure_choose_how_tcp_authenticates(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    for name in ("server", "client"):
+        assert run_cli("keygen", str(keys), "--name", name, cwd=tmp_path).returncode == 0
+    serve = ("serve", "--executor", "tests.executors:dispatch")
+    endpoint = Endpoint.free(TransportMode.TCP, tmp_path)
+    with background(*serve, "--keys", str(keys), endpoint=endpoint, name="curve") as server:
+        assert _ping_until_up(server, "--keys", str(keys))["role"] == "execution"
+        plain = server.run("ping", "--timeout", "2")  # this user's own credentials: not CURVE
+        assert plain.returncode == 3 and "mechanisms" in plain.stderr, plain.stderr
+        assert server.run("shutdown", "--keys", str(keys)).returncode == 0
+        assert server.wait_exit() == 0
+    missing = run_cli("ping", *endpoint.args, "--keys", str(tmp_path), cwd=tmp_path)
+    assert_one_line_error(missing, 2, "zmqruntime keygen")
+    endpoint = Endpoint.free(TransportMode.TCP, tmp_path)
+    with background(*serve, "--insecure", endpoint=endpoint, name="open") as server:
+        assert _ping_until_up(server, "--insecure")["role"] == "execution"
+        assert "insecure=True" in server.output()[1]  # the warning

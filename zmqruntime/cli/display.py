@@ -88,7 +88,9 @@ def _explain(exc: BaseException, where: str | None) -> tuple[str, int]:
         return f"task failed: {exc.error_type}: {exc.error_message}", EXIT_TASK_FAILED
     if isinstance(exc, errors.TaskCancelled):
         return f"task {exc.execution_id} was cancelled", EXIT_TASK_FAILED
-    if isinstance(exc, errors.ZMQTimeoutError | errors.ServerLost):
+    if isinstance(exc, errors.ServerLost):
+        return str(exc), EXIT_UNREACHABLE
+    if isinstance(exc, errors.ZMQTimeoutError):
         nobody = f"no zmqruntime server answered on {where}; is one running there?"
         return (str(exc) if where is None else nobody), EXIT_UNREACHABLE
     if isinstance(exc, errors.RemoteError):

@@ -85,12 +85,21 @@ def _where(args: argparse.Namespace) -> str:
 def _address(args: argparse.Namespace, *, client: bool = True) -> Endpoint:
     """Where a one-shot client connects (localhost by default), or else where a server binds."""
     from zmqruntime.core.endpoint import Endpoint  # noqa: PLC0415 - lazy, see top
+    from zmqruntime.core.security import curve_from_folder  # noqa: PLC0415 - lazy, see top
 
     config = ZMQConfig(ipc_root=args.ipc_root)
     if client:
         config = attrs.evolve(config, linger=_ONE_SHOT_LINGER)
     host = args.host or ("localhost" if client else None)
-    return Endpoint.of(args.port, host=host, transport_mode=_mode(args), config=config)
+    curve = None if args.keys is None else curve_from_folder(args.keys, server=not client)
+    return Endpoint.of(
+        args.port,
+        host=host,
+        transport_mode=_mode(args),
+        config=config,
+        curve=curve,
+        insecure=args.insecure,
+    )
 
 
 def _client(args: argparse.Namespace) -> ExecutionClient:
@@ -258,9 +267,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     else:
         display.writable_folder(Path(folder), "--sink")
     argv = ["--sink", args.sink, "--transport", _mode(args).value]
-    given = (("--port", args.port), ("--ipc-root", args.ipc_root), ("--host", args.host))
+    given: tuple[tuple[str, Any], ...] = (("--port", args.port), ("--ipc-root", args.ipc_root))
+    given += (("--host", args.host), ("--keys", args.keys))
     argv += [str(part) for option, value in given if value is not None for part in (option, value)]
-    return viewer_main(argv)
+    return viewer_main(argv + ["--insecure"] * args.insecure)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -343,6 +353,14 @@ def _add_endpoint(parser: argparse.ArgumentParser, side: str) -> None:
     mode.add_argument("--tcp", dest="mode", action="store_const", const=tcp, help="use TCP")
     mode.add_argument("--ipc", dest="mode", action="store_const", const=ipc, help="use IPC (POSIX)")
     parser.add_argument("--ipc-root", help="folder of IPC sockets (default ~)")
+    keys = "CURVE keys made by keygen: server.key_secret, and clients' *.key"
+    if side == "client":
+        keys = "CURVE keys made by keygen: client.key_secret and server.key"
+    secure = parser.add_mutually_exclusive_group()
+    secure.add_argument("--keys", metavar="DIR", help=keys + " (TCP)")
+    secure.add_argument(
+        "--insecure", action="store_true", help="TCP without credentials: anyone may connect"
+    )
     parser.add_argument("--timeout", type=display.seconds, default=5.0, help="seconds to wait (5)")
 
 

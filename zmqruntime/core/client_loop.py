@@ -80,7 +80,7 @@ class ClientLoop:
                     if monitor in ready:
                         self._drain_monitor(monitor, pair)
                     if self.pending.next_deadline() is not None:
-                        self.counts["timeouts"] += self.pending.expire(time.monotonic())
+                        self.counts["timeouts"] += self._expire(pair)
                 except zmq.ContextTerminated:
                     break
                 except Exception:
@@ -101,6 +101,13 @@ class ClientLoop:
             return _POLL_TICK_MS
         wait = (deadline - time.monotonic()) * 1000
         return max(0, min(_POLL_TICK_MS, int(wait) + 1))
+
+    def _expire(self, pair: SocketPair) -> int:
+        """Expire overdue requests: as lost when the handshake failed (they never reached a
+        server, and waiting longer will not help), else as timed out."""
+        failure = self.watch.handshake_failure
+        cause = None if failure is None else ServerLost(self.watch.lost(pair.control_url))
+        return self.pending.expire(time.monotonic(), cause)
 
     def _flush(self, pair: SocketPair, mailbox: Mailbox, pushers: PushSockets) -> None:
         for kind, payload in mailbox.drain():

@@ -63,12 +63,13 @@ class PendingRequests:
         """The earliest deadline still armed (possibly of an answered request)."""
         return self._deadlines[0][0] if self._deadlines else None
 
-    def expire(self, now: float) -> int:
-        """Fail every request whose deadline is at or before ``now``; returns how many."""
+    def expire(self, now: float, cause: Exception | None = None) -> int:
+        """Fail every request whose deadline is at or before ``now`` with ``cause``, or else
+        a :class:`ZMQTimeoutError` saying what timed out; returns how many."""
         expired = 0
         while self._deadlines and self._deadlines[0][0] <= now:
             _deadline, request_id, description = heapq.heappop(self._deadlines)
-            expired += self.fail(request_id, ZMQTimeoutError(description))
+            expired += self.fail(request_id, cause or ZMQTimeoutError(description))
         return expired
 
     def resolve(self, request_id: int, reply: Message) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "CurveKeyPair",
     "ServerCurve",
     "check_pickle_exposure",
+    "curve_from_folder",
     "describe_handshake_failure",
     "generate_curve_keypair",
     "is_loopback_host",
@@ -154,6 +155,27 @@ class ClientCurve:
         socket.curve_secretkey = self.keypair.secret_key
         socket.curve_publickey = self.keypair.public_key
         socket.curve_serverkey = self.server_public_key
+
+
+def curve_from_folder(folder: str | os.PathLike[str], *, server: bool) -> ServerCurve | ClientCurve:
+    """CURVE keys from a folder of key files made by ``zmqruntime keygen`` (the CLI's
+    ``--keys DIR``): for a server, its pair from ``server.key_secret``, admitting every other
+    ``*.key`` in the folder; for a client, its pair from ``client.key_secret`` and the
+    server's ``server.key``. ConfigurationError, saying how to make them, when they are not
+    there or not key files."""
+    keys = Path(folder)
+    try:
+        if server:
+            pair = load_curve_keypair(keys / "server.key_secret")
+            clients = {load_public_key(path) for path in keys.glob("*.key")} - {pair.public_key}
+            return ServerCurve(pair, allowed_client_keys=clients)
+        pair = load_curve_keypair(keys / "client.key_secret")
+        return ClientCurve(pair, load_public_key(keys / "server.key"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"no CURVE keys in {str(keys)!r} ({exc}); make them with: zmqruntime keygen "
+            f"{keys} --name server; zmqruntime keygen {keys} --name client"
+        ) from None
 
 
 def is_loopback_host(host: str) -> bool:

@@ -15,6 +15,7 @@ import sys
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifeline import watch_lifeline
+from zmqruntime.core.security import curve_from_folder
 from zmqruntime.streaming.server import StreamingServer, StreamMode
 from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=None, help="interface a TCP viewer binds")
     parser.add_argument("--transport", choices=["tcp", "ipc"], default=None)
     parser.add_argument("--ipc-root", default=None, help="folder for IPC sockets")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE keys: server.key_secret, *.key")
+    parser.add_argument("--insecure", action="store_true", help="TCP without credentials")
     parser.add_argument("--sink", default="npy:zmqruntime-images", help="npy:DIR or napari")
     parser.add_argument("--mode", choices=[m.value for m in StreamMode], default="all")
     parser.add_argument("--log-level", default="INFO")
@@ -40,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     transport = None if args.transport is None else TransportMode(args.transport)
     config = ZMQConfig(ipc_root=args.ipc_root)
-    endpoint = Endpoint.of(args.port, host=args.host, transport_mode=transport, config=config)
+    curve = None if args.keys is None else curve_from_folder(args.keys, server=True)
+    endpoint = Endpoint.of(
+        args.port,
+        host=args.host,
+        transport_mode=transport,
+        config=config,
+        curve=curve,
+        insecure=args.insecure,
+    )
     server = StreamingServer.bind(endpoint, sink, mode=StreamMode(args.mode))
     if isinstance(sink, NapariSink):
         _serve_with_napari(server)
