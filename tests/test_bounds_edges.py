@@ -536,3 +536,15 @@ def test_an_ack_channel_keeps_the_4096_latest_early_acks(
     assert tracker.wait_pending_below(1, 0) is False
     assert tracker.mark_processed("e0") is True
     assert tracker.mark_processed("e1") is False
+
+
+def test_a_header_nests_at_most_its_object_plus_100_levels_on_any_thread() -> None:
+    """An unknown field nested deeper than the limit is refused the same way on every thread
+    (Python's own recursion limit depends on the parsing thread's stack)."""
+
+    def header(levels: int) -> bytes:  # the header object plus ``levels`` lists
+        return b'{"version":1,"type":"ping","frames":0,"x":' + b"[" * levels + b"]" * levels + b"}"
+
+    assert isinstance(codec.decode([header(100)]), Ping)
+    with pytest.raises(RemoteProtocolError, match="nested deeper than 101 levels"):
+        codec.decode([header(101)])

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
 from tests import broken_worker_module, executors
-from tests.conftest import split_endpoint
+from tests.conftest import authenticate, split_endpoint
 from tests.strategies import garbage_frames, hostile_frames, image_dtypes, json_values
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec
@@ -1275,6 +1275,8 @@ def test_garbage_on_the_control_socket_gets_error_replies(
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.linger = 0
+    dealer.sndtimeo = 10_000  # a send that cannot go fails the test instead of hanging it
+    authenticate(dealer, server.server.sockets.control_url, server.server.sockets.config)
     dealer.connect(server.server.sockets.control_url)
     counts: collections.Counter[str] = collections.Counter()
 

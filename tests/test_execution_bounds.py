@@ -22,6 +22,7 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import authenticate
 from tests.executors import dispatch, echo
 from tests.reliability_scripts import child_config
 from tests.strategies import json_values
@@ -77,9 +78,11 @@ def memory(pid: int) -> dict[str, int]:
 class Peer:
     """A raw DEALER on a server's control socket: sends messages, reads replies."""
 
-    def __init__(self, context: zmq.Context[Any], url: str) -> None:
+    def __init__(self, context: zmq.Context[Any], url: str, config: ZMQConfig) -> None:
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
+        authenticate(self.socket, url, config)
         self.socket.connect(url)
 
     def send(self, message: Message, *payload: bytes) -> None:
@@ -184,7 +187,8 @@ def test_a_huge_task_payload_costs_bounded_memory_and_never_delays_pings(
 ) -> None:
     process, port = child(64 * MIB)
     url = child_endpoint(port, tmp_path).control_url
-    attacker, pinger = Peer(zmq_context, url), Peer(zmq_context, url)
+    config = child_config(str(tmp_path))
+    attacker, pinger = Peer(zmq_context, url, config), Peer(zmq_context, url, config)
     assert isinstance(pinger.ask(Ping(request_id=0)), Pong)
     before = memory(process.pid)
 
@@ -232,7 +236,7 @@ def test_the_json_byte_limit_holds_at_its_edge(
     serve: Callable[..., ExecutionServer], zmq_context: zmq.Context[Any]
 ) -> None:
     server = serve(lambda task, _ctx: len(task), max_task_json_bytes=100_000)
-    peer = Peer(zmq_context, control_url(server))
+    peer = Peer(zmq_context, control_url(server), server.server.sockets.config)
     (at_limit,) = SAFE.dumps("a" * (100_000 - 2))
     done = peer.ask(execute(1, bytes(at_limit)))
     assert isinstance(done, Completion) and done.record.status is ExecutionStatus.COMPLETE
@@ -248,7 +252,7 @@ def test_the_node_limit_holds_at_its_edge(
     """1000 values and keys pass, 1001 fail: refused at once when small, failed by the
     worker when frame 0 is above the inline size."""
     server = serve(lambda task, _ctx: len(task), max_task_nodes=1000)
-    peer = Peer(zmq_context, control_url(server))
+    peer = Peer(zmq_context, control_url(server), server.server.sockets.config)
 
     def task(nodes: int) -> bytes:  # a list, a padded dict {"p": "..."} (3 nodes), and zeros
         pad = {"p": "x" * padding}
@@ -272,7 +276,7 @@ def test_the_depth_limit_holds_at_its_edge(
     serve: Callable[..., ExecutionServer], zmq_context: zmq.Context[Any], padding: int
 ) -> None:
     server = serve(lambda _task, _ctx: "ran")
-    peer = Peer(zmq_context, control_url(server))
+    peer = Peer(zmq_context, control_url(server), server.server.sockets.config)
 
     def nested(levels: int) -> bytes:  # lists ``levels`` deep, the outer one included
         inner = levels - 1
@@ -319,7 +323,7 @@ def test_duplicates_of_a_running_execution_are_bounded(
         return "done"
 
     server = serve(blocked)
-    peer = Peer(zmq_context, control_url(server))
+    peer = Peer(zmq_context, control_url(server), server.server.sockets.config)
     task = bytes(SAFE.dumps(0)[0])
     peer.send(execute(1, task, execution_id="dup"))
     assert started.wait(WAIT)
@@ -361,7 +365,7 @@ def test_labels_are_bounded_per_submission(
     accepted: bool,
 ) -> None:
     server = serve(lambda _task, _ctx: "ran")
-    peer = Peer(zmq_context, control_url(server))
+    peer = Peer(zmq_context, control_url(server), server.server.sockets.config)
     reply = peer.ask(execute(1, bytes(SAFE.dumps(0)[0]), labels=labels))
     if accepted:
         assert isinstance(reply, Completion) and reply.record.labels == labels

@@ -214,7 +214,8 @@ def decode(
         if (size := memoryview(frames[0]).nbytes) > max_header_bytes:
             too_large = f"header of {size} bytes exceeds the limit of {max_header_bytes}"
             raise RemoteProtocolError(too_large, ErrorCode.TOO_LARGE)
-        header = wire.load_json(frames[0], lone_surrogates=False)
+        # the header object, and up to MAX_DEPTH levels of metadata in it
+        header = wire.load_json(frames[0], lone_surrogates=False, max_levels=wire.MAX_DEPTH + 1)
         if type(header) is not dict:
             raise RemoteProtocolError("header must be a JSON object")
         if (version := header.get("version")) != PROTOCOL_VERSION or type(version) is not int:

@@ -62,8 +62,9 @@ _UTF8: Final = json.JSONEncoder(
 _ASCII: Final = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
 
 
-def load_json(frame: Buffer, *, lone_surrogates: bool = True) -> Any:
-    """The strict JSON value that is all of ``frame``; :class:`RemoteProtocolError` if it is not.
+def load_json(frame: Buffer, *, lone_surrogates: bool = True, max_levels: int = 0) -> Any:
+    """The strict JSON value that is all of ``frame``, nested at most ``max_levels`` levels of
+    containers when that is given; :class:`RemoteProtocolError` if it is not.
 
     Without ``lone_surrogates``, a string escaping a lone surrogate (``"\\ud800"``) is refused:
     it has no UTF-8 form, so it could not be sent on.
@@ -79,7 +80,22 @@ def load_json(frame: Buffer, *, lone_surrogates: bool = True) -> Any:
         raise RemoteProtocolError(f"not strict UTF-8 JSON: {type(exc).__name__}: {exc}") from None
     if end != len(text):
         raise RemoteProtocolError(f"data after its JSON value (at {end})")
+    # Python's own limit depends on the stack of the thread that parses; this one does not.
+    brackets = text.count("[") + text.count("{") if max_levels else 0
+    if brackets > max_levels and _levels(value, max_levels) > max_levels:
+        raise RemoteProtocolError(f"JSON nested deeper than {max_levels} levels")
     return value
+
+
+def _levels(value: Any, limit: int) -> int:
+    """How many levels of containers ``value`` nests (a scalar: 0), counted to ``limit + 1``
+    at most."""
+    levels, layer = 0, [value]
+    while levels <= limit and (layer := [n for n in layer if isinstance(n, dict | list)]):
+        levels += 1
+        below = [node.values() if isinstance(node, dict) else node for node in layer]
+        layer = [child for children in below for child in children]
+    return levels
 
 
 def dump_json(value: Any, *, lone_surrogates: bool = False) -> bytes:
