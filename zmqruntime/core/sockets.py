@@ -9,6 +9,7 @@ exactly one other thread (the I/O thread that owns it from then on); ``close()``
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, cast, final
@@ -58,6 +59,31 @@ def ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+OPEN_FILE_LIMIT = 65_536
+"""The soft open-file limit a server raises itself to (never past the hard limit)."""
+
+
+@functools.cache
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files toward :data:`OPEN_FILE_LIMIT`, once: a
+    server holds a descriptor per connection, so the usual 1,024 is soon reached. Returns the
+    soft limit now in force (0 where the platform has no such limit)."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILE_LIMIT if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILE_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            logger.warning("could not raise the open-file limit to %d: %s", wanted, exc)
+            return soft
+        return wanted
+    return soft
+
+
 def configure_socket(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
     socket.setsockopt(zmq.LINGER, ms(config.linger))
     socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
@@ -72,6 +98,9 @@ def configure_socket(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
         socket.setsockopt(zmq.HEARTBEAT_TTL, ms(config.heartbeat_timeout))
     if bound:
         socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+        # A peer that connects and never completes the handshake is dropped this soon
+        # (libzmq's default is 30 s), so silent connections cannot hold descriptors long.
+        socket.setsockopt(zmq.HANDSHAKE_IVL, ms(config.heartbeat_timeout))
     if socket.type == zmq.ROUTER:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
@@ -144,6 +173,7 @@ class SocketPair:
         ``insecure`` (see :class:`~zmqruntime.core.credentials.ServerAuthentication`); made-up
         ones are written to the connection file of the bound port, removed on close.
         """
+        raise_open_file_limit()
         owns = context is None
         ctx: Context = zmq.Context() if context is None else context
         auth = None
