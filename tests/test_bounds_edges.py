@@ -543,7 +543,8 @@ def test_a_header_nests_at_most_its_object_plus_100_levels_on_any_thread() -> No
     (Python's own recursion limit depends on the parsing thread's stack)."""
 
     def header(levels: int) -> bytes:  # the header object plus ``levels`` lists
-        return b'{"version":1,"type":"ping","frames":0,"x":' + b"[" * levels + b"]" * levels + b"}"
+        head = b'{"version":1,"type":"ping","frames":0,"request_id":0,"x":'
+        return head + b"[" * levels + b"]" * levels + b"}"
 
     assert isinstance(codec.decode([header(100)]), Ping)
     with pytest.raises(RemoteProtocolError, match="nested deeper than 101 levels"):
