@@ -128,6 +128,8 @@ def test_the_ready_made_viewer_runs_napari_in_its_main_thread(display: str, conf
         "tcp",
         "--sink",
         "napari",
+        "--ipc-root",  # its credentials live in the runtime folder of the client's config
+        str(config.ipc_root),
         env=env,
     )
     manager = VisualizerProcessManager(

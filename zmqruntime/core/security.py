@@ -230,7 +230,7 @@ def describe_handshake_failure(event: int, value: int, *, curve: bool) -> str:
     )
     if mismatch and not curve:
         return (
-            "the handshake failed: the server and this client use different security "
+            "the handshake failed: the server and this client use different authentication "
             "mechanisms; an open server (insecure=True) needs insecure=True on its clients too, "
             "one with CURVE keys needs curve=ClientCurve(...) with a key it allows"
         )
