@@ -921,11 +921,12 @@ def test_resubmitting_an_execution_id_never_runs_it_twice(
     server = serve(gate, transport_mode)
     first, second, late = connect(server), connect(server), connect(server)
 
-    original = first.submit({"block": True, "value": "original"}, execution_id="same")
+    task = {"block": True, "value": "original"}
+    original = first.submit(task, execution_id="same")
     gate.wait_started("same")
-    again = first.submit({"value": "retry"}, execution_id="same")  # same client, still waiting
+    again = first.submit(task, execution_id="same")  # same client, still waiting
     assert again is original
-    other = second.submit({"value": "other"}, execution_id="same", confirm=True)  # another
+    other = second.submit(task, execution_id="same", confirm=True)  # another client
     duplicate = other.accepted.result(WAIT)
     assert isinstance(duplicate, Accepted)
     assert duplicate.duplicate and duplicate.status is ExecutionStatus.RUNNING
@@ -934,10 +935,10 @@ def test_resubmitting_an_execution_id_never_runs_it_twice(
     assert original.result(WAIT) == "original"
     assert other.result(WAIT) == "original"
     # after completion: from the same client and from a newcomer
-    after = first.submit({"value": "retry"}, execution_id="same")
+    after = first.submit(task, execution_id="same")
     assert after is not original
     assert after.result(WAIT) == "original"
-    newcomer = late.submit({"value": "late"}, execution_id="same", confirm=True)
+    newcomer = late.submit(task, execution_id="same", confirm=True)
     assert newcomer.result(WAIT) == "original"
     accepted = newcomer.accepted.result(WAIT)
     assert isinstance(accepted, Accepted)
@@ -947,7 +948,9 @@ def test_resubmitting_an_execution_id_never_runs_it_twice(
     # failures and cancellations are replayed, not rerun
     failing = first.submit({"fail": True, "value": 1}, execution_id="fails")
     assert isinstance(error_of(failing), TaskFailed)
-    assert isinstance(error_of(second.submit({}, execution_id="fails")), TaskFailed)
+    assert isinstance(
+        error_of(second.submit({"fail": True, "value": 1}, execution_id="fails")), TaskFailed
+    )
     gate.opened.clear()
     blocker = first.submit({"block": True, "value": 2})
     gate.wait_started(blocker.execution_id)
@@ -959,6 +962,25 @@ def test_resubmitting_an_execution_id_never_runs_it_twice(
     assert blocker.result(WAIT) == 2
     assert gate.ran["fails"] == 1 and "doomed" not in gate.ran
     assert sum(1 for eid in gate.order if eid == "same") == 1
+
+
+def test_resubmitting_an_execution_id_with_another_task_is_refused(
+    serve: ServeFactory, connect: ConnectFactory
+) -> None:
+    server = serve(executors.echo)
+    first, second = connect(server), connect(server)
+    big = numpy.arange(100_000, dtype=numpy.int64)  # 800 KB: sampled, not hashed whole
+    assert first.submit({"n": 1}, execution_id="mine").result(WAIT) == {"n": 1}
+    assert second.submit({"n": 1}, execution_id="mine").result(WAIT) == {"n": 1}  # the same
+    with pytest.raises(RemoteError, match="submitted with another task") as refused:
+        second.submit({"n": 2}, execution_id="mine").result(WAIT)
+    assert refused.value.code is ErrorCode.REFUSED
+    assert numpy.array_equal(first.submit(big, execution_id="big").result(WAIT), big)
+    changed = big.copy()
+    changed[-1] = -1  # the last bytes are among those sampled
+    with pytest.raises(RemoteError, match="submitted with another task"):
+        second.submit(changed, execution_id="big").result(WAIT)
+    assert numpy.array_equal(second.submit(big, execution_id="big").result(WAIT), big)
 
 
 # --- a server in another process ------------------------------------------------------------

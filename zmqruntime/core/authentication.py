@@ -86,8 +86,9 @@ class ServerAuthentication:
     @classmethod
     def start(cls, endpoint: Endpoint, context: Context) -> ServerAuthentication | None:
         """The authentication ``endpoint`` asks for: its ServerCurve keys; none for IPC (its
-        0700 folder protects it) or an ``insecure`` endpoint (with a warning); otherwise
-        credentials made now, PLAIN on loopback and CURVE elsewhere."""
+        0700 folder protects it) or an ``insecure`` endpoint (with a warning); otherwise this
+        user's credentials (:class:`UserCredentials`), PLAIN on loopback and CURVE elsewhere,
+        and a connection file to :meth:`publish`."""
         if endpoint.transport is not TransportMode.TCP:
             return None
         if endpoint.insecure:

@@ -274,16 +274,16 @@ class ConnectionFile:
 
 def remove_connection_file(path: Path, pid: int) -> None:
     """Remove ``path`` if it is still the file process ``pid`` wrote (not a newer server's)."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         if json.loads(path.read_bytes()).get("pid") == pid:
             path.unlink()
 
 
 def client_credentials(endpoint: Endpoint) -> PlainCredentials | ClientCurve | None:
-    """What a client presents to ``endpoint``: its CURVE keys if it has some; else, for a TCP
-    endpoint that is not ``insecure``, the credentials in the connection file of its port; else
-    None (an IPC or insecure server, or one whose file this user cannot see — which then
-    refuses the handshake)."""
+    """What a client presents to ``endpoint``: its CURVE keys if it has some; None for IPC or
+    an ``insecure`` endpoint; else the credentials in the connection file of its port, or,
+    without one (a server not started yet, or bound elsewhere), this user's credentials for
+    its host. A server of another user refuses them at the handshake."""
     if endpoint.curve is not None:
         return endpoint.client_curve
     if endpoint.transport is not TransportMode.TCP or endpoint.insecure:

@@ -9,6 +9,7 @@ age.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import sys
 import threading
@@ -21,6 +22,7 @@ import attrs
 from zmqruntime.core import wire
 from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ConfigurationError
+from zmqruntime.protocols import Buffer
 
 __all__ = [
     "MAX_LABELS",
@@ -29,6 +31,7 @@ __all__ = [
     "RetentionPolicy",
     "labels_problem",
     "record_bytes",
+    "task_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,28 @@ def labels_problem(labels: dict[str, str]) -> str | None:
             f"labels of {size} bytes, over the limit of {MAX_LABELS_BYTES} (UTF-8 keys and values)"
         )
     return None
+
+
+_WHOLE_DIGEST_BYTES = 64 * 1024
+_SAMPLED_BYTES = 4096
+
+
+def task_digest(frames: tuple[Buffer, ...]) -> bytes:
+    """A digest that tells a resubmission of the same task from another task under the same
+    id. Payloads up to 64 KiB are hashed whole; larger ones by their first frame, the size of
+    every frame and the first and last 4 KiB of each (so the network thread never hashes a
+    gigabyte)."""
+    views = [memoryview(frame).cast("B") for frame in frames]
+    whole = sum(view.nbytes for view in views) <= _WHOLE_DIGEST_BYTES
+    digest = hashlib.blake2b(digest_size=16)
+    for index, view in enumerate(views):
+        digest.update(view.nbytes.to_bytes(8, "little"))
+        if whole or index == 0 or view.nbytes <= 2 * _SAMPLED_BYTES:
+            digest.update(view)
+        else:
+            digest.update(view[:_SAMPLED_BYTES])
+            digest.update(view[-_SAMPLED_BYTES:])
+    return digest.digest()
 
 
 def record_bytes(record: ExecutionRecord) -> int:
@@ -104,11 +129,16 @@ class ExecutionStore:
         factory=collections.Counter, init=False
     )
     _progress: dict[str, ProgressEvent] = attrs.field(factory=dict, init=False)
+    _digests: dict[str, bytes] = attrs.field(factory=dict, init=False)
+    """What each known execution's task was submitted as (see :meth:`same_task`)."""
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
-    def submit(self, execution_id: str, labels: dict[str, str]) -> tuple[ExecutionRecord, bool]:
-        """Register a new QUEUED execution; returns ``(record, created)``. A known id is not
-        registered again: its current record comes back with ``created=False``."""
+    def submit(
+        self, execution_id: str, labels: dict[str, str], digest: bytes = b""
+    ) -> tuple[ExecutionRecord, bool]:
+        """Register a new QUEUED execution whose task has ``digest``; returns ``(record,
+        created)``. A known id is not registered again: its current record comes back with
+        ``created=False``."""
         with self._lock:
             self._expire()
             existing = self._current(execution_id)
@@ -121,8 +151,15 @@ class ExecutionStore:
                 submitted_at=self.clock(),
             )
             self._records[execution_id] = record
+            self._digests[execution_id] = digest
             self._counts[_QUEUED] += 1
             return record, True
+
+    def same_task(self, execution_id: str, digest: bytes) -> bool:
+        """Whether ``digest`` is the known execution's own (True when either is unknown)."""
+        with self._lock:
+            known = self._digests.get(execution_id, b"")
+            return not known or not digest or known == digest
 
     def get(self, execution_id: str) -> ExecutionRecord | None:
         """The current record of ``execution_id``, or None if unknown (or expired)."""
@@ -236,5 +273,6 @@ class ExecutionStore:
             terminal.popitem(last=False)
             self._terminal_bytes -= size
             record = self._records.pop(execution_id, None)
+            self._digests.pop(execution_id, None)
             if record is not None:
                 self._counts[record.status] -= 1

@@ -53,7 +53,12 @@ from zmqruntime.execution.outcomes import (
     PoolListener,
 )
 from zmqruntime.execution.pool import WorkerPool
-from zmqruntime.execution.records import ExecutionStore, RetentionPolicy, labels_problem
+from zmqruntime.execution.records import (
+    ExecutionStore,
+    RetentionPolicy,
+    labels_problem,
+    task_digest,
+)
 from zmqruntime.execution.results import ResultCache
 from zmqruntime.execution.waiters import Waiters, unknown_execution
 from zmqruntime.protocols import Buffer, RequestHandler, TaskExecutor, TaskSerializer
@@ -263,7 +268,11 @@ class ExecutionServer:
         if (problem := labels_problem(request.labels)) is not None:
             return _error(rid, ErrorCode.TOO_LARGE, f"{problem}; labels are short tags")
         answer_to = None if request.confirm else rid
+        digest = task_digest(request.payload)
         known = self._store.get(execution_id)
+        if known is not None and not self._store.same_task(execution_id, digest):
+            why = f"execution {execution_id!r} was submitted with another task"
+            return _error(rid, ErrorCode.REFUSED, f"{why}; give this task an id of its own")
         if known is not None:
             return self._waiters.join(rid, known, (peer, answer_to))
         if self.pool.queued >= self.queue_limit:
@@ -280,7 +289,7 @@ class ExecutionServer:
             return _error(rid, exc.code, f"the task payload cannot be decoded: {exc}")
         except (ValueError, TypeError) as exc:
             return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
-        record, _created = self._store.submit(execution_id, request.labels)
+        record, _created = self._store.submit(execution_id, request.labels, digest)
         self._waiters.expect(execution_id, (peer, answer_to))
         try:
             self.pool.submit(Job(execution_id, task, record.labels))
