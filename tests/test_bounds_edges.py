@@ -434,7 +434,9 @@ def test_add_tracker_registers_an_existing_tracker_once_per_key() -> None:
 
 def test_retention_keeps_at_least_one_record_for_some_time() -> None:
     assert RetentionPolicy(max_records=1, max_age=1e-9).max_records == 1
-    for bad in ({"max_records": 0}, {"max_records": -1}, {"max_age": 0.0}, {"max_age": -1.0}):
+    bads = [{"max_records": 0}, {"max_records": -1}, {"max_age": 0.0}, {"max_age": -1.0}]
+    bads += [{"max_records": True}, {"max_records": 1.5}, {"max_bytes": 2.5}, {"max_age": True}]
+    for bad in bads:
         with pytest.raises(ConfigurationError, match=next(iter(bad))):
             RetentionPolicy(**bad)
 

@@ -495,6 +495,11 @@ def test_every_command_over_each_transport(mode: TransportMode, tmp_path: Path) 
             f"serving tests.executors:dispatch on port {running.endpoint.port} ({mode.value})"
         )
         assert running.run("ping").stdout.startswith("execution server, pid ")
+        if mode is TransportMode.TCP:  # another runtime folder is another user's credentials
+            stranger = [*running.endpoint.args[:-1], str(tmp_path / "stranger")]
+            refused = run_cli("status", *stranger, "--timeout", "3", cwd=tmp_path)
+            line = assert_one_line_error(refused, 3, "refused this client's credentials")
+            assert "b'" not in line, line
         waiting = submit_id(running, {"op": "wait", "limit": 30})
         assert as_json(running.run("submit", '{"op": "echo", "value": [1]}', "--wait")) == [1]
         wait_for_progress(running, waiting, "waiting for cancel")

@@ -80,7 +80,8 @@ class RequestHandler(Protocol):
     ``payload`` is what the client sent, decoded with the server's :class:`TaskSerializer`
     (so JSON values, bytes and numpy arrays by default); the return value is the reply's
     payload and must be something that serializer can encode. ``peer`` identifies the
-    client (:class:`~zmqruntime.core.server.Peer`). Handlers run on worker threads, several
+    client (:class:`~zmqruntime.core.server.Peer`: its ``user`` and whether it is an
+    ``admin``, for handlers that decide who may do what). Handlers run on worker threads, several
     at once, so they may block; an exception reaches the client as a
     :class:`~zmqruntime.RemoteError` with its type, message and traceback.
     """

@@ -120,6 +120,14 @@ class ServerAuthentication:
             raise
         return auth
 
+    @property
+    def admins(self) -> frozenset[str]:
+        """The ZAP user ids that may act on every execution and shut the server down: this
+        user's PLAIN name, or the CURVE admin keys (see :class:`ServerCurve`)."""
+        if self.plain is not None:
+            return frozenset({self.plain.username})
+        return self.curve.admins if self.curve is not None else frozenset()
+
     def apply(self, socket: zmq.Socket[bytes]) -> None:
         """Require these credentials on ``socket`` (before it binds)."""
         socket.zap_domain = self.domain.encode()

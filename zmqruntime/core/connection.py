@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from typing import Final, final
@@ -73,20 +74,21 @@ class ConnectionWatch:
                 event = parse_monitor_message(monitor.recv_multipart(flags=zmq.NOBLOCK))
             except zmq.Again:
                 return
-            kind, endpoint = event["event"], str(event["endpoint"])
+            kind, endpoint = event["event"], os.fsdecode(event["endpoint"])
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_failure = None
                 self.connected.set()
                 yield LinkEvent.UP, endpoint
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                logger.warning("%s: the server refused this client's credentials", self.name)
+                # INFO: the requests this fails carry the reason to the caller.
+                logger.info("%s: the server refused this client's credentials", self.name)
                 self.handshake_failure = _REFUSED
                 yield LinkEvent.REFUSED, endpoint
             elif kind in _HANDSHAKE_FAILURES:
                 self.handshake_failure = describe_handshake_failure(
                     kind, event["value"], curve=self.curve
                 )
-                logger.warning("%s: %s", self.name, self.handshake_failure)
+                logger.info("%s: %s", self.name, self.handshake_failure)
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.connected.clear()
                 self.disconnects += 1
@@ -95,5 +97,5 @@ class ConnectionWatch:
     def lost(self, endpoint: str) -> str:
         """Why requests in flight failed when the connection to ``endpoint`` broke."""
         if self.handshake_failure is None:
-            return f"the server at {endpoint!r} went away mid-request"
-        return f"no connection to the server at {endpoint!r}: {self.handshake_failure}"
+            return f"the server at {endpoint} went away mid-request"
+        return f"no connection to the server at {endpoint}: {self.handshake_failure}"

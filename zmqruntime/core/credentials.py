@@ -195,7 +195,8 @@ class UserCredentials:
         """What a server binding ``host`` requires: PLAIN on loopback, CURVE elsewhere."""
         if is_loopback_host(host):
             return self.plain
-        return ServerCurve(self.server_keys, allowed_client_keys={self.client_keys.public_key})
+        own = {self.client_keys.public_key}
+        return ServerCurve(self.server_keys, allowed_client_keys=own, admin_keys=own)
 
     def client_side(self, host: str) -> PlainCredentials | ClientCurve:
         """What a client of a server on ``host`` presents."""

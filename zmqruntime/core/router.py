@@ -31,7 +31,7 @@ from zmqruntime.core.server_loop import Peer
 from zmqruntime.errors import ErrorCode, RemoteProtocolError
 from zmqruntime.protocols import Buffer, TaskSerializer
 
-__all__ = ["ControlHandler", "ControlRouter", "HandlerKey"]
+__all__ = ["ControlHandler", "ControlRouter", "HandlerKey", "admin_only"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,23 @@ ControlHandler = Callable[[Any, Peer], "Message | None"]
 HandlerKey: TypeAlias = ControlMessageType | StreamMessageType
 
 
+def admin_only(request_id: int, action: str) -> ErrorReply:
+    """The refusal of a peer that is not an admin (see :class:`Peer`) trying to ``action``."""
+    why = (
+        f"only an admin may {action}: this server's own user or one of its admin keys "
+        "(ServerCurve(admin_keys=...))"
+    )
+    return ErrorReply(request_id=request_id, code=ErrorCode.REFUSED, message=why)
+
+
 @final
 @attrs.define(eq=False)
 class ControlRouter:
     """The answers of one server, on its I/O thread.
 
     Ping and (unless ``handlers`` has one) shutdown are answered here, and a shutdown sets
-    ``stop``; applications' named requests go to ``requests``, whose workers reply through
+    ``stop``; a shutdown from a peer that is not an admin is refused before any handler sees
+    it; applications' named requests go to ``requests``, whose workers reply through
     ``answer_later(peer, reply)``; every other request goes to the handler for its type.
     Undecodable input, an unknown type, a handler's exception or a reply that is not a
     message all become an :class:`~zmqruntime.core.messages.ErrorReply`: the server never
@@ -78,6 +88,8 @@ class ControlRouter:
             return self.requests.dispatch(message, peer, self.serializer, self.answer_later)
         if isinstance(message, Ping):
             return self._pong(message)
+        if isinstance(message, Shutdown) and not peer.admin:
+            return admin_only(message.request_id, "shut this server down")
         if isinstance(message, Shutdown) and ControlMessageType.SHUTDOWN not in self.handlers:
             return self._shutdown(message)
         kind = message.TYPE.value

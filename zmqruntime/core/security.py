@@ -120,13 +120,22 @@ class ServerCurve:
     """A server's CURVE settings: its key pair and the client keys it lets in.
 
     Traffic is always encrypted; ``allowed_client_keys=None`` admits any client that knows the
-    server's public key, a set admits only those clients.
+    server's public key, a set admits only those clients. ``admin_keys`` are admitted too and
+    may act on every execution and shut the server down; every other client owns only what it
+    submitted.
     """
 
     keypair: CurveKeyPair
     allowed_client_keys: frozenset[bytes] | None = attrs.field(
         default=None, converter=attrs.converters.optional(_as_keys)
     )
+    admin_keys: frozenset[bytes] = attrs.field(default=frozenset(), converter=_as_keys)
+
+    @property
+    def admins(self) -> frozenset[str]:
+        """The ZAP user ids of the admin keys (their Z85 text, as pyzmq's authenticator
+        reports a CURVE client)."""
+        return frozenset(key.decode("ascii") for key in self.admin_keys)
 
     def apply(self, socket: zmq.Socket[bytes]) -> None:
         """Make ``socket`` a CURVE server with this key pair (before it binds)."""
@@ -138,7 +147,8 @@ class ServerCurve:
         """Admit this server's clients under ZAP ``domain`` (see
         :func:`~zmqruntime.core.credentials.acquire_authenticator`)."""
         _require_curve()
-        provider = _AllowedKeys(self.allowed_client_keys)
+        allowed = self.allowed_client_keys
+        provider = _AllowedKeys(None if allowed is None else allowed | self.admin_keys)
         authenticator.configure_curve_callback(domain=domain, credentials_provider=provider)
 
 
@@ -160,15 +170,17 @@ class ClientCurve:
 def curve_from_folder(folder: str | os.PathLike[str], *, server: bool) -> ServerCurve | ClientCurve:
     """CURVE keys from a folder of key files made by ``zmqruntime keygen`` (the CLI's
     ``--keys DIR``): for a server, its pair from ``server.key_secret``, admitting every other
-    ``*.key`` in the folder; for a client, its pair from ``client.key_secret`` and the
-    server's ``server.key``. ConfigurationError, saying how to make them, when they are not
-    there or not key files."""
+    ``*.key`` in the folder, ``client.key`` (the folder owner's) as its admin; for a client,
+    its pair from ``client.key_secret`` and the server's ``server.key``. ConfigurationError,
+    saying how to make them, when they are not there or not key files."""
     keys = Path(folder)
     try:
         if server:
             pair = load_curve_keypair(keys / "server.key_secret")
             clients = {load_public_key(path) for path in keys.glob("*.key")} - {pair.public_key}
-            return ServerCurve(pair, allowed_client_keys=clients)
+            admin = keys / "client.key"
+            admins = {load_public_key(admin)} if admin.exists() else set()
+            return ServerCurve(pair, allowed_client_keys=clients, admin_keys=admins)
         pair = load_curve_keypair(keys / "client.key_secret")
         return ClientCurve(pair, load_public_key(keys / "server.key"))
     except (OSError, ValueError) as exc:

@@ -36,9 +36,18 @@ _BURST: Final = 256  # messages taken from one socket before the others get a tu
 @final
 @attrs.frozen
 class Peer:
-    """Who sent a control request: the routing envelope needed to answer it, now or later."""
+    """Who sent a control request: the routing envelope needed to answer it, now or later,
+    and who the handshake said it is.
+
+    ``user`` is the connection's ZAP user id (a PLAIN user name, a CURVE client's Z85 public
+    key), None where nothing authenticates (IPC, ``insecure=True``). ``admin`` peers may act on
+    every execution and shut the server down: the server's own user or its admin keys, and
+    every peer of a socket that authenticates nobody.
+    """
 
     envelope: tuple[bytes, ...]
+    user: str | None = None
+    admin: bool = True
 
     @property
     def identity(self) -> bytes:
@@ -129,10 +138,18 @@ class ServerLoop:
                 return
             self.counts["requests"] += 1
             split = envelope_end(frames)
-            peer = Peer(tuple(frame.bytes for frame in frames[:split]))
+            peer = self._peer(frames, split)
             reply = self.answer(cast("list[Buffer]", frames[split:]), peer)
             if reply is not None:
                 self._reply(pair, peer, reply)
+
+    def _peer(self, frames: list[zmq.Frame], split: int) -> Peer:
+        envelope = tuple(frame.bytes for frame in frames[:split])
+        authentication = self.pair.authentication
+        if authentication is None:
+            return Peer(envelope)
+        user = cast(str, frames[-1].get("User-Id"))  # set by the ZAP handshake
+        return Peer(envelope, user, user in authentication.admins)
 
     def _reply(self, pair: SocketPair, peer: Peer, reply: Message) -> None:
         try:

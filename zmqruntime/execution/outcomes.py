@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any, TypeAlias, final
+from typing import Any, Final, TypeAlias, final
 
 import attrs
 
@@ -19,6 +19,7 @@ from zmqruntime.errors import ConfigurationError, ErrorCode, RemoteProtocolError
 from zmqruntime.protocols import Buffer, TaskSerializer
 
 __all__ = [
+    "INLINE_DECODE_BYTES",
     "Cancelled",
     "Completed",
     "EncodedTask",
@@ -33,6 +34,11 @@ __all__ = [
 ]
 
 
+INLINE_DECODE_BYTES: Final = 64 << 10
+"""Task payloads with a frame 0 up to this size are decoded on the I/O thread; larger ones by
+the worker that runs them."""
+
+
 @final
 @attrs.frozen
 class EncodedTask:
@@ -44,6 +50,26 @@ class EncodedTask:
     frames: tuple[Buffer, ...]
     serializer: TaskSerializer
     max_nodes: int | None = None
+
+    @classmethod
+    def receive(
+        cls, frames: tuple[Buffer, ...], serializer: TaskSerializer, max_json: int, max_nodes: int
+    ) -> Any:
+        """The task of a payload received on a server's I/O thread: decoded when frame 0 is
+        at most :data:`INLINE_DECODE_BYTES` (a malformed one is refused at once), else an
+        EncodedTask its worker decodes. With the SafeSerializer, frame 0 is refused past
+        ``max_json`` bytes (:class:`~zmqruntime.RemoteProtocolError`, ``TOO_LARGE``) and
+        bounded to ``max_nodes`` values and keys."""
+        head = memoryview(frames[0]).nbytes if frames else 0
+        safe = isinstance(serializer, SafeSerializer)
+        if safe and head > max_json:
+            raise RemoteProtocolError(
+                f"the task's JSON is {head} bytes, over the limit of {max_json}; send bulk "
+                "data as numpy arrays or bytes, or raise ExecutionServer(max_task_json_bytes=)",
+                ErrorCode.TOO_LARGE,
+            )
+        task = cls(frames, serializer, max_nodes if safe else None)
+        return task.decode() if head <= INLINE_DECODE_BYTES else task
 
     def decode(self) -> Any:
         """The task. Raises :class:`~zmqruntime.RemoteProtocolError` (code ``TOO_LARGE``) past

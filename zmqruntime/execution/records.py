@@ -96,8 +96,14 @@ def record_bytes(record: ExecutionRecord) -> int:
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
+    if not value > 0 or isinstance(value, bool):
         raise ConfigurationError(f"{attribute.name} must be above 0, got {value!r}")
+
+
+def _count(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not isinstance(value, int):
+        raise ConfigurationError(f"{attribute.name} must be a whole number, got {value!r}")
+    _positive(instance, attribute, value)
 
 
 @final
@@ -106,9 +112,9 @@ class RetentionPolicy:
     """How many terminal records a server keeps, how many bytes of them
     (:func:`record_bytes`; a larger record is not kept), and for how long (seconds)."""
 
-    max_records: int = attrs.field(default=10_000, validator=_positive)
+    max_records: int = attrs.field(default=10_000, validator=_count)
     max_age: float = attrs.field(default=3600.0, validator=_positive)
-    max_bytes: int = attrs.field(default=64 << 20, validator=_positive)
+    max_bytes: int = attrs.field(default=64 << 20, validator=_count)
 
 
 @final
@@ -129,16 +135,20 @@ class ExecutionStore:
         factory=collections.Counter, init=False
     )
     _progress: dict[str, ProgressEvent] = attrs.field(factory=dict, init=False)
-    _digests: dict[str, bytes] = attrs.field(factory=dict, init=False)
-    """What each known execution's task was submitted as (see :meth:`same_task`)."""
+    _origins: dict[str, tuple[bytes, str | None]] = attrs.field(factory=dict, init=False)
+    """Each known execution's task digest and owner (see :meth:`same_task`, :meth:`owner`)."""
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def submit(
-        self, execution_id: str, labels: dict[str, str], digest: bytes = b""
+        self,
+        execution_id: str,
+        labels: dict[str, str],
+        digest: bytes = b"",
+        owner: str | None = None,
     ) -> tuple[ExecutionRecord, bool]:
-        """Register a new QUEUED execution whose task has ``digest``; returns ``(record,
-        created)``. A known id is not registered again: its current record comes back with
-        ``created=False``."""
+        """Register a new QUEUED execution whose task has ``digest``, submitted by ``owner``
+        (a ZAP user id; None: nobody authenticated); returns ``(record, created)``. A known id
+        is not registered again: its current record comes back with ``created=False``."""
         with self._lock:
             self._expire()
             existing = self._current(execution_id)
@@ -151,15 +161,20 @@ class ExecutionStore:
                 submitted_at=self.clock(),
             )
             self._records[execution_id] = record
-            self._digests[execution_id] = digest
+            self._origins[execution_id] = (digest, owner)
             self._counts[_QUEUED] += 1
             return record, True
 
     def same_task(self, execution_id: str, digest: bytes) -> bool:
         """Whether ``digest`` is the known execution's own (True when either is unknown)."""
         with self._lock:
-            known = self._digests.get(execution_id, b"")
+            known = self._origins.get(execution_id, (b"", None))[0]
             return not known or not digest or known == digest
+
+    def owner(self, execution_id: str) -> str | None:
+        """Who submitted ``execution_id`` (None when nobody authenticated or it is unknown)."""
+        with self._lock:
+            return self._origins.get(execution_id, (b"", None))[1]
 
     def get(self, execution_id: str) -> ExecutionRecord | None:
         """The current record of ``execution_id``, or None if unknown (or expired)."""
@@ -273,6 +288,6 @@ class ExecutionStore:
             terminal.popitem(last=False)
             self._terminal_bytes -= size
             record = self._records.pop(execution_id, None)
-            self._digests.pop(execution_id, None)
+            self._origins.pop(execution_id, None)
             if record is not None:
                 self._counts[record.status] -= 1

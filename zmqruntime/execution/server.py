@@ -1,12 +1,17 @@
 """ExecutionServer: accepts tasks, runs them on a WorkerPool, reports progress and results.
 
-The I/O thread never runs user code, and decodes only small task payloads (frame 0 up to
-:data:`INLINE_DECODE_BYTES`); the worker decodes larger ones as the job starts. Progress is
-published on the data socket (topic = execution id) only while somebody subscribes to it. When
-an execution ends, its :class:`~zmqruntime.core.messages.Completion` (record and serialized
-result) answers every client that submitted it, as the reply to its ``Execute`` or pushed after
-an ``Accepted``, and its final record (a Completion without the result) is published on its
-topic.
+The I/O thread never runs user code, and decodes only small task payloads (see
+:meth:`~zmqruntime.execution.outcomes.EncodedTask.receive`); the worker decodes larger ones as
+the job starts. Progress is published on the data socket (topic = execution id) only while
+somebody subscribes to it. When an execution ends, its
+:class:`~zmqruntime.core.messages.Completion` (record and serialized result) answers every
+client that submitted it, as the reply to its ``Execute`` or pushed after an ``Accepted``, and
+its final record (a Completion without the result) is published on its topic.
+
+An execution belongs to the identity that submitted it (the ZAP user id of its connection):
+joining it by resubmission, reading its record and cancelling it are refused to other
+identities unless they are admins (see :class:`~zmqruntime.core.server.Peer`), and so is a
+shutdown. Where nothing authenticates (IPC, ``insecure=True``) every peer is an admin.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from zmqruntime.core.messages import (
 from zmqruntime.core.requests import RequestTable, serializer_refusal
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
-from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError, RemoteProtocolError
+from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Completed,
@@ -68,9 +73,6 @@ __all__ = ["ExecutionServer"]
 logger = logging.getLogger(__name__)
 
 MAX_EXECUTION_ID_LENGTH: Final = 256
-INLINE_DECODE_BYTES: Final = 64 << 10
-"""Task payloads with a frame 0 up to this size are decoded on the I/O thread (a malformed one
-is refused at once); larger ones by the worker that runs them."""
 _WAKE_SECONDS: Final = 1.0
 CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown")
 
@@ -263,13 +265,15 @@ class ExecutionServer:
         if refusal is not None:
             return refusal
         execution_id = request.execution_id or uuid.uuid4().hex
-        if not 0 < len(execution_id) <= MAX_EXECUTION_ID_LENGTH:
+        if len(execution_id) > MAX_EXECUTION_ID_LENGTH:  # an empty one was replaced above
             return _error(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")
         if (problem := labels_problem(request.labels)) is not None:
             return _error(rid, ErrorCode.TOO_LARGE, f"{problem}; labels are short tags")
         answer_to = None if request.confirm else rid
         digest = task_digest(request.payload)
         known = self._store.get(execution_id)
+        if known is not None and (refusal := self._not_owner(rid, execution_id, peer, "join")):
+            return refusal
         if known is not None and not self._store.same_task(execution_id, digest):
             why = f"execution {execution_id!r} was submitted with another task"
             return _error(rid, ErrorCode.REFUSED, f"{why}; give this task an id of its own")
@@ -282,14 +286,16 @@ class ExecutionServer:
                 f"the queue is full ({self.queue_limit} tasks waiting); retry later",
             )
         try:
-            task = self._task(request.payload)
+            task = EncodedTask.receive(
+                request.payload, self.serializer, self.max_task_json_bytes, self.max_task_nodes
+            )
         except ProtocolError as exc:
             if exc.code is ErrorCode.TOO_LARGE:
                 return _error(rid, exc.code, str(exc))
             return _error(rid, exc.code, f"the task payload cannot be decoded: {exc}")
         except (ValueError, TypeError) as exc:
             return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
-        record, _created = self._store.submit(execution_id, request.labels, digest)
+        record, _created = self._store.submit(execution_id, request.labels, digest, peer.user)
         self._waiters.expect(execution_id, (peer, answer_to))
         try:
             self.pool.submit(Job(execution_id, task, record.labels))
@@ -301,37 +307,40 @@ class ExecutionServer:
             return None  # the Completion answers it
         return Accepted(request_id=rid, execution_id=execution_id, status=record.status)
 
-    def _task(self, frames: tuple[Buffer, ...]) -> Any:
-        """The task of a small payload; else an :class:`EncodedTask` its worker decodes.
-        Raises :class:`RemoteProtocolError` (``TOO_LARGE``) past ``max_task_json_bytes``."""
-        head = memoryview(frames[0]).nbytes if frames else 0
-        safe = isinstance(self.serializer, SafeSerializer)
-        if safe and head > self.max_task_json_bytes:
-            raise RemoteProtocolError(
-                f"the task's JSON is {head} bytes, over the limit of {self.max_task_json_bytes}; "
-                "send bulk data as numpy arrays or bytes, or raise "
-                "ExecutionServer(max_task_json_bytes=)",
-                ErrorCode.TOO_LARGE,
-            )
-        task = EncodedTask(frames, self.serializer, self.max_task_nodes if safe else None)
-        return task.decode() if head <= INLINE_DECODE_BYTES else task
+    def _on_status(self, request: StatusRequest, peer: Peer) -> Message:
+        rid, execution_id = request.request_id, request.execution_id
+        if execution_id is None:
+            return SummaryReply(request_id=rid, summary=self.summary())
+        record = self._store.get(execution_id)
+        if record is None:
+            return unknown_execution(rid, execution_id)
+        return self._not_owner(rid, execution_id, peer, "read") or RecordReply(
+            request_id=rid, record=record
+        )
 
-    def _on_status(self, request: StatusRequest, _peer: Peer) -> Message:
-        if request.execution_id is None:
-            return SummaryReply(request_id=request.request_id, summary=self.summary())
+    def _on_cancel(self, request: Cancel, peer: Peer) -> Message:
         record = self._store.get(request.execution_id)
         if record is None:
             return unknown_execution(request.request_id, request.execution_id)
-        return RecordReply(request_id=request.request_id, record=record)
-
-    def _on_cancel(self, request: Cancel, _peer: Peer) -> Message:
-        record = self._store.get(request.execution_id)
-        if record is None:
-            return unknown_execution(request.request_id, request.execution_id)
+        if refusal := self._not_owner(request.request_id, request.execution_id, peer, "cancel"):
+            return refusal
         if not record.status.is_terminal:
             self.pool.cancel(request.execution_id)
             record = self._store.get(request.execution_id) or record
         return RecordReply(request_id=request.request_id, record=record)
+
+    def _not_owner(
+        self, request_id: int, execution_id: str, peer: Peer, action: str
+    ) -> ErrorReply | None:
+        """The refusal of ``peer`` trying to ``action`` another client's execution; None
+        when it submitted it or is an admin."""
+        if peer.admin or self._store.owner(execution_id) == peer.user:
+            return None
+        why = (
+            f"execution {execution_id!r} belongs to another client; only that client or an "
+            f"admin may {action} it"
+        )
+        return _error(request_id, ErrorCode.REFUSED, why)
 
     def _on_shutdown(self, request: Shutdown, _peer: Peer) -> Message:
         logger.info("shutdown requested (%s)", "force" if request.force else "graceful")
