@@ -241,6 +241,33 @@ def test_max_in_flight_holds_with_ack_to(
     assert sink.shown == list(range(40))
 
 
+def test_an_ack_to_sender_asks_a_restarted_viewer_for_copies(
+    transport_mode: TransportMode, config: ZMQConfig, no_thread_leak: None
+) -> None:
+    """The viewer that copied acks to the sender is replaced by a new one on the same port:
+    the sender asks the new one too, so its slots keep freeing past ``max_in_flight``."""
+    sink = GatedSink()
+    sink.release()
+    with gui_channel(transport_mode, config) as (channel, _registry):
+        with viewer_at(sink, transport_mode, config) as first:
+            endpoint = to(first, transport_mode, config)
+            sender = ImageSender.to(
+                endpoint, ack_to=channel.address, max_in_flight=2, send_timeout=WAIT
+            )
+            for number in range(4):
+                sender.send(image(number), {"n": number})
+            sender.wait_all_acked(WAIT)
+        try:
+            wait_until(lambda: sender.client.statistics().disconnects >= 1, "the viewer gone")
+            with StreamingServer.bind(endpoint, sink):
+                for number in range(4, 10):
+                    sender.send(image(number), {"n": number})
+                sender.wait_all_acked(WAIT)
+        finally:
+            sender.close()
+    assert sink.shown == list(range(10))
+
+
 def test_a_full_ack_to_sender_times_out_at_its_limit(
     transport_mode: TransportMode, config: ZMQConfig, no_thread_leak: None
 ) -> None:

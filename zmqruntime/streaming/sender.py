@@ -150,7 +150,10 @@ class ImageSender:
                 self.channel.start()
             else:
                 self.tracker = self.tracker or QueueTracker(self._key)
-                self.client.listen(on_message=self._on_ack_copy)
+                # A restarted viewer knows nothing of this sender: ask it again.
+                self.client.listen(
+                    on_message=self._on_ack_copy, on_disconnect=self._copies_asked.clear
+                )
             self.client.connect()
             self._connected = True
         return self
@@ -248,8 +251,9 @@ class ImageSender:
         return image_id
 
     def _ask_for_ack_copies(self) -> None:
-        """Once, before the first image: ask the viewer for copies of this sender's acks
-        (waits up to ``send_timeout``; raises like ``ZMQClient.call``)."""
+        """Before the first image and after a lost connection (a viewer restart): ask the
+        viewer for copies of this sender's acks (waits up to ``send_timeout``; raises like
+        ``ZMQClient.call``)."""
         if self._copies_asked.is_set():
             return
         with self._copies_lock:
