@@ -29,6 +29,7 @@ from zmqruntime import (
     ZMQConfig,
     ZMQTimeoutError,
 )
+from zmqruntime.core.credentials import runtime_directory
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair, is_endpoint_in_use
 from zmqruntime.errors import ProcessLaunchError
@@ -130,6 +131,13 @@ def test_launch_stream_and_stop_the_ready_made_viewer(
         Endpoint.of(port=port, transport_mode=transport_mode, config=config),
     )
     assert not manager.is_running() and manager.pid is None
+    # Logs left by a launcher that was killed go at the next launch; a live one's stay.
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait(WAIT)
+    logs = runtime_directory(config, create=True)
+    stale, live = logs / f"child-{gone.pid}-x.log", logs / f"child-{os.getpid()}-y.log"
+    stale.touch()
+    live.touch()
     with managed(manager):
         assert manager.start(timeout=30) is manager
         assert manager.start(timeout=30) is manager  # idempotent
@@ -139,7 +147,10 @@ def test_launch_stream_and_stop_the_ready_made_viewer(
         assert manager.is_running()
         pong = manager.ping(WAIT)
         assert (pong.role, pong.pid) == ("viewer", pid)
-        assert manager.log_path is not None and Path(manager.log_path).exists()
+        assert manager.log_path is not None and Path(manager.log_path).parent == logs
+        assert Path(manager.log_path).exists()
+        assert not stale.exists() and live.exists()
+        live.unlink()
 
         count = 12
         with ImageSender.to(
@@ -443,6 +454,10 @@ def test_the_viewer_exits_when_its_launcher_dies(
         launcher.wait(WAIT)
         assert launcher.returncode == -signal.SIGKILL
         assert wait_for_exit(viewer_pid, WAIT), "the viewer outlived its launcher"
+        # Its launcher could not remove the viewer's log: it is in the runtime folder.
+        left = list(runtime_directory(config).glob(f"child-{launcher.pid}-*.log"))
+        assert len(left) == 1, left
+        left[0].unlink()
         # It stopped the orderly way: its sockets are gone too.
         if transport_mode is TransportMode.IPC:
             wait_until(lambda: socket_files(config) == [], "the viewer's IPC files removed")

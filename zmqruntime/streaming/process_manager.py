@@ -16,6 +16,7 @@ import attrs
 
 from zmqruntime import errors
 from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.credentials import runtime_directory
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import start_on_enter
 from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
@@ -38,6 +39,29 @@ def _strings(values: Sequence[str]) -> tuple[str, ...]:
 
 def _environment(values: Mapping[str, str]) -> dict[str, str]:
     return {str(key): str(value) for key, value in values.items()}
+
+
+def _child_log(endpoint: Endpoint) -> IO[bytes]:
+    """A new log file for a launched child, ``child-<launcher pid>-*.log`` in the user's
+    runtime folder (removed when the manager releases it). A launcher killed before it could
+    remove its logs leaves them there, so the logs of launchers that are gone go first."""
+    folder = runtime_directory(endpoint.config, create=True)
+    for stale in folder.glob("child-*.log"):
+        launcher = stale.name.split("-")[1]
+        if launcher.isdigit() and not _running(int(launcher)):
+            stale.unlink(missing_ok=True)
+    prefix = f"child-{os.getpid()}-"
+    return tempfile.NamedTemporaryFile(prefix=prefix, suffix=".log", dir=folder)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user holds the pid
+    return True
 
 
 @final
@@ -67,7 +91,8 @@ class VisualizerProcessManager:
     ("viewer" for a :class:`~zmqruntime.streaming.StreamingServer`, "execution" for an
     execution server), or attaches to a healthy server already answering there instead of
     launching a second one; it never kills a process it did not start. A launched child gets a
-    lifeline, so it exits when its launcher dies; its stdout and stderr go to :attr:`log_path`.
+    lifeline, so it exits when its launcher dies; its stdout and stderr go to :attr:`log_path`,
+    in the user's runtime folder.
     """
 
     spec: LaunchSpec
@@ -191,7 +216,7 @@ class VisualizerProcessManager:
         if lifeline is not None:  # the child gets the read end; the write end lives in _release
             read_end, self._lifeline = lifeline
             env[LIFELINE_ENV] = str(read_end)
-        self._log = tempfile.NamedTemporaryFile(prefix="zmqruntime-child-", suffix=".log")  # noqa: SIM115 - lives as long as the child
+        self._log = _child_log(self.endpoint)
         command = " ".join(self.spec.argv)
         try:
             self._process = subprocess.Popen(
