@@ -336,10 +336,12 @@ def test_a_huge_task_payload_is_refused_without_growth_or_delay(spawn: Spawn) ->
 
 
 def test_a_duplicate_flood_is_refused_in_constant_time(spawn: Spawn) -> None:
+    """Duplicates of a running execution past its 64 waiters are refused at once (before,
+    each joined it, skipping ``queue_limit``, after a scan of all the others)."""
     child = spawn("execution")
     before = child.usage
     task = bytes(SafeSerializer().dumps({"op": "wait"})[0])
-    flood = 20_000
+    flood = 5_000
     with zmq.Context() as context:
         peer = Peer(context, child.endpoint().control_url, child.config)
         try:
@@ -347,9 +349,9 @@ def test_a_duplicate_flood_is_refused_in_constant_time(spawn: Spawn) -> None:
             for request_id in range(1, MAX_WAITERS + 1 + flood):
                 peer.send(execute(request_id, task, execution_id="dup"))
             replies = [peer.receive(WAIT) for _ in range(flood)]
-            took = time.monotonic() - began  # was 0.29 s → 3.45 s per 2,500, growing
+            took = time.monotonic() - began  # 20,000 took 15 s, before; now milliseconds each
             assert all(isinstance(r, ErrorReply) and r.code is ErrorCode.REFUSED for r in replies)
-            assert took < 10.0, f"{flood} duplicates took {took:.1f} s"
+            assert took < 5.0, f"{flood} duplicates took {took:.1f} s"
             with ExecutionClient.to(child.endpoint()) as client:
                 client.cancel("dup")
             done = [peer.receive(WAIT) for _ in range(MAX_WAITERS)]
