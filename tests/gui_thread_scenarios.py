@@ -193,6 +193,26 @@ def closing() -> dict[str, Any]:
     return {"released": released_early, "waiting": waiting, "after": outcome(adapter)}
 
 
+def concurrent() -> dict[str, Any]:
+    """Eight threads calling one adapter at once each get their own answers, in order."""
+    adapter = on_qt_main_thread(lambda n: (n, on_main()), timeout=WAIT)
+    answers: dict[int, list[Any]] = {}
+
+    def caller(first: int) -> None:
+        answers[first] = [adapter(n) for n in range(first, first + 50)]
+
+    threads = [threading.Thread(target=caller, args=(k * 1000,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    right = all(
+        answers.get(k * 1000) == [(n, True) for n in range(k * 1000, k * 1000 + 50)]
+        for k in range(8)
+    )
+    return {"right": right, "callers": len(answers)}
+
+
 def outcome(call: Callable[[], Any]) -> str:
     try:
         return f"returned {call()!r}"
@@ -211,6 +231,7 @@ def worker(app: QApplication, config: ZMQConfig) -> None:
         ("execution", lambda: execution(config)),
         ("timeouts", timeouts),
         ("closing", closing),
+        ("concurrent", concurrent),
     ):
         try:
             results[name] = scenario()

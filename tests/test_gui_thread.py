@@ -149,6 +149,10 @@ def test_close_releases_a_waiting_caller_at_once_and_refuses_further_calls(seen)
     assert closing["after"].startswith("ChannelClosed: ") and "is closed" in closing["after"]
 
 
+def test_threads_calling_at_once_each_get_their_own_answers(seen) -> None:
+    assert scenario(seen, "concurrent") == {"right": True, "callers": 8}
+
+
 def test_nothing_is_left_behind(seen) -> None:
     assert seen["worker_done"]
     assert seen["threads"] == ["MainThread"]

@@ -136,14 +136,13 @@ class QtMainThreadCall:
 
     def close(self) -> None:
         """Withdraw the calls not started yet and refuse new ones (idempotent, any thread)."""
+        reason = f"on_qt_main_thread({_name(self.func)}) closed before the main thread ran it"
         with self._lock:
             self._closed = True
             queued, self._queued = list(self._queued), {}
             for call in queued:
-                call.state = _State.WITHDRAWN
-        reason = f"on_qt_main_thread({_name(self.func)}) closed before the main thread ran it"
+                call.state, call.error = _State.WITHDRAWN, ChannelClosed(reason)
         for call in queued:
-            call.error = ChannelClosed(reason)
             call.finished.set()
         if queued and not self.wait:
             logger.warning("%s: %d queued calls dropped", reason, len(queued))
