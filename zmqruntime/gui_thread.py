@@ -86,7 +86,7 @@ class QtMainThreadCall:
     wait: bool = True
     timeout: float = attrs.field(default=30.0, validator=checked(check_seconds))
     max_queued: int = attrs.field(default=MAX_QUEUED, validator=checked(check_count, 1))
-    _post: Callable[[_Call], Any] | None = attrs.field(default=None, init=False)
+    _post: Callable[[_Call], Any] | None = attrs.field(default=None, init=False, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _queued: dict[_Call, None] = attrs.field(factory=dict, init=False, repr=False)
     _dropped: int = attrs.field(default=0, init=False)
