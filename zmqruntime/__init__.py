@@ -60,6 +60,7 @@ __all__ = [
     "generate_curve_keypair",
     "get_ipc_socket_path",
     "get_zmq_transport_url",
+    "on_qt_main_thread",
 ]
 
 # Where each name lives; __getattr__ imports the module the first time a name is asked for.
@@ -108,6 +109,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "zmqruntime.core.ack": ("AckChannel",),
     "zmqruntime.execution": ("ExecutionClient", "ExecutionServer", "WorkerPool"),
     "zmqruntime.streaming": ("ImageSender", "StreamingServer"),
+    "zmqruntime.gui_thread": ("on_qt_main_thread",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -146,6 +148,7 @@ if TYPE_CHECKING:
         ZMQTimeoutError,
     )
     from zmqruntime.execution import ExecutionClient, ExecutionServer, WorkerPool
+    from zmqruntime.gui_thread import on_qt_main_thread
     from zmqruntime.protocols import (
         ImageSink,
         LaunchSpec,

@@ -4,6 +4,7 @@ launches, health-checks and stops that process."""
 
 from __future__ import annotations
 
+from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
 from zmqruntime.streaming.process_manager import (
     CommandSpec,
     VisualizerProcessManager,
@@ -18,10 +19,12 @@ __all__ = [
     "DirectorySink",
     "ImageSender",
     "NapariSink",
+    "QtMainThreadCall",
     "StreamMode",
     "StreamingServer",
     "StreamingStatistics",
     "VisualizerProcessManager",
+    "on_qt_main_thread",
     "python_module_spec",
     "sink_from_spec",
 ]
