@@ -23,6 +23,8 @@ OURS_DASK_ALL = "zmqruntime over Dask, a Dask task per job"
 every job handed over at once, each as a Dask task of its own (no batches)."""
 
 PEERS = (DASK, IPP)
+CURVE_SIZES = (512, 2048)
+"""Workload 9 streams these frame sizes with the plan's window."""
 ALL_SYSTEMS = (RAW, OURS, V065, DASK, IPP)
 CORE_SYSTEMS = (RAW, OURS, V065)
 
@@ -274,6 +276,31 @@ def workloads(plan: Plan) -> list[Workload]:
             baseline=DASK,
         ),
     ]
+    return result + curve_workloads(plan)
+
+
+def curve_workloads(plan: Plan) -> list[Workload]:
+    """Workload 9: workloads 1 (tcp), 2, 4 and 5 (windowed) again, raw and ours, with CURVE
+    on every socket; each key is ``9-curve-`` + the default row's key without its number."""
+    both = (RAW, OURS)
+    payload = f"{plan.payload_bytes / (1 << 20):g} MiB numpy payload → result"
+    result = [
+        Workload(
+            "9-curve-latency-tcp", "9 CURVE: no-op submit→result (tcp)", Kind.LATENCY, "", both
+        ),
+        Workload(
+            "9-curve-pipelined",
+            f"9 CURVE: pipelined {plan.pipelined_tasks:,} no-op",
+            Kind.RATE,
+            "tasks",
+            both,
+        ),
+        Workload("9-curve-payload", f"9 CURVE: {payload}", Kind.LATENCY, "", both),
+    ]
+    for size in CURVE_SIZES:
+        title = f"9 CURVE: acked stream {size}² uint16, window {plan.window}"
+        key = f"9-curve-stream-{size}-w{plan.window}"
+        result.append(Workload(key, title, Kind.RATE, "frames", both))
     return result
 
 

@@ -258,6 +258,7 @@ def targets(rows: list[Row]) -> list[Target]:
                 slowdown <= 2,
             )
         )
+    result += curve_costs(rows)
     for key, name in DASK_TARGETS:
         over = _find(rows, key, OURS_DASK)
         if over is None or over.ratio is None:
@@ -267,6 +268,24 @@ def targets(rows: list[Row]) -> list[Target]:
             measured = f"{over.ratio:.2f}x plain Dask ({overhead:+.0%} time per task)"
             result.append(Target(name, DASK_GOAL, measured, over.ratio >= 1 / 1.3))
     return result
+
+
+def curve_costs(rows: list[Row]) -> list[Target]:
+    """What CURVE costs: each workload-9 row against the default row it repeats, same system
+    (zmqruntime's default: PLAIN on loopback; raw's: no security). No goal: for the record."""
+    found = []
+    for row in rows:
+        if not row.key.startswith("9-curve-") or not row.median:
+            continue
+        suffix = row.key.removeprefix("9-curve-")
+        default = next((r for r in rows if r.system == row.system and r.key[2:] == suffix), None)
+        if default is None or not default.median:
+            continue
+        slower = row.median / default.median
+        slower = slower if row.kind != Kind.RATE.value else 1 / slower
+        name = f"CURVE cost, {row.system}: {row.workload.removeprefix('9 CURVE: ')}"
+        found.append(Target(name, "—", f"{slower:.2f}x the default's time", None))
+    return found
 
 
 DASK_TARGETS = (

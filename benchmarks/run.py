@@ -15,6 +15,7 @@ interleaved on one cluster of worker processes), then the memory workload. The e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import importlib.metadata
@@ -33,6 +34,7 @@ import zmq
 
 from benchmarks import memory, report
 from benchmarks.plan import (
+    CURVE_SIZES,
     IPP,
     OURS,
     PEERS,
@@ -42,10 +44,12 @@ from benchmarks.plan import (
     Outcome,
     Plan,
     Samples,
+    Skipped,
     Workload,
+    curve_workloads,
     workloads,
 )
-from benchmarks.systems import dask_over, ours, peers, raw, v065
+from benchmarks.systems import dask_over, ours, peers, raw, raw_stream, v065
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results.json"
@@ -62,6 +66,42 @@ def _guard(call: Callable[[], Outcome]) -> Outcome:
     except Exception as exc:
         log(traceback.format_exc())
         return Failed(f"{type(exc).__name__}: {exc}")
+
+
+RAW_CURVE_NOTE = "libzmq CURVE on every socket, no ZAP handler"
+OURS_CURVE_NOTE = "explicit CURVE keys on every socket, one allowed client key (ZAP)"
+
+
+def _noted(call: Callable[[], Outcome], note: str) -> Outcome:
+    outcome = call()
+    return dataclasses.replace(outcome, note=note) if isinstance(outcome, Samples) else outcome
+
+
+def curve_calls(plan: Plan) -> dict[str, dict[str, Callable[[], Outcome]]]:
+    """Workload 9: raw pyzmq and zmqruntime with CURVE keys (skipped if libzmq has none)."""
+    p = functools.partial
+    if not zmq.has("curve"):
+        skipped = p(Skipped, "this libzmq was built without CURVE")
+        keys9 = [workload.key for workload in curve_workloads(plan)]
+        return {key: {RAW: skipped, OURS: skipped} for key in keys9}
+    keys = raw.Curve.make()
+    measured: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
+        "9-curve-latency-tcp": (
+            p(raw.latency, plan, "tcp", keys),
+            p(ours.latency, plan, "tcp", curve=True),
+        ),
+        "9-curve-pipelined": (p(raw.pipelined, plan, 1, keys), p(ours.pipelined, plan, 1, True)),
+        "9-curve-payload": (p(raw.payload, plan, keys), p(ours.payload, plan, curve=True)),
+    }
+    for size in CURVE_SIZES:
+        measured[f"9-curve-stream-{size}-w{plan.window}"] = (
+            p(raw_stream.stream, plan, size, plan.window, keys),
+            p(ours.stream, plan, size, plan.window, curve=True),
+        )
+    return {
+        key: {RAW: p(_noted, theirs, RAW_CURVE_NOTE), OURS: p(_noted, mine, OURS_CURVE_NOTE)}
+        for key, (theirs, mine) in measured.items()
+    }
 
 
 def core_calls(plan: Plan, old: v065.Runner) -> dict[str, dict[str, Callable[[], Outcome]]]:
@@ -84,7 +124,7 @@ def core_calls(plan: Plan, old: v065.Runner) -> dict[str, dict[str, Callable[[],
     for size in (512, 2048):
         for window in (1, plan.window):
             calls[f"5-stream-{size}-w{window}"] = {
-                RAW: p(raw.stream, plan, size, window),
+                RAW: p(raw_stream.stream, plan, size, window),
                 OURS: p(ours.stream, plan, size, window),
                 V065: p(old.stream, size, window),
             }
@@ -95,7 +135,7 @@ def core_calls(plan: Plan, old: v065.Runner) -> dict[str, dict[str, Callable[[],
             V065: p(old.progress, subscribed),
         }
     calls["7-memory"] = {OURS: p(memory.measure, plan)}
-    return calls
+    return calls | curve_calls(plan)
 
 
 def _brief(outcome: Outcome) -> str:

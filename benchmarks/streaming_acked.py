@@ -16,7 +16,7 @@ import argparse
 import sys
 import tempfile
 
-from benchmarks.systems import ours, raw
+from benchmarks.systems import ours, raw_stream
 from zmqruntime import TransportMode
 
 SIZES = (512, 2048)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in SIZES:
             frames = args.frames if size <= 512 else max(20, args.frames // 8)
             for window in WINDOWS:
-                raw_rate = raw.stream_rate(mode.value, folder, size, window, frames)
+                raw_rate = raw_stream.stream_rate(mode.value, folder, size, window, frames)
                 (our_rate,) = ours.stream_rate(mode.value, folder, size, window, frames)
                 out.write(
                     f"| {size}x{size} | {window} | {raw_rate:,.0f}/s | {our_rate:,.0f}/s "

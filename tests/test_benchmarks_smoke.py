@@ -2,8 +2,9 @@
 
 Only completeness is checked, never speed: every workload/system row the suite promises is in
 the JSON, either measured or skipped with a reason that was also printed, and nothing raised.
-The predecessor's rows run only if its cached virtual environment already exists (a full
-``python -m benchmarks`` builds it): the test never downloads or builds it.
+CURVE rows (workload 9) are measured when libzmq has CURVE. The predecessor's rows run only
+if its cached virtual environment already exists (a full ``python -m benchmarks`` builds it):
+the test never downloads or builds it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zmq
 
 from benchmarks.plan import Plan, row_keys
 
@@ -46,5 +48,10 @@ def test_quick_suite_reports_every_row(tmp_path: Path) -> None:
         else:
             assert row["skipped"].strip(), f"{key}: skipped without a reason"
             assert f"skipped: {row['skipped']}" in done.stdout, key
+    curve = [key for key in rows if key[0].startswith("9-curve-")]
+    assert len(curve) == 10, f"CURVE rows (workload 9) missing: {sorted(curve)}"
+    if zmq.has("curve"):
+        assert all(rows[key]["skipped"] is None for key in curve), "CURVE rows not measured"
+        assert "CURVE cost, zmqruntime: " in done.stdout, "no CURVE cost lines"
     assert "| workload | system | median | p99 |" in done.stdout
     assert document["targets"], "the targets of the issue were not evaluated"

@@ -1,7 +1,10 @@
 """zmqruntime as a user runs it: ExecutionServer/ExecutionClient, StreamingServer/ImageSender.
 
 Server and client live in this process (server threads in the background), like the raw
-baseline, with their defaults: one worker thread, the safe serializer, TCP on loopback.
+baseline, with their defaults: one worker thread, the safe serializer, TCP on loopback, which
+is secure by default (PLAIN with this user's credentials, made under a temporary
+``ipc_root``). With ``curve=True`` every socket uses explicit CURVE keys instead, the client's
+key the only one allowed: what a deployment on an exposed address pays.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import numpy
 
 from benchmarks.plan import Plan, Samples
 from benchmarks.timing import repeat, run_clients, sample_calls, shares
-from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime import (
+    ClientCurve,
+    ServerCurve,
+    TransportMode,
+    ZMQConfig,
+    generate_curve_keypair,
+)
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Completion, ProgressEvent
 from zmqruntime.execution import ExecutionClient, ExecutionServer
@@ -36,23 +45,29 @@ def report(task: Any, context: Any) -> float:
     return time.perf_counter() - start
 
 
+def curve_keys() -> tuple[ServerCurve, ClientCurve]:
+    """A server's CURVE keys admitting only one client, and that client's keys."""
+    server, client = generate_curve_keypair(), generate_curve_keypair()
+    allowed = {client.public_key}
+    return ServerCurve(server, allowed_client_keys=allowed), ClientCurve(client, server.public_key)
+
+
 class _Pair:
     """An ExecutionServer with ``clients`` connected ExecutionClients, closed together."""
 
-    def __init__(self, executor: Any, transport: str, clients: int = 1):
+    def __init__(self, executor: Any, transport: str, clients: int = 1, curve: bool = False):
         self._folder = tempfile.TemporaryDirectory(prefix="zmqrt-bench-")
         mode = TransportMode(transport)
         config = ZMQConfig(ipc_root=self._folder.name)
+        keys = curve_keys() if curve else (None, None)
         self.server = ExecutionServer.bind(
-            Endpoint.of(port=0, transport_mode=mode, config=config), executor
+            Endpoint.of(port=0, transport_mode=mode, config=config, curve=keys[0]), executor
         )
         self.server.start()
-        self.clients = [
-            ExecutionClient.to(
-                Endpoint.of(port=self.server.port_number, transport_mode=mode, config=config)
-            ).connect()
-            for _ in range(clients)
-        ]
+        at = Endpoint.of(
+            port=self.server.port_number, transport_mode=mode, config=config, curve=keys[1]
+        )
+        self.clients = [ExecutionClient.to(at).connect() for _ in range(clients)]
 
     def __enter__(self) -> _Pair:
         return self
@@ -64,9 +79,9 @@ class _Pair:
         self._folder.cleanup()
 
 
-def latency(plan: Plan, transport: str) -> Samples:
+def latency(plan: Plan, transport: str, curve: bool = False) -> Samples:
     """Workload 1: sequential no-op submit→result."""
-    with _Pair(noop, transport) as pair:
+    with _Pair(noop, transport, curve=curve) as pair:
         client = pair.clients[0]
         samples = sample_calls(
             lambda number: client.submit(number).result(timeout=30),
@@ -77,9 +92,9 @@ def latency(plan: Plan, transport: str) -> Samples:
     return Samples(samples)
 
 
-def pipelined(plan: Plan, clients: int) -> Samples:
+def pipelined(plan: Plan, clients: int, curve: bool = False) -> Samples:
     """Workloads 2 and 3: submit ``pipelined_tasks`` (split over clients), then wait for all."""
-    with _Pair(noop, "tcp", clients) as pair:
+    with _Pair(noop, "tcp", clients, curve) as pair:
 
         def work(index: int, counts: list[int]) -> None:
             client = pair.clients[index]
@@ -98,7 +113,7 @@ def pipelined(plan: Plan, clients: int) -> Samples:
     return Samples(durations, items=plan.pipelined_tasks)
 
 
-def payload(plan: Plan) -> Samples:
+def payload(plan: Plan, curve: bool = False) -> Samples:
     """Workload 4: a numpy array of ``payload_bytes`` as task, returned as result."""
     array = numpy.arange(plan.payload_bytes // 8, dtype=numpy.float64)
 
@@ -106,7 +121,7 @@ def payload(plan: Plan) -> Samples:
         result = client.submit(array).result(timeout=30)
         assert result.size == array.size
 
-    with _Pair(noop, "tcp") as pair:
+    with _Pair(noop, "tcp", curve=curve) as pair:
         client = pair.clients[0]
         samples = sample_calls(call, plan.payload_count, min(plan.warmup, 20), plan.latency_budget)
     return Samples(samples)
@@ -175,19 +190,35 @@ def _touch(image: Any, _metadata: Any) -> None:
 
 
 def stream_rate(
-    transport: str, folder: str, size: int, window: int, frames: int, reps: int = 1
+    transport: str,
+    folder: str,
+    size: int,
+    window: int,
+    frames: int,
+    reps: int = 1,
+    curve: bool = False,
 ) -> list[float]:
-    """Acked frames per second of ``reps`` runs of ``frames`` (after one warm-up frame)."""
+    """Acked frames per second of ``reps`` runs of ``frames`` (after one warm-up frame).
+
+    With ``curve``, images and acks each travel under CURVE keys of their own."""
     mode = TransportMode(transport)
     config = ZMQConfig(ipc_root=folder)
     image = numpy.zeros((size, size), numpy.uint16)
     rates = []
+    (data_server, data_client), (ack_server, ack_client) = (
+        (curve_keys(), curve_keys()) if curve else ((None, None), (None, None))
+    )
     with (
         StreamingServer.bind(
-            Endpoint.of(port=0, transport_mode=mode, config=config), _touch
+            Endpoint.of(port=0, transport_mode=mode, config=config, curve=data_server),
+            _touch,
+            ack_curve=ack_client,
         ) as viewer,
         ImageSender.to(
-            Endpoint.of(port=viewer.port_number, transport_mode=mode, config=config),
+            Endpoint.of(
+                port=viewer.port_number, transport_mode=mode, config=config, curve=data_client
+            ),
+            ack_curve=ack_server,
             max_in_flight=window,
         ) as sender,
     ):
@@ -202,9 +233,9 @@ def stream_rate(
     return rates
 
 
-def stream(plan: Plan, size: int, window: int) -> Samples:
+def stream(plan: Plan, size: int, window: int, curve: bool = False) -> Samples:
     """Workload 5: acked frames, as repetitions of ``frames`` each."""
     frames = plan.frames_small if size <= 512 else plan.frames_large
     with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
-        rates = stream_rate("tcp", folder, size, window, frames, reps=plan.reps)
+        rates = stream_rate("tcp", folder, size, window, frames, reps=plan.reps, curve=curve)
     return Samples([frames / rate for rate in rates], items=frames)

@@ -5,12 +5,14 @@ I/O thread that hands each task to a worker thread through an inproc PAIR and se
 result back. A task is a JSON header plus one frame: JSON for no-op tasks, raw array bytes
 (zero-copy both ways) for the numpy payload. The worker owns a PUB socket for progress.
 
-Streaming: PUSH/PULL carrying a JSON header and the pixels with ``copy=False``, and a
-DEALER/ROUTER pair carrying one ack per frame after the receiver touched the image.
+Streaming is in :mod:`benchmarks.systems.raw_stream`. With :class:`Curve` keys every socket
+is a libzmq CURVE server or client (no ZAP handler: libzmq then admits any client that knows
+the server's key; per message the cost is the same).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import threading
@@ -25,6 +27,40 @@ from benchmarks.plan import Plan, Samples
 from benchmarks.timing import repeat, run_clients, sample_calls, shares
 
 HWM = 100_000  # zmqruntime's default send_high_water_mark: no drops, no blocking here
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """CURVE keys (Z85) of one server and one client for the raw baselines."""
+
+    server_public: bytes
+    server_secret: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    @classmethod
+    def make(cls) -> Curve:
+        return cls(*zmq.curve_keypair(), *zmq.curve_keypair())
+
+    def serve(self, socket: zmq.Socket[Any]) -> None:
+        """Make ``socket`` the CURVE server (before it binds)."""
+        socket.curve_secretkey, socket.curve_publickey = self.server_secret, self.server_public
+        socket.curve_server = True
+
+    def connect(self, socket: zmq.Socket[Any]) -> None:
+        """Make ``socket`` a CURVE client of the server (before it connects)."""
+        socket.curve_secretkey, socket.curve_publickey = self.client_secret, self.client_public
+        socket.curve_serverkey = self.server_public
+
+
+def serve(socket: zmq.Socket[Any], curve: Curve | None) -> None:
+    if curve is not None:
+        curve.serve(socket)
+
+
+def connect(socket: zmq.Socket[Any], curve: Curve | None) -> None:
+    if curve is not None:
+        curve.connect(socket)
 
 
 def urls(transport: str, folder: str, count: int, name: str = "raw") -> list[str]:
@@ -102,10 +138,12 @@ def _serve(
     ready: threading.Event,
     stop: threading.Event,
     zero_copy: bool,
+    curve: Curve | None,
 ) -> None:
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.sndhwm = router.rcvhwm = HWM
+    serve(router, curve)
     router.bind(url)
     inproc = f"inproc://work-{id(stop)}"
     to_worker = context.socket(zmq.PAIR)
@@ -137,12 +175,18 @@ def _serve(
 class TaskServer:
     """The raw task server in a background thread (``with TaskServer(url): ...``)."""
 
-    def __init__(self, url: str, progress_url: str | None = None, zero_copy: bool = False):
+    def __init__(
+        self,
+        url: str,
+        progress_url: str | None = None,
+        zero_copy: bool = False,
+        curve: Curve | None = None,
+    ):
         self.url = url
         self._stop = threading.Event()
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=_serve, args=(url, progress_url, ready, self._stop, zero_copy)
+            target=_serve, args=(url, progress_url, ready, self._stop, zero_copy, curve)
         )
         self._thread.start()
         if not ready.wait(10):
@@ -167,9 +211,10 @@ class TaskServer:
 class TaskClient:
     """A DEALER that sends raw tasks; used from one thread."""
 
-    def __init__(self, context: zmq.Context[Any], url: str):
+    def __init__(self, context: zmq.Context[Any], url: str, curve: Curve | None = None):
         self.socket = context.socket(zmq.DEALER)
         self.socket.sndhwm = self.socket.rcvhwm = HWM
+        connect(self.socket, curve)
         self.socket.connect(url)
 
     def send(self, number: int) -> None:
@@ -190,13 +235,13 @@ class TaskClient:
 # --- workloads ---------------------------------------------------------------------------
 
 
-def latency(plan: Plan, transport: str) -> Samples:
+def latency(plan: Plan, transport: str, curve: Curve | None = None) -> Samples:
     """Workload 1: sequential no-op submit→result."""
     with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
         (url,) = urls(transport, folder, 1)
-        with TaskServer(url):
+        with TaskServer(url, curve=curve):
             context = zmq.Context()
-            client = TaskClient(context, url)
+            client = TaskClient(context, url, curve)
             try:
                 samples = sample_calls(
                     client.call, plan.latency_count, plan.warmup, plan.latency_budget
@@ -207,14 +252,14 @@ def latency(plan: Plan, transport: str) -> Samples:
     return Samples(samples)
 
 
-def pipelined(plan: Plan, clients: int) -> Samples:
+def pipelined(plan: Plan, clients: int, curve: Curve | None = None) -> Samples:
     """Workloads 2 and 3: submit ``pipelined_tasks`` (split over clients), then wait for all."""
     tasks = plan.pipelined_tasks
     with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
         (url,) = urls("tcp", folder, 1)
-        with TaskServer(url):
+        with TaskServer(url, curve=curve):
             context = zmq.Context()
-            dealers = [TaskClient(context, url) for _ in range(clients)]
+            dealers = [TaskClient(context, url, curve) for _ in range(clients)]
             counts = shares(tasks, clients)
 
             def work(index: int, counts: list[int] = counts) -> None:
@@ -234,14 +279,15 @@ def pipelined(plan: Plan, clients: int) -> Samples:
     return Samples(durations, items=tasks)
 
 
-def payload(plan: Plan) -> Samples:
+def payload(plan: Plan, curve: Curve | None = None) -> Samples:
     """Workload 4: a task carrying a numpy array of ``payload_bytes``, returned as result."""
     array = numpy.arange(plan.payload_bytes // 8, dtype=numpy.float64)
     with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
         (url,) = urls("tcp", folder, 1)
-        with TaskServer(url, zero_copy=True):
+        with TaskServer(url, zero_copy=True, curve=curve):
             context = zmq.Context()
             dealer = context.socket(zmq.DEALER)
+            connect(dealer, curve)
             dealer.connect(url)
 
             def call(number: int) -> None:
@@ -336,75 +382,3 @@ def _collect(
     if reply is None:
         raise RuntimeError("no reply from the raw task server")
     return seen, reply
-
-
-# --- streaming ---------------------------------------------------------------------------
-
-
-def _receiver(data_url: str, ack_url: str, ready: threading.Event, frames: int) -> None:
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    pull.bind(data_url)
-    acks = context.socket(zmq.DEALER)
-    acks.connect(ack_url)
-    ready.set()
-    for _ in range(frames):
-        header, pixels = pull.recv_multipart(copy=False)
-        meta = json.loads(header.bytes)
-        image = numpy.frombuffer(pixels, dtype=meta["dtype"]).reshape(meta["shape"])
-        _ = int(image[0, 0])
-        acks.send(meta["id"].encode())
-    pull.close(linger=0)
-    acks.close(linger=1000)
-    context.term()
-
-
-def stream_rate(transport: str, folder: str, size: int, window: int, frames: int) -> float:
-    """Acked frames per second: one warm-up frame, then ``frames`` with ``window`` in flight."""
-    data_url, ack_url = urls(transport, folder, 2, name=f"raw-stream-{size}-{window}")
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.bind(ack_url)
-    ready = threading.Event()
-    receiver = threading.Thread(target=_receiver, args=(data_url, ack_url, ready, frames + 1))
-    receiver.start()
-    ready.wait(10)
-    push = context.socket(zmq.PUSH)
-    push.connect(data_url)
-    image = numpy.zeros((size, size), numpy.uint16)
-
-    def send(number: int) -> None:
-        header = json.dumps({"id": str(number), "dtype": "<u2", "shape": [size, size]})
-        push.send_multipart([header.encode(), image], copy=False)
-
-    send(-1)  # warm-up: the connections are made
-    router.recv_multipart()
-    in_flight = 0
-    start = time.perf_counter()
-    for number in range(frames):
-        if in_flight >= window:
-            router.recv_multipart()
-            in_flight -= 1
-        send(number)
-        in_flight += 1
-    while in_flight:
-        router.recv_multipart()
-        in_flight -= 1
-    rate = frames / (time.perf_counter() - start)
-    receiver.join(30)
-    push.close(linger=0)
-    router.close(linger=0)
-    context.term()
-    return rate
-
-
-def stream(plan: Plan, size: int, window: int) -> Samples:
-    """Workload 5: acked frames, as repetitions of ``frames`` each."""
-    frames = plan.frames_small if size <= 512 else plan.frames_large
-    with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
-        durations = repeat(
-            lambda: frames / stream_rate("tcp", folder, size, window, frames),
-            plan.reps,
-            plan.rep_budget,
-        )
-    return Samples(durations, items=frames)
