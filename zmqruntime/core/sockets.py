@@ -355,7 +355,10 @@ def receive_ready(socket: Socket) -> list[zmq.Frame] | None:
     """The next message if one is waiting, else None (no exception on the common path)."""
     if not cast(int, socket.getsockopt(_EVENTS)) & _POLLIN:
         return None
-    return socket.recv_multipart(zmq.NOBLOCK, copy=False)
+    try:
+        return socket.recv_multipart(zmq.NOBLOCK, copy=False)
+    except zmq.Again:  # POLLIN for a message whose sender left before its last frame
+        return None
 
 
 def _free_port(endpoint: Endpoint) -> int:
