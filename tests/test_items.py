@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import items, labels_items, points_items, shapes_items, to_wire
+from tests.test_streaming import wait_until
 from zmqruntime import TransportMode, ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Ack, AckOutcome, ArrayLayout, ItemFrame, ItemKind
-from zmqruntime.errors import InvalidItem
-from zmqruntime.streaming import DirectorySink, ImageSender, StreamingServer
+from zmqruntime.errors import InvalidItem, LocalProtocolError, RemoteProtocolError
+from zmqruntime.streaming import DirectorySink, ImageSender, StreamingServer, StreamMode
 from zmqruntime.streaming.item_wire import frame_from_item, item_from_frame
 from zmqruntime.streaming.items import (
     MAX_DIMS,
@@ -401,3 +402,77 @@ def test_directory_sink_never_overwrites_an_items_array_and_leaves_no_litter(
         "image-000001.npy",
     ]
     assert _read_item(tmp_path, "image-000001")[1]["features.area"].tolist() == [0.5]
+
+
+def test_latest_frame_mode_replaces_an_item_only_by_a_newer_one_of_its_kind(
+    config: ZMQConfig,
+) -> None:
+    release = threading.Event()
+    sink = RecordingSink()
+
+    def slow(image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
+        sink.taken.append(("image", int(image[0, 0])))
+        if not release.wait(WAIT):
+            raise AssertionError("the test never released the sink")
+
+    server = StreamingServer.bind(
+        Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config),
+        _Slow(slow, sink),
+        mode=StreamMode.LATEST,
+    ).start()
+    sender = ImageSender.to(
+        Endpoint.of(port=server.port_number, transport_mode=TransportMode.IPC, config=config)
+    ).connect()
+    try:
+        sender.send(numpy.zeros((2, 2), numpy.uint8))
+        wait_until(lambda: sink.taken == [("image", 0)], "the first image in the sink")
+        first, newest = Points.of([[0, 0]]), Points.of([[1, 1]])
+        sender.send(first)
+        sender.send(Labels.of([[1, 2]]))
+        sender.send(numpy.ones((2, 2), numpy.uint8))
+        sender.send(newest)
+        wait_until(lambda: server.statistics().waiting == 4, "4 waiting")
+        release.set()
+        sender.wait_all_acked(WAIT)
+        assert sender.tracker is not None
+        stats = sender.tracker.statistics()
+    finally:
+        release.set()
+        sender.close()
+        server.close()
+    assert sink.taken[0] == ("image", 0)
+    assert sorted(map(str, sink.taken[1:])) == sorted(
+        map(str, [("labels", Labels.of([[1, 2]])), ("image", 1), ("points", newest)])
+    )
+    assert (stats.processed, stats.skipped) == (4, 1)  # only the older points were skipped
+
+
+@attrs.define
+class _Slow:
+    """An item sink whose images go to ``images`` and items to ``items``."""
+
+    images: Any
+    items: RecordingSink
+    item_kinds: tuple[str, ...] = ("points", "labels")
+
+    def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
+        self.images(image, metadata)
+
+    def take_item(self, item: Item, metadata: Mapping[str, Any], /) -> None:
+        self.items.take_item(item, metadata)
+
+
+def test_the_codec_refuses_item_arrays_that_do_not_pair_with_their_frames() -> None:
+    frame = frame_from_item(Points.of([[1, 2]], {"a": [1]}), image_id="i")
+    wire = to_wire(codec.encode(frame))
+    header = json.loads(wire[0])
+    with pytest.raises(RemoteProtocolError, match="2 array layouts and 1 buffer frames"):
+        codec.decode([json.dumps({**header, "frames": 1}).encode(), wire[1]])
+    twice = {**header, "arrays": [header["arrays"][0]] * 2}
+    with pytest.raises(RemoteProtocolError, match="names an array twice"):
+        codec.decode([json.dumps(twice).encode(), wire[1], wire[1]])
+    with pytest.raises(RemoteProtocolError, match=r"array 'data'.*needs 16 bytes"):
+        codec.decode([wire[0], wire[1][:-1], wire[2]])
+    with pytest.raises(LocalProtocolError, match="pair up"):
+        codec.encode(attrs.evolve(frame, buffers=frame.buffers[:1]))
+    assert isinstance(codec.decode(wire), ItemFrame)  # the untouched frames decode
