@@ -94,6 +94,8 @@ def test_named_constructors_take_napari_forms() -> None:
     text = numpy.array(["x", "y"], dtype=object)  # a pandas text column
     assert Points.of([[0, 0], [1, 1]], {"t": text}).features["t"].tolist() == ["x", "y"]
     assert Shapes.of([]).data == [] and Shapes.of([], "rectangle").vertices.shape == (0, 2)
+    with pytest.raises(InvalidItem, match="'blob' is not a valid ShapeType; use one of rectangle"):
+        Shapes.of([TRIANGLE], "blob")
     with pytest.raises(InvalidItem, match="same dimensions"):
         Shapes.of([[[0, 0], [1, 1]], [[0, 0, 0], [1, 1, 1]]], "line")
 

@@ -215,10 +215,14 @@ class Shapes:
         """Shapes from napari's form: one MixD array of vertices per shape, and one shape type
         for all or one per shape (names as in :class:`ShapeType`)."""
         arrays = [_floats(shape) for shape in data]
-        if isinstance(shape_type, str | ShapeType):
-            types = (ShapeType(shape_type),) * len(arrays)
-        else:
-            types = tuple(ShapeType(kind) for kind in shape_type)
+        try:
+            if isinstance(shape_type, str | ShapeType):
+                types = (ShapeType(shape_type),) * len(arrays)
+            else:
+                types = tuple(ShapeType(kind) for kind in shape_type)
+        except ValueError as exc:
+            names = ", ".join(kind.value for kind in ShapeType)
+            raise InvalidItem(f"shapes: {exc}; use one of {names}") from None
         for index, array in enumerate(arrays):
             if array.ndim != 2:
                 raise InvalidItem(f"shapes: shape {index} is a {array.ndim}-D array, not MixD")

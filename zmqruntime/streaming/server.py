@@ -102,7 +102,7 @@ def _stream(frame: _Frame) -> tuple[str, str]:
 @final
 @attrs.define(eq=False)
 class StreamingServer:
-    """A viewer endpoint: images in, sink calls, acks out.
+    """A viewer endpoint: images and items in, sink calls, acks out.
 
     It receives on the ``server`` it is given (:meth:`bind` builds one for an endpoint; read a free
     port back from :attr:`port_number`). If ``sink`` has a ``close()`` method, it is called on
