@@ -1,9 +1,11 @@
-"""Streams two images into a real napari window and reports what the screen shows.
+"""Streams two images, then a shapes, a points and a labels item, into a real napari window and
+reports what the screen shows.
 
 Run as ``python -m tests.napari_window IPC_ROOT`` under an X display (Xvfb in CI). Prints one
 JSON line: the layers napari has, and the mean brightness of the left and right halves of a
 canvas screenshot. The image is dark on the left and bright on the right, so a working
-pipeline shows exactly that.
+pipeline shows exactly that; the items lie outside the measured band, and it reports their
+layers' types, shape types, features and sizes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from superqt.utils import ensure_main_thread
 
 from zmqruntime import TransportMode, ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.streaming import ImageSender, NapariSink, StreamingServer
+from zmqruntime.streaming import ImageSender, Labels, NapariSink, Points, Shapes, StreamingServer
 
 
 def main() -> int:
@@ -41,6 +43,12 @@ def main() -> int:
             ) as sender:
                 sender.send(numpy.zeros((8, 8), numpy.uint8), {"name": "live"})
                 sender.send(image, {"name": "live"})  # the same layer, updated in place
+                box = [[52, 10], [52, 20], [60, 20], [60, 10]]
+                sender.send(Shapes.of([box], "rectangle", {"cell": ["a"]}), {"name": "outlines"})
+                sender.send(Points.of([[60, 30], [62, 40]], {"id": [1, 2]}), {"name": "nuclei"})
+                masks = numpy.zeros((64, 64), numpy.uint16)
+                masks[:4, :4] = 3
+                sender.send(Labels.of(masks), {"name": "masks"})
                 sender.wait_all_acked(timeout=60)
                 result["acked"] = sender.tracker.get_progress() if sender.tracker else None
         except Exception as exc:  # reported to the test, which fails on it
@@ -56,6 +64,17 @@ def main() -> int:
         result["shape"] = (
             list(viewer.layers["live"].data.shape) if "live" in viewer.layers else None
         )
+        result["items"] = {
+            layer.name: {
+                "type": type(layer).__name__,
+                "shape": list(numpy.shape(layer.data)) if layer.name != "outlines" else None,
+                "shape_type": getattr(layer, "shape_type", None),
+                "features": layer.features.to_dict("list"),
+                "max": int(numpy.max(layer.data)) if layer.name == "masks" else None,
+            }
+            for layer in viewer.layers
+            if layer.name != "live"
+        }
         result["left"] = float(middle[:, : middle.shape[1] // 3].mean())
         result["right"] = float(middle[:, 2 * middle.shape[1] // 3 :].mean())
         viewer.close()

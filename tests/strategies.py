@@ -32,6 +32,7 @@ from zmqruntime.core.messages import (
     AppEvent,
     AppReply,
     AppRequest,
+    ArrayLayout,
     Attach,
     Cancel,
     Completion,
@@ -42,6 +43,8 @@ from zmqruntime.core.messages import (
     ExecutionStatus,
     ImageFrame,
     ImageSent,
+    ItemFrame,
+    ItemKind,
     Message,
     Ping,
     Pong,
@@ -54,6 +57,8 @@ from zmqruntime.core.messages import (
     SummaryReply,
 )
 from zmqruntime.errors import ErrorCode
+from zmqruntime.streaming.item_wire import frame_from_item
+from zmqruntime.streaming.items import MAX_DIMS, MIN_DIMS, Item, Labels, Points, Shapes, ShapeType
 
 __all__ = [
     "HOSTILE_STRATEGIES",
@@ -68,12 +73,17 @@ __all__ = [
     "hostile_frames",
     "image_dtypes",
     "image_frames",
+    "item_frames",
+    "items",
     "json_objects",
     "json_values",
+    "labels_items",
     "messages",
+    "points_items",
     "progress_events",
     "request_ids",
     "server_summaries",
+    "shapes_items",
     "texts",
     "to_wire",
 ]
@@ -277,6 +287,113 @@ def image_frames() -> st.SearchStrategy[ImageFrame]:
     return st.one_of(_images_from_arrays(), _images_from_bytes())
 
 
+# --- items ----------------------------------------------------------------------------------
+
+_COORDINATE_DTYPES = st.sampled_from(["<f2", ">f4", "<f4", "<f8", ">f8"])
+_VERTEX_COUNTS = {
+    ShapeType.RECTANGLE: st.sampled_from([2, 4]),
+    ShapeType.ELLIPSE: st.sampled_from([2, 4]),
+    ShapeType.LINE: st.just(2),
+    ShapeType.PATH: st.integers(2, 6),
+    ShapeType.POLYGON: st.integers(3, 6),
+}
+
+
+def _coordinates(dtype: str, rows: int, dims: int) -> st.SearchStrategy[Any]:
+    width = numpy.dtype(dtype).itemsize * 8
+    finite = st.floats(allow_nan=False, allow_infinity=False, width=width)
+    return npst.arrays(dtype, (rows, dims), elements=finite)
+
+
+@st.composite
+def _features(draw: st.DrawFn, count: int) -> dict[str, Any]:
+    """Feature columns of every kind an item carries: booleans, integers, floats (NaN too:
+    a feature may be missing), text."""
+    columns = {}
+    for name in draw(st.lists(texts(12).filter(bool), max_size=3, unique=True)):
+        dtype = draw(
+            st.one_of(
+                npst.boolean_dtypes(),
+                npst.integer_dtypes(endianness="?"),
+                npst.unsigned_integer_dtypes(endianness="?"),
+                npst.floating_dtypes(endianness="?", sizes=(32, 64)),
+                npst.unicode_string_dtypes(min_len=1, max_len=6),
+            )
+        )
+        columns[name] = draw(npst.arrays(dtype, (count,)))
+    return columns
+
+
+@st.composite
+def points_items(draw: st.DrawFn) -> Points:
+    """0 to 8 points of 2 to 6 dimensions, any float width and byte order, with features."""
+    rows, dims = draw(st.integers(0, 8)), draw(st.integers(MIN_DIMS, MAX_DIMS))
+    data = draw(_coordinates(draw(_COORDINATE_DTYPES), rows, dims))
+    return Points(data=data, features=draw(_features(rows)))
+
+
+@st.composite
+def shapes_items(draw: st.DrawFn) -> Shapes:
+    """0 to 5 shapes of every type with the vertex counts it takes, with features."""
+    types = draw(st.lists(st.sampled_from(ShapeType), max_size=5))
+    counts = [draw(_VERTEX_COUNTS[kind]) for kind in types]
+    dims = draw(st.integers(MIN_DIMS, MAX_DIMS))
+    vertices = draw(_coordinates(draw(_COORDINATE_DTYPES), sum(counts), dims))
+    return Shapes(
+        vertices=vertices,
+        vertex_counts=numpy.array(counts, draw(st.sampled_from(["<i8", ">i4", "<u2"]))),
+        shape_type=tuple(types),
+        features=draw(_features(len(types))),
+    )
+
+
+def labels_items() -> st.SearchStrategy[Labels]:
+    """Labels images of any integer dtype and byte order, 2 to 4 dimensions, empty ones too."""
+    dtypes = npst.integer_dtypes(endianness="?") | npst.unsigned_integer_dtypes(endianness="?")
+    shapes = npst.array_shapes(min_dims=2, max_dims=4, min_side=0, max_side=5)
+    return npst.arrays(dtypes, shapes).map(lambda data: Labels(data=data))
+
+
+def items() -> st.SearchStrategy[Item]:
+    """Any shapes, points or labels item."""
+    return st.one_of(shapes_items(), points_items(), labels_items())
+
+
+@st.composite
+def _raw_item_frames(draw: st.DrawFn) -> ItemFrame:
+    """Item messages whose arrays make arrays by the wire's rules but not (always) items."""
+    layouts, buffers = [], []
+    for name in draw(st.lists(texts(12), max_size=3, unique=True)):
+        image = draw(_images_from_bytes())
+        layouts.append(ArrayLayout(name=name, dtype=image.dtype, shape=image.shape))
+        buffers.append(image.pixels)
+    return ItemFrame(
+        image_id=draw(texts()),
+        kind=draw(st.sampled_from(ItemKind)),
+        arrays=tuple(layouts),
+        buffers=tuple(buffers),
+        tracker_key=draw(texts()),
+        metadata=draw(json_objects()),
+        ack_to=draw(_optional(texts())),
+    )
+
+
+@st.composite
+def _item_frames_from_items(draw: st.DrawFn) -> ItemFrame:
+    return frame_from_item(
+        draw(items()),
+        image_id=draw(texts()),
+        tracker_key=draw(texts()),
+        metadata=draw(json_objects()),
+        ack_to=draw(_optional(texts())),
+    )
+
+
+def item_frames() -> st.SearchStrategy[ItemFrame]:
+    """Item messages from real items, or from raw arrays under any names and kind."""
+    return st.one_of(_item_frames_from_items(), _raw_item_frames())
+
+
 # --- messages -------------------------------------------------------------------------------
 
 MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
@@ -342,6 +459,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         result=_buffer_tuples(),
     ),
     ImageFrame: image_frames(),
+    ItemFrame: item_frames(),
     Ack: st.builds(
         Ack,
         image_id=texts(),

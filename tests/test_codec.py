@@ -35,6 +35,7 @@ from zmqruntime.core.messages import (
     AppEvent,
     AppReply,
     AppRequest,
+    ArrayLayout,
     Completion,
     ErrorReply,
     Execute,
@@ -61,7 +62,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-VALUE_CLASSES = (ExecutionRecord, ServerSummary)
+VALUE_CLASSES = (ExecutionRecord, ServerSummary, ArrayLayout)
 HEADER_KEYS = frozenset(member.value for member in MessageFields)
 
 

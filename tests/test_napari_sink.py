@@ -26,7 +26,10 @@ from zmqruntime.core.endpoint import Endpoint  # noqa: E402
 from zmqruntime.core.transport import find_free_port_pair  # noqa: E402
 from zmqruntime.streaming import (  # noqa: E402
     ImageSender,
+    Labels,
     NapariSink,
+    Points,
+    Shapes,
     StreamingServer,
     VisualizerProcessManager,
     python_module_spec,
@@ -50,6 +53,43 @@ def test_images_become_layers_named_from_metadata_and_update_in_place() -> None:
     custom(numpy.zeros((2, 2)), {"channel": "gfp"})
     custom(numpy.zeros((2, 2)), {})
     assert [item.name for item in custom.viewer.layers] == ["gfp", "other"]
+
+
+def test_items_become_shapes_points_and_labels_layers_replaced_in_place() -> None:
+    viewer = ViewerModel()
+    sink = NapariSink(viewer)
+    sink(numpy.zeros((8, 8), numpy.uint8), {"name": "cells"})
+    triangle = [[0, 0], [0, 4], [4, 4]]
+    shapes = Shapes.of([triangle, [[1, 1], [5, 5]]], ["polygon", "path"], {"area": [8.0, 0.0]})
+    sink.take_item(shapes, {"name": "outlines"})
+    sink.take_item(Points.of([[1, 2], [3, 4], [5, 6]], {"label": ["a", "b", "c"]}), {})
+    labels = numpy.arange(64, dtype=numpy.int32).reshape(8, 8)
+    sink.take_item(Labels.of(labels), {"name": "masks"})
+    assert [(layer.name, type(layer).__name__) for layer in viewer.layers] == [
+        ("cells", "Image"),
+        ("outlines", "Shapes"),
+        ("points", "Points"),
+        ("masks", "Labels"),
+    ]
+    outlines = viewer.layers["outlines"]
+    assert outlines.shape_type == ["polygon", "path"]
+    assert outlines.features["area"].tolist() == [8.0, 0.0]
+    numpy.testing.assert_array_equal(outlines.data[0], triangle)
+    assert viewer.layers["points"].features["label"].tolist() == ["a", "b", "c"]
+    masks = viewer.layers["masks"]
+    numpy.testing.assert_array_equal(masks.data, labels)
+
+    sink.take_item(Points.of([[9, 9]]), {"name": "outlines"})  # another kind, same place
+    sink.take_item(Labels.of(labels * 2), {"name": "masks"})  # labels: in place
+    sink.take_item(Labels.of(labels), {"name": "cells"})  # an image's name: replaced
+    assert [(layer.name, type(layer).__name__) for layer in viewer.layers] == [
+        ("cells", "Labels"),
+        ("outlines", "Points"),
+        ("points", "Points"),
+        ("masks", "Labels"),
+    ]
+    assert viewer.layers["masks"] is masks
+    assert int(masks.data.max()) == 126
 
 
 def test_a_stream_fills_a_headless_viewer(config) -> None:
@@ -111,8 +151,31 @@ def test_a_stream_shows_in_a_real_napari_window(display: str, tmp_path: Path) ->
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(finished.stdout.strip().splitlines()[-1])
     assert "error" not in result, result
-    assert result["acked"] == [2, 2]
-    assert result["layers"] == ["live"]
+    assert result["acked"] == [5, 5]
+    assert result["layers"] == ["live", "outlines", "nuclei", "masks"]
+    assert result["items"] == {
+        "outlines": {
+            "type": "Shapes",
+            "shape": None,
+            "shape_type": ["rectangle"],
+            "features": {"cell": ["a"]},
+            "max": None,
+        },
+        "nuclei": {
+            "type": "Points",
+            "shape": [2, 2],
+            "shape_type": None,
+            "features": {"id": [1, 2]},
+            "max": None,
+        },
+        "masks": {
+            "type": "Labels",
+            "shape": [64, 64],
+            "shape_type": None,
+            "features": {},
+            "max": 3,
+        },
+    }
     assert result["shape"] == [64, 64]
     assert result["right"] > result["left"] + 100, result  # dark left half, bright right half
 

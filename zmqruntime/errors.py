@@ -12,6 +12,7 @@ __all__ = [
     "ChannelClosed",
     "ConfigurationError",
     "ErrorCode",
+    "InvalidItem",
     "LocalProtocolError",
     "ProcessLaunchError",
     "ProtocolError",
@@ -91,6 +92,11 @@ class RemoteError(ZMQRuntimeError):
         self.detail = detail
         self.error_type = error_type
         self.remote_traceback = remote_traceback
+
+
+class InvalidItem(ZMQRuntimeError, ValueError):
+    """A shapes, points or labels item that breaks its rules (NaN coordinates, too many points,
+    features that do not match the count, ...); a viewer acks such an item as failed."""
 
 
 class ZMQTimeoutError(ZMQRuntimeError, TimeoutError):

@@ -4,7 +4,7 @@ pass objects that *have the right shape* into constructors; nothing here is to b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from typing_extensions import Buffer
@@ -18,6 +18,7 @@ __all__ = [
     "Buffer",
     "Frames",
     "ImageSink",
+    "ItemSink",
     "JSONObject",
     "JSONValue",
     "LaunchSpec",
@@ -124,6 +125,23 @@ class ImageSink(Protocol):
     """
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None: ...
+
+
+@runtime_checkable
+class ItemSink(Protocol):
+    """An :class:`ImageSink` that also consumes shapes, points or labels items
+    (:mod:`zmqruntime.streaming.items`): ``item_kinds`` names the kinds it takes (``"shapes"``,
+    ``"points"``, ``"labels"``), and the viewer calls ``take_item(item, metadata)`` for each
+    valid item of those kinds, in arrival order with the images, from the same thread. An item
+    of another kind, or sent to a plain ImageSink, is acked as failed with a reason naming it.
+    """
+
+    @property
+    def item_kinds(self) -> Collection[str]: ...
+
+    def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None: ...
+
+    def take_item(self, item: Any, metadata: Mapping[str, Any], /) -> None: ...
 
 
 @runtime_checkable

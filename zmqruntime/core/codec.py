@@ -10,7 +10,7 @@ as lists, ``dict[str, X]`` and ``JSONObject`` as objects, attrs classes as objec
 fields. A missing field takes its default; unknown keys are ignored. The field whose metadata
 has ``{"buffer": "one"}`` (or ``"many"``) holds the buffer frame (frames). ``request_id`` is in
 ``0..2**63-1``; an image's dtype (a numeric one), shape and pixels make an array by the wire's
-rules.
+rules, and so does each of an item's array layouts with its buffer frame.
 
 :func:`decode` treats its input as hostile: what is not a valid message raises
 :class:`~zmqruntime.RemoteProtocolError` (and nothing else), with an :class:`ErrorCode` saying
@@ -31,7 +31,13 @@ import attrs
 import numpy
 
 from zmqruntime.core import wire
-from zmqruntime.core.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, ImageFrame, Message
+from zmqruntime.core.messages import (
+    MESSAGE_CLASSES,
+    PROTOCOL_VERSION,
+    ImageFrame,
+    ItemFrame,
+    Message,
+)
 from zmqruntime.core.wire import check_json_object
 from zmqruntime.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from zmqruntime.protocols import Buffer, JSONObject
@@ -117,9 +123,15 @@ def _codec(tp: Any, path: str) -> tuple[_Decoder, _Encoder]:
         return _json_object, lambda value: _json_object(value, path, TypeError)
     if (origin is tuple and args[1:] == (Ellipsis,)) or (origin is dict and args[0] is str):
         item, encoder = _codec(args[-1] if origin is dict else args[0], path + "[]")
-        if encoder is None:  # items must be their own JSON (the codec's types all are)
+        if encoder is None:  # items that are their own JSON (the codec's types all are)
             return functools.partial(_collection, origin, item), None
+        if origin is tuple:  # attrs values: lists of their header objects
+            return functools.partial(_collection, origin, item), functools.partial(_each, encoder)
     raise TypeError(f"the codec has no rule for fields of type {tp!r}")  # a bug, not input
+
+
+def _each(encoder: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
+    return [encoder(value) for value in values]
 
 
 def _optional(codec: Callable[..., Any], value: Any, *path: str) -> Any:
@@ -185,19 +197,35 @@ _BY_TYPE: Final = {plan.type_name: plan for plan in _PLANS.values()}
 
 
 @functools.lru_cache(maxsize=256)  # a stream repeats a handful of layouts
-def _image_problem(dtype_text: object, shape: tuple[Any, ...], nbytes: int) -> str | None:
+def _array_problem(
+    dtype_text: object, shape: tuple[Any, ...], nbytes: int, numeric: bool = True
+) -> str | None:
     try:
-        wire.check_array(wire.parse_dtype(dtype_text, numeric=True), shape, nbytes)
+        wire.check_array(wire.parse_dtype(dtype_text, numeric=numeric), shape, nbytes)
     except RemoteProtocolError as exc:
         return str(exc)
     return None
 
 
-def _check_image(message: Message, error: type[ProtocolError]) -> None:
+def _check_arrays(message: Message, error: type[ProtocolError]) -> None:
+    """An image's or item's arrays must be what their layouts say (any dtype the wire carries
+    for items: their text columns are ``U`` arrays)."""
     if isinstance(message, ImageFrame):
         nbytes = memoryview(message.pixels).nbytes
-        if (problem := _image_problem(message.dtype, tuple(message.shape), nbytes)) is not None:
+        if (problem := _array_problem(message.dtype, tuple(message.shape), nbytes)) is not None:
             raise error(f"image {message.image_id!r}: {problem}")
+    elif isinstance(message, ItemFrame):
+        layouts, buffers = message.arrays, message.buffers
+        if len(layouts) != len(buffers):
+            shown = f"{len(layouts)} array layouts and {len(buffers)} buffer frames"
+            raise error(f"item {message.image_id!r} has {shown}; they must pair up")
+        if len({layout.name for layout in layouts}) != len(layouts):
+            raise error(f"item {message.image_id!r} names an array twice")
+        for layout, buffer in zip(layouts, buffers, strict=True):
+            nbytes = memoryview(buffer).nbytes
+            shape = tuple(layout.shape)
+            if (problem := _array_problem(layout.dtype, shape, nbytes, False)) is not None:
+                raise error(f"item {message.image_id!r}, array {layout.name!r}: {problem}")
 
 
 def decode(
@@ -237,7 +265,7 @@ def decode(
             views = tuple(memoryview(frame) for frame in frames[1:])
             values[plan.buffers] = views if plan.frames is None else views[0]
         message = cast(Message, plan.build(header, values))
-        _check_image(message, RemoteProtocolError)
+        _check_arrays(message, RemoteProtocolError)
         return message
     except ProtocolError:
         raise
@@ -256,7 +284,7 @@ def encode(message: Message, *, request_id: int | None = None) -> list[Buffer]:
         held: Any = getattr(message, plan.buffers) if plan.buffers is not None else ()
         buffers: list[Buffer] = [held] if plan.frames == 1 else list(held)
         header["frames"] = len(buffers)
-        _check_image(message, LocalProtocolError)
+        _check_arrays(message, LocalProtocolError)
         header.update(plan.to_header(message))
         if request_id is not None:
             header["request_id"] = request_id

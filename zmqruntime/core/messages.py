@@ -19,6 +19,7 @@ from zmqruntime.core.vocabulary import (
     ControlMessageType,
     ExecutionRecord,
     ExecutionStatus,
+    ItemKind,
     ProgressEvent,
     ResponseType,
     ServerSummary,
@@ -35,6 +36,7 @@ __all__ = [
     "AppEvent",
     "AppReply",
     "AppRequest",
+    "ArrayLayout",
     "Attach",
     "Cancel",
     "Completion",
@@ -45,6 +47,8 @@ __all__ = [
     "ExecutionStatus",
     "ImageFrame",
     "ImageSent",
+    "ItemFrame",
+    "ItemKind",
     "Message",
     "MessageFields",
     "Ping",
@@ -274,6 +278,35 @@ class ImageFrame:
 
 @final
 @attrs.frozen(kw_only=True)
+class ArrayLayout:
+    """One array of an :class:`ItemFrame`: its role in the item, dtype and shape (its raw
+    C-ordered bytes are the buffer frame at the same position)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ItemFrame:
+    """One item other than an image (shapes, points, labels: :mod:`zmqruntime.streaming.items`):
+    its ``kind``, one :class:`ArrayLayout` per array in the header and the arrays' raw bytes as
+    the buffer frames, in the same order. Acknowledged like an :class:`ImageFrame`, whose
+    ``image_id``, ``tracker_key``, ``metadata`` and ``ack_to`` it shares."""
+
+    TYPE: ClassVar[StreamMessageType] = StreamMessageType.ITEM
+    image_id: str
+    kind: ItemKind
+    arrays: tuple[ArrayLayout, ...]
+    buffers: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
+    tracker_key: str = ""
+    metadata: JSONObject = attrs.field(factory=dict)
+    ack_to: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
 class Ack:
     """A consumer's acknowledgement of one item, sent to an :class:`~zmqruntime.AckChannel`."""
 
@@ -301,7 +334,9 @@ _Request: TypeAlias = Ping | Shutdown | Execute | StatusRequest | Cancel | Attac
 _Reply: TypeAlias = (
     Pong | ErrorReply | ShutdownReply | Accepted | RecordReply | SummaryReply | AppReply
 )
-_Stream: TypeAlias = ProgressEvent | Completion | ImageFrame | Ack | ImageSent | AppEvent
+_Stream: TypeAlias = (
+    ProgressEvent | Completion | ImageFrame | ItemFrame | Ack | ImageSent | AppEvent
+)
 Message: TypeAlias = _Request | _Reply | _Stream
 """Any message the codec can encode or decode."""
 
@@ -311,7 +346,7 @@ MESSAGE_CLASSES: tuple[type[Message], ...] = typing.get_args(Message)
 
 def _header_keys() -> dict[str, str]:
     names = ["version", "type", "frames"]
-    for cls in (*MESSAGE_CLASSES, ExecutionRecord, ServerSummary):
+    for cls in (*MESSAGE_CLASSES, ExecutionRecord, ServerSummary, ArrayLayout):
         names += [field.name for field in attrs.fields(cls)]
     return {name.upper(): name for name in dict.fromkeys(names)}
 

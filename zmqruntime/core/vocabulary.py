@@ -16,6 +16,7 @@ __all__ = [
     "ControlMessageType",
     "ExecutionRecord",
     "ExecutionStatus",
+    "ItemKind",
     "ProgressEvent",
     "ResponseType",
     "ServerSummary",
@@ -48,7 +49,8 @@ class ResponseType(enum.Enum):
 
 
 class StreamMessageType(enum.Enum):
-    """Messages that flow without a request: progress, events, completions, images and acks."""
+    """Messages that flow without a request: progress, events, completions, images, items and
+    acks."""
 
     PROGRESS = "progress"
     COMPLETION = "completion"
@@ -56,6 +58,15 @@ class StreamMessageType(enum.Enum):
     ACK = "ack"
     SENT = "sent"
     EVENT = "event"
+    ITEM = "item"
+
+
+class ItemKind(enum.Enum):
+    """What a streamed item other than an image is, named as napari names its layer types."""
+
+    SHAPES = "shapes"
+    POINTS = "points"
+    LABELS = "labels"
 
 
 class ExecutionStatus(enum.Enum):

@@ -1,10 +1,11 @@
-"""Tier 3: stream numpy images to a viewer process (:class:`ImageSender` to
-:class:`StreamingServer`), with an acknowledgement per image; :class:`VisualizerProcessManager`
-launches, health-checks and stops that process."""
+"""Tier 3: stream numpy images, and :class:`Shapes`, :class:`Points` and :class:`Labels` items,
+to a viewer process (:class:`ImageSender` to :class:`StreamingServer`), with an acknowledgement
+per item; :class:`VisualizerProcessManager` launches, health-checks and stops that process."""
 
 from __future__ import annotations
 
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
+from zmqruntime.streaming.items import Labels, Points, Shapes, ShapeType
 from zmqruntime.streaming.process_manager import (
     CommandSpec,
     VisualizerProcessManager,
@@ -18,8 +19,12 @@ __all__ = [
     "CommandSpec",
     "DirectorySink",
     "ImageSender",
+    "Labels",
     "NapariSink",
+    "Points",
     "QtMainThreadCall",
+    "ShapeType",
+    "Shapes",
     "StreamMode",
     "StreamingServer",
     "StreamingStatistics",

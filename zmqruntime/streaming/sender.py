@@ -1,9 +1,11 @@
-"""ImageSender: streams numpy images to a viewer, with an acknowledgement for every image.
+"""ImageSender: streams numpy images, and shapes, points and labels items, to a viewer, with an
+acknowledgement for every one.
 
 Pixels travel as one raw frame (zero-copy for contiguous arrays) with dtype and shape in the
-JSON header. Each calling thread sends on a PUSH socket of its own, so an image costs no
-hand-off to an I/O thread; past :data:`MAX_THREAD_SOCKETS` calling threads, with ``ack_to``
-(the sent notice must go first) and for IPv6 hosts, images go through the client's I/O thread.
+JSON header; an item's arrays as one raw frame each. Each calling thread sends on a PUSH socket
+of its own, so an image costs no hand-off to an I/O thread; past :data:`MAX_THREAD_SOCKETS`
+calling threads, with ``ack_to`` (the sent notice must go first) and for IPv6 hosts, images go
+through the client's I/O thread.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
-from zmqruntime.core.messages import Ack, AckOutcome, ImageSent, Message
+from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ImageSent, ItemFrame, Message
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
 from zmqruntime.core.sockets import Socket, send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
+from zmqruntime.streaming.item_wire import frame_from_item
+from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 from zmqruntime.streaming.server import ACK_COPIES
 
 __all__ = ["ImageSender"]
@@ -194,12 +198,15 @@ class ImageSender:
 
     def send(
         self,
-        image: numpy.ndarray[Any, Any],
+        image: numpy.ndarray[Any, Any] | Item,
         metadata: Mapping[str, Any] | None = None,
         *,
         copy: bool = False,
     ) -> str:
-        """Send one image; returns its id.
+        """Send one image, or one :class:`~zmqruntime.streaming.items.Shapes`,
+        :class:`~zmqruntime.streaming.items.Points` or
+        :class:`~zmqruntime.streaming.items.Labels` item (acked, tracked and counted in
+        ``max_in_flight`` like an image); returns its id.
 
         Waits while ``max_in_flight`` images are unacknowledged (raising
         :class:`ZMQTimeoutError` after ``send_timeout``). The pixels of a C-contiguous array
@@ -211,11 +218,25 @@ class ImageSender:
         meta = dict(metadata) if metadata else {}
         if meta:
             codec.check_json_object(meta, "metadata")
-        array = numpy.array(image, copy=True) if copy else image
         image_id = f"{self._id_prefix}-{next(self._numbers)}"
-        frame = codec.image_from_array(
-            array, image_id=image_id, tracker_key=self._key, metadata=meta, ack_to=self.ack_address
-        )
+        frame: ImageFrame | ItemFrame
+        if isinstance(image, Shapes | Points | Labels):
+            frame = frame_from_item(
+                image,
+                image_id=image_id,
+                tracker_key=self._key,
+                metadata=meta,
+                ack_to=self.ack_address,
+                copy=copy,
+            )
+        else:
+            frame = codec.image_from_array(
+                numpy.array(image, copy=True) if copy else image,
+                image_id=image_id,
+                tracker_key=self._key,
+                metadata=meta,
+                ack_to=self.ack_address,
+            )
         frames = codec.encode(frame)  # before registering: a bad image raises here
         tracker = self.tracker
         assert tracker is not None

@@ -1,8 +1,10 @@
 """StreamingServer: a :class:`~zmqruntime.ZMQServer` (role "viewer", PULL data socket) whose
-I/O thread only queues images, and a sink thread that calls the :class:`~zmqruntime.ImageSink`
-in arrival order and acknowledges each image to the :class:`~zmqruntime.AckChannel` its header
-names: processed, failed (with the error text) or, in latest-frame mode, skipped. The queue
-between them is bounded by count and bytes, and a full one stops the reading."""
+I/O thread only queues images and items, and a sink thread that hands them to the
+:class:`~zmqruntime.ImageSink` (items to an :class:`~zmqruntime.protocols.ItemSink`'s
+``take_item``, after their checks) in arrival order and acknowledges each to the
+:class:`~zmqruntime.AckChannel` its header names: processed, failed (with the error text or the
+rule an item breaks) or, in latest-frame mode, skipped. The queue between them is bounded by
+count and bytes, and a full one stops the reading."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import enum
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, Final, final
+from typing import Any, Final, TypeAlias, final
 
 import attrs
 import zmq
@@ -22,19 +24,20 @@ from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
-from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, Message
+from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ItemFrame, Message
 from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
-from zmqruntime.errors import ChannelClosed
+from zmqruntime.errors import ChannelClosed, InvalidItem
 from zmqruntime.protocols import ImageSink, RequestHandler, TaskSerializer
+from zmqruntime.streaming.item_wire import item_from_frame
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES: Final = ("images", "acks", "shutdown")
+CAPABILITIES: Final = ("images", "items", "acks", "shutdown")
 _WAKE_SECONDS: Final = 1.0  # the waits' slice; close() wakes them at once anyway
 _HELD: Final = ("backlog", "backlog_bytes", "peak_backlog", "peak_backlog_bytes")
 
@@ -82,14 +85,24 @@ class StreamingStatistics:
     peak_backlog_bytes: int
 
 
-def _pixel_bytes(image: ImageFrame) -> int:
-    return memoryview(image.pixels).nbytes
+_Frame: TypeAlias = ImageFrame | ItemFrame
+
+
+def _pixel_bytes(frame: _Frame) -> int:
+    if isinstance(frame, ImageFrame):
+        return memoryview(frame.pixels).nbytes
+    return sum(memoryview(buffer).nbytes for buffer in frame.buffers)
+
+
+def _stream(frame: _Frame) -> tuple[str, str]:
+    """What a newer frame replaces in latest-frame mode: the same stream's same kind."""
+    return frame.tracker_key, frame.kind.value if isinstance(frame, ItemFrame) else "image"
 
 
 @final
 @attrs.define(eq=False)
 class StreamingServer:
-    """A viewer endpoint: images in, sink calls, acks out.
+    """A viewer endpoint: images and items in, sink calls, acks out.
 
     It receives on the ``server`` it is given (:meth:`bind` builds one for an endpoint; read a free
     port back from :attr:`port_number`). If ``sink`` has a ``close()`` method, it is called on
@@ -110,7 +123,7 @@ class StreamingServer:
     backlog_bytes: int = attrs.field(default=BACKLOG_BYTES, validator=_at_least_one)
 
     # Received by the I/O thread, not yet taken by the sink thread; guarded by _room.
-    _queue: collections.deque[ImageFrame] = attrs.field(factory=collections.deque, init=False)
+    _queue: collections.deque[_Frame] = attrs.field(factory=collections.deque, init=False)
     _room: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     _held: list[int] = attrs.field(factory=lambda: [0, 0, 0, 0], init=False)  # see _HELD
     _copies: collections.OrderedDict[str, Peer] = attrs.field(  # guarded by _room
@@ -219,8 +232,10 @@ class StreamingServer:
 
     def _on_data(self, message: Message) -> None:
         """I/O thread, which reads nothing more while the backlog is full."""
-        if not isinstance(message, ImageFrame):
-            logger.warning("viewer dropped a %s: only images belong here", message.TYPE.value)
+        if not isinstance(message, ImageFrame | ItemFrame):
+            logger.warning(
+                "viewer dropped a %s: only images and items belong here", message.TYPE.value
+            )
             return
         size = _pixel_bytes(message)
         held = self._held
@@ -265,26 +280,43 @@ class StreamingServer:
             acks.close()
             self._close_sink()
 
-    def _take(self) -> tuple[ImageFrame, list[ImageFrame]]:
-        """The next image to show and the images to skip (sink thread, ``_room`` held)."""
+    def _take(self) -> tuple[_Frame, list[_Frame]]:
+        """The next image or item to show and those to skip (sink thread, ``_room`` held)."""
         first = self._queue.popleft()
         if self.mode is StreamMode.ALL:
             return first, []
-        key = first.tracker_key
-        same = [first, *(image for image in self._queue if image.tracker_key == key)]
-        self._queue = collections.deque(image for image in self._queue if image.tracker_key != key)
+        key = _stream(first)
+        same = [first, *(frame for frame in self._queue if _stream(frame) == key)]
+        self._queue = collections.deque(frame for frame in self._queue if _stream(frame) != key)
         return same[-1], same[:-1]
 
-    def _show(self, acks: AckSender, image: ImageFrame) -> None:
+    def _show(self, acks: AckSender, frame: _Frame) -> None:
         try:
-            self.sink(array_from_image(image), image.metadata)
+            if isinstance(frame, ImageFrame):
+                self.sink(array_from_image(frame), frame.metadata)
+            else:
+                self._show_item(frame)
         except Exception as exc:
-            logger.exception("sink failed on image %r", image.image_id)
-            self._ack(acks, image, AckOutcome.FAILED, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, InvalidItem):
+                logger.warning("viewer refused item %r: %s", frame.image_id, exc)
+            else:
+                logger.exception("sink failed on %s %r", _stream(frame)[1], frame.image_id)
+            self._ack(acks, frame, AckOutcome.FAILED, f"{type(exc).__name__}: {exc}")
             return
-        self._ack(acks, image, AckOutcome.PROCESSED, "")
+        self._ack(acks, frame, AckOutcome.PROCESSED, "")
 
-    def _ack(self, acks: AckSender, image: ImageFrame, outcome: AckOutcome, error: str) -> None:
+    def _show_item(self, frame: ItemFrame) -> None:
+        """Check the item and hand it to the sink, if the sink takes its kind."""
+        kind = frame.kind.value
+        take = getattr(self.sink, "take_item", None)
+        if kind not in getattr(self.sink, "item_kinds", ()) or not callable(take):
+            raise InvalidItem(
+                f"this viewer's sink ({type(self.sink).__name__}) takes no {kind} items: give "
+                f"the viewer a sink with take_item() and {kind!r} in its item_kinds"
+            )
+        take(item_from_frame(frame), frame.metadata)
+
+    def _ack(self, acks: AckSender, image: _Frame, outcome: AckOutcome, error: str) -> None:
         """Make the image's room in the backlog, then acknowledge it (sink thread)."""
         self._counts[outcome.value] += 1
         with self._room:

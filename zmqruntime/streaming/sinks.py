@@ -1,4 +1,5 @@
-"""Ready-made :class:`~zmqruntime.ImageSink`\\ s: a folder of ``.npy`` files, and napari (the
+"""Ready-made :class:`~zmqruntime.ImageSink`\\ s, which also take shapes, points and labels
+items (:class:`~zmqruntime.protocols.ItemSink`): a folder of ``.npy`` files, and napari (the
 optional extra ``zmqruntime[napari]``, imported only when used)."""
 
 from __future__ import annotations
@@ -8,10 +9,13 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast, final
+from typing import Any, ClassVar, cast, final
 
 import attrs
 import numpy
+
+from zmqruntime.streaming.item_wire import item_arrays
+from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 
 __all__ = ["DirectorySink", "NapariSink", "sink_from_spec"]
 
@@ -21,11 +25,17 @@ __all__ = ["DirectorySink", "NapariSink", "sink_from_spec"]
 class DirectorySink:
     """Writes each image as ``<prefix>-<n>.npy`` with its metadata in ``<prefix>-<n>.json``.
 
+    An item is written the same way: its sidecar also holds its ``kind`` and, in ``arrays``,
+    each of its arrays (by wire name: ``data``; ``vertices``, ``vertex_counts``,
+    ``shape_type``; ``features.<name>``) with its dtype, shape and ``suffix``: the array is in
+    ``<prefix>-<n><suffix>``, the first one (``data`` or ``vertices``) in ``<prefix>-<n>.npy``.
+
     Never overwrites, also with several sinks in several processes on one folder: both files
     are written under hidden temporary names, then published with hard links, which fail if the
     name exists (the sink then takes the next number); numbering starts after the files already
-    there. The sidecar is published first, so a reader that takes each ``.npy`` finds its
-    complete ``.json`` beside it; a ``.json`` alone is an item still being written: skip it.
+    there. The sidecar is published first and ``<prefix>-<n>.npy`` last, so a reader that takes
+    each ``.npy`` finds its complete ``.json`` (and an item's other arrays) beside it; a
+    ``.json`` alone is an item still being written: skip it.
     A writer killed mid-write may leave a hidden ``.part`` file or a lone ``.json``, never a
     wrong item. The folder's filesystem must support hard links (FAT does not). Files are not
     fsynced: they survive a crash of the process, not of the machine.
@@ -33,6 +43,7 @@ class DirectorySink:
 
     directory: Path = attrs.field(converter=Path)
     prefix: str = "image"
+    item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
     _next: int = attrs.field(default=-1, init=False)  # -1: the folder is not scanned yet
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
@@ -43,25 +54,47 @@ class DirectorySink:
         for metadata JSON cannot encode.
         """
         pixels = numpy.asarray(image, order="C")
-        sidecar = {
-            "dtype": pixels.dtype.str,
-            "shape": list(pixels.shape),
-            "metadata": dict(metadata),
+        sidecar = {"dtype": pixels.dtype.str, "shape": list(pixels.shape)}
+        self._write(sidecar, metadata, [pixels])
+
+    def take_item(self, item: Item, metadata: Mapping[str, Any], /) -> None:
+        """Write one item's arrays and its sidecar under the next free number, as
+        :meth:`__call__` writes an image."""
+        arrays = {
+            name: numpy.asarray(array, order="C") for name, array in item_arrays(item).items()
         }
-        text = json.dumps(sidecar, indent=1).encode()
+        layouts = {
+            name: {
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+                "suffix": ".npy" if index == 0 else f".{index}.npy",
+            }
+            for index, (name, array) in enumerate(arrays.items())
+        }
+        self._write({"kind": item.KIND.value, "arrays": layouts}, metadata, list(arrays.values()))
+
+    def _write(
+        self,
+        sidecar: dict[str, Any],
+        metadata: Mapping[str, Any],
+        arrays: list[numpy.ndarray[Any, Any]],
+    ) -> None:
+        text = json.dumps({**sidecar, "metadata": dict(metadata)}, indent=1).encode()
         if self._next < 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._next = self._first_free()
         token = f".{self.prefix}-{uuid.uuid4().hex}"
-        parts = (self.directory / f"{token}.json.part", self.directory / f"{token}.npy.part")
+        parts = [self.directory / f"{token}.json.part"]
+        parts += [self.directory / f"{token}.{index}.npy.part" for index in range(len(arrays))]
         try:
-            with open(parts[1], "xb") as handle:
-                header = numpy.lib.format.header_data_from_array_1_0(pixels)
-                numpy.lib.format.write_array_header_1_0(handle, header)
-                handle.write(pixels.reshape(-1).view(numpy.uint8).data)  # numpy.save hides errno
+            for path, array in zip(parts[1:], arrays, strict=True):
+                with open(path, "xb") as handle:
+                    header = numpy.lib.format.header_data_from_array_1_0(array)
+                    numpy.lib.format.write_array_header_1_0(handle, header)
+                    handle.write(array.reshape(-1).view(numpy.uint8).data)  # numpy.save hides errno
             with open(parts[0], "xb") as handle:
                 handle.write(text)
-            self._publish(*parts)
+            self._publish(parts)
         finally:
             for path in parts:
                 path.unlink(missing_ok=True)
@@ -76,20 +109,23 @@ class DirectorySink:
         taken = (int(n) for n, _, suffix in split if n.isdecimal() and suffix in ("npy", "json"))
         return 1 + max(taken, default=-1)
 
-    def _publish(self, sidecar: Path, pixels: Path) -> None:
-        """Link the sidecar, then the pixels, to the first number where both names are free."""
+    def _publish(self, parts: list[Path]) -> None:
+        """Link the sidecar, then an item's further arrays, then ``.npy``, to the first number
+        where every name is free."""
+        suffixes = [".json", *(f".{index}.npy" for index in range(1, len(parts) - 1)), ".npy"]
+        order = [parts[0], *parts[2:], parts[1]]
         while True:
             stem = self.directory / f"{self.prefix}-{self._next:06d}"
             self._next += 1
+            done: list[str] = []
             try:
-                os.link(sidecar, f"{stem}.json")
-            except FileExistsError:
-                continue
-            try:
-                os.link(pixels, f"{stem}.npy")
+                for part, suffix in zip(order, suffixes, strict=True):
+                    os.link(part, f"{stem}{suffix}")
+                    done.append(f"{stem}{suffix}")
                 return
             except BaseException as exc:
-                os.unlink(f"{stem}.json")
+                for name in reversed(done):
+                    os.unlink(name)
                 if not isinstance(exc, FileExistsError):
                     raise
 
@@ -97,30 +133,70 @@ class DirectorySink:
 @final
 @attrs.define(eq=False)
 class NapariSink:
-    """Shows images in a napari viewer: one layer per name, updated in place.
+    """Shows images in a napari viewer: one layer per name, updated in place; and items as
+    napari Shapes, Points and Labels layers (shape types and features kept), a new item
+    replacing the layer of its name in the same place (a labels item updates it in place).
 
-    The layer name comes from ``metadata[name_key]`` (``default_name`` when absent). Calls
-    are marshalled onto napari's Qt thread and wait until the layer is updated, so the ack
-    means "displayed". ``viewer`` may be a ``napari.Viewer`` or a headless
-    ``napari.components.ViewerModel`` (then the update runs in the caller's thread).
+    The layer name comes from ``metadata[name_key]`` (``default_name`` when absent; for an
+    item, its kind: ``"shapes"``, ...). Calls are marshalled onto napari's Qt thread and wait
+    until the layer is updated, so the ack means "displayed". ``viewer`` may be a
+    ``napari.Viewer`` or a headless ``napari.components.ViewerModel`` (then the update runs in
+    the caller's thread).
     """
 
     viewer: Any
     name_key: str = "name"
     default_name: str = "stream"
     timeout: float = 30.0
+    item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
     _invoke: Callable[[Callable[[], None]], None] | None = attrs.field(default=None, init=False)
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
         """Show ``image`` in the layer its metadata names."""
-        name = str(metadata.get(self.name_key, self.default_name))
         data = numpy.asarray(image)
+        name = str(metadata.get(self.name_key, self.default_name))
+        self._place(name, "Image", lambda: self.viewer.add_image(data, name=name), data)
+
+    def take_item(self, item: Item, metadata: Mapping[str, Any], /) -> None:
+        """Show ``item`` as the napari layer of its kind that its metadata names."""
+        name = str(metadata.get(self.name_key, item.KIND.value))
+        viewer = self.viewer
+
+        def add() -> None:
+            if isinstance(item, Labels):
+                viewer.add_labels(numpy.array(item.data), name=name)
+                return
+            features = {key: numpy.array(column) for key, column in item.features.items()}
+            if isinstance(item, Points):
+                viewer.add_points(numpy.array(item.data), features=features or None, name=name)
+            elif isinstance(item, Shapes):
+                viewer.add_shapes(
+                    item.data or None,
+                    ndim=item.vertices.shape[1],
+                    shape_type=[kind.value for kind in item.shape_type] or "polygon",
+                    features=features or None,
+                    name=name,
+                )
+
+        data = numpy.array(item.data) if isinstance(item, Labels) else None
+        self._place(name, type(item).__name__, add, data)
+
+    def _place(self, name: str, layer_type: str, add: Callable[[], None], data: Any) -> None:
+        """Update the layer ``name`` in place with ``data`` if it is a ``layer_type`` layer and
+        ``data`` is given; else ``add()`` a new one in its place (napari's Qt thread)."""
 
         def update() -> None:
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = data
-            else:
-                self.viewer.add_image(data, name=name)
+            layers = self.viewer.layers
+            old = layers[name] if name in layers else None  # noqa: SIM401 - a napari LayerList
+            if old is not None and data is not None and type(old).__name__ == layer_type:
+                old.data = data
+                return
+            if old is not None:
+                index = layers.index(old)
+                layers.remove(old)
+            add()
+            if old is not None:
+                layers.move(len(layers) - 1, index)
 
         if self._invoke is None:
             self._invoke = _invoker(self.viewer, self.timeout)
