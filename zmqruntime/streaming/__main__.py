@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = StreamingServer.bind(endpoint, sink, mode=StreamMode(args.mode))
     if isinstance(sink, NapariSink):
-        _serve_with_napari(server)
+        _serve_with_napari(server, sink)
     else:
         watch_lifeline(server.request_stop)
         server.serve_forever()
     return 0
 
 
-def _serve_with_napari(server: StreamingServer) -> None:
+def _serve_with_napari(server: StreamingServer, sink: NapariSink) -> None:
     """Qt owns the main thread: serve in the background, quit the window when serving ends."""
     import napari  # noqa: PLC0415 - optional extra
     from qtpy.QtCore import QTimer  # noqa: PLC0415
@@ -81,6 +81,7 @@ def _serve_with_napari(server: StreamingServer) -> None:
     try:
         napari.run()
     finally:
+        sink.close()  # first: a call waiting for the closed window would hold close()
         server.close()
 
 

@@ -9,11 +9,12 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, cast, final
+from typing import Any, ClassVar, final
 
 import attrs
 import numpy
 
+from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
 from zmqruntime.streaming.item_wire import item_arrays
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 
@@ -149,7 +150,7 @@ class NapariSink:
     default_name: str = "stream"
     timeout: float = 30.0
     item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
-    _invoke: Callable[[Callable[[], None]], None] | None = attrs.field(default=None, init=False)
+    _invoke: Callable[[Callable[[], None]], object] | None = attrs.field(default=None, init=False)
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
         """Show ``image`` in the layer its metadata names."""
@@ -199,21 +200,15 @@ class NapariSink:
                 layers.move(len(layers) - 1, index)
 
         if self._invoke is None:
-            self._invoke = _invoker(self.viewer, self.timeout)
+            windowed = getattr(self.viewer, "window", None) is not None
+            self._invoke = on_qt_main_thread(_call, timeout=self.timeout) if windowed else _call
         self._invoke(update)
 
     def close(self) -> None:
-        """Leave the viewer open: it belongs to the application."""
-
-
-def _invoker(viewer: Any, timeout: float) -> Callable[[Callable[[], None]], None]:
-    """Run a callable on the Qt main thread and wait for it, or directly without a window."""
-    if getattr(viewer, "window", None) is None:
-        return _call
-    from superqt.utils import ensure_main_thread  # noqa: PLC0415 - optional extra
-
-    runner = ensure_main_thread(_call, await_return=True, timeout=int(timeout * 1000))
-    return cast(Callable[[Callable[[], None]], None], runner)
+        """Release a call still waiting for the Qt thread; leave the viewer open: it belongs
+        to the application."""
+        if isinstance(self._invoke, QtMainThreadCall):
+            self._invoke.close()
 
 
 def _call(call: Callable[[], None]) -> None:
