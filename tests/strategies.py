@@ -34,6 +34,8 @@ from zmqruntime.core.messages import (
     AppRequest,
     ArrayLayout,
     Attach,
+    BatchEntry,
+    BatchFrame,
     Cancel,
     Completion,
     ControlMessageType,
@@ -57,6 +59,7 @@ from zmqruntime.core.messages import (
     SummaryReply,
 )
 from zmqruntime.errors import ErrorCode
+from zmqruntime.streaming.batches import batch_frame
 from zmqruntime.streaming.item_wire import frame_from_item
 from zmqruntime.streaming.items import MAX_DIMS, MIN_DIMS, Item, Labels, Points, Shapes, ShapeType
 
@@ -64,6 +67,7 @@ __all__ = [
     "HOSTILE_STRATEGIES",
     "MAX_REQUEST_ID",
     "MESSAGE_STRATEGIES",
+    "batch_frames",
     "buffers",
     "control_requests",
     "encoded_frames",
@@ -394,6 +398,71 @@ def item_frames() -> st.SearchStrategy[ItemFrame]:
     return st.one_of(_item_frames_from_items(), _raw_item_frames())
 
 
+# --- batches --------------------------------------------------------------------------------
+
+
+@st.composite
+def _batches_from_items(draw: st.DrawFn) -> BatchFrame:
+    """A batch as a sender makes it: images (any numeric dtype, strided too) and items."""
+    images = npst.arrays(image_dtypes(), _IMAGE_SHAPES).map(_strided_any)
+    values = draw(st.lists(images | items(), min_size=1, max_size=3))
+    ids = [draw(texts(8)) for _ in range(len(values) + 1)]
+    return batch_frame(
+        values,
+        draw(json_objects(3)),
+        [draw(_small_objects()) for _ in values],
+        ids=ids[:-1],
+        batch_id=ids[-1],
+        tracker_key=draw(texts()),
+        ack_to=draw(_optional(texts())),
+        copy=draw(st.booleans()),
+    )
+
+
+def _small_objects() -> st.SearchStrategy[dict[str, Any]]:
+    """An item's metadata in a batch: flat (the batch's own is any JSON object)."""
+    return st.dictionaries(texts(6), st.integers() | finite_floats() | texts(6), max_size=2)
+
+
+def _strided_any(array: numpy.ndarray[Any, Any]) -> numpy.ndarray[Any, Any]:
+    return _strided(array, 1)
+
+
+@st.composite
+def _raw_batches(draw: st.DrawFn) -> BatchFrame:
+    """Batches of entries whose arrays follow the wire's rules but need not make items."""
+    entries, buffers = [], []
+    for _ in range(draw(st.integers(1, 2))):
+        kind = draw(_optional(st.sampled_from(ItemKind)))
+        names = ["pixels"] if kind is None else draw(st.lists(texts(8), max_size=2, unique=True))
+        layouts = []
+        for name in names:
+            dtype, shape = draw(st.sampled_from(_DTYPE_SPELLINGS)), draw(_IMAGE_SHAPES)
+            layouts.append(ArrayLayout(name=name, dtype=dtype, shape=shape))
+            buffers.append(bytes(math.prod(shape) * numpy.dtype(dtype).itemsize))
+        entries.append(
+            BatchEntry(
+                image_id=draw(texts(8)),
+                kind=kind,
+                arrays=tuple(layouts),
+                metadata=draw(_small_objects()),
+            )
+        )
+    return BatchFrame(
+        batch_id=draw(texts()),
+        entries=tuple(entries),
+        buffers=tuple(buffers),
+        tracker_key=draw(texts()),
+        metadata=draw(json_objects()),
+        ack_to=draw(_optional(texts())),
+    )
+
+
+def batch_frames() -> st.SearchStrategy[BatchFrame]:
+    """Batch messages from real images and items, or from raw entries of any kind."""
+    return st.one_of(_batches_from_items(), _raw_batches())
+
+
 # --- messages -------------------------------------------------------------------------------
 
 MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
@@ -460,6 +529,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     ImageFrame: image_frames(),
     ItemFrame: item_frames(),
+    BatchFrame: batch_frames(),
     Ack: st.builds(
         Ack,
         image_id=texts(),

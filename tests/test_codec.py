@@ -36,6 +36,7 @@ from zmqruntime.core.messages import (
     AppReply,
     AppRequest,
     ArrayLayout,
+    BatchEntry,
     Completion,
     ErrorReply,
     Execute,
@@ -62,7 +63,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-VALUE_CLASSES = (ExecutionRecord, ServerSummary, ArrayLayout)
+VALUE_CLASSES = (ExecutionRecord, ServerSummary, ArrayLayout, BatchEntry)
 HEADER_KEYS = frozenset(member.value for member in MessageFields)
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy
 import pytest
@@ -210,3 +211,66 @@ def test_the_ready_made_viewer_runs_napari_in_its_main_thread(display: str, conf
     finally:
         code = manager.stop(timeout=30)
     assert code == 0  # the shutdown request closed the window and the process
+
+
+def test_a_batch_of_three_channels_lands_with_its_display_settings_in_one_call() -> None:
+    viewer = ViewerModel()
+    sink = NapariSink(viewer)
+    calls: list[object] = []
+
+    def invoke(update: Any) -> None:  # stands for on_qt_main_thread: counts the GUI calls
+        calls.append(update)
+        update()
+
+    sink._invoke = invoke
+    channels = [numpy.full((2, 6, 6), 100 * (n + 1), numpy.uint16) for n in range(3)]
+    batch = {
+        "name": "site",
+        "display": {"blending": "additive"},
+        "layers": {
+            "dapi": {"colormap": "blue", "contrast_limits": [0, 500]},
+            "gfp": {"colormap": "green", "contrast_limits": [50, 250]},
+        },
+        "axis_labels": ["z", "y", "x"],
+    }
+    metas = [{"name": "dapi"}, {"name": "gfp"}, {"display": {"colormap": "magenta", "gamma": 0.5}}]
+    sink.take_batch(channels, metas, batch)
+    assert len(calls) == 1  # the whole batch in one call on the GUI thread
+    layers = {layer.name: layer for layer in viewer.layers}
+    assert list(layers) == ["dapi", "gfp", "site-2"]
+    assert [layer.colormap.name for layer in layers.values()] == ["blue", "green", "magenta"]
+    assert list(layers["dapi"].contrast_limits) == [0, 500]
+    assert list(layers["gfp"].contrast_limits) == [50, 250]
+    assert layers["site-2"].gamma == 0.5
+    assert {layer.blending for layer in layers.values()} == {"additive"}
+    assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")
+    numpy.testing.assert_array_equal(layers["gfp"].data, channels[1])
+    sink.take_batch([channels[0] * 0], [{"name": "dapi"}], batch)  # updated in place
+    assert viewer.layers["dapi"] is layers["dapi"] and len(calls) == 2
+    bad = [({"layers": {"dapi": {"colour": "red"}}}, "unknown display setting 'colour'")]
+    bad += [({"display": {"contrast_limits": [5, 1]}}, "low < high")]
+    bad += [({"axis_labels": "zyx"}, "axis_labels must be a list")]
+    for batch_metadata, message in bad:
+        with pytest.raises(ValueError, match=message):
+            sink.take_batch(channels, metas, batch_metadata)
+    points = Points.of([[1, 1]])
+    with pytest.raises(ValueError, match="unknown display setting 'colormap'"):
+        sink.take_batch([points], [{"display": {"colormap": "red"}}], {})
+    assert len(calls) == 2  # nothing drawn for a refused batch
+
+
+def test_a_batch_reaches_napari_through_a_real_viewer(config: Any, no_thread_leak: None) -> None:
+    viewer = ViewerModel()
+    at = Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config)
+    with StreamingServer.bind(at, NapariSink(viewer)) as server:
+        to = Endpoint.of(server.port_number, transport_mode=TransportMode.IPC, config=config)
+        with ImageSender.to(to) as sender:
+            sender.send_batch(
+                [numpy.zeros((4, 4), numpy.uint8), Points.of([[1, 1]])],
+                {"layers": {"cells": {"colormap": "red"}}},
+                item_metadata=[{"name": "cells"}, {"name": "spots"}],
+            )
+            sender.wait_all_acked(10)
+            assert sender.tracker is not None and sender.tracker.get_progress() == (3, 3)
+    assert viewer.layers["cells"].colormap.name == "red"
+    assert type(viewer.layers["spots"]).__name__ == "Points"

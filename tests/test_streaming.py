@@ -406,13 +406,13 @@ def test_sender_validates_its_input(
         ]:
             with pytest.raises(TypeError, match="dtype"):
                 sender.send(array)
-        with pytest.raises(ValueError, match="2 images but 1 metadata"):
-            sender.send_batch([good, good], [{}])
+        with pytest.raises(ValueError, match="2 items but 1 metadata"):
+            sender.send_batch([good, good], item_metadata=[{}])
         assert sender.tracker is not None
         assert sender.tracker.get_progress() == (0, 0)  # nothing refused was registered
-        ids = sender.send_batch([good, good * 2], [{"i": 0}, {"i": 1}])
+        sent = sender.send_batch([good, good * 2], item_metadata=[{"i": 0}, {"i": 1}])
         sender.wait_all_acked(WAIT)
-        assert len(ids) == 2 and sender.tracker.get_progress() == (2, 2)
+        assert len(sent.item_ids) == 2 and sender.tracker.get_progress() == (3, 3)
     assert [metadata for _, metadata in sink.images] == [{"i": 0}, {"i": 1}]
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import numpy
 
 __all__ = [
+    "BatchSink",
     "Buffer",
     "Frames",
     "ImageSink",
@@ -142,6 +143,28 @@ class ItemSink(Protocol):
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None: ...
 
     def take_item(self, item: Any, metadata: Mapping[str, Any], /) -> None: ...
+
+
+@runtime_checkable
+class BatchSink(Protocol):
+    """An :class:`ImageSink` that takes a batch (``ImageSender.send_batch``) in one call:
+    ``take_batch(items, metadatas, batch_metadata)`` gets the batch's images (numpy arrays)
+    and items in order, each one's own metadata, and the batch's. The viewer acks the batch's
+    items and the batch "processed" once it returned, all "failed" with its error if it raised.
+    Items of a kind not in its ``item_kinds`` (if any) make the whole batch fail before the
+    call. A sink without ``take_batch`` is called per item, in order, with the batch's
+    metadata merged under each item's own.
+    """
+
+    def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None: ...
+
+    def take_batch(
+        self,
+        items: Sequence[Any],
+        metadatas: Sequence[Mapping[str, Any]],
+        batch_metadata: Mapping[str, Any],
+        /,
+    ) -> None: ...
 
 
 @runtime_checkable

@@ -10,7 +10,8 @@ as lists, ``dict[str, X]`` and ``JSONObject`` as objects, attrs classes as objec
 fields. A missing field takes its default; unknown keys are ignored. The field whose metadata
 has ``{"buffer": "one"}`` (or ``"many"``) holds the buffer frame (frames). ``request_id`` is in
 ``0..2**63-1``; an image's dtype (a numeric one), shape and pixels make an array by the wire's
-rules, and so does each of an item's array layouts with its buffer frame.
+rules, and so does each of an item's array layouts with its buffer frame, and each of a
+batch's entries with the next buffer frames (an image entry: one numeric array).
 
 :func:`decode` treats its input as hostile: what is not a valid message raises
 :class:`~zmqruntime.RemoteProtocolError` (and nothing else), with an :class:`ErrorCode` saying
@@ -34,6 +35,8 @@ from zmqruntime.core import wire
 from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
+    ArrayLayout,
+    BatchFrame,
     ImageFrame,
     ItemFrame,
     Message,
@@ -215,17 +218,39 @@ def _check_arrays(message: Message, error: type[ProtocolError]) -> None:
         if (problem := _array_problem(message.dtype, tuple(message.shape), nbytes)) is not None:
             raise error(f"image {message.image_id!r}: {problem}")
     elif isinstance(message, ItemFrame):
-        layouts, buffers = message.arrays, message.buffers
-        if len(layouts) != len(buffers):
-            shown = f"{len(layouts)} array layouts and {len(buffers)} buffer frames"
-            raise error(f"item {message.image_id!r} has {shown}; they must pair up")
-        if len({layout.name for layout in layouts}) != len(layouts):
-            raise error(f"item {message.image_id!r} names an array twice")
-        for layout, buffer in zip(layouts, buffers, strict=True):
-            nbytes = memoryview(buffer).nbytes
-            shape = tuple(layout.shape)
-            if (problem := _array_problem(layout.dtype, shape, nbytes, False)) is not None:
-                raise error(f"item {message.image_id!r}, array {layout.name!r}: {problem}")
+        _check_layouts(f"item {message.image_id!r}", message.arrays, message.buffers, error)
+    elif isinstance(message, BatchFrame):
+        buffers, total = message.buffers, sum(len(entry.arrays) for entry in message.entries)
+        if total != len(buffers):
+            shown = f"{total} array layouts and {len(buffers)} buffer frames"
+            raise error(f"batch {message.batch_id!r} has {shown}; they must pair up")
+        start = 0
+        for entry in message.entries:
+            what = f"batch {message.batch_id!r}, entry {entry.image_id!r}"
+            if entry.kind is None and len(entry.arrays) != 1:
+                raise error(f"{what} is an image: it has one array, not {len(entry.arrays)}")
+            stop = start + len(entry.arrays)
+            _check_layouts(what, entry.arrays, buffers[start:stop], error, entry.kind is None)
+            start = stop
+
+
+def _check_layouts(
+    what: str,
+    layouts: Sequence[ArrayLayout],
+    buffers: Sequence[Buffer],
+    error: type[ProtocolError],
+    numeric: bool = False,
+) -> None:
+    if len(layouts) != len(buffers):
+        shown = f"{len(layouts)} array layouts and {len(buffers)} buffer frames"
+        raise error(f"{what} has {shown}; they must pair up")
+    if len({layout.name for layout in layouts}) != len(layouts):
+        raise error(f"{what} names an array twice")
+    for layout, buffer in zip(layouts, buffers, strict=True):
+        nbytes = memoryview(buffer).nbytes
+        shape = tuple(layout.shape)
+        if (problem := _array_problem(layout.dtype, shape, nbytes, numeric)) is not None:
+            raise error(f"{what}, array {layout.name!r}: {problem}")
 
 
 def decode(

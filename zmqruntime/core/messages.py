@@ -15,7 +15,10 @@ import attrs
 from typing_extensions import Buffer
 
 from zmqruntime.core.vocabulary import (
+    MAX_BATCH_ITEMS,
     AckOutcome,
+    ArrayLayout,
+    BatchEntry,
     ControlMessageType,
     ExecutionRecord,
     ExecutionStatus,
@@ -29,6 +32,7 @@ from zmqruntime.errors import ErrorCode
 from zmqruntime.protocols import JSONObject
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
     "PROTOCOL_VERSION",
     "Accepted",
     "Ack",
@@ -38,6 +42,8 @@ __all__ = [
     "AppRequest",
     "ArrayLayout",
     "Attach",
+    "BatchEntry",
+    "BatchFrame",
     "Cancel",
     "Completion",
     "ControlMessageType",
@@ -278,17 +284,6 @@ class ImageFrame:
 
 @final
 @attrs.frozen(kw_only=True)
-class ArrayLayout:
-    """One array of an :class:`ItemFrame`: its role in the item, dtype and shape (its raw
-    C-ordered bytes are the buffer frame at the same position)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-
-@final
-@attrs.frozen(kw_only=True)
 class ItemFrame:
     """One item other than an image (shapes, points, labels: :mod:`zmqruntime.streaming.items`):
     its ``kind``, one :class:`ArrayLayout` per array in the header and the arrays' raw bytes as
@@ -299,6 +294,25 @@ class ItemFrame:
     image_id: str
     kind: ItemKind
     arrays: tuple[ArrayLayout, ...]
+    buffers: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
+    tracker_key: str = ""
+    metadata: JSONObject = attrs.field(factory=dict)
+    ack_to: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BatchFrame:
+    """Several images and items sent as one unit (1 to :data:`MAX_BATCH_ITEMS`), with the
+    batch's own ``metadata``: one :class:`BatchEntry` per item in the header, their arrays'
+    raw bytes as the buffer frames, entry after entry. The viewer acknowledges each entry by
+    its ``image_id`` and then the batch by ``batch_id``, all to ``ack_to``."""
+
+    TYPE: ClassVar[StreamMessageType] = StreamMessageType.BATCH
+    batch_id: str
+    entries: tuple[BatchEntry, ...] = attrs.field(
+        validator=[attrs.validators.min_len(1), attrs.validators.max_len(MAX_BATCH_ITEMS)]
+    )
     buffers: tuple[Buffer, ...] = attrs.field(default=(), metadata=_BUFFERS)
     tracker_key: str = ""
     metadata: JSONObject = attrs.field(factory=dict)
@@ -335,7 +349,7 @@ _Reply: TypeAlias = (
     Pong | ErrorReply | ShutdownReply | Accepted | RecordReply | SummaryReply | AppReply
 )
 _Stream: TypeAlias = (
-    ProgressEvent | Completion | ImageFrame | ItemFrame | Ack | ImageSent | AppEvent
+    ProgressEvent | Completion | ImageFrame | ItemFrame | BatchFrame | Ack | ImageSent | AppEvent
 )
 Message: TypeAlias = _Request | _Reply | _Stream
 """Any message the codec can encode or decode."""
@@ -346,7 +360,7 @@ MESSAGE_CLASSES: tuple[type[Message], ...] = typing.get_args(Message)
 
 def _header_keys() -> dict[str, str]:
     names = ["version", "type", "frames"]
-    for cls in (*MESSAGE_CLASSES, ExecutionRecord, ServerSummary, ArrayLayout):
+    for cls in (*MESSAGE_CLASSES, ExecutionRecord, ServerSummary, ArrayLayout, BatchEntry):
         names += [field.name for field in attrs.fields(cls)]
     return {name.upper(): name for name in dict.fromkeys(names)}
 

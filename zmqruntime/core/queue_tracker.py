@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, final
 
 import attrs
@@ -116,6 +116,20 @@ class QueueTracker:
             if not self.wait_pending_below(limit, timeout):
                 return False
             self._register(item_id)
+        return True
+
+    def wait_and_register_all(
+        self, item_ids: Sequence[str], limit: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> bool:
+        """:meth:`wait_and_register` for several ids at once (a batch and its items): waits
+        until they all fit under ``limit`` pending, or, when they are more than ``limit``,
+        until nothing is pending; ``False`` (nothing registered) after ``timeout`` seconds."""
+        room = max(1, limit - len(item_ids) + 1)
+        with self._condition:
+            if not self.wait_pending_below(room, timeout):
+                return False
+            for item_id in item_ids:
+                self._register(item_id)
         return True
 
     def _register(self, item_id: str) -> None:

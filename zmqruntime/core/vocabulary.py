@@ -5,14 +5,17 @@ summary, an ack's outcome, a progress event. :mod:`zmqruntime.core.messages` re-
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, final
+from typing import ClassVar, Final, final
 
 import attrs
 
 from zmqruntime.protocols import JSONObject
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
     "AckOutcome",
+    "ArrayLayout",
+    "BatchEntry",
     "ControlMessageType",
     "ExecutionRecord",
     "ExecutionStatus",
@@ -59,6 +62,7 @@ class StreamMessageType(enum.Enum):
     SENT = "sent"
     EVENT = "event"
     ITEM = "item"
+    BATCH = "batch"
 
 
 class ItemKind(enum.Enum):
@@ -139,3 +143,31 @@ class ServerSummary:
     workers: int = 0
     uptime: float = 0.0
     engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+
+MAX_BATCH_ITEMS: Final = 1024
+"""Images and items in one batch (``BatchFrame.entries``)."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ArrayLayout:
+    """One array of an item: its role in the item, dtype and shape (its raw C-ordered bytes
+    are the buffer frame at the same position)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BatchEntry:
+    """One image or item of a batch: its id (acked on its own), ``kind`` (None: an image,
+    whose one array is its pixels), its arrays' layouts (their bytes are the batch's next
+    buffer frames) and its own ``metadata``."""
+
+    image_id: str
+    kind: ItemKind | None = None
+    arrays: tuple[ArrayLayout, ...]
+    metadata: JSONObject = attrs.field(factory=dict)

@@ -1,10 +1,13 @@
 """Tier 3: stream numpy images, and :class:`Shapes`, :class:`Points` and :class:`Labels` items,
-to a viewer process (:class:`ImageSender` to :class:`StreamingServer`), with an acknowledgement
-per item; :class:`VisualizerProcessManager` launches, health-checks and stops that process."""
+one by one or as batches, to a viewer process (:class:`ImageSender` to
+:class:`StreamingServer`), with an acknowledgement per item and per batch;
+:class:`VisualizerProcessManager` launches, health-checks and stops that process."""
 
 from __future__ import annotations
 
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
+from zmqruntime.protocols import BatchSink
+from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, SentBatch
 from zmqruntime.streaming.items import Labels, Points, Shapes, ShapeType
 from zmqruntime.streaming.process_manager import (
     CommandSpec,
@@ -16,6 +19,8 @@ from zmqruntime.streaming.server import StreamingServer, StreamingStatistics, St
 from zmqruntime.streaming.sinks import DirectorySink, NapariSink, sink_from_spec
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
+    "BatchSink",
     "CommandSpec",
     "DirectorySink",
     "ImageSender",
@@ -23,6 +28,7 @@ __all__ = [
     "NapariSink",
     "Points",
     "QtMainThreadCall",
+    "SentBatch",
     "ShapeType",
     "Shapes",
     "StreamMode",

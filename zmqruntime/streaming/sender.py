@@ -31,6 +31,8 @@ from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
 from zmqruntime.core.sockets import Socket, send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
+from zmqruntime.streaming import batches
+from zmqruntime.streaming.batches import SentBatch
 from zmqruntime.streaming.item_wire import frame_from_item
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 from zmqruntime.streaming.server import ACK_COPIES
@@ -98,6 +100,7 @@ class ImageSender:
     _limit: float = attrs.field(default=0.0, init=False)
     _copies_asked: threading.Event = attrs.field(factory=threading.Event, init=False)
     _copies_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _viewer_limits: Any = attrs.field(default=None, init=False)
 
     @classmethod
     def to(
@@ -237,39 +240,45 @@ class ImageSender:
                 metadata=meta,
                 ack_to=self.ack_address,
             )
+        self._dispatch(frame, [image_id], f"image {image_id}")
+        return image_id
+
+    def _dispatch(self, frame: Message, ids: list[str], what: str) -> None:
+        """Wait for room for ``ids`` in ``max_in_flight``, register them, send ``frame``."""
         frames = codec.encode(frame)  # before registering: a bad image raises here
         tracker = self.tracker
         assert tracker is not None
         if self.ack_to is not None:
             self._ask_for_ack_copies()
-        if not tracker.wait_and_register(image_id, self.max_in_flight, self._limit):
+        if not tracker.wait_and_register_all(ids, self.max_in_flight, self._limit):
             raise ZMQTimeoutError(
                 f"{tracker.get_pending_count()} images to {self.viewer_address} are still "
                 f"unacknowledged after {self._limit}s (max_in_flight={self.max_in_flight}); is "
                 f"the viewer running?{self._connection_hint()}"
             )
-        if self.ack_to is not None:  # the notice goes first, so the image goes the same way
-            notice = ImageSent(image_id=image_id, tracker_key=self._key)
-            self.client.push(self.ack_to, notice, curve=self.ack_to_curve)
+        if self.ack_to is not None:  # the notices go first, so the image goes the same way
+            for image_id in ids:
+                notice = ImageSent(image_id=image_id, tracker_key=self._key)
+                self.client.push(self.ack_to, notice, curve=self.ack_to_curve)
             self.client.send_data(frame)
-            return image_id
+            return
         entry = self._thread_socket()
         if entry.socket is None:
             self.client.send_data(frame)
-            return image_id
+            return
         with entry.lock:
             try:
                 if entry.closed:
                     raise ChannelClosed("this ImageSender is closed")
                 send_frames(entry.socket, frames, zmq.NOBLOCK)
             except BaseException as exc:
-                tracker.acknowledge(image_id, AckOutcome.FAILED, str(exc))
+                for image_id in ids:
+                    tracker.acknowledge(image_id, AckOutcome.FAILED, str(exc))
                 if isinstance(exc, zmq.Again):
                     raise ZMQTimeoutError(
-                        f"the queue to {self.viewer_address} is full; image {image_id} was not sent"
+                        f"the queue to {self.viewer_address} is full; {what} was not sent"
                     ) from None
                 raise
-        return image_id
 
     def _ask_for_ack_copies(self) -> None:
         """Before the first image and after a lost connection (a viewer restart): ask the
@@ -327,17 +336,38 @@ class ImageSender:
 
     def send_batch(
         self,
-        images: Iterable[numpy.ndarray[Any, Any]],
-        metadatas: Sequence[Mapping[str, Any]] | None = None,
-    ) -> list[str]:
-        """Send several images in order; returns their ids."""
-        images = list(images)
-        metas: Sequence[Mapping[str, Any] | None] = (
-            [None] * len(images) if metadatas is None else metadatas
+        items: Iterable[numpy.ndarray[Any, Any] | Item],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        item_metadata: Sequence[Mapping[str, Any]] | None = None,
+        copy: bool = False,
+    ) -> SentBatch:
+        """Send images and items as one batch, shown by the viewer at once, with the batch's
+        ``metadata`` and each item's own (``item_metadata``, one mapping per item). Returns
+        the ids of the batch and its items, each acknowledged and tracked; the batch takes
+        ``len(items) + 1`` of ``max_in_flight`` (a larger batch waits until nothing is pending).
+        Asks the viewer for its limits before the first batch; ``ValueError`` for a batch
+        larger than its backlog (and see :mod:`zmqruntime.streaming.batches`)."""
+        items = list(items)
+        meta, metas = batches.batch_metadata(len(items), metadata, item_metadata)
+        if not self._connected or self._closed:
+            self.connect()
+        ids = [f"{self._id_prefix}-{next(self._numbers)}" for _ in range(len(items) + 1)]
+        frame = batches.batch_frame(
+            items,
+            meta,
+            metas,
+            ids=ids[:-1],
+            batch_id=ids[-1],
+            tracker_key=self._key,
+            ack_to=self.ack_address,
+            copy=copy,
         )
-        if len(metas) != len(images):
-            raise ValueError(f"{len(images)} images but {len(metas)} metadata mappings")
-        return [self.send(image, meta) for image, meta in zip(images, metas, strict=True)]
+        if self._viewer_limits is None:
+            self._viewer_limits = batches.viewer_limits(self.client, self._limit)
+        batches.check_fits(frame, self._viewer_limits, self.viewer_address)
+        self._dispatch(frame, ids, f"batch {ids[-1]}")
+        return SentBatch(ids[-1], tuple(ids[:-1]))
 
     def wait_all_acked(self, timeout: float | None = None) -> None:
         """Block until every image sent is acknowledged.

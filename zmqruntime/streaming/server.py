@@ -24,20 +24,21 @@ from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
-from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ItemFrame, Message
+from zmqruntime.core.messages import Ack, AckOutcome, BatchFrame, ImageFrame, ItemFrame, Message
 from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, InvalidItem
 from zmqruntime.protocols import ImageSink, RequestHandler, TaskSerializer
+from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, VIEWER_LIMITS, Acked, acks_for, show_batch
 from zmqruntime.streaming.item_wire import item_from_frame
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES: Final = ("images", "items", "acks", "shutdown")
+CAPABILITIES: Final = ("images", "items", "batches", "acks", "shutdown")
 _WAKE_SECONDS: Final = 1.0  # the waits' slice; close() wakes them at once anyway
 _HELD: Final = ("backlog", "backlog_bytes", "peak_backlog", "peak_backlog_bytes")
 
@@ -85,7 +86,7 @@ class StreamingStatistics:
     peak_backlog_bytes: int
 
 
-_Frame: TypeAlias = ImageFrame | ItemFrame
+_Frame: TypeAlias = ImageFrame | ItemFrame | BatchFrame
 
 
 def _pixel_bytes(frame: _Frame) -> int:
@@ -95,8 +96,16 @@ def _pixel_bytes(frame: _Frame) -> int:
 
 
 def _stream(frame: _Frame) -> tuple[str, str]:
-    """What a newer frame replaces in latest-frame mode: the same stream's same kind."""
+    """What a newer frame replaces in latest-frame mode: the same stream's same kind (a
+    batch: a whole older batch)."""
+    if isinstance(frame, BatchFrame):
+        return frame.tracker_key, "batch"
     return frame.tracker_key, frame.kind.value if isinstance(frame, ItemFrame) else "image"
+
+
+def _count(frame: _Frame) -> int:
+    """Images and items in the message."""
+    return len(frame.entries) if isinstance(frame, BatchFrame) else 1
 
 
 @final
@@ -168,7 +177,11 @@ class StreamingServer:
             raise RuntimeError("this StreamingServer was already started")
         self.server.route({}, data_handler=self._on_data, data_paused=self._full)
         table = self.server.requests
-        table.handlers = {**table.handlers, ACK_COPIES: self._copy_acks}
+        table.handlers = {
+            **table.handlers,
+            ACK_COPIES: self._copy_acks,
+            VIEWER_LIMITS: lambda _payload, _peer: self._limits(),
+        }
         self.server.bind()
         self._thread = threading.Thread(
             target=self._run_sink, name=f"zmqruntime-sink-{self.server.bound_port}", daemon=True
@@ -232,18 +245,18 @@ class StreamingServer:
 
     def _on_data(self, message: Message) -> None:
         """I/O thread, which reads nothing more while the backlog is full."""
-        if not isinstance(message, ImageFrame | ItemFrame):
+        if not isinstance(message, ImageFrame | ItemFrame | BatchFrame):
             logger.warning(
                 "viewer dropped a %s: only images and items belong here", message.TYPE.value
             )
             return
-        size = _pixel_bytes(message)
+        size, count = _pixel_bytes(message), _count(message)
         held = self._held
         with self._room:
-            held[0] += 1
+            held[0] += count
             held[1] += size
             held[2], held[3] = max(held[2], held[0]), max(held[3], held[1])
-            self._counts["received"] += 1
+            self._counts["received"] += count
             self._queue.append(message)
             self._room.notify_all()
 
@@ -290,7 +303,15 @@ class StreamingServer:
         self._queue = collections.deque(frame for frame in self._queue if _stream(frame) != key)
         return same[-1], same[:-1]
 
+    def _limits(self) -> dict[str, int]:
+        """The batch a sender may send: the :data:`VIEWER_LIMITS` reply."""
+        limits = (self.backlog_limit, self.backlog_bytes, MAX_BATCH_ITEMS)
+        return dict(zip(("backlog_limit", "backlog_bytes", "max_batch_items"), limits, strict=True))
+
     def _show(self, acks: AckSender, frame: _Frame) -> None:
+        if isinstance(frame, BatchFrame):
+            self._settle(acks, frame, show_batch(self.sink, frame, self._limits()))
+            return
         try:
             if isinstance(frame, ImageFrame):
                 self.sink(array_from_image(frame), frame.metadata)
@@ -317,27 +338,35 @@ class StreamingServer:
         take(item_from_frame(frame), frame.metadata)
 
     def _ack(self, acks: AckSender, image: _Frame, outcome: AckOutcome, error: str) -> None:
-        """Make the image's room in the backlog, then acknowledge it (sink thread)."""
-        self._counts[outcome.value] += 1
+        """Acknowledge the image, item or whole batch with one outcome (sink thread)."""
+        self._settle(acks, image, acks_for(image, outcome, error))
+
+    def _settle(self, acks: AckSender, image: _Frame, acked: list[Acked]) -> None:
+        """Make the message's room in the backlog, then send its acks (a batch's items', then
+        its own) (sink thread)."""
+        for _image_id, outcome, _error in acked[: _count(image)]:
+            self._counts[outcome.value] += 1
         with self._room:
             full = self._full()
-            self._held[0] -= 1
+            self._held[0] -= _count(image)
             self._held[1] -= _pixel_bytes(image)
-            peer = self._copies.get(image.image_id.rpartition("-")[0]) if self._copies else None
+            prefix = acked[-1][0].rpartition("-")[0]
+            peer = self._copies.get(prefix) if self._copies else None
         if full:  # the I/O thread may read again
             self.server.wake()
-        ack = Ack(
-            image_id=image.image_id,
-            tracker_key=image.tracker_key,
-            outcome=outcome,
-            error=error,
-            timestamp=acks.clock(),
-        )
-        if image.ack_to is not None:
-            acks.send(ack, image.ack_to)
-        if peer is not None:
-            with contextlib.suppress(ChannelClosed):  # closing: the sender hears no more
-                self.server.send(peer, ack)
+        for image_id, outcome, error in acked:
+            ack = Ack(
+                image_id=image_id,
+                tracker_key=image.tracker_key,
+                outcome=outcome,
+                error=error,
+                timestamp=acks.clock(),
+            )
+            if image.ack_to is not None:
+                acks.send(ack, image.ack_to)
+            if peer is not None:
+                with contextlib.suppress(ChannelClosed):  # closing: the sender hears no more
+                    self.server.send(peer, ack)
 
     def _drain_on_close(self, acks: AckSender) -> None:
         with self._room:

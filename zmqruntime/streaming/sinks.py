@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, final
 
@@ -15,6 +15,7 @@ import attrs
 import numpy
 
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
+from zmqruntime.streaming.display import apply_display, axis_labels, layer_display
 from zmqruntime.streaming.item_wire import item_arrays
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 
@@ -54,13 +55,38 @@ class DirectorySink:
         file behind, so a viewer acks the image as failed with the OS error text; ``TypeError``
         for metadata JSON cannot encode.
         """
+        self._write_image(image, metadata, {})
+
+    def _write_image(
+        self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], more: dict[str, Any]
+    ) -> None:
         pixels = numpy.asarray(image, order="C")
-        sidecar = {"dtype": pixels.dtype.str, "shape": list(pixels.shape)}
+        sidecar = {"dtype": pixels.dtype.str, "shape": list(pixels.shape), **more}
         self._write(sidecar, metadata, [pixels])
+
+    def take_batch(
+        self,
+        items: Sequence[numpy.ndarray[Any, Any] | Item],
+        metadatas: Sequence[Mapping[str, Any]],
+        batch_metadata: Mapping[str, Any],
+        /,
+    ) -> None:
+        """Write a batch's images and items in order, as :meth:`__call__` and
+        :meth:`take_item` do, each sidecar also holding ``"batch": {"index": i, "size": n,
+        "metadata": <the batch's>}``. A failed write raises; the items written before stay."""
+        for index, (item, metadata) in enumerate(zip(items, metadatas, strict=True)):
+            batch = {"index": index, "size": len(items), "metadata": dict(batch_metadata)}
+            if isinstance(item, numpy.ndarray):
+                self._write_image(item, metadata, {"batch": batch})
+            else:
+                self._write_item(item, metadata, {"batch": batch})
 
     def take_item(self, item: Item, metadata: Mapping[str, Any], /) -> None:
         """Write one item's arrays and its sidecar under the next free number, as
         :meth:`__call__` writes an image."""
+        self._write_item(item, metadata, {})
+
+    def _write_item(self, item: Item, metadata: Mapping[str, Any], more: dict[str, Any]) -> None:
         arrays = {
             name: numpy.asarray(array, order="C") for name, array in item_arrays(item).items()
         }
@@ -72,7 +98,8 @@ class DirectorySink:
             }
             for index, (name, array) in enumerate(arrays.items())
         }
-        self._write({"kind": item.KIND.value, "arrays": layouts}, metadata, list(arrays.values()))
+        sidecar = {"kind": item.KIND.value, "arrays": layouts, **more}
+        self._write(sidecar, metadata, list(arrays.values()))
 
     def _write(
         self,
@@ -154,13 +181,52 @@ class NapariSink:
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
         """Show ``image`` in the layer its metadata names."""
-        data = numpy.asarray(image)
         name = str(metadata.get(self.name_key, self.default_name))
-        self._place(name, "Image", lambda: self.viewer.add_image(data, name=name), data)
+        self._run(self._image(name, numpy.asarray(image)))
 
     def take_item(self, item: Item, metadata: Mapping[str, Any], /) -> None:
         """Show ``item`` as the napari layer of its kind that its metadata names."""
-        name = str(metadata.get(self.name_key, item.KIND.value))
+        self._run(self._item(str(metadata.get(self.name_key, item.KIND.value)), item))
+
+    def take_batch(
+        self,
+        items: Sequence[numpy.ndarray[Any, Any] | Item],
+        metadatas: Sequence[Mapping[str, Any]],
+        batch_metadata: Mapping[str, Any],
+        /,
+    ) -> None:
+        """Show a batch in one call on napari's Qt thread: each image or item in the layer its
+        metadata names (default: ``<batch name>-<index>``, the batch's name from its metadata
+        or ``default_name``), with the display settings of :mod:`zmqruntime.streaming.display`
+        (colormap, contrast limits, ... per layer; axis labels). Settings are checked first:
+        a bad one raises ``ValueError`` and nothing is drawn."""
+        base = str(batch_metadata.get(self.name_key, self.default_name))
+        updates = []
+        for index, (item, metadata) in enumerate(zip(items, metadatas, strict=True)):
+            name = str(metadata.get(self.name_key, f"{base}-{index}"))
+            image = isinstance(item, numpy.ndarray)
+            settings = layer_display(batch_metadata, metadata, name, image)
+            if isinstance(item, numpy.ndarray):
+                update = self._image(name, item)
+            else:
+                update = self._item(name, item)
+            updates.append((name, update, settings))
+        labels = axis_labels(batch_metadata)
+
+        def draw() -> None:
+            for name, update, settings in updates:
+                update()
+                apply_display(self.viewer.layers[name], settings)
+            if labels is not None:
+                ndim = self.viewer.dims.ndim
+                self.viewer.dims.axis_labels = ([""] * ndim + labels)[-ndim:]
+
+        self._run(draw)
+
+    def _image(self, name: str, data: numpy.ndarray[Any, Any]) -> Callable[[], None]:
+        return self._place(name, "Image", lambda: self.viewer.add_image(data, name=name), data)
+
+    def _item(self, name: str, item: Item) -> Callable[[], None]:
         viewer = self.viewer
 
         def add() -> None:
@@ -180,11 +246,14 @@ class NapariSink:
                 )
 
         data = numpy.array(item.data) if isinstance(item, Labels) else None
-        self._place(name, type(item).__name__, add, data)
+        return self._place(name, type(item).__name__, add, data)
 
-    def _place(self, name: str, layer_type: str, add: Callable[[], None], data: Any) -> None:
-        """Update the layer ``name`` in place with ``data`` if it is a ``layer_type`` layer and
-        ``data`` is given; else ``add()`` a new one in its place (napari's Qt thread)."""
+    def _place(
+        self, name: str, layer_type: str, add: Callable[[], None], data: Any
+    ) -> Callable[[], None]:
+        """What updates the layer ``name`` in place with ``data`` if it is a ``layer_type``
+        layer and ``data`` is given, else adds one with ``add()`` in its place (to run on
+        napari's Qt thread)."""
 
         def update() -> None:
             layers = self.viewer.layers
@@ -199,6 +268,10 @@ class NapariSink:
             if old is not None:
                 layers.move(len(layers) - 1, index)
 
+        return update
+
+    def _run(self, update: Callable[[], None]) -> None:
+        """Run ``update`` on napari's Qt thread and wait for it."""
         if self._invoke is None:
             windowed = getattr(self.viewer, "window", None) is not None
             self._invoke = on_qt_main_thread(_call, timeout=self.timeout) if windowed else _call
