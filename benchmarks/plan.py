@@ -22,6 +22,12 @@ OURS_DASK_ALL = "zmqruntime over Dask, a Dask task per job"
 """Workload 8's diagnostic variant: ``dask_pool(client, max_workers=<the task count>)``:
 every job handed over at once, each as a Dask task of its own (no batches)."""
 
+OURS_SINGLE = "zmqruntime, one by one"
+OURS_BATCH = "zmqruntime, batches"
+"""Workload 10: the same acked images sent one by one (the baseline) and as batches."""
+BATCHES = ((512, 16), (2048, 3))
+"""Workload 10: (frame size, images per batch)."""
+
 PEERS = (DASK, IPP)
 CURVE_SIZES = (512, 2048)
 """Workload 9 streams these frame sizes with the plan's window."""
@@ -276,7 +282,23 @@ def workloads(plan: Plan) -> list[Workload]:
             baseline=DASK,
         ),
     ]
-    return result + curve_workloads(plan)
+    return result + curve_workloads(plan) + batch_workloads(plan)
+
+
+def batch_workloads(plan: Plan) -> list[Workload]:
+    """Workload 10: acked images in batches against the same images one by one, both with
+    ``max_in_flight`` = the plan's window (a batch of n takes n + 1 of it)."""
+    return [
+        Workload(
+            f"10-batch-{size}x{count}",
+            f"10 acked {count}x {size}² uint16 per batch, window {plan.window}",
+            Kind.RATE,
+            "frames",
+            (OURS_SINGLE, OURS_BATCH),
+            baseline=OURS_SINGLE,
+        )
+        for size, count in BATCHES
+    ]
 
 
 def curve_workloads(plan: Plan) -> list[Workload]:

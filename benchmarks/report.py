@@ -20,7 +20,9 @@ from typing import Any
 from benchmarks.plan import (
     DASK,
     OURS,
+    OURS_BATCH,
     OURS_DASK,
+    OURS_SINGLE,
     RAW,
     V065,
     Failed,
@@ -31,7 +33,7 @@ from benchmarks.plan import (
     Workload,
 )
 
-BASELINE_LABELS = {RAW: "", DASK: " vs plain Dask"}
+BASELINE_LABELS = {RAW: "", DASK: " vs plain Dask", OURS_SINGLE: " vs one by one"}
 """How a ratio cell names its baseline: raw pyzmq (the column's) goes unsaid."""
 
 
@@ -223,6 +225,13 @@ def targets(rows: list[Row]) -> list[Target]:
         for key in (row.key for row in rows if row.system == OURS)
         if key.startswith("5-stream-")
     ]
+    for key in (row.key for row in rows if row.system == OURS_BATCH):
+        batch = _find(rows, key, OURS_BATCH)
+        ratio = None if batch is None else batch.ratio
+        shown = "not measured" if ratio is None else f"{ratio:.2f}x one by one"
+        goal = "≥ 1x one by one (per image)"
+        title = f"batches {key.removeprefix('10-batch-')} not slower per image"
+        result.append(Target(title, goal, shown, None if ratio is None else ratio >= 1.0))
     delivered = _find(rows, "6-progress-subscribed", OURS)
     if delivered is not None and delivered.details.get("delivered"):
         fewest, expected = min(delivered.details["delivered"]), delivered.details["updates"]

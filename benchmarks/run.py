@@ -34,9 +34,12 @@ import zmq
 
 from benchmarks import memory, report
 from benchmarks.plan import (
+    BATCHES,
     CURVE_SIZES,
     IPP,
     OURS,
+    OURS_BATCH,
+    OURS_SINGLE,
     PEERS,
     RAW,
     V065,
@@ -135,6 +138,11 @@ def core_calls(plan: Plan, old: v065.Runner) -> dict[str, dict[str, Callable[[],
             V065: p(old.progress, subscribed),
         }
     calls["7-memory"] = {OURS: p(memory.measure, plan)}
+    for size, count in BATCHES:
+        calls[f"10-batch-{size}x{count}"] = {
+            OURS_SINGLE: p(ours.batches, plan, size, count, batched=False),
+            OURS_BATCH: p(ours.batches, plan, size, count, batched=True),
+        }
     return calls | curve_calls(plan)
 
 

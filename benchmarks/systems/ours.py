@@ -233,6 +233,43 @@ def stream_rate(
     return rates
 
 
+def batch_rate(
+    folder: str, size: int, count: int, window: int, images: int, reps: int, batched: bool
+) -> list[float]:
+    """Acked images per second of ``reps`` runs of ``images`` (a multiple of ``count``), sent
+    ``count`` to a batch or one by one, at most ``window`` ids in flight (over TCP)."""
+    config = ZMQConfig(ipc_root=folder)
+    image = numpy.zeros((size, size), numpy.uint16)
+    batch = [image] * count
+    at = Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config)
+    rates = []
+    with StreamingServer.bind(at, _touch) as viewer:
+        to = Endpoint.of(port=viewer.port_number, transport_mode=TransportMode.TCP, config=config)
+        with ImageSender.to(to, max_in_flight=window) as sender:
+            sender.send_batch(batch)
+            sender.wait_all_acked(timeout=30)  # warm-up: connections made, limits known
+            for _ in range(reps):
+                start = time.perf_counter()
+                for _ in range(images // count):
+                    if batched:
+                        sender.send_batch(batch)
+                    else:
+                        for single in batch:
+                            sender.send(single)
+                sender.wait_all_acked(timeout=120)
+                rates.append(images / (time.perf_counter() - start))
+    return rates
+
+
+def batches(plan: Plan, size: int, count: int, batched: bool) -> Samples:
+    """Workload 10: acked images in batches of ``count`` (or one by one), at the plan's window."""
+    frames = plan.frames_small if size <= 512 else plan.frames_large
+    images = max(count, frames // count * count)
+    with tempfile.TemporaryDirectory(prefix="zmqrt-bench-") as folder:
+        rates = batch_rate(folder, size, count, plan.window, images, plan.reps, batched)
+    return Samples([images / rate for rate in rates], items=images)
+
+
 def stream(plan: Plan, size: int, window: int, curve: bool = False) -> Samples:
     """Workload 5: acked frames, as repetitions of ``frames`` each."""
     frames = plan.frames_small if size <= 512 else plan.frames_large
