@@ -33,6 +33,7 @@ from zmqruntime.core.messages import (
     BatchFrame,
     ItemKind,
 )
+from zmqruntime.core.wire import MAX_DEPTH
 from zmqruntime.errors import RemoteProtocolError
 from zmqruntime.streaming import (
     DirectorySink,
@@ -43,7 +44,7 @@ from zmqruntime.streaming import (
     StreamingServer,
     StreamMode,
 )
-from zmqruntime.streaming.batches import batch_frame, show_batch
+from zmqruntime.streaming.batches import batch_frame, batch_metadata, show_batch
 
 WAIT = 10.0
 Image = numpy.ndarray[Any, Any]
@@ -359,8 +360,11 @@ def test_max_in_flight_counts_a_batchs_items_and_itself(
     sink = BatchRecorder(gate)
     image = numpy.zeros((2, 2), numpy.uint8)
     with viewer_and_sender(sink, config, max_in_flight=4, send_timeout=0.3) as (_v, sender, _a):
-        sender.send_batch([image] * 3)  # 4 ids: the window is full
+        sender.send_batch([image] * 2)  # 3 ids: one slot left
         assert sink.entered.wait(WAIT)
+        with pytest.raises(ZMQTimeoutError, match="max_in_flight=4"):
+            sender.send_batch([image] * 2)  # 3 more ids do not fit
+        sender.send(image)  # one does
         with pytest.raises(ZMQTimeoutError, match="max_in_flight=4"):
             sender.send(image)
         gate.set()
@@ -369,7 +373,7 @@ def test_max_in_flight_counts_a_batchs_items_and_itself(
         assert sender.tracker.get_pending_count() <= 7
         sender.wait_all_acked(WAIT)
         assert sender.tracker.get_progress() == (11, 11)
-    assert [len(values) for values, _, _ in sink.batches] == [3, 6]
+    assert [len(values) for values, _, _ in sink.batches] == [2, 6]
 
 
 def test_latest_frame_mode_skips_a_whole_older_batch(
@@ -446,3 +450,74 @@ def test_directory_sink_writes_a_batch_with_its_metadata_in_the_sidecars(
     numpy.testing.assert_array_equal(
         numpy.load(tmp_path / "out" / "image-000000.npy"), numpy.arange(4)
     )
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return dict(value)
+
+
+def test_an_items_metadata_nests_two_levels_less_than_the_batchs() -> None:
+    image = numpy.zeros(1)
+    deepest = MAX_DEPTH - 2  # it sits in the list of entries, in its entry
+    for item_metadata, metadata in (([_nested(deepest)], {}), ([{}], _nested(MAX_DEPTH))):
+        frame = batch_frame(
+            [image], metadata, item_metadata, ids=["a"], batch_id="b", tracker_key="", ack_to=None
+        )
+        assert batch_metadata(1, metadata, item_metadata) == (metadata, item_metadata)
+        decoded = codec.decode(to_wire(codec.encode(frame)))
+        assert isinstance(decoded, BatchFrame) and decoded.entries == frame.entries
+        assert decoded.metadata == metadata
+    with pytest.raises(TypeError, match=r"item_metadata\[0\].* nests deeper"):
+        batch_metadata(1, None, [_nested(deepest + 1)])
+    with pytest.raises(TypeError, match=r"metadata.* nests deeper"):
+        batch_metadata(1, _nested(MAX_DEPTH + 1), None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda h, b: (h, b[:-1]), "2 array layouts and 1 buffer frames"),
+        (lambda h, b: (_set(h, 0, "dtype", "<U2"), b), "entry 'a', array 'pixels'"),
+        (lambda h, b: (_set(h, 0, "shape", [3]), b), "entry 'a', array 'pixels'"),
+        (lambda h, b: (_twice(h), [*b, b[0]]), "is an image: it has one array, not 2"),
+        (lambda h, b: (_set(h, 1, "kind", "circles"), b), "kind"),
+        (lambda h, b: ({**h, "entries": []}, []), "entries"),
+    ],
+    ids=["a-buffer-missing", "text-pixels", "wrong-size", "two-arrays", "kind", "empty"],
+)
+def test_a_batch_whose_entries_and_frames_disagree_does_not_decode(
+    change: Any, message: str
+) -> None:
+    points = Points.of([[1, 2]])
+    frame = batch_frame(
+        [numpy.zeros(2, numpy.uint8), points],
+        {},
+        [{}, {}],
+        ids="ab",
+        batch_id="b",
+        tracker_key="",
+        ack_to=None,
+    )
+    first, *buffers = to_wire(codec.encode(frame))
+    header, buffers = change(json.loads(first), buffers)
+    header["frames"] = len(buffers)
+    with pytest.raises(RemoteProtocolError, match=message):
+        codec.decode([json.dumps(header).encode(), *buffers])
+
+
+def _set(header: dict[str, Any], index: int, key: str, value: Any) -> dict[str, Any]:
+    entry = header["entries"][index]
+    if key in ("dtype", "shape"):
+        entry["arrays"][0][key] = value
+    else:
+        entry[key] = value
+    return header
+
+
+def _twice(header: dict[str, Any]) -> dict[str, Any]:
+    arrays = header["entries"][0]["arrays"]
+    arrays.append({**arrays[0], "name": "more"})
+    return header

@@ -20,7 +20,7 @@ from typing import Any, Final, TypeAlias, cast, final
 import attrs
 import numpy
 
-from zmqruntime.core import codec
+from zmqruntime.core import codec, wire
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.messages import (
     MAX_BATCH_ITEMS,
@@ -54,6 +54,10 @@ VIEWER_LIMITS: Final = "zmqruntime.viewer_limits"
 """The built-in request by which a sender learns, before its first batch, how large a batch
 the viewer takes: the reply is ``{"backlog_limit": int, "backlog_bytes": int,
 "max_batch_items": int}``."""
+ENTRY_DEPTH: Final = 2
+"""How much deeper an item's metadata sits in a batch's header than a batch's metadata (in
+the list of entries, in its entry): it may nest :data:`~zmqruntime.core.wire.MAX_DEPTH` - 2
+levels."""
 PIXELS: Final = "pixels"
 """The name of an image entry's one array."""
 
@@ -126,11 +130,11 @@ def batch_metadata(
     if len(metas) != count:
         raise ValueError(f"{count} items but {len(metas)} metadata mappings")
     meta = dict(metadata) if metadata else {}
-    for index, checked in enumerate([meta, *metas]):
-        if checked:
-            codec.check_json_object(
-                checked, "metadata" if index == 0 else f"item_metadata[{index - 1}]"
-            )
+    codec.check_json_object(meta, "metadata")
+    for index, checked in enumerate(metas):
+        # An item's metadata sits 2 levels deeper in the header than the batch's.
+        if checked and (problem := wire.json_problem(checked, depth=ENTRY_DEPTH)) is not None:
+            raise TypeError(f"item_metadata[{index}]{problem}")
     return meta, metas
 
 
