@@ -1,5 +1,5 @@
-"""Streams two images, then a shapes, a points and a labels item, into a real napari window and
-reports what the screen shows.
+"""Streams two images, then a shapes, a points and a labels item, then a batch of 3 channels,
+into a real napari window and reports what the screen shows.
 
 Run as ``python -m tests.napari_window IPC_ROOT`` under an X display (Xvfb in CI). Prints one
 JSON line: the layers napari has, and the mean brightness of the left and right halves of a
@@ -21,6 +21,15 @@ from superqt.utils import ensure_main_thread
 from zmqruntime import TransportMode, ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.streaming import ImageSender, Labels, NapariSink, Points, Shapes, StreamingServer
+
+BATCH_NAMES = ("dapi", "gfp", "rfp")
+BATCH = {  # a batch of 3 small channels in the top left corner, outside the measured band
+    "layers": {
+        "dapi": {"colormap": "blue", "contrast_limits": [0, 500]},
+        "gfp": {"colormap": "green", "contrast_limits": [10, 300]},
+        "rfp": {"colormap": "red", "contrast_limits": [20, 200]},
+    }
+}
 
 
 def main() -> int:
@@ -49,6 +58,8 @@ def main() -> int:
                 masks = numpy.zeros((64, 64), numpy.uint16)
                 masks[:4, :4] = 3
                 sender.send(Labels.of(masks), {"name": "masks"})
+                channels = [numpy.full((4, 4), 50 * n, numpy.uint16) for n in (1, 2, 3)]
+                sender.send_batch(channels, BATCH, item_metadata=[{"name": n} for n in BATCH_NAMES])
                 sender.wait_all_acked(timeout=60)
                 result["acked"] = sender.tracker.get_progress() if sender.tracker else None
         except Exception as exc:  # reported to the test, which fails on it
@@ -73,7 +84,12 @@ def main() -> int:
                 "max": int(numpy.max(layer.data)) if layer.name == "masks" else None,
             }
             for layer in viewer.layers
-            if layer.name != "live"
+            if type(layer).__name__ != "Image"
+        }
+        result["batch"] = {
+            name: [viewer.layers[name].colormap.name, list(viewer.layers[name].contrast_limits)]
+            for name in BATCH_NAMES
+            if name in viewer.layers
         }
         result["left"] = float(middle[:, : middle.shape[1] // 3].mean())
         result["right"] = float(middle[:, 2 * middle.shape[1] // 3 :].mean())

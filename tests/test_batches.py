@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as npst
 
 from tests.strategies import image_dtypes, items, json_objects, to_wire
 from tests.test_streaming import wait_until
-from zmqruntime import AckChannel, TransportMode, ZMQConfig, ZMQTimeoutError
+from zmqruntime import AckChannel, ConfigurationError, TransportMode, ZMQConfig, ZMQTimeoutError
 from zmqruntime.core import codec
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import (
@@ -44,7 +44,7 @@ from zmqruntime.streaming import (
     StreamingServer,
     StreamMode,
 )
-from zmqruntime.streaming.batches import batch_frame, batch_metadata, show_batch
+from zmqruntime.streaming.batches import VIEWER_LIMITS, batch_frame, batch_metadata, show_batch
 
 WAIT = 10.0
 Image = numpy.ndarray[Any, Any]
@@ -521,3 +521,14 @@ def _twice(header: dict[str, Any]) -> dict[str, Any]:
     arrays = header["entries"][0]["arrays"]
     arrays.append({**arrays[0], "name": "more"})
     return header
+
+
+def test_a_viewer_that_does_not_know_batches_is_named_at_the_sender(
+    config: ZMQConfig, no_thread_leak: None
+) -> None:
+    with viewer_and_sender(ItemRecorder(), config, send_timeout=5) as (viewer, sender, _acks):
+        table = viewer.server.requests  # as an older viewer: no zmqruntime.viewer_limits
+        table.handlers = {k: v for k, v in table.handlers.items() if k != VIEWER_LIMITS}
+        with pytest.raises(ConfigurationError, match=r"takes no batches: .*; upgrade it"):
+            sender.send_batch([numpy.zeros(1)])
+        assert sender.tracker is not None and sender.tracker.get_progress() == (0, 0)

@@ -152,8 +152,13 @@ def test_a_stream_shows_in_a_real_napari_window(display: str, tmp_path: Path) ->
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(finished.stdout.strip().splitlines()[-1])
     assert "error" not in result, result
-    assert result["acked"] == [5, 5]
-    assert result["layers"] == ["live", "outlines", "nuclei", "masks"]
+    assert result["acked"] == [9, 9]  # 5 alone, 3 in a batch and the batch
+    assert result["layers"] == ["live", "outlines", "nuclei", "masks", "dapi", "gfp", "rfp"]
+    assert result["batch"] == {
+        "dapi": ["blue", [0, 500]],
+        "gfp": ["green", [10, 300]],
+        "rfp": ["red", [20, 200]],
+    }
     assert result["items"] == {
         "outlines": {
             "type": "Shapes",

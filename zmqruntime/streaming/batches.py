@@ -227,8 +227,8 @@ def show_batch(sink: ImageSink, frame: BatchFrame, limits: Mapping[str, int]) ->
         stop = start + len(entry.arrays)
         try:
             values.append(_value(sink, entry, frame.buffers[start:stop], whole))
-        except InvalidItem as exc:
-            return _refused(frame, index, f"InvalidItem: {exc}")
+        except Exception as exc:  # InvalidItem, or anything else hostile input may cause
+            return _refused(frame, index, f"{type(exc).__name__}: {exc}")
         start = stop
     if take_batch is not None and whole:
         try:

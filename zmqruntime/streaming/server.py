@@ -117,11 +117,12 @@ class StreamingServer:
     port back from :attr:`port_number`). If ``sink`` has a ``close()`` method, it is called on
     close, from the sink thread. ``ack_curve`` is used for acks sent to CURVE-protected channels.
 
-    The backlog (images received and not yet acknowledged) holds at most ``backlog_limit``
-    images; the I/O thread stops reading the data socket once it holds that many or
-    ``backlog_bytes`` pixel bytes or more (so one image more than that at most), until the sink
-    catches up. libzmq's high-water marks then fill and senders' sends wait; control requests
-    are still answered.
+    The backlog (images and items received and not yet acknowledged, a batch's each) holds at
+    most ``backlog_limit``; the I/O thread stops reading the data socket once it holds that many
+    or ``backlog_bytes`` pixel bytes or more (so one image, or one batch within these limits,
+    more than that at most; a larger batch is acked failed), until the sink catches up.
+    libzmq's high-water marks then fill and senders' sends wait; control requests are still
+    answered.
     """
 
     sink: ImageSink
