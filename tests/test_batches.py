@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
-from tests.strategies import image_dtypes, items, json_objects, to_wire
+from tests.strategies import batch_frames, image_dtypes, items, json_objects, to_wire
 from tests.test_streaming import wait_until
 from zmqruntime import AckChannel, ConfigurationError, TransportMode, ZMQConfig, ZMQTimeoutError
 from zmqruntime.core import codec
@@ -532,3 +532,40 @@ def test_a_viewer_that_does_not_know_batches_is_named_at_the_sender(
         with pytest.raises(ConfigurationError, match=r"takes no batches: .*; upgrade it"):
             sender.send_batch([numpy.zeros(1)])
         assert sender.tracker is not None and sender.tracker.get_progress() == (0, 0)
+
+
+class PerItemSink:
+    """A plain ItemSink (no take_batch) taking every item kind."""
+
+    item_kinds = ("shapes", "points", "labels")
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, image: Image, metadata: Mapping[str, Any], /) -> None:
+        self.seen.append("image")
+
+    def take_item(self, item: Any, metadata: Mapping[str, Any], /) -> None:
+        self.seen.append(type(item).KIND.value)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=batch_frames(), whole=st.booleans())
+def test_any_batch_that_decodes_is_acked_id_by_id_and_never_raises(
+    frame: BatchFrame, whole: bool
+) -> None:
+    decoded = codec.decode(to_wire(codec.encode(frame)))
+    assert isinstance(decoded, BatchFrame)
+    sink: Any = BatchRecorder() if whole else PerItemSink()
+    if whole:
+        sink.item_kinds = ("shapes", "points", "labels")
+    acked = show_batch(sink, decoded, {"backlog_limit": 4, "backlog_bytes": 1 << 30})
+    ids = [entry.image_id for entry in decoded.entries] + [decoded.batch_id]
+    assert [image_id for image_id, _, _ in acked] == ids
+    outcomes = {outcome for _, outcome, _ in acked}
+    shown = sink.batches if whole else sink.seen
+    if outcomes == {AckOutcome.PROCESSED}:
+        kinds = [entry.kind.value if entry.kind else "image" for entry in decoded.entries]
+        assert len(shown) == 1 if whole else shown == kinds
+    else:  # a bad entry: nothing of the batch was shown
+        assert outcomes == {AckOutcome.FAILED} and shown == []
