@@ -208,8 +208,8 @@ def _refused(frame: BatchFrame, index: int, reason: str) -> list[Acked]:
     logger.warning("viewer refused batch %r: item %r: %s", frame.batch_id, bad, reason)
     whole = f"batch {frame.batch_id!r} was not shown: its item {index} ({bad!r}) failed: {reason}"
     return [
-        (entry.image_id, AckOutcome.FAILED, reason if entry.image_id == bad else whole)
-        for entry in frame.entries
+        (entry.image_id, AckOutcome.FAILED, reason if number == index else whole)
+        for number, entry in enumerate(frame.entries)
     ] + [(frame.batch_id, AckOutcome.FAILED, whole)]
 
 
