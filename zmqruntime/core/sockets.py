@@ -38,7 +38,9 @@ __all__ = [
     "configure_socket",
     "decode_or_warn",
     "envelope_end",
+    "frame_limit",
     "ms",
+    "receive_high_water_mark",
     "receive_ready",
     "send_frames",
 ]
@@ -84,10 +86,44 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def configure_socket(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
+RECEIVE_QUEUE_BYTES = 256 << 20
+"""Bytes of its largest frames a bound data socket queues per connection (its RCVHWM)."""
+
+
+def frame_limit(config: ZMQConfig, socket_type: int, *, control: bool) -> int:
+    """The largest frame a bound socket accepts (a larger one drops the peer's connection):
+    ``max_request_bytes`` on a control socket, ``max_header_bytes`` on a PUB/XPUB (it hears
+    only subscriptions), else ``max_message_bytes``; never more than ``max_message_bytes``."""
+    limit = config.max_message_bytes
+    if control:
+        limit = config.max_request_bytes
+    elif socket_type in (zmq.PUB, zmq.XPUB):
+        limit = config.max_header_bytes
+    return min(limit, config.max_message_bytes)
+
+
+def receive_high_water_mark(config: ZMQConfig, max_frame_bytes: int) -> int:
+    """RCVHWM of a bound TCP data socket that receives (a viewer's, whose reading may pause):
+    ``RECEIVE_QUEUE_BYTES // max_frame_bytes``, 2..send_high_water_mark. Not on IPC, where
+    libzmq 4.3 drops what a closing peer left unread past it, nor on control sockets."""
+    return max(2, min(config.send_high_water_mark, RECEIVE_QUEUE_BYTES // max_frame_bytes))
+
+
+def configure_socket(
+    socket: Socket, config: ZMQConfig, *, bound: bool, control: bool = False, tcp: bool = False
+) -> None:
+    """Apply the options every socket wants; a ``bound`` one (a ``control`` socket or not) gets
+    :func:`frame_limit`, and on ``tcp`` a receiving data socket :func:`receive_high_water_mark`."""
+    kind = cast(int, socket.type)
     socket.setsockopt(zmq.LINGER, ms(config.linger))
     socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
-    socket.setsockopt(zmq.RCVHWM, config.send_high_water_mark)
+    receive_hwm = config.send_high_water_mark
+    if bound:
+        limit = frame_limit(config, kind, control=control)
+        socket.setsockopt(zmq.MAXMSGSIZE, limit)
+        if tcp and not control and kind in _RECEIVING_TYPES and kind != zmq.XPUB:
+            receive_hwm = receive_high_water_mark(config, limit)
+    socket.setsockopt(zmq.RCVHWM, receive_hwm)
     if socket.type not in (zmq.PUB, zmq.XPUB, zmq.SUB, zmq.PUSH, zmq.PULL):
         # ZMTP heartbeats are answered by libzmq's I/O thread, outside the GIL, so a busy
         # executor never makes a healthy peer look dead. Not on PUSH/PULL, whose reading
@@ -97,7 +133,6 @@ def configure_socket(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms(config.heartbeat_timeout))
         socket.setsockopt(zmq.HEARTBEAT_TTL, ms(config.heartbeat_timeout))
     if bound:
-        socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
         # A peer that connects and never completes the handshake is dropped this soon
         # (libzmq's default is 30 s), so silent connections cannot hold descriptors long.
         socket.setsockopt(zmq.HANDSHAKE_IVL, ms(config.heartbeat_timeout))
@@ -277,14 +312,15 @@ def _open(
             remove_ipc_socket(number, cfg)
     sockets: list[Socket] = []
     try:
-        for url, socket_type, wanted in (
-            (endpoint.data_url, data_type, connect_data),
-            (endpoint.control_url, control_type, True),
+        for url, socket_type, wanted, control in (
+            (endpoint.data_url, data_type, connect_data, False),
+            (endpoint.control_url, control_type, True, True),
         ):
             socket = ctx.socket(socket_type)
             sockets.append(socket)
-            configure_socket(socket, cfg, bound=bound)
-            if endpoint.transport is TransportMode.TCP and ":" in endpoint.host:
+            tcp = endpoint.transport is TransportMode.TCP
+            configure_socket(socket, cfg, bound=bound, control=control, tcp=tcp)
+            if tcp and ":" in endpoint.host:
                 socket.setsockopt(zmq.IPV6, 1)
             if auth is not None:
                 auth.apply(socket)
