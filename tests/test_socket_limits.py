@@ -23,12 +23,12 @@ from zmqruntime.core import codec
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Ack, Ping
 from zmqruntime.core.push import open_connected_socket
-from zmqruntime.core.sockets import (
+from zmqruntime.core.socket_options import (
     RECEIVE_QUEUE_BYTES,
-    SocketPair,
     frame_limit,
     receive_high_water_mark,
 )
+from zmqruntime.core.sockets import SocketPair
 from zmqruntime.errors import ConfigurationError
 from zmqruntime.execution.backends import remote
 

@@ -24,7 +24,7 @@ from zmqruntime.core.push import PushSockets
 from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.server import ZMQServer
-from zmqruntime.core.sockets import Context
+from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import ChannelClosed
 
 __all__ = ["AckCallbackHandle", "AckChannel", "AckChannelStatistics", "AckSender"]

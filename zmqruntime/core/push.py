@@ -18,7 +18,8 @@ from zmqruntime.config import ZMQConfig
 from zmqruntime.core.credentials import ClientCredentials, client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import ClientCurve
-from zmqruntime.core.sockets import Context, Socket, configure_socket, ms, send_frames
+from zmqruntime.core.socket_options import Context, Socket, configure_socket, ms
+from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ConfigurationError
 
 __all__ = ["PushSockets", "open_connected_socket"]

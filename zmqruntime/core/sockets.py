@@ -2,14 +2,13 @@
 
 This is the only code that creates the zmq sockets of servers (ROUTER control + a data socket
 such as PUB or PULL, bound) and clients (DEALER control + a matching data socket, connected);
-the options every socket wants (linger, high water marks, ZMTP heartbeats, the maximum message
-size, CURVE) are applied here, once. A pair is created in one thread and may then be handed to
+the options every socket wants (:mod:`~zmqruntime.core.socket_options`) and its credentials
+are applied here, once. A pair is created in one thread and may then be handed to
 exactly one other thread (the I/O thread that owns it from then on); ``close()`` must run there.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, cast, final
@@ -23,6 +22,14 @@ from zmqruntime.core.authentication import ServerAuthentication
 from zmqruntime.core.credentials import client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Message
+from zmqruntime.core.socket_options import (
+    RECEIVING_TYPES,
+    Context,
+    Socket,
+    configure_socket,
+    ms,
+    raise_open_file_limit,
+)
 from zmqruntime.core.transport import (
     ensure_ipc_directory,
     find_free_ipc_port,
@@ -33,111 +40,11 @@ from zmqruntime.core.transport import (
 )
 from zmqruntime.errors import AddressInUseError, ConfigurationError, RemoteProtocolError
 
-__all__ = [
-    "SocketPair",
-    "configure_socket",
-    "decode_or_warn",
-    "envelope_end",
-    "frame_limit",
-    "ms",
-    "receive_high_water_mark",
-    "receive_ready",
-    "send_frames",
-]
+__all__ = ["SocketPair", "decode_or_warn", "envelope_end", "receive_ready", "send_frames"]
 
 logger = logging.getLogger(__name__)
 
-# XPUB receives too: its subscribers' subscription notices.
-_RECEIVING_TYPES = frozenset(
-    {zmq.ROUTER, zmq.DEALER, zmq.PULL, zmq.SUB, zmq.XPUB, zmq.PAIR, zmq.REP}
-)
 _BIND_ATTEMPTS = 5
-
-Context = zmq.Context[zmq.Socket[bytes]]
-Socket = zmq.Socket[bytes]
-
-
-def ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-OPEN_FILE_LIMIT = 65_536
-"""The soft open-file limit a server raises itself to (never past the hard limit)."""
-
-
-@functools.cache
-def raise_open_file_limit() -> int:
-    """Raise this process's soft limit of open files toward :data:`OPEN_FILE_LIMIT`, once: a
-    server holds a descriptor per connection, so the usual 1,024 is soon reached. Returns the
-    soft limit now in force (0 where the platform has no such limit)."""
-    try:
-        import resource  # noqa: PLC0415 - POSIX only
-    except ImportError:
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = OPEN_FILE_LIMIT if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILE_LIMIT)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError) as exc:
-            logger.warning("could not raise the open-file limit to %d: %s", wanted, exc)
-            return soft
-        return wanted
-    return soft
-
-
-RECEIVE_QUEUE_BYTES = 256 << 20
-"""Bytes of its largest frames a bound data socket queues per connection (its RCVHWM)."""
-
-
-def frame_limit(config: ZMQConfig, socket_type: int, *, control: bool) -> int:
-    """The largest frame a bound socket accepts (a larger one drops the peer's connection):
-    ``max_request_bytes`` on a control socket, ``max_header_bytes`` on a PUB/XPUB (it hears
-    only subscriptions), else ``max_message_bytes``; never more than ``max_message_bytes``."""
-    limit = config.max_message_bytes
-    if control:
-        limit = config.max_request_bytes
-    elif socket_type in (zmq.PUB, zmq.XPUB):
-        limit = config.max_header_bytes
-    return min(limit, config.max_message_bytes)
-
-
-def receive_high_water_mark(config: ZMQConfig, max_frame_bytes: int) -> int:
-    """RCVHWM of a bound TCP data socket that receives (a viewer's, whose reading may pause):
-    ``RECEIVE_QUEUE_BYTES // max_frame_bytes``, 2..send_high_water_mark. Not on IPC, where
-    libzmq 4.3 drops what a closing peer left unread past it, nor on control sockets."""
-    return max(2, min(config.send_high_water_mark, RECEIVE_QUEUE_BYTES // max_frame_bytes))
-
-
-def configure_socket(
-    socket: Socket, config: ZMQConfig, *, bound: bool, control: bool = False, tcp: bool = False
-) -> None:
-    """Apply the options every socket wants; a ``bound`` one (a ``control`` socket or not) gets
-    :func:`frame_limit`, and on ``tcp`` a receiving data socket :func:`receive_high_water_mark`."""
-    kind = cast(int, socket.type)
-    socket.setsockopt(zmq.LINGER, ms(config.linger))
-    socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
-    receive_hwm = config.send_high_water_mark
-    if bound:
-        limit = frame_limit(config, kind, control=control)
-        socket.setsockopt(zmq.MAXMSGSIZE, limit)
-        if tcp and not control and kind in _RECEIVING_TYPES and kind != zmq.XPUB:
-            receive_hwm = receive_high_water_mark(config, limit)
-    socket.setsockopt(zmq.RCVHWM, receive_hwm)
-    if socket.type not in (zmq.PUB, zmq.XPUB, zmq.SUB, zmq.PUSH, zmq.PULL):
-        # ZMTP heartbeats are answered by libzmq's I/O thread, outside the GIL, so a busy
-        # executor never makes a healthy peer look dead. Not on PUSH/PULL, whose reading
-        # may pause for backpressure: libzmq aborts when a stalled pipe's connection timed
-        # out meanwhile (zeromq/libzmq#3937, #4767).
-        socket.setsockopt(zmq.HEARTBEAT_IVL, ms(config.heartbeat_interval))
-        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms(config.heartbeat_timeout))
-        socket.setsockopt(zmq.HEARTBEAT_TTL, ms(config.heartbeat_timeout))
-    if bound:
-        # A peer that connects and never completes the handshake is dropped this soon
-        # (libzmq's default is 30 s), so silent connections cannot hold descriptors long.
-        socket.setsockopt(zmq.HANDSHAKE_IVL, ms(config.heartbeat_timeout))
-    if socket.type == zmq.ROUTER:
-        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
 
 @final
@@ -189,7 +96,7 @@ class SocketPair:
     @property
     def data_receives(self) -> bool:
         """Whether the data socket is one that receives (PULL, SUB …) and so must be polled."""
-        return cast(int, self.data.type) in _RECEIVING_TYPES
+        return cast(int, self.data.type) in RECEIVING_TYPES
 
     @classmethod
     def bind(

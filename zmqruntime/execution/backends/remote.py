@@ -41,7 +41,8 @@ from zmqruntime.core.messages import (
 )
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
-from zmqruntime.core.sockets import Socket, receive_ready, send_frames
+from zmqruntime.core.socket_options import Socket
+from zmqruntime.core.sockets import receive_ready, send_frames
 from zmqruntime.errors import ProtocolError
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, run_job
