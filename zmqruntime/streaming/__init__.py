@@ -1,10 +1,12 @@
 """Tier 3: stream numpy images to a viewer process (:class:`ImageSender` to
 :class:`StreamingServer`), with an acknowledgement per image; :class:`VisualizerProcessManager`
-launches, health-checks and stops that process."""
+launches, health-checks and stops that process; :class:`StreamingServerWidget` is the napari
+plugin's dock widget serving one inside napari."""
 
 from __future__ import annotations
 
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
+from zmqruntime.streaming.napari_plugin import StreamingServerWidget
 from zmqruntime.streaming.process_manager import (
     CommandSpec,
     VisualizerProcessManager,
@@ -22,6 +24,7 @@ __all__ = [
     "QtMainThreadCall",
     "StreamMode",
     "StreamingServer",
+    "StreamingServerWidget",
     "StreamingStatistics",
     "VisualizerProcessManager",
     "on_qt_main_thread",
