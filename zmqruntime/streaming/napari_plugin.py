@@ -85,7 +85,9 @@ class StreamingServerWidget:
     A timer on the main thread shows, every ``poll_interval`` seconds, the counts of
     :meth:`StreamingServer.statistics`, the receiving rate over the last ``rate_window``
     seconds, and the last error: a start that failed (a port in use, a bad port), or the last
-    warning or error the server's threads logged (a sink failure, a refused item).
+    warning or error the viewer's threads logged (a sink failure, a refused item; heard by a
+    filter on the logger of :mod:`zmqruntime.streaming.server`, so it shows what that logger
+    lets through: WARNING and up unless the application silenced it).
 
     Sink calls run on the Qt main thread, so the main thread never waits for the sink thread:
     *Stop* (and :meth:`close`) first releases a sink call waiting for the main thread (that
@@ -110,7 +112,7 @@ class StreamingServerWidget:
     _app: Any = attrs.field(default=None, init=False, repr=False)  # its aboutToQuit closes us
     _server: StreamingServer | None = attrs.field(default=None, init=False)
     _sink: _OnMainThread | None = attrs.field(default=None, init=False, repr=False)
-    _listener: logging.Handler | None = attrs.field(default=None, init=False, repr=False)
+    _listening: bool = attrs.field(default=False, init=False, repr=False)
     _threads: frozenset[str] = attrs.field(default=frozenset(), init=False, repr=False)
     _samples: collections.deque[tuple[float, int]] = attrs.field(
         factory=collections.deque, init=False, repr=False
@@ -188,10 +190,11 @@ class StreamingServerWidget:
     # --- internals (main thread) ------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        server, sink, listener = self._server, self._sink, self._listener
-        self._server = self._sink = self._listener = None
-        if listener is not None:
-            logging.getLogger("zmqruntime").removeHandler(listener)
+        server, sink = self._server, self._sink
+        self._server = self._sink = None
+        if self._listening:
+            logging.getLogger(StreamingServer.__module__).removeFilter(self._heard)
+            self._listening = False
         if sink is not None:
             sink.close()  # a sink call waiting for this thread gives up now
         if server is not None:
@@ -199,17 +202,17 @@ class StreamingServerWidget:
             server.close()
 
     def _listen(self, port: int) -> None:
-        """Hear the warnings and errors the server's threads log (``_heard``)."""
+        """Hear the warnings and errors the server's threads log (``_heard``): a filter on the
+        viewer module's logger, which changes nothing about where its records go."""
         self._threads = frozenset({f"zmqruntime-sink-{port}", f"zmqruntime-viewer-{port}"})
-        listener = self._listener = logging.Handler(logging.WARNING)
-        listener.addFilter(self._heard)
-        logging.getLogger("zmqruntime").addHandler(listener)
+        logging.getLogger(StreamingServer.__module__).addFilter(self._heard)
+        self._listening = True
 
     def _heard(self, record: logging.LogRecord) -> bool:
-        """A log filter (any thread): keep the text of this server's record; emit nothing."""
-        if record.threadName in self._threads:
+        """The log filter (any thread): keep the text of this server's warnings; pass all."""
+        if record.levelno >= logging.WARNING and record.threadName in self._threads:
             self._error = _describe(record)
-        return False
+        return True
 
     def _build(self) -> Any:
         from qtpy.QtCore import QCoreApplication, QTimer  # noqa: PLC0415 - optional extra
