@@ -1,11 +1,13 @@
 """Tier 3: stream numpy images, and :class:`Shapes`, :class:`Points` and :class:`Labels` items,
 to a viewer process (:class:`ImageSender` to :class:`StreamingServer`), with an acknowledgement
-per item; :class:`VisualizerProcessManager` launches, health-checks and stops that process."""
+per item; :class:`VisualizerProcessManager` launches, health-checks and stops that process;
+:class:`StreamingServerWidget` is the napari plugin's dock widget serving one inside napari."""
 
 from __future__ import annotations
 
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
 from zmqruntime.streaming.items import Labels, Points, Shapes, ShapeType
+from zmqruntime.streaming.napari_plugin import StreamingServerWidget
 from zmqruntime.streaming.process_manager import (
     CommandSpec,
     VisualizerProcessManager,
@@ -27,6 +29,7 @@ __all__ = [
     "Shapes",
     "StreamMode",
     "StreamingServer",
+    "StreamingServerWidget",
     "StreamingStatistics",
     "VisualizerProcessManager",
     "on_qt_main_thread",
