@@ -1,7 +1,8 @@
 """Tier 3: stream numpy images, and :class:`Shapes`, :class:`Points` and :class:`Labels` items,
 one by one or as batches, to a viewer process (:class:`ImageSender` to
 :class:`StreamingServer`), with an acknowledgement per item and per batch;
-:class:`VisualizerProcessManager` launches, health-checks and stops that process."""
+:class:`VisualizerProcessManager` launches, health-checks and stops that process;
+:class:`StreamingServerWidget` is the napari plugin's dock widget serving one inside napari."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
 from zmqruntime.protocols import BatchSink
 from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, SentBatch
 from zmqruntime.streaming.items import Labels, Points, Shapes, ShapeType
+from zmqruntime.streaming.napari_plugin import StreamingServerWidget
 from zmqruntime.streaming.process_manager import (
     CommandSpec,
     VisualizerProcessManager,
@@ -33,6 +35,7 @@ __all__ = [
     "Shapes",
     "StreamMode",
     "StreamingServer",
+    "StreamingServerWidget",
     "StreamingStatistics",
     "VisualizerProcessManager",
     "on_qt_main_thread",

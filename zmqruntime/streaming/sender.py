@@ -29,7 +29,8 @@ from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ImageSent, Ite
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
-from zmqruntime.core.sockets import Socket, send_frames
+from zmqruntime.core.socket_options import Socket
+from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
 from zmqruntime.streaming import batches
 from zmqruntime.streaming.batches import SentBatch
