@@ -29,7 +29,6 @@ from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ImageSent, Ite
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
-from zmqruntime.core.socket_options import Socket
 from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
 from zmqruntime.streaming import batches
@@ -37,30 +36,9 @@ from zmqruntime.streaming.batches import SentBatch
 from zmqruntime.streaming.item_wire import frame_from_item
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 from zmqruntime.streaming.server import ACK_COPIES
+from zmqruntime.streaming.thread_sockets import MAX_THREAD_SOCKETS, ThreadSocket
 
 __all__ = ["ImageSender"]
-
-MAX_THREAD_SOCKETS = 16
-"""How many calling threads get a data socket of their own; more go through the I/O thread."""
-
-
-@final
-@attrs.define(eq=False)
-class _ThreadSocket:
-    """The data socket of one calling thread (None: it sends through the client's I/O thread,
-    for good, so its images stay in order); ``lock`` hands it to :meth:`ImageSender.close`."""
-
-    thread: threading.Thread
-    socket: Socket | None
-    lock: threading.Lock = attrs.field(factory=threading.Lock)
-    closed: bool = False
-
-    def close(self) -> None:
-        with self.lock:  # the full memory barrier libzmq asks for when a socket changes threads
-            if not self.closed:
-                self.closed = True
-                if self.socket is not None:
-                    self.socket.close()
 
 
 @final
@@ -97,7 +75,7 @@ class ImageSender:
     _numbers: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    _thread_sockets: dict[int, _ThreadSocket] = attrs.field(factory=dict, init=False)
+    _thread_sockets: dict[int, ThreadSocket] = attrs.field(factory=dict, init=False)
     _limit: float = attrs.field(default=0.0, init=False)
     _copies_asked: threading.Event = attrs.field(factory=threading.Event, init=False)
     _copies_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -305,7 +283,7 @@ class ImageSender:
         if isinstance(message, Ack) and tracker is not None:
             tracker.acknowledge(message.image_id, message.outcome, message.error)
 
-    def _thread_socket(self) -> _ThreadSocket:
+    def _thread_socket(self) -> ThreadSocket:
         """The calling thread's entry, made on its first send."""
         thread = threading.current_thread()
         ident = threading.get_ident()
@@ -332,7 +310,7 @@ class ImageSender:
                 socket = open_connected_socket(
                     pair.context, zmq.PUSH, pair.data_url, self.client.config, self.client.curve
                 )
-            entry = self._thread_sockets[ident] = _ThreadSocket(thread, socket)
+            entry = self._thread_sockets[ident] = ThreadSocket(thread, socket)
         return entry
 
     def send_batch(
