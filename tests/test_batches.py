@@ -33,6 +33,7 @@ from zmqruntime.core.messages import (
     BatchFrame,
     ItemKind,
 )
+from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.wire import MAX_DEPTH
 from zmqruntime.errors import RemoteProtocolError
 from zmqruntime.streaming import (
@@ -569,3 +570,17 @@ def test_any_batch_that_decodes_is_acked_id_by_id_and_never_raises(
         assert len(shown) == 1 if whole else shown == kinds
     else:  # a bad entry: nothing of the batch was shown
         assert outcomes == {AckOutcome.FAILED} and shown == []
+
+
+def test_the_tracker_registers_a_batch_when_all_its_ids_fit_or_nothing_is_pending() -> None:
+    tracker = QueueTracker("k")
+    assert tracker.wait_and_register_all(["a", "b", "c", "d"], 4, 0)  # exactly the window
+    assert not tracker.wait_and_register_all(["e"], 4, 0)  # one past it
+    tracker.mark_processed("a")
+    assert not tracker.wait_and_register_all(["e", "f"], 4, 0)  # 3 pending + 2 > 4
+    assert tracker.wait_and_register_all(["e"], 4, 0)
+    for image_id in "bcde":
+        tracker.mark_processed(image_id)
+    assert tracker.wait_and_register_all(list("ghijk"), 4, 0)  # larger: sent when none pending
+    assert not tracker.wait_and_register_all(["l"], 4, 0)
+    assert tracker.get_progress() == (5, 10)
