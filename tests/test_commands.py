@@ -20,6 +20,7 @@ from tests.test_streaming import wait_until
 from zmqruntime import (
     AckChannel,
     RemoteError,
+    ServerLost,
     TransportMode,
     ZMQClient,
     ZMQConfig,
@@ -433,3 +434,46 @@ def test_futures_of_commands_are_concurrent_futures(
     future = sender.command_async("note", "x")
     assert isinstance(future, concurrent.futures.Future)
     assert future.result(WAIT) == "x"
+
+
+def test_a_hostile_command_is_answered_with_the_reason_and_the_viewer_goes_on(
+    gated: tuple[GatedLayers, StreamingServer, ImageSender], config: ZMQConfig
+) -> None:
+    sink, viewer, sender = gated
+    sink.gate.set()
+    replies: list[Message] = []
+    got = threading.Event()
+    client = _listening_client(config, viewer.port_number, replies, got)
+    attacks = [
+        CommandFrame(command_id=1, reply_to="raw", name="note", serializer="pickle"),
+        CommandFrame(command_id=2, reply_to="raw", name="note", payload=(b"\xff{",)),
+        # An unknown sender's command runs (in order), but its reply has nowhere to go.
+        CommandFrame(command_id=3, reply_to="nobody", name="note", payload=(b"null",)),
+        CommandFrame(command_id=4, reply_to="raw", name="note", payload=(b"[1]",)),
+    ]
+    try:
+        for attack in attacks:
+            client.send_data(attack)
+        wait_until(lambda: len(replies) == 3, "three replies")
+    finally:
+        client.close()
+    refused, malformed, fine = replies
+    assert isinstance(refused, CommandReply) and refused.code is ErrorCode.REFUSED
+    assert "serialized with 'pickle' but this server uses 'safe'" in refused.message
+    assert isinstance(malformed, CommandReply) and malformed.code is ErrorCode.MALFORMED
+    assert malformed.message.startswith("bad arguments:")
+    assert isinstance(fine, CommandReply) and (fine.command_id, fine.code) == (4, None)
+    assert sink.log == ["note None", "note [1]"]
+    assert sender.command("layers") == []  # and honest senders are served
+
+
+def test_a_lost_viewer_fails_the_commands_waiting_for_it(
+    gated: tuple[GatedLayers, StreamingServer, ImageSender],
+) -> None:
+    sink, viewer, sender = gated
+    sender.send(_image(), {"name": "held"})
+    assert sink.gate_reached.wait(WAIT)
+    waiting = sender.command_async("note", 1, timeout=WAIT)
+    viewer.server.close()  # its connections break; the sink is still busy
+    with pytest.raises(ServerLost, match="may or may not have run"):
+        waiting.result(WAIT)
