@@ -3,9 +3,13 @@ and what a client of the same user reads back."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import ClientFactory, ServerFactory
+from zmqruntime import AckChannel, StreamingServer
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.authentication import acquire_authenticator, release_authenticator
@@ -27,10 +32,12 @@ from zmqruntime.core.credentials import (
     runtime_directory,
 )
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.messages import Ping, Pong
+from zmqruntime.core.messages import Ack, Ping, Pong
 from zmqruntime.core.security import ClientCurve, ServerCurve, generate_curve_keypair
+from zmqruntime.core.serializers import PickleSerializer, SafeSerializer
 from zmqruntime.core.server import ZMQServer
 from zmqruntime.errors import ConfigurationError, ServerLost, ZMQTimeoutError
+from zmqruntime.execution import ExecutionServer, RemoteWorkers, WorkerPool
 
 
 def _mode(path: Path) -> int:
@@ -265,3 +272,132 @@ def test_servers_sharing_a_context_keep_their_own_credentials(
             assert "refused" in _refusal(connect_client(curve, curve=stranger))
     finally:
         context.term()
+
+
+# --- every socket bound on TCP authenticates; release_authenticator; pickle exposure --------
+
+
+def _echo_task(task: object, context: object) -> object:
+    return task
+
+
+@pytest.fixture
+def bound_tcp_sockets(config: ZMQConfig) -> Iterator[dict[str, tuple[str, int]]]:
+    """Every socket the library binds on TCP, as ``name: (url, socket type of a peer)``: an
+    ack channel's, a viewer's, an execution server's, and its remote pool's inlet."""
+    with contextlib.ExitStack() as stack:
+        at = Endpoint.tcp(0, config=config)
+        channel = stack.enter_context(AckChannel.bind(at))
+        viewer = stack.enter_context(StreamingServer.bind(at, lambda image, metadata: None))
+        engine = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1))
+        server = stack.enter_context(
+            ExecutionServer.bind(at, _echo_task, pool=WorkerPool.remote(engine))
+        )
+        inlet = server.pool.backend
+        assert isinstance(inlet, RemoteWorkers) and inlet.address is not None
+        yield {
+            "ack-control": (channel.server.sockets.control_url, zmq.DEALER),
+            "ack-data": (channel.server.sockets.data_url, zmq.PUSH),
+            "viewer-control": (viewer.server.sockets.control_url, zmq.DEALER),
+            "viewer-data": (viewer.server.sockets.data_url, zmq.PUSH),
+            "execution-control": (server.server.sockets.control_url, zmq.DEALER),
+            "execution-data": (server.server.sockets.data_url, zmq.XSUB),
+            "inlet": (inlet.address, zmq.DEALER),
+        }
+
+
+def test_every_socket_bound_on_tcp_refuses_a_raw_peer_without_credentials(
+    bound_tcp_sockets: dict[str, tuple[str, int]],
+) -> None:
+    message = {
+        zmq.DEALER: codec.encode(Ping(request_id=1)),
+        zmq.PUSH: codec.encode(Ack(image_id="i", tracker_key="k")),
+        zmq.XSUB: [b"\x01"],
+    }
+    refused = []
+    for name, (url, kind) in bound_tcp_sockets.items():
+        with zmq.Context() as context, context.socket(kind) as peer:
+            peer.linger = 0
+            monitor = peer.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_DISCONNECTED
+            )
+            peer.connect(url)
+            peer.send_multipart(message[kind])
+            if monitor.poll(10_000):
+                refused.append(name)
+            if kind == zmq.DEALER:
+                assert not peer.poll(0), f"{name} answered a peer without credentials"
+            peer.disable_monitor()
+            monitor.close(linger=0)
+    assert refused == list(bound_tcp_sockets)
+
+
+def test_release_authenticator_gives_up_on_a_stuck_thread_within_its_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A credentials check that never returns: pyzmq's stop() would wait for it forever."""
+    entered, go_on = threading.Event(), threading.Event()
+
+    class StuckCheck:
+        def callback(self, domain: str, key: bytes) -> bool:
+            entered.set()
+            return go_on.wait(30.0)
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    server_keys, client_keys = generate_curve_keypair(), generate_curve_keypair()
+    authenticator = acquire_authenticator(context)
+    authenticator.configure_curve_callback("stuck", StuckCheck())
+    thread = authenticator.thread
+    try:
+        with context.socket(zmq.ROUTER) as server, context.socket(zmq.DEALER) as client:
+            server.linger = client.linger = 0
+            server.zap_domain = b"stuck"
+            ServerCurve(server_keys).apply(server)
+            port = server.bind_to_random_port("tcp://127.0.0.1")
+            ClientCurve(client_keys, server_keys.public_key).apply(client)
+            client.connect(f"tcp://127.0.0.1:{port}")
+            assert entered.wait(10.0), "the handshake never reached the ZAP handler"
+            result: list[bool] = []
+            releasing = threading.Thread(
+                target=lambda: result.append(release_authenticator(context, "stuck", 0.2))
+            )
+            releasing.start()
+            releasing.join(10.0)
+            assert not releasing.is_alive(), "release_authenticator waited without a limit"
+            assert result == [False]
+            assert "did not stop within 0.2s" in caplog.text
+    finally:
+        go_on.set()
+        thread.join(10.0)  # it reads the TERMINATE sent to it, and ends
+        assert not thread.is_alive()
+        authenticator.pipe.close()
+        authenticator.pipe = None  # type: ignore[assignment]
+        authenticator.stop()
+        context.term()
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        Endpoint.tcp(7777, host="10.1.2.3"),  # secure by default: CURVE beyond loopback
+        Endpoint.tcp(7777, host="0.0.0.0"),
+        Endpoint.tcp(7777, host="127.0.0.1", insecure=True),  # loopback: only this machine
+        Endpoint.tcp(7777, host="10.1.2.3", curve=ServerCurve(generate_curve_keypair())),
+    ],
+    ids=["exposed", "wildcard", "insecure-loopback", "curve"],
+)
+def test_pickle_is_accepted_where_every_peer_is_authenticated(endpoint: Endpoint) -> None:
+    endpoint.check_serializer(PickleSerializer(), allow_insecure=False, side="test")
+
+
+def test_pickle_on_an_exposed_insecure_address_is_refused_unless_allowed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exposed = Endpoint.tcp(7777, host="10.1.2.3", insecure=True)
+    with pytest.raises(ConfigurationError, match="drop insecure=True"):
+        exposed.check_serializer(PickleSerializer(), allow_insecure=False, side="test")
+    exposed.check_serializer(PickleSerializer(), allow_insecure=True, side="test")
+    assert "anyone who can reach it can run code" in caplog.text
+    exposed.check_serializer(SafeSerializer(), allow_insecure=False, side="test")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ServerFactory
 from zmqruntime.config import TransportMode, ZMQConfig
-from zmqruntime.core.sockets import OPEN_FILE_LIMIT, raise_open_file_limit
+from zmqruntime.core.socket_options import OPEN_FILE_LIMIT, raise_open_file_limit
 
 
 def _until_closed(peer: socket.socket, limit: float) -> float:

@@ -49,7 +49,9 @@ def _echo(task, ctx):  # type: ignore[no-untyped-def]
 
 def test_pickle_on_an_exposed_tcp_server_without_curve_is_refused(config) -> None:
     server = ExecutionServer.bind(
-        Endpoint.of(port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config),
+        Endpoint.of(
+            port=0, host="0.0.0.0", transport_mode=TransportMode.TCP, config=config, insecure=True
+        ),
         _echo,
         serializer=PickleSerializer(),
     )
@@ -78,7 +80,9 @@ def test_pickle_on_loopback_or_with_curve_or_explicitly_allowed_is_accepted(conf
 def test_a_pickle_client_for_a_remote_host_without_curve_is_refused_before_connecting() -> None:
     with pytest.raises(ConfigurationError, match="PickleSerializer"):
         ExecutionClient.to(
-            Endpoint.of(port=7777, host="10.1.2.3", transport_mode=TransportMode.TCP),
+            Endpoint.of(
+                port=7777, host="10.1.2.3", transport_mode=TransportMode.TCP, insecure=True
+            ),
             serializer=PickleSerializer(),
         )
     keys = generate_curve_keypair()

@@ -110,7 +110,11 @@ class ZMQConfig:
     """A peer silent for this long is considered gone."""
 
     max_message_bytes: int = attrs.field(default=1 << 30, validator=_positive)
-    """Largest single frame a bound socket accepts; a larger one drops that peer's connection."""
+    """Largest frame a bound socket accepts (1 GiB: images); a larger one drops that peer's
+    connection. Sockets that carry less accept less (``max_request_bytes``, headers)."""
+    max_request_bytes: int = attrs.field(default=256 << 20, validator=_positive)
+    """Largest frame a server's control socket accepts (256 MiB: a task's arrays, a result on
+    a pool's inlet); at most ``max_message_bytes``."""
     max_header_bytes: int = attrs.field(default=1 << 20, validator=_positive)
     """Largest JSON header frame the codec accepts."""
     send_high_water_mark: int = attrs.field(default=100_000, validator=_positive)
@@ -146,6 +150,12 @@ class ZMQConfig:
                 f"in 1..{MAX_PORT}"
             )
         return port
+
+    def headers_only(self) -> ZMQConfig:
+        """This config for a server whose sockets carry message headers alone (acks, pings):
+        both frame limits cut to ``max_header_bytes``."""
+        small = min(self.max_header_bytes, self.max_message_bytes)
+        return attrs.evolve(self, max_message_bytes=small, max_request_bytes=small)
 
     def socket_root(self) -> Path:
         """The folder that holds this application's IPC socket folder: ``<root>/.<app_name>``."""

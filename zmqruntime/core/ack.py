@@ -24,7 +24,7 @@ from zmqruntime.core.push import PushSockets
 from zmqruntime.core.queue_tracker import GlobalQueueTrackerRegistry
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.server import ZMQServer
-from zmqruntime.core.sockets import Context
+from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import ChannelClosed
 
 __all__ = ["AckCallbackHandle", "AckChannel", "AckChannelStatistics", "AckSender"]
@@ -107,9 +107,11 @@ class AckChannel:
         context: Context | None = None,
     ) -> AckChannel:
         """A channel with its own server at ``endpoint`` (by default
-        ``Endpoint.of(config.shared_ack_port)``; port 0 picks a free one)."""
+        ``Endpoint.of(config.shared_ack_port)``; port 0 picks a free one). Acks are headers
+        alone: both its sockets accept frames up to ``config.max_header_bytes``."""
         if endpoint is None:
             endpoint = Endpoint.of(ZMQConfig().shared_ack_port)
+        endpoint = attrs.evolve(endpoint, config=endpoint.config.headers_only())
         server = ZMQServer(
             endpoint, role="ack", capabilities=("ack",), data_socket_type=zmq.PULL, context=context
         )

@@ -5,6 +5,7 @@ socket pair requires at the handshake.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -51,8 +52,16 @@ def acquire_authenticator(
         return authenticator
 
 
-def release_authenticator(context: Context, domain: str) -> None:
-    """Forget ``domain``'s credentials; stop the authenticator when its last user leaves."""
+AUTHENTICATOR_STOP_TIMEOUT = 10.0
+"""Seconds :func:`release_authenticator` waits for the ZAP thread to end."""
+
+
+def release_authenticator(
+    context: Context, domain: str, timeout: float = AUTHENTICATOR_STOP_TIMEOUT
+) -> bool:
+    """Forget ``domain``'s credentials; stop the authenticator when its last user leaves,
+    waiting up to ``timeout`` seconds for its thread. False (and an error logged) if the
+    thread did not end: its sockets are then left open, and terminating the context waits."""
     with _authenticators_lock:
         authenticator, users = _authenticators.pop(id(context))
         authenticator.passwords.pop(domain, None)
@@ -60,8 +69,26 @@ def release_authenticator(context: Context, domain: str) -> None:
         authenticator.certs.pop(domain, None)
         if users > 1:
             _authenticators[id(context)] = (authenticator, users - 1)
-            return
+            return True
+    # pyzmq's stop() joins the thread without a timeout: ask it to end, wait a bounded time.
+    thread, pipe = authenticator.thread, authenticator.pipe
+    if pipe is not None:
+        with contextlib.suppress(zmq.Again):
+            pipe.send(b"TERMINATE", zmq.NOBLOCK)
+    if thread is not None:
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.error(
+                "the ZAP authentication thread did not stop within %ss (a credentials check is "
+                "stuck); its sockets stay open, so closing this zmq context will wait for it",
+                timeout,
+            )
+            return False
+    if pipe is not None:  # else stop() would send TERMINATE again, to a thread that is gone
+        pipe.close()
+        authenticator.pipe = None  # type: ignore[assignment]
     authenticator.stop()
+    return True
 
 
 @final

@@ -30,7 +30,8 @@ from zmqruntime.core.messages import AppReply, AppRequest, Message, Ping, Pong
 from zmqruntime.core.pending import PendingRequests
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
-from zmqruntime.core.sockets import Context, SocketPair
+from zmqruntime.core.socket_options import Context
+from zmqruntime.core.sockets import SocketPair
 from zmqruntime.errors import ChannelClosed, RemoteProtocolError, ZMQTimeoutError
 from zmqruntime.protocols import TaskSerializer
 

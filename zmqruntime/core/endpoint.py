@@ -218,16 +218,26 @@ class Endpoint:
         return self.curve
 
     def check_serializer(self, serializer: object, *, allow_insecure: bool, side: str) -> None:
-        """Refuse ``PickleSerializer`` here when this address is exposed without CURVE (see
-        :func:`~zmqruntime.core.security.check_pickle_exposure`); ``side`` names the user."""
-        check_pickle_exposure(
-            serializer=serializer,
-            host=self.host,
-            mode=self.transport,
-            curve=self.curve,
-            allow_insecure=allow_insecure,
-            side=side,
-        )
+        """Refuse ``PickleSerializer`` where a peer that is not authenticated can connect: an
+        ``insecure`` TCP address beyond loopback, unless ``allow_insecure`` (then a warning;
+        see :func:`~zmqruntime.core.security.check_pickle_exposure`). IPC (its 0700 folder),
+        loopback, CURVE keys and secure-by-default TCP (this user's credentials, CURVE beyond
+        loopback) authenticate every peer. ``side`` names the user, in the message."""
+        if not self.insecure:
+            return
+        try:
+            check_pickle_exposure(
+                serializer=serializer,
+                host=self.host,
+                mode=self.transport,
+                curve=None,
+                allow_insecure=allow_insecure,
+                side=side,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{exc} Or drop insecure=True: then peers authenticate."
+            ) from None
 
     def with_port(self, port: int) -> Self:
         """The same endpoint at another data port (e.g. the one a server bound for port 0)."""

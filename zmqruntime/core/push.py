@@ -18,7 +18,8 @@ from zmqruntime.config import ZMQConfig
 from zmqruntime.core.credentials import ClientCredentials, client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import ClientCurve
-from zmqruntime.core.sockets import Context, Socket, configure_socket, ms, send_frames
+from zmqruntime.core.socket_options import Context, Socket, configure_socket, ms
+from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ConfigurationError
 
 __all__ = ["PushSockets", "open_connected_socket"]
@@ -38,12 +39,14 @@ def open_connected_socket(
     curve: ClientCredentials | None = None,
     *,
     reconnect_max: float | None = None,
+    max_frame_bytes: int | None = None,
 ) -> Socket:
     """A single socket of ``socket_type`` connected to ``url``, configured like a pair's.
 
     It presents ``curve``, else the credentials of the connection file of a TCP ``url``'s
     port (see :func:`~zmqruntime.core.credentials.client_credentials`). ``reconnect_max``
-    (seconds) makes reconnection attempts back off up to that interval. The caller owns and
+    (seconds) makes reconnection attempts back off up to that interval; a frame larger than
+    ``max_frame_bytes`` drops the connection (no limit by default). The caller owns and
     closes it.
     """
     socket = context.socket(socket_type)
@@ -51,6 +54,8 @@ def open_connected_socket(
         configure_socket(socket, config, bound=False)
         if reconnect_max is not None:
             socket.setsockopt(zmq.RECONNECT_IVL_MAX, ms(reconnect_max))
+        if max_frame_bytes is not None:
+            socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         credentials = curve
         if curve is None and url.startswith("tcp://"):
             credentials = client_credentials(Endpoint.parse(url, config=config))

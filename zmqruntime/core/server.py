@@ -30,7 +30,8 @@ from zmqruntime.core.requests import RequestTable, as_request_table
 from zmqruntime.core.router import ControlHandler, ControlRouter, HandlerKey
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server_loop import Peer, ServerLoop
-from zmqruntime.core.sockets import Context, SocketPair
+from zmqruntime.core.socket_options import Context
+from zmqruntime.core.sockets import SocketPair
 from zmqruntime.core.subscriptions import SubscriberTopics
 from zmqruntime.errors import ChannelClosed, ZMQTimeoutError
 from zmqruntime.protocols import Buffer, TaskSerializer

@@ -2,14 +2,13 @@
 
 This is the only code that creates the zmq sockets of servers (ROUTER control + a data socket
 such as PUB or PULL, bound) and clients (DEALER control + a matching data socket, connected);
-the options every socket wants (linger, high water marks, ZMTP heartbeats, the maximum message
-size, CURVE) are applied here, once. A pair is created in one thread and may then be handed to
+the options every socket wants (:mod:`~zmqruntime.core.socket_options`) and its credentials
+are applied here, once. A pair is created in one thread and may then be handed to
 exactly one other thread (the I/O thread that owns it from then on); ``close()`` must run there.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, cast, final
@@ -23,6 +22,14 @@ from zmqruntime.core.authentication import ServerAuthentication
 from zmqruntime.core.credentials import client_credentials
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import Message
+from zmqruntime.core.socket_options import (
+    RECEIVING_TYPES,
+    Context,
+    Socket,
+    configure_socket,
+    ms,
+    raise_open_file_limit,
+)
 from zmqruntime.core.transport import (
     ensure_ipc_directory,
     find_free_ipc_port,
@@ -33,76 +40,11 @@ from zmqruntime.core.transport import (
 )
 from zmqruntime.errors import AddressInUseError, ConfigurationError, RemoteProtocolError
 
-__all__ = [
-    "SocketPair",
-    "configure_socket",
-    "decode_or_warn",
-    "envelope_end",
-    "ms",
-    "receive_ready",
-    "send_frames",
-]
+__all__ = ["SocketPair", "decode_or_warn", "envelope_end", "receive_ready", "send_frames"]
 
 logger = logging.getLogger(__name__)
 
-# XPUB receives too: its subscribers' subscription notices.
-_RECEIVING_TYPES = frozenset(
-    {zmq.ROUTER, zmq.DEALER, zmq.PULL, zmq.SUB, zmq.XPUB, zmq.PAIR, zmq.REP}
-)
 _BIND_ATTEMPTS = 5
-
-Context = zmq.Context[zmq.Socket[bytes]]
-Socket = zmq.Socket[bytes]
-
-
-def ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-OPEN_FILE_LIMIT = 65_536
-"""The soft open-file limit a server raises itself to (never past the hard limit)."""
-
-
-@functools.cache
-def raise_open_file_limit() -> int:
-    """Raise this process's soft limit of open files toward :data:`OPEN_FILE_LIMIT`, once: a
-    server holds a descriptor per connection, so the usual 1,024 is soon reached. Returns the
-    soft limit now in force (0 where the platform has no such limit)."""
-    try:
-        import resource  # noqa: PLC0415 - POSIX only
-    except ImportError:
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = OPEN_FILE_LIMIT if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILE_LIMIT)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError) as exc:
-            logger.warning("could not raise the open-file limit to %d: %s", wanted, exc)
-            return soft
-        return wanted
-    return soft
-
-
-def configure_socket(socket: Socket, config: ZMQConfig, *, bound: bool) -> None:
-    socket.setsockopt(zmq.LINGER, ms(config.linger))
-    socket.setsockopt(zmq.SNDHWM, config.send_high_water_mark)
-    socket.setsockopt(zmq.RCVHWM, config.send_high_water_mark)
-    if socket.type not in (zmq.PUB, zmq.XPUB, zmq.SUB, zmq.PUSH, zmq.PULL):
-        # ZMTP heartbeats are answered by libzmq's I/O thread, outside the GIL, so a busy
-        # executor never makes a healthy peer look dead. Not on PUSH/PULL, whose reading
-        # may pause for backpressure: libzmq aborts when a stalled pipe's connection timed
-        # out meanwhile (zeromq/libzmq#3937, #4767).
-        socket.setsockopt(zmq.HEARTBEAT_IVL, ms(config.heartbeat_interval))
-        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms(config.heartbeat_timeout))
-        socket.setsockopt(zmq.HEARTBEAT_TTL, ms(config.heartbeat_timeout))
-    if bound:
-        socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
-        # A peer that connects and never completes the handshake is dropped this soon
-        # (libzmq's default is 30 s), so silent connections cannot hold descriptors long.
-        socket.setsockopt(zmq.HANDSHAKE_IVL, ms(config.heartbeat_timeout))
-    if socket.type == zmq.ROUTER:
-        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
 
 @final
@@ -154,7 +96,7 @@ class SocketPair:
     @property
     def data_receives(self) -> bool:
         """Whether the data socket is one that receives (PULL, SUB …) and so must be polled."""
-        return cast(int, self.data.type) in _RECEIVING_TYPES
+        return cast(int, self.data.type) in RECEIVING_TYPES
 
     @classmethod
     def bind(
@@ -277,14 +219,15 @@ def _open(
             remove_ipc_socket(number, cfg)
     sockets: list[Socket] = []
     try:
-        for url, socket_type, wanted in (
-            (endpoint.data_url, data_type, connect_data),
-            (endpoint.control_url, control_type, True),
+        for url, socket_type, wanted, control in (
+            (endpoint.data_url, data_type, connect_data, False),
+            (endpoint.control_url, control_type, True, True),
         ):
             socket = ctx.socket(socket_type)
             sockets.append(socket)
-            configure_socket(socket, cfg, bound=bound)
-            if endpoint.transport is TransportMode.TCP and ":" in endpoint.host:
+            tcp = endpoint.transport is TransportMode.TCP
+            configure_socket(socket, cfg, bound=bound, control=control, tcp=tcp)
+            if tcp and ":" in endpoint.host:
                 socket.setsockopt(zmq.IPV6, 1)
             if auth is not None:
                 auth.apply(socket)

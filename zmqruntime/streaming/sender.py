@@ -31,7 +31,8 @@ from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ImageSent, Ite
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
-from zmqruntime.core.sockets import Socket, send_frames
+from zmqruntime.core.socket_options import Socket
+from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
 from zmqruntime.streaming.commands import CommandCalls
 from zmqruntime.streaming.item_wire import frame_from_item
@@ -189,9 +190,8 @@ class ImageSender:
         return self.client.call(name, payload, timeout=timeout)
 
     def command(self, name: str, args: Any = None, *, timeout: float | None = None) -> Any:
-        """Run the viewer command ``name`` with ``args`` after the items this thread sent, and
-        return its result; raises :class:`~zmqruntime.RemoteError` (unknown or failing command,
-        with the reason), :class:`ZMQTimeoutError` after ``timeout`` (``send_timeout``)."""
+        """The result of viewer command ``name`` run after the items this thread sent; raises
+        ``RemoteError`` (with the reason) or ``ZMQTimeoutError`` after ``timeout``."""
         return self._commands.call(name, args, self._timeout(timeout), self._send_in_order)
 
     def command_async(
@@ -314,8 +314,7 @@ class ImageSender:
             self._copies_asked.set()
 
     def _on_control(self, message: Message) -> None:
-        """Client I/O thread: a command's reply, or a copy of an ack the viewer sent to
-        ``ack_to`` (frees a slot)."""
+        """Client I/O thread: a command's reply, or a copy of an ack sent to ``ack_to``."""
         tracker = self.tracker
         if isinstance(message, CommandReply):
             self._commands.resolve(message)

@@ -158,9 +158,12 @@ class StreamingServer:
         a free one), answering the application's own ``requests`` (name → handler; payloads
         through ``serializer``, safe by default) and ``commands`` (name → handler, run in order
         with the items, besides the sink's); ``options`` are this class's other fields
-        (``mode``, ``ack_curve``, ``backlog_limit``, ``backlog_bytes``)."""
+        (``mode``, ``ack_curve``, ``backlog_limit``, ``backlog_bytes``). Its control socket
+        accepts frames up to ``config.max_header_bytes``, its image socket ``max_message_bytes``
+        (commands travel there)."""
+        small = min(endpoint.config.max_request_bytes, endpoint.config.max_header_bytes)
         server = ZMQServer(
-            endpoint,
+            attrs.evolve(endpoint, config=attrs.evolve(endpoint.config, max_request_bytes=small)),
             role="viewer",
             capabilities=CAPABILITIES,
             data_socket_type=zmq.PULL,

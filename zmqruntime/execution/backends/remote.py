@@ -41,7 +41,8 @@ from zmqruntime.core.messages import (
 )
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
-from zmqruntime.core.sockets import Socket, receive_ready, send_frames
+from zmqruntime.core.socket_options import Socket
+from zmqruntime.core.sockets import receive_ready, send_frames
 from zmqruntime.errors import ProtocolError
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import Cancelled, Completed, Failed, Job, Outcome, run_job
@@ -80,8 +81,14 @@ def _thread_link(url: str, config: ZMQConfig, credentials: ClientCredentials | N
     if link is None:
         with _CONTEXT_LOCK:  # one context per process, also when two threads start at once
             context = _process_context(os.getpid())
-        dealer = open_connected_socket(
-            context, zmq.DEALER, url, config, credentials, reconnect_max=_LINK_RECONNECT_MAX
+        dealer = open_connected_socket(  # the inlet sends it cancel notices: headers alone
+            context,
+            zmq.DEALER,
+            url,
+            config,
+            credentials,
+            reconnect_max=_LINK_RECONNECT_MAX,
+            max_frame_bytes=config.max_header_bytes,
         )
         link = links[key] = _Link(dealer)
         while len(links) > _MAX_LINKS:
