@@ -42,6 +42,7 @@ from zmqruntime.streaming import (
 from zmqruntime.streaming.commands import (
     COMMAND_REPLIES,
     MAX_COMMAND_BYTES,
+    MAX_COMMAND_SENDERS,
     MAX_PENDING_COMMANDS,
     MAX_REPLY_BYTES,
 )
@@ -50,6 +51,7 @@ from zmqruntime.streaming.sink_commands import png_bytes
 napari_components = pytest.importorskip("napari.components")
 
 WAIT = 10.0
+NULL = (b"null",)  # the safe serializer's frames of None
 Image = numpy.ndarray[Any, Any]
 
 
@@ -477,3 +479,30 @@ def test_a_lost_viewer_fails_the_commands_waiting_for_it(
     viewer.server.close()  # its connections break; the sink is still busy
     with pytest.raises(ServerLost, match="may or may not have run"):
         waiting.result(WAIT)
+
+
+def test_a_viewer_remembers_the_connections_of_1024_senders(
+    gated: tuple[GatedLayers, StreamingServer, ImageSender], config: ZMQConfig
+) -> None:
+    sink, viewer, _ = gated
+    sink.gate.set()
+    replies: list[Message] = []
+    got = threading.Event()
+    client = _listening_client(config, viewer.port_number, replies, got)  # names "raw" first
+    try:
+        for number in range(1, MAX_COMMAND_SENDERS):  # 1,024 in all: every one is known
+            client.call(COMMAND_REPLIES, {"prefix": f"sender {number}"}, timeout=WAIT)
+        for prefix in ("raw", f"sender {MAX_COMMAND_SENDERS - 1}"):
+            client.send_data(CommandFrame(command_id=0, reply_to=prefix, name="note", payload=NULL))
+        wait_until(lambda: len(replies) == 2, "both replies")
+        client.call(COMMAND_REPLIES, {"prefix": "one past"}, timeout=WAIT)  # "raw" is forgotten
+        for command_id, prefix in enumerate(("raw", "one past"), 1):
+            client.send_data(
+                CommandFrame(command_id=command_id, reply_to=prefix, name="note", payload=NULL)
+            )
+        wait_until(lambda: len(replies) == 3, "the reply to the sender still known")
+    finally:
+        client.close()
+    # Run in order, answered in order: had "raw"'s reply gone out, it would have come first.
+    assert [reply.command_id for reply in replies if isinstance(reply, CommandReply)] == [0, 0, 2]
+    assert sink.log.count("note None") == 4  # all ran

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
@@ -209,7 +210,6 @@ class ViewerCommands:
 
 Post = Callable[[CommandFrame, str], None]
 """``post(frame, what)``: send a frame where the calling thread's items go."""
-_BACKSTOP_SECONDS: Final = 5.0
 
 
 @final
@@ -226,8 +226,8 @@ class CommandCalls:
     _registered: threading.Event = attrs.field(factory=threading.Event, init=False)
     _register_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
-    _waiting: dict[int, tuple[concurrent.futures.Future[Any], threading.Timer]] = attrs.field(
-        factory=dict, init=False
+    _waiting: dict[int, tuple[concurrent.futures.Future[Any], threading.Timer | None]] = (
+        attrs.field(factory=dict, init=False)
     )
     _numbers: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -237,24 +237,28 @@ class CommandCalls:
         return self.client.endpoint.data_url
 
     def call(self, name: str, args: Any, timeout: float, post: Post) -> Any:
-        """Send a command and wait for its result (see :meth:`send`)."""
-        future = self.send(name, args, timeout, post)
+        """Send a command and wait for its result (see :meth:`send`; no timer thread)."""
+        deadline = time.monotonic() + timeout
+        future = self.send(name, args, timeout, post, timed=False)
         try:
-            return future.result(timeout + _BACKSTOP_SECONDS)  # the timer fails it in time
+            return future.result(max(0.0, deadline - time.monotonic()))
         except ZMQTimeoutError:
             raise
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            future.cancel()  # forgotten: a late reply is dropped
             why = f"no reply to command {name!r} from {self.where} within {timeout}s"
             raise ZMQTimeoutError(why) from None
 
     def send(
-        self, name: str, args: Any, timeout: float, post: Post
+        self, name: str, args: Any, timeout: float, post: Post, *, timed: bool = True
     ) -> concurrent.futures.Future[Any]:
         """Name this sender's control connection to the viewer (once per connection), then
-        ``post`` the command; the future of its result fails after ``timeout`` seconds."""
+        ``post`` the command; the future of its result fails after ``timeout`` seconds in all
+        (if ``timed``: else the caller waits that long)."""
+        deadline = time.monotonic() + timeout
         self._register(timeout)
-        frame, future = self._open(name, args, timeout)
+        remaining = max(0.0, deadline - time.monotonic())
+        frame, future = self._open(name, args, remaining if timed else None, timeout)
         try:
             post(frame, f"command {name!r}")
         except BaseException:
@@ -286,10 +290,10 @@ class CommandCalls:
         self.fail_all(ServerLost(why))
 
     def _open(
-        self, name: str, args: Any, timeout: float
+        self, name: str, args: Any, timer_seconds: float | None, timeout: float
     ) -> tuple[CommandFrame, concurrent.futures.Future[Any]]:
-        """The frame of a new command and the future of its result, which fails after
-        ``timeout`` seconds; raises ``ValueError`` for arguments past the bound and
+        """The frame of a new command and the future of its result, which a timer fails after
+        ``timer_seconds`` (None: no timer); raises ``ValueError`` for arguments past the bound and
         :class:`~zmqruntime.ZMQTimeoutError` when ``max_pending`` commands are waiting."""
         payload = tuple(self.client.serializer.dumps(args))
         size = _size(payload)
@@ -307,11 +311,14 @@ class CommandCalls:
                     "their replies first"
                 )
             number = next(self._numbers)
-            why = f"no reply to command {name!r} from {where} within {timeout}s"
-            timer = threading.Timer(timeout, self._fail, (number, ZMQTimeoutError(why)))
-            timer.daemon = True
+            timer = None
+            if timer_seconds is not None:
+                why = f"no reply to command {name!r} from {where} within {timeout}s"
+                timer = threading.Timer(timer_seconds, self._fail, (number, ZMQTimeoutError(why)))
+                timer.daemon = True
             self._waiting[number] = (future, timer)
-        timer.start()
+        if timer is not None:
+            timer.start()
         future.add_done_callback(lambda done: done.cancelled() and self._forget(number))
         frame = CommandFrame(
             command_id=number,
@@ -354,5 +361,6 @@ class CommandCalls:
             entry = self._waiting.pop(number, None)
         if entry is None:
             return None
-        entry[1].cancel()
+        if entry[1] is not None:
+            entry[1].cancel()
         return entry[0]
