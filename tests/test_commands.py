@@ -19,6 +19,7 @@ import zmq
 from tests.test_streaming import wait_until
 from zmqruntime import (
     AckChannel,
+    ConfigurationError,
     RemoteError,
     ServerLost,
     TransportMode,
@@ -506,3 +507,11 @@ def test_a_viewer_remembers_the_connections_of_1024_senders(
     # Run in order, answered in order: had "raw"'s reply gone out, it would have come first.
     assert [reply.command_id for reply in replies if isinstance(reply, CommandReply)] == [0, 0, 2]
     assert sink.log.count("note None") == 4  # all ran
+
+
+@pytest.mark.parametrize("field", ["max_pending", "max_payload_bytes", "max_reply_bytes"])
+def test_viewer_command_bounds_must_be_whole_numbers_of_one_or_more(field: str) -> None:
+    assert getattr(ViewerCommands(**{field: 1}), field) == 1
+    for wrong in (0, -1, 1.5, True):
+        with pytest.raises(ConfigurationError):
+            ViewerCommands(**{field: wrong})

@@ -25,6 +25,7 @@ from typing import Any, Final, final
 
 import attrs
 
+from zmqruntime.config import check_count, checked
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.messages import CommandFrame, CommandReply
 from zmqruntime.core.requests import serializer_refusal
@@ -70,6 +71,9 @@ MAX_COMMAND_SENDERS: Final = 1024
 """Senders a viewer remembers the control connection of; the least recent is forgotten."""
 
 
+_at_least_one = checked(check_count, 1)
+
+
 def _size(frames: Any) -> int:
     return sum(memoryview(frame).nbytes for frame in frames)
 
@@ -88,9 +92,9 @@ class ViewerCommands:
     reply exceeds ``max_reply_bytes`` is answered with an error, and the viewer goes on."""
 
     handlers: Mapping[str, CommandHandler] = attrs.field(factory=dict)
-    max_pending: int = MAX_PENDING_COMMANDS
-    max_payload_bytes: int = MAX_COMMAND_BYTES
-    max_reply_bytes: int = MAX_REPLY_BYTES
+    max_pending: int = attrs.field(default=MAX_PENDING_COMMANDS, validator=_at_least_one)
+    max_payload_bytes: int = attrs.field(default=MAX_COMMAND_BYTES, validator=_at_least_one)
+    max_reply_bytes: int = attrs.field(default=MAX_REPLY_BYTES, validator=_at_least_one)
 
     _table: dict[str, CommandHandler] = attrs.field(factory=dict, init=False)
     _server: ZMQServer | None = attrs.field(default=None, init=False)
