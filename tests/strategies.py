@@ -35,6 +35,8 @@ from zmqruntime.core.messages import (
     ArrayLayout,
     Attach,
     Cancel,
+    CommandFrame,
+    CommandReply,
     Completion,
     ControlMessageType,
     ErrorReply,
@@ -472,6 +474,23 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         ImageSent, image_id=texts(), tracker_key=texts(), timestamp=finite_floats()
     ),
     AppEvent: st.builds(AppEvent, topic=texts(), payload=_buffer_tuples()),
+    CommandFrame: st.builds(
+        CommandFrame,
+        command_id=_ints(),
+        reply_to=texts(),
+        name=st.text(min_size=1, max_size=128),
+        serializer=st.sampled_from(["safe", "pickle"]) | texts(),
+        payload=_buffer_tuples(),
+    ),
+    CommandReply: st.builds(
+        CommandReply,
+        command_id=_ints(),
+        code=_optional(st.sampled_from(ErrorCode)),
+        message=texts(200),
+        error_type=_optional(texts()),
+        traceback=_optional(texts(200)),
+        payload=_buffer_tuples(),
+    ),
 }
 """One strategy per message class (keyed by the class)."""
 

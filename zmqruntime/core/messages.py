@@ -14,6 +14,7 @@ from typing import ClassVar, TypeAlias, final
 import attrs
 from typing_extensions import Buffer
 
+from zmqruntime.core.command_messages import CommandFrame, CommandReply
 from zmqruntime.core.vocabulary import (
     AckOutcome,
     ControlMessageType,
@@ -39,6 +40,8 @@ __all__ = [
     "ArrayLayout",
     "Attach",
     "Cancel",
+    "CommandFrame",
+    "CommandReply",
     "Completion",
     "ControlMessageType",
     "ErrorReply",
@@ -335,7 +338,9 @@ _Reply: TypeAlias = (
     Pong | ErrorReply | ShutdownReply | Accepted | RecordReply | SummaryReply | AppReply
 )
 _Stream: TypeAlias = (
-    ProgressEvent | Completion | ImageFrame | ItemFrame | Ack | ImageSent | AppEvent
+    (ProgressEvent | Completion | ImageFrame | ItemFrame | Ack | ImageSent | AppEvent)
+    | CommandFrame
+    | CommandReply
 )
 Message: TypeAlias = _Request | _Reply | _Stream
 """Any message the codec can encode or decode."""

@@ -6,6 +6,7 @@ per item; :class:`VisualizerProcessManager` launches, health-checks and stops th
 from __future__ import annotations
 
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
+from zmqruntime.streaming.commands import STANDARD_COMMANDS, ViewerCommands
 from zmqruntime.streaming.items import Labels, Points, Shapes, ShapeType
 from zmqruntime.streaming.napari_plugin import StreamingServerWidget
 from zmqruntime.streaming.process_manager import (
@@ -18,6 +19,7 @@ from zmqruntime.streaming.server import StreamingServer, StreamingStatistics, St
 from zmqruntime.streaming.sinks import DirectorySink, NapariSink, sink_from_spec
 
 __all__ = [
+    "STANDARD_COMMANDS",
     "CommandSpec",
     "DirectorySink",
     "ImageSender",
@@ -31,6 +33,7 @@ __all__ = [
     "StreamingServer",
     "StreamingServerWidget",
     "StreamingStatistics",
+    "ViewerCommands",
     "VisualizerProcessManager",
     "on_qt_main_thread",
     "python_module_spec",

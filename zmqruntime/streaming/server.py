@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import itertools
 import logging
 import threading
 from collections.abc import Mapping
@@ -24,20 +25,21 @@ from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
-from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ItemFrame, Message
+from zmqruntime.core.messages import Ack, AckOutcome, CommandFrame, ImageFrame, ItemFrame, Message
 from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, InvalidItem
-from zmqruntime.protocols import ImageSink, RequestHandler, TaskSerializer
+from zmqruntime.protocols import CommandHandler, ImageSink, RequestHandler, TaskSerializer
+from zmqruntime.streaming.commands import ViewerCommands
 from zmqruntime.streaming.item_wire import item_from_frame
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES: Final = ("images", "items", "acks", "shutdown")
+CAPABILITIES: Final = ("images", "items", "acks", "shutdown", "commands")
 _WAKE_SECONDS: Final = 1.0  # the waits' slice; close() wakes them at once anyway
 _HELD: Final = ("backlog", "backlog_bytes", "peak_backlog", "peak_backlog_bytes")
 
@@ -86,6 +88,7 @@ class StreamingStatistics:
 
 
 _Frame: TypeAlias = ImageFrame | ItemFrame
+_Queued: TypeAlias = _Frame | CommandFrame
 
 
 def _pixel_bytes(frame: _Frame) -> int:
@@ -121,9 +124,11 @@ class StreamingServer:
     ack_curve: ClientCurve | None = None
     backlog_limit: int = attrs.field(default=BACKLOG_LIMIT, validator=_at_least_one)
     backlog_bytes: int = attrs.field(default=BACKLOG_BYTES, validator=_at_least_one)
+    commands: ViewerCommands = attrs.field(factory=ViewerCommands)
+    """The viewer commands it answers: its sink's and the application's own."""
 
     # Received by the I/O thread, not yet taken by the sink thread; guarded by _room.
-    _queue: collections.deque[_Frame] = attrs.field(factory=collections.deque, init=False)
+    _queue: collections.deque[_Queued] = attrs.field(factory=collections.deque, init=False)
     _room: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     _held: list[int] = attrs.field(factory=lambda: [0, 0, 0, 0], init=False)  # see _HELD
     _copies: collections.OrderedDict[str, Peer] = attrs.field(  # guarded by _room
@@ -144,15 +149,18 @@ class StreamingServer:
         sink: ImageSink,
         *,
         requests: RequestTable | Mapping[str, RequestHandler] | None = None,
+        commands: ViewerCommands | Mapping[str, CommandHandler] | None = None,
         serializer: TaskSerializer | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         **options: Any,
     ) -> StreamingServer:
         """A viewer with its own :class:`~zmqruntime.ZMQServer` at ``endpoint`` (port 0 picks
         a free one), answering the application's own ``requests`` (name → handler; payloads
-        through ``serializer``, safe by default); ``options`` are this class's other fields
+        through ``serializer``, safe by default) and ``commands`` (name → handler, run in order
+        with the items, besides the sink's); ``options`` are this class's other fields
         (``mode``, ``ack_curve``, ``backlog_limit``, ``backlog_bytes``). Its control socket
-        accepts frames up to ``config.max_header_bytes``, its image socket ``max_message_bytes``."""
+        accepts frames up to ``config.max_header_bytes``, its image socket ``max_message_bytes``
+        (commands travel there)."""
         small = min(endpoint.config.max_request_bytes, endpoint.config.max_header_bytes)
         server = ZMQServer(
             attrs.evolve(endpoint, config=attrs.evolve(endpoint.config, max_request_bytes=small)),
@@ -163,7 +171,9 @@ class StreamingServer:
             requests=requests or {},
             serializer=serializer or SafeSerializer(),
         )
-        return cls(sink, server, **options)
+        if not isinstance(commands, ViewerCommands):
+            commands = ViewerCommands(commands or {})
+        return cls(sink, server, commands=commands, **options)
 
     def _build(self) -> ZMQServer:
         if self._thread is not None:
@@ -171,6 +181,7 @@ class StreamingServer:
         self.server.route({}, data_handler=self._on_data, data_paused=self._full)
         table = self.server.requests
         table.handlers = {**table.handlers, ACK_COPIES: self._copy_acks}
+        self.commands.start(self.sink, self.server)
         self.server.bind()
         self._thread = threading.Thread(
             target=self._run_sink, name=f"zmqruntime-sink-{self.server.bound_port}", daemon=True
@@ -234,6 +245,12 @@ class StreamingServer:
 
     def _on_data(self, message: Message) -> None:
         """I/O thread, which reads nothing more while the backlog is full."""
+        if isinstance(message, CommandFrame):  # not in the backlog: bounded on its own
+            if self.commands.accept(message):
+                with self._room:
+                    self._queue.append(message)
+                    self._room.notify_all()
+            return
         if not isinstance(message, ImageFrame | ItemFrame):
             logger.warning(
                 "viewer dropped a %s: only images and items belong here", message.TYPE.value
@@ -282,17 +299,25 @@ class StreamingServer:
             acks.close()
             self._close_sink()
 
-    def _take(self) -> tuple[_Frame, list[_Frame]]:
-        """The next image or item to show and those to skip (sink thread, ``_room`` held)."""
+    def _take(self) -> tuple[_Queued, list[_Frame]]:
+        """The next image, item or command and the frames to skip (sink thread, ``_room``
+        held). A newer frame replaces an older one only if no command lies between them."""
         first = self._queue.popleft()
-        if self.mode is StreamMode.ALL:
+        if self.mode is StreamMode.ALL or isinstance(first, CommandFrame):
             return first, []
         key = _stream(first)
-        same = [first, *(frame for frame in self._queue if _stream(frame) == key)]
-        self._queue = collections.deque(frame for frame in self._queue if _stream(frame) != key)
+        queued = len(self._queue)
+        cut = next((i for i, f in enumerate(self._queue) if isinstance(f, CommandFrame)), queued)
+        head = list(itertools.islice(self._queue, cut))
+        same = [first, *(f for f in head if not isinstance(f, CommandFrame) and _stream(f) == key)]
+        rest = [f for f in head if isinstance(f, CommandFrame) or _stream(f) != key]
+        self._queue = collections.deque([*rest, *itertools.islice(self._queue, cut, None)])
         return same[-1], same[:-1]
 
-    def _show(self, acks: AckSender, frame: _Frame) -> None:
+    def _show(self, acks: AckSender, frame: _Queued) -> None:
+        if isinstance(frame, CommandFrame):
+            self.commands.run(frame)
+            return
         try:
             if isinstance(frame, ImageFrame):
                 self.sink(array_from_image(frame), frame.metadata)
@@ -345,7 +370,10 @@ class StreamingServer:
         with self._room:
             left, self._queue = list(self._queue), collections.deque()
         for image in left:
-            self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
+            if isinstance(image, CommandFrame):
+                self.commands.drop(image, "the viewer closed before running it")
+            else:
+                self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
 
     def _close_sink(self) -> None:
         close = getattr(self.sink, "close", None)
