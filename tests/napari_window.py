@@ -5,20 +5,24 @@ Run as ``python -m tests.napari_window IPC_ROOT`` under an X display (Xvfb in CI
 JSON line: the layers napari has, and the mean brightness of the left and right halves of a
 canvas screenshot. The image is dark on the left and bright on the right, so a working
 pipeline shows exactly that; the items lie outside the measured band, and it reports their
-layers' types, shape types, features and sizes.
+layers' types, shape types, features and sizes. Then it asks the viewer through commands for
+its layers and a screenshot (as an array and as PNG bytes: their size and brightness), sends
+three more images and a ``clear`` and reports what ``clear`` removed and the layers left, and
+closes the window with a ``close`` command.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import threading
+from typing import Any
 
 import napari
 import numpy
-from superqt.utils import ensure_main_thread
 
-from zmqruntime import TransportMode, ZMQConfig
+from zmqruntime import TransportMode, ZMQConfig, on_qt_main_thread
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.streaming import ImageSender, Labels, NapariSink, Points, Shapes, StreamingServer
 
@@ -39,8 +43,12 @@ def main() -> int:
     image = numpy.zeros((64, 64), numpy.uint8)
     image[:, 32:] = 255
     result: dict[str, object] = {}
+    # An application's own command touches napari on its Qt thread through the adapter.
+    reset_view = on_qt_main_thread(lambda args: viewer.reset_view())
     server = StreamingServer.bind(
-        Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config), NapariSink(viewer)
+        Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config),
+        NapariSink(viewer),
+        commands={"reset_view": reset_view},
     ).start()
 
     def stream() -> None:
@@ -62,15 +70,37 @@ def main() -> int:
                 sender.send_batch(channels, BATCH, item_metadata=[{"name": n} for n in BATCH_NAMES])
                 sender.wait_all_acked(timeout=60)
                 result["acked"] = sender.tracker.get_progress() if sender.tracker else None
+                on_qt_main_thread(measure)()  # Qt work belongs on the main thread
+                command(sender)
         except Exception as exc:  # reported to the test, which fails on it
             result["error"] = repr(exc)
-        ensure_main_thread(measure)()  # Qt work belongs on the main thread
+            on_qt_main_thread(viewer.close)()
+
+    def command(sender: ImageSender) -> None:
+        sender.command("reset_view")
+        shot = sender.command("screenshot", {"format": "array"})
+        result["command_shot"] = {"shape": list(shot.shape), **halves(shot)}
+        png = sender.command("screenshot")
+        width, height = struct.unpack(">II", png[16:24])
+        result["png"] = {"signature": png[:8] == b"\x89PNG\r\n\x1a\n", "size": [height, width]}
+        result["command_layers"] = [layer["name"] for layer in sender.command("layers")]
+        for index in range(3):
+            sender.send(numpy.full((8, 8), index, numpy.uint8), {"name": f"extra {index}"})
+        result["cleared"] = sender.command("clear")
+        result["after_clear"] = sender.command("layers")
+        sender.command_async("close")  # the window closes; the reply may not get out
+
+    def halves(shot: Any) -> dict[str, float]:
+        gray = numpy.asarray(shot)[..., :3].mean(axis=-1)
+        middle = gray[gray.shape[0] // 4 : 3 * gray.shape[0] // 4]
+        return {
+            "left": float(middle[:, : middle.shape[1] // 3].mean()),
+            "right": float(middle[:, 2 * middle.shape[1] // 3 :].mean()),
+        }
 
     def measure() -> None:
         viewer.reset_view()
         shot = numpy.asarray(viewer.screenshot(canvas_only=True, flash=False))
-        gray = shot[..., :3].mean(axis=-1)
-        middle = gray[gray.shape[0] // 4 : 3 * gray.shape[0] // 4]
         result["layers"] = [layer.name for layer in viewer.layers]
         result["shape"] = (
             list(viewer.layers["live"].data.shape) if "live" in viewer.layers else None
@@ -91,9 +121,7 @@ def main() -> int:
             for name in BATCH_NAMES
             if name in viewer.layers
         }
-        result["left"] = float(middle[:, : middle.shape[1] // 3].mean())
-        result["right"] = float(middle[:, 2 * middle.shape[1] // 3 :].mean())
-        viewer.close()
+        result.update(halves(shot))
 
     threading.Thread(target=stream, daemon=True).start()
     napari.run()

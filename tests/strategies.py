@@ -37,6 +37,8 @@ from zmqruntime.core.messages import (
     BatchEntry,
     BatchFrame,
     Cancel,
+    CommandFrame,
+    CommandReply,
     Completion,
     ControlMessageType,
     ErrorReply,
@@ -411,8 +413,7 @@ def _batches_from_items(draw: st.DrawFn) -> BatchFrame:
         values,
         draw(json_objects(3)),
         [draw(_small_objects()) for _ in values],
-        ids=ids[:-1],
-        batch_id=ids[-1],
+        ids,
         tracker_key=draw(texts()),
         ack_to=draw(_optional(texts())),
         copy=draw(st.booleans()),
@@ -542,6 +543,23 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         ImageSent, image_id=texts(), tracker_key=texts(), timestamp=finite_floats()
     ),
     AppEvent: st.builds(AppEvent, topic=texts(), payload=_buffer_tuples()),
+    CommandFrame: st.builds(
+        CommandFrame,
+        command_id=_ints(),
+        reply_to=texts(),
+        name=st.text(min_size=1, max_size=128),
+        serializer=st.sampled_from(["safe", "pickle"]) | texts(),
+        payload=_buffer_tuples(),
+    ),
+    CommandReply: st.builds(
+        CommandReply,
+        command_id=_ints(),
+        code=_optional(st.sampled_from(ErrorCode)),
+        message=texts(200),
+        error_type=_optional(texts()),
+        traceback=_optional(texts(200)),
+        payload=_buffer_tuples(),
+    ),
 }
 """One strategy per message class (keyed by the class)."""
 

@@ -146,9 +146,7 @@ def _bits(array: Image) -> tuple[str, tuple[int, ...], bytes]:
 def test_a_batch_reaches_the_sink_as_sent_bit_for_bit(values: list[Any], metadata: Any) -> None:
     metas = [{"i": index} for index in range(len(values))]
     ids = [f"p-{number}" for number in range(len(values) + 1)]
-    frame = batch_frame(
-        values, metadata, metas, ids=ids[:-1], batch_id=ids[-1], tracker_key="k", ack_to=None
-    )
+    frame = batch_frame(values, metadata, metas, ids, tracker_key="k")
     decoded = codec.decode(to_wire(codec.encode(frame)))
     assert isinstance(decoded, BatchFrame)
     assert decoded.entries == frame.entries and decoded.metadata == metadata
@@ -285,9 +283,7 @@ def test_a_malformed_item_fails_the_whole_batch_and_the_viewer_goes_on(
         sender.wait_all_acked(WAIT)
         assert viewer.statistics().failed == 2
     shapes = Shapes.of([[[0, 0], [1, 1]]], "line")
-    frame = batch_frame(
-        [good, shapes], {}, [{}, {}], ids="ab", batch_id="c", tracker_key="", ack_to=None
-    )
+    frame = batch_frame([good, shapes], {}, [{}, {}], "abc")
     not_taken = show_batch(sink, frame, LIMITS)
     assert [outcome for _, outcome, _ in not_taken] == [AckOutcome.FAILED] * 3
     assert (
@@ -303,23 +299,13 @@ def test_a_malformed_item_fails_the_whole_batch_and_the_viewer_goes_on(
 def test_items_per_batch_hold_at_the_limit_and_refuse_one_more() -> None:
     empty = numpy.zeros(0, numpy.uint8)
     ids = [str(number) for number in range(MAX_BATCH_ITEMS + 1)]
-    frame = batch_frame(
-        [empty] * MAX_BATCH_ITEMS,
-        {},
-        [{}] * MAX_BATCH_ITEMS,
-        ids=ids[:-1],
-        batch_id="b",
-        tracker_key="",
-        ack_to=None,
-    )
+    frame = batch_frame([empty] * MAX_BATCH_ITEMS, {}, [{}] * MAX_BATCH_ITEMS, ids)
     frames = to_wire(codec.encode(frame))
     assert len(codec.decode(frames).entries) == MAX_BATCH_ITEMS  # type: ignore[union-attr]
     with pytest.raises(ValueError, match=f"a batch holds 1 to {MAX_BATCH_ITEMS} items, not 1025"):
-        batch_frame(
-            [empty] * 1025, {}, [{}] * 1025, ids=ids, batch_id="b", tracker_key="", ack_to=None
-        )
+        batch_frame([empty] * 1025, {}, [{}] * 1025, [*ids, "1025"])
     with pytest.raises(ValueError, match="not 0"):
-        batch_frame([], {}, [], ids=[], batch_id="b", tracker_key="", ack_to=None)
+        batch_frame([], {}, [], ["b"])
     header = json.loads(frames[0])
     header["entries"].append(header["entries"][0])
     header["frames"] += 1
@@ -464,9 +450,7 @@ def test_an_items_metadata_nests_two_levels_less_than_the_batchs() -> None:
     image = numpy.zeros(1)
     deepest = MAX_DEPTH - 2  # it sits in the list of entries, in its entry
     for item_metadata, metadata in (([_nested(deepest)], {}), ([{}], _nested(MAX_DEPTH))):
-        frame = batch_frame(
-            [image], metadata, item_metadata, ids=["a"], batch_id="b", tracker_key="", ack_to=None
-        )
+        frame = batch_frame([image], metadata, item_metadata, "ab")
         assert batch_metadata(1, metadata, item_metadata) == (metadata, item_metadata)
         decoded = codec.decode(to_wire(codec.encode(frame)))
         assert isinstance(decoded, BatchFrame) and decoded.entries == frame.entries
@@ -497,10 +481,7 @@ def test_a_batch_whose_entries_and_frames_disagree_does_not_decode(
         [numpy.zeros(2, numpy.uint8), points],
         {},
         [{}, {}],
-        ids="ab",
-        batch_id="b",
-        tracker_key="",
-        ack_to=None,
+        "abb",
     )
     first, *buffers = to_wire(codec.encode(frame))
     header, buffers = change(json.loads(first), buffers)

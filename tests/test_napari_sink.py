@@ -184,6 +184,21 @@ def test_a_stream_shows_in_a_real_napari_window(display: str, tmp_path: Path) ->
     }
     assert result["shape"] == [64, 64]
     assert result["right"] > result["left"] + 100, result  # dark left half, bright right half
+    # Through viewer commands: a screenshot shows the same, as an array and as a PNG.
+    shot = result["command_shot"]
+    assert shot["shape"][2] == 4 and shot["right"] > shot["left"] + 100, result
+    assert result["png"] == {"signature": True, "size": shot["shape"][:2]}
+    assert result["command_layers"] == ["live", "outlines", "nuclei", "masks"]
+    assert result["cleared"] == [
+        "live",
+        "outlines",
+        "nuclei",
+        "masks",
+        "extra 0",
+        "extra 1",
+        "extra 2",
+    ]
+    assert result["after_clear"] == []  # and the window closed on a "close" command
 
 
 def test_the_ready_made_viewer_runs_napari_in_its_main_thread(display: str, config) -> None:

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchSink",
     "Buffer",
+    "CommandHandler",
+    "CommandSink",
     "Frames",
     "ImageSink",
     "ItemSink",
@@ -143,6 +145,28 @@ class ItemSink(Protocol):
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None: ...
 
     def take_item(self, item: Any, metadata: Mapping[str, Any], /) -> None: ...
+
+
+class CommandHandler(Protocol):
+    """Answers one viewer command. A plain ``def clear(args): ...`` is a CommandHandler.
+
+    ``args`` is what the sender passed (decoded with the viewer's serializer: JSON values,
+    bytes, numpy arrays by default; None when it passed none); the return value is the reply
+    and must be something that serializer can encode. It runs on the viewer's sink thread, in
+    order with the items, never at the same time as the sink; an exception reaches the sender
+    as :class:`~zmqruntime.RemoteError` with its type, message and traceback.
+    """
+
+    def __call__(self, args: Any, /) -> object: ...
+
+
+@runtime_checkable
+class CommandSink(Protocol):
+    """A sink that answers viewer commands: ``commands()`` maps each command name it answers
+    (``"clear"``, ``"layers"``, ``"screenshot"``, ``"set_display"``, ``"close"``, its own) to
+    its :class:`CommandHandler`. The viewer asks once, when it starts."""
+
+    def commands(self) -> Mapping[str, CommandHandler]: ...
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ from typing import ClassVar, TypeAlias, final
 import attrs
 from typing_extensions import Buffer
 
+from zmqruntime.core.command_messages import CommandFrame, CommandReply
 from zmqruntime.core.vocabulary import (
     MAX_BATCH_ITEMS,
     AckOutcome,
@@ -45,6 +46,8 @@ __all__ = [
     "BatchEntry",
     "BatchFrame",
     "Cancel",
+    "CommandFrame",
+    "CommandReply",
     "Completion",
     "ControlMessageType",
     "ErrorReply",
@@ -349,7 +352,10 @@ _Reply: TypeAlias = (
     Pong | ErrorReply | ShutdownReply | Accepted | RecordReply | SummaryReply | AppReply
 )
 _Stream: TypeAlias = (
-    ProgressEvent | Completion | ImageFrame | ItemFrame | BatchFrame | Ack | ImageSent | AppEvent
+    (ProgressEvent | Completion | ImageFrame | ItemFrame | BatchFrame | Ack | ImageSent)
+    | AppEvent
+    | CommandFrame
+    | CommandReply
 )
 Message: TypeAlias = _Request | _Reply | _Stream
 """Any message the codec can encode or decode."""

@@ -52,8 +52,8 @@ class ResponseType(enum.Enum):
 
 
 class StreamMessageType(enum.Enum):
-    """Messages that flow without a request: progress, events, completions, images, items and
-    acks."""
+    """Messages that flow without a request: progress, events, completions, images, items,
+    acks, and viewer commands (ordered with the items) and their replies."""
 
     PROGRESS = "progress"
     COMPLETION = "completion"
@@ -63,6 +63,8 @@ class StreamMessageType(enum.Enum):
     EVENT = "event"
     ITEM = "item"
     BATCH = "batch"
+    COMMAND = "command"
+    COMMAND_REPLY = "command_reply"
 
 
 class ItemKind(enum.Enum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
 from zmqruntime.protocols import BatchSink
 from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, SentBatch
+from zmqruntime.streaming.commands import STANDARD_COMMANDS, ViewerCommands
 from zmqruntime.streaming.items import Labels, Points, Shapes, ShapeType
 from zmqruntime.streaming.napari_plugin import StreamingServerWidget
 from zmqruntime.streaming.process_manager import (
@@ -22,6 +23,7 @@ from zmqruntime.streaming.sinks import DirectorySink, NapariSink, sink_from_spec
 
 __all__ = [
     "MAX_BATCH_ITEMS",
+    "STANDARD_COMMANDS",
     "BatchSink",
     "CommandSpec",
     "DirectorySink",
@@ -37,6 +39,7 @@ __all__ = [
     "StreamingServer",
     "StreamingServerWidget",
     "StreamingStatistics",
+    "ViewerCommands",
     "VisualizerProcessManager",
     "on_qt_main_thread",
     "python_module_spec",

@@ -80,20 +80,21 @@ def batch_frame(
     items: Sequence[_Array | Item],
     metadata: JSONObject,
     item_metadata: Sequence[JSONObject],
-    *,
     ids: Sequence[str],
-    batch_id: str,
-    tracker_key: str,
-    ack_to: str | None,
+    *,
+    tracker_key: str = "",
+    ack_to: str | None = None,
     copy: bool = False,
 ) -> BatchFrame:
     """The message that carries ``items`` (arrays or items; their buffers are sent without a
-    copy when C-contiguous and ``copy`` is false); ``TypeError`` for an array the wire cannot
-    carry, ``ValueError`` for an empty batch or one of more than :data:`MAX_BATCH_ITEMS`."""
+    copy when C-contiguous and ``copy`` is false) under ``ids``: each item's, then the batch's;
+    ``TypeError`` for an array the wire cannot carry, ``ValueError`` for an empty batch or one
+    of more than :data:`MAX_BATCH_ITEMS`."""
     if not 1 <= len(items) <= MAX_BATCH_ITEMS:
         raise ValueError(f"a batch holds 1 to {MAX_BATCH_ITEMS} items, not {len(items)}")
+    *item_ids, batch_id = ids
     entries, buffers = [], list[Buffer]()
-    for item, meta, image_id in zip(items, item_metadata, ids, strict=True):
+    for item, meta, image_id in zip(items, item_metadata, item_ids, strict=True):
         if isinstance(item, Shapes | Points | Labels):
             frame = frame_from_item(item, image_id=image_id, copy=copy)
             entries.append(

@@ -10,6 +10,7 @@ through the client's I/O thread.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import threading
 import uuid
@@ -23,6 +24,7 @@ import zmq
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
+from zmqruntime.core.command_messages import CommandReply
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
 from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ImageSent, ItemFrame, Message
@@ -33,6 +35,7 @@ from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
 from zmqruntime.streaming import batches
 from zmqruntime.streaming.batches import SentBatch
+from zmqruntime.streaming.commands import CommandCalls
 from zmqruntime.streaming.item_wire import frame_from_item
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 from zmqruntime.streaming.server import ACK_COPIES
@@ -80,6 +83,7 @@ class ImageSender:
     _copies_asked: threading.Event = attrs.field(factory=threading.Event, init=False)
     _copies_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _viewer_limits: Any = attrs.field(default=None, init=False)
+    _commands: CommandCalls = attrs.field(init=False)
 
     @classmethod
     def to(
@@ -114,6 +118,7 @@ class ImageSender:
         self._id_prefix = f"{self._key}-{uuid.uuid4().hex[:12]}"
         timeout = self.send_timeout
         self._limit = self.client.config.request_timeout if timeout is None else timeout
+        self._commands = CommandCalls(self.client, self._id_prefix)
 
     def connect(self) -> ImageSender:
         """Connect to the viewer and (without ``ack_to``) start the ack listener. Idempotent."""
@@ -136,10 +141,8 @@ class ImageSender:
                 self.channel.start()
             else:
                 self.tracker = self.tracker or QueueTracker(self._key)
-                # A restarted viewer knows nothing of this sender: ask it again.
-                self.client.listen(
-                    on_message=self._on_ack_copy, on_disconnect=self._copies_asked.clear
-                )
+            # A restarted viewer knows nothing of this sender: ask it again.
+            self.client.listen(on_message=self._on_control, on_disconnect=self._on_lost)
             self.client.connect()
             self._connected = True
         return self
@@ -154,6 +157,7 @@ class ImageSender:
             thread_sockets, self._thread_sockets = self._thread_sockets, {}
         for entry in thread_sockets.values():  # before the client ends the context they live in
             entry.close()
+        self._commands.fail_all(ChannelClosed("the ImageSender closed"))
         self.client.close()
         if self.channel is not None:
             self.channel.close()
@@ -165,6 +169,22 @@ class ImageSender:
         """Send the viewer's own request ``name`` (a handler it was given in ``requests``)
         and return the reply's payload; raises like ``ZMQClient.call``."""
         return self.client.call(name, payload, timeout=timeout)
+
+    def command(self, name: str, args: Any = None, *, timeout: float | None = None) -> Any:
+        """The result of viewer command ``name`` run after the items this thread sent; raises
+        ``RemoteError`` (with the reason) or ``ZMQTimeoutError`` after ``timeout``."""
+        return self._commands.call(name, args, self._timeout(timeout), self._send_in_order)
+
+    def command_async(
+        self, name: str, args: Any = None, *, timeout: float | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """:meth:`command` without waiting: the future resolves to the result or fails."""
+        return self._commands.send(name, args, self._timeout(timeout), self._send_in_order)
+
+    def _timeout(self, timeout: float | None) -> float:
+        if not self._connected or self._closed:
+            self.connect()
+        return self._limit if timeout is None else timeout
 
     @property
     def ack_address(self) -> str | None:
@@ -239,25 +259,28 @@ class ImageSender:
             for image_id in ids:
                 notice = ImageSent(image_id=image_id, tracker_key=self._key)
                 self.client.push(self.ack_to, notice, curve=self.ack_to_curve)
-            self.client.send_data(frame)
-            return
-        entry = self._thread_socket()
-        if entry.socket is None:
+        try:
+            self._send_in_order(frame, what, frames)
+        except BaseException as exc:
+            for image_id in ids:
+                tracker.acknowledge(image_id, AckOutcome.FAILED, str(exc))
+            raise
+
+    def _send_in_order(self, frame: Message, what: str, frames: list[Any] | None = None) -> None:
+        """Send where the calling thread's images go (its socket, or the client's I/O thread)."""
+        entry = self._thread_socket() if self.ack_to is None else None
+        if entry is None or entry.socket is None:
             self.client.send_data(frame)
             return
         with entry.lock:
+            if entry.closed:
+                raise ChannelClosed("this ImageSender is closed")
             try:
-                if entry.closed:
-                    raise ChannelClosed("this ImageSender is closed")
-                send_frames(entry.socket, frames, zmq.NOBLOCK)
-            except BaseException as exc:
-                for image_id in ids:
-                    tracker.acknowledge(image_id, AckOutcome.FAILED, str(exc))
-                if isinstance(exc, zmq.Again):
-                    raise ZMQTimeoutError(
-                        f"the queue to {self.viewer_address} is full; {what} was not sent"
-                    ) from None
-                raise
+                send_frames(entry.socket, frames or codec.encode(frame), zmq.NOBLOCK)
+            except zmq.Again:
+                raise ZMQTimeoutError(
+                    f"the queue to {self.viewer_address} is full; {what} was not sent"
+                ) from None
 
     def _ask_for_ack_copies(self) -> None:
         """Before the first image and after a lost connection (a viewer restart): ask the
@@ -277,11 +300,17 @@ class ImageSender:
                 ) from exc
             self._copies_asked.set()
 
-    def _on_ack_copy(self, message: Message) -> None:
-        """Client I/O thread: a copy of an ack the viewer sent to ``ack_to`` frees a slot."""
+    def _on_control(self, message: Message) -> None:
+        """Client I/O thread: a command's reply, or a copy of an ack sent to ``ack_to``."""
         tracker = self.tracker
-        if isinstance(message, Ack) and tracker is not None:
+        if isinstance(message, CommandReply):
+            self._commands.resolve(message)
+        elif isinstance(message, Ack) and tracker is not None and self.ack_to is not None:
             tracker.acknowledge(message.image_id, message.outcome, message.error)
+
+    def _on_lost(self) -> None:
+        self._copies_asked.clear()
+        self._commands.lost()
 
     def _thread_socket(self) -> ThreadSocket:
         """The calling thread's entry, made on its first send."""
@@ -322,25 +351,17 @@ class ImageSender:
         copy: bool = False,
     ) -> SentBatch:
         """Send images and items as one batch, shown by the viewer at once, with the batch's
-        ``metadata`` and each item's own (``item_metadata``, one mapping per item). Returns
-        the ids of the batch and its items, each acknowledged and tracked; the batch takes
-        ``len(items) + 1`` of ``max_in_flight`` (a larger batch waits until nothing is pending).
-        Asks the viewer for its limits before the first batch; ``ValueError`` for a batch
-        larger than its backlog (and see :mod:`zmqruntime.streaming.batches`)."""
+        ``metadata`` and each item's own (``item_metadata``); returns the ids of the batch and
+        its items, each acked and tracked. It takes ``len(items) + 1`` of ``max_in_flight``
+        (a larger batch waits until nothing is pending) and must fit the viewer's backlog
+        (``ValueError``): see :mod:`zmqruntime.streaming.batches`."""
         items = list(items)
         meta, metas = batches.batch_metadata(len(items), metadata, item_metadata)
         if not self._connected or self._closed:
             self.connect()
         ids = [f"{self._id_prefix}-{next(self._numbers)}" for _ in range(len(items) + 1)]
         frame = batches.batch_frame(
-            items,
-            meta,
-            metas,
-            ids=ids[:-1],
-            batch_id=ids[-1],
-            tracker_key=self._key,
-            ack_to=self.ack_address,
-            copy=copy,
+            items, meta, metas, ids, tracker_key=self._key, ack_to=self.ack_address, copy=copy
         )
         if self._viewer_limits is None:
             self._viewer_limits = batches.viewer_limits(self.client, self._limit)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import enum
+import itertools
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, Final, TypeAlias, final
+from typing import Any, Final, final
 
 import attrs
 import zmq
@@ -24,21 +24,39 @@ from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
-from zmqruntime.core.messages import Ack, AckOutcome, BatchFrame, ImageFrame, ItemFrame, Message
+from zmqruntime.core.messages import (
+    Ack,
+    AckOutcome,
+    BatchFrame,
+    CommandFrame,
+    ImageFrame,
+    ItemFrame,
+    Message,
+)
 from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, InvalidItem
-from zmqruntime.protocols import ImageSink, RequestHandler, TaskSerializer
+from zmqruntime.protocols import CommandHandler, ImageSink, RequestHandler, TaskSerializer
+from zmqruntime.streaming.backlog import (
+    Frame,
+    Queued,
+    StreamingStatistics,
+    StreamMode,
+    item_count,
+    pixel_bytes,
+    stream_of,
+)
 from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, VIEWER_LIMITS, Acked, acks_for, show_batch
+from zmqruntime.streaming.commands import ViewerCommands
 from zmqruntime.streaming.item_wire import item_from_frame
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES: Final = ("images", "items", "batches", "acks", "shutdown")
+CAPABILITIES: Final = ("images", "items", "batches", "acks", "shutdown", "commands")
 _WAKE_SECONDS: Final = 1.0  # the waits' slice; close() wakes them at once anyway
 _HELD: Final = ("backlog", "backlog_bytes", "peak_backlog", "peak_backlog_bytes")
 
@@ -56,56 +74,6 @@ whose id is ``prefix-<number>``: so it can hold its ``max_in_flight``."""
 MAX_ACK_COPY_SENDERS: Final = 1024
 """How many senders (id prefixes) a viewer sends ack copies to; the least recent is dropped."""
 _at_least_one = checked(check_count, 1)
-
-
-class StreamMode(enum.Enum):
-    """How a viewer treats images that arrive faster than its sink shows them."""
-
-    ALL = "all"
-    """Show every image, in order."""
-    LATEST = "latest"
-    """Live view: per stream (tracker key), show only the newest waiting image; the others
-    are acknowledged as skipped, so trackers stay exact."""
-
-
-@final
-@attrs.frozen(kw_only=True)
-class StreamingStatistics:
-    """What a viewer has done with the images it received. ``backlog``/``backlog_bytes``: images
-    (and their pixel bytes) received and not yet acknowledged, the one in the sink included;
-    ``peak_*`` their highest values since the start."""
-
-    received: int
-    processed: int
-    skipped: int
-    failed: int
-    waiting: int
-    backlog: int
-    backlog_bytes: int
-    peak_backlog: int
-    peak_backlog_bytes: int
-
-
-_Frame: TypeAlias = ImageFrame | ItemFrame | BatchFrame
-
-
-def _pixel_bytes(frame: _Frame) -> int:
-    if isinstance(frame, ImageFrame):
-        return memoryview(frame.pixels).nbytes
-    return sum(memoryview(buffer).nbytes for buffer in frame.buffers)
-
-
-def _stream(frame: _Frame) -> tuple[str, str]:
-    """What a newer frame replaces in latest-frame mode: the same stream's same kind (a
-    batch: a whole older batch)."""
-    if isinstance(frame, BatchFrame):
-        return frame.tracker_key, "batch"
-    return frame.tracker_key, frame.kind.value if isinstance(frame, ItemFrame) else "image"
-
-
-def _count(frame: _Frame) -> int:
-    """Images and items in the message."""
-    return len(frame.entries) if isinstance(frame, BatchFrame) else 1
 
 
 @final
@@ -131,9 +99,11 @@ class StreamingServer:
     ack_curve: ClientCurve | None = None
     backlog_limit: int = attrs.field(default=BACKLOG_LIMIT, validator=_at_least_one)
     backlog_bytes: int = attrs.field(default=BACKLOG_BYTES, validator=_at_least_one)
+    commands: ViewerCommands = attrs.field(factory=ViewerCommands)
+    """The viewer commands it answers: its sink's and the application's own."""
 
     # Received by the I/O thread, not yet taken by the sink thread; guarded by _room.
-    _queue: collections.deque[_Frame] = attrs.field(factory=collections.deque, init=False)
+    _queue: collections.deque[Queued] = attrs.field(factory=collections.deque, init=False)
     _room: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     _held: list[int] = attrs.field(factory=lambda: [0, 0, 0, 0], init=False)  # see _HELD
     _copies: collections.OrderedDict[str, Peer] = attrs.field(  # guarded by _room
@@ -154,15 +124,18 @@ class StreamingServer:
         sink: ImageSink,
         *,
         requests: RequestTable | Mapping[str, RequestHandler] | None = None,
+        commands: ViewerCommands | Mapping[str, CommandHandler] | None = None,
         serializer: TaskSerializer | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         **options: Any,
     ) -> StreamingServer:
         """A viewer with its own :class:`~zmqruntime.ZMQServer` at ``endpoint`` (port 0 picks
         a free one), answering the application's own ``requests`` (name → handler; payloads
-        through ``serializer``, safe by default); ``options`` are this class's other fields
+        through ``serializer``, safe by default) and ``commands`` (name → handler, run in order
+        with the items, besides the sink's); ``options`` are this class's other fields
         (``mode``, ``ack_curve``, ``backlog_limit``, ``backlog_bytes``). Its control socket
-        accepts frames up to ``config.max_header_bytes``, its image socket ``max_message_bytes``."""
+        accepts frames up to ``config.max_header_bytes``, its image socket ``max_message_bytes``
+        (commands travel there)."""
         small = min(endpoint.config.max_request_bytes, endpoint.config.max_header_bytes)
         server = ZMQServer(
             attrs.evolve(endpoint, config=attrs.evolve(endpoint.config, max_request_bytes=small)),
@@ -173,7 +146,9 @@ class StreamingServer:
             requests=requests or {},
             serializer=serializer or SafeSerializer(),
         )
-        return cls(sink, server, **options)
+        if not isinstance(commands, ViewerCommands):
+            commands = ViewerCommands(commands or {})
+        return cls(sink, server, commands=commands, **options)
 
     def _build(self) -> ZMQServer:
         if self._thread is not None:
@@ -185,6 +160,7 @@ class StreamingServer:
             ACK_COPIES: self._copy_acks,
             VIEWER_LIMITS: lambda _payload, _peer: self._limits(),
         }
+        self.commands.start(self.sink, self.server)
         self.server.bind()
         self._thread = threading.Thread(
             target=self._run_sink, name=f"zmqruntime-sink-{self.server.bound_port}", daemon=True
@@ -248,12 +224,18 @@ class StreamingServer:
 
     def _on_data(self, message: Message) -> None:
         """I/O thread, which reads nothing more while the backlog is full."""
+        if isinstance(message, CommandFrame):  # not in the backlog: bounded on its own
+            if self.commands.accept(message):
+                with self._room:
+                    self._queue.append(message)
+                    self._room.notify_all()
+            return
         if not isinstance(message, ImageFrame | ItemFrame | BatchFrame):
             logger.warning(
                 "viewer dropped a %s: only images and items belong here", message.TYPE.value
             )
             return
-        size, count = _pixel_bytes(message), _count(message)
+        size, count = pixel_bytes(message), item_count(message)
         held = self._held
         with self._room:
             held[0] += count
@@ -296,14 +278,22 @@ class StreamingServer:
             acks.close()
             self._close_sink()
 
-    def _take(self) -> tuple[_Frame, list[_Frame]]:
-        """The next image or item to show and those to skip (sink thread, ``_room`` held)."""
+    def _take(self) -> tuple[Queued, list[Frame]]:
+        """The next image, item or command and the frames to skip (sink thread, ``_room``
+        held). A newer frame replaces an older one only if no command lies between them."""
         first = self._queue.popleft()
-        if self.mode is StreamMode.ALL:
+        if self.mode is StreamMode.ALL or isinstance(first, CommandFrame):
             return first, []
-        key = _stream(first)
-        same = [first, *(frame for frame in self._queue if _stream(frame) == key)]
-        self._queue = collections.deque(frame for frame in self._queue if _stream(frame) != key)
+        key = stream_of(first)
+        queued = len(self._queue)
+        cut = next((i for i, f in enumerate(self._queue) if isinstance(f, CommandFrame)), queued)
+        head = list(itertools.islice(self._queue, cut))
+        same = [
+            first,
+            *(f for f in head if not isinstance(f, CommandFrame) and stream_of(f) == key),
+        ]
+        rest = [f for f in head if isinstance(f, CommandFrame) or stream_of(f) != key]
+        self._queue = collections.deque([*rest, *itertools.islice(self._queue, cut, None)])
         return same[-1], same[:-1]
 
     def _limits(self) -> dict[str, int]:
@@ -311,7 +301,10 @@ class StreamingServer:
         limits = (self.backlog_limit, self.backlog_bytes, MAX_BATCH_ITEMS)
         return dict(zip(("backlog_limit", "backlog_bytes", "max_batch_items"), limits, strict=True))
 
-    def _show(self, acks: AckSender, frame: _Frame) -> None:
+    def _show(self, acks: AckSender, frame: Queued) -> None:
+        if isinstance(frame, CommandFrame):
+            self.commands.run(frame)
+            return
         if isinstance(frame, BatchFrame):
             self._settle(acks, frame, show_batch(self.sink, frame, self._limits()))
             return
@@ -324,7 +317,7 @@ class StreamingServer:
             if isinstance(exc, InvalidItem):
                 logger.warning("viewer refused item %r: %s", frame.image_id, exc)
             else:
-                logger.exception("sink failed on %s %r", _stream(frame)[1], frame.image_id)
+                logger.exception("sink failed on %s %r", stream_of(frame)[1], frame.image_id)
             self._ack(acks, frame, AckOutcome.FAILED, f"{type(exc).__name__}: {exc}")
             return
         self._ack(acks, frame, AckOutcome.PROCESSED, "")
@@ -340,19 +333,19 @@ class StreamingServer:
             )
         take(item_from_frame(frame), frame.metadata)
 
-    def _ack(self, acks: AckSender, image: _Frame, outcome: AckOutcome, error: str) -> None:
+    def _ack(self, acks: AckSender, image: Frame, outcome: AckOutcome, error: str) -> None:
         """Acknowledge the image, item or whole batch with one outcome (sink thread)."""
         self._settle(acks, image, acks_for(image, outcome, error))
 
-    def _settle(self, acks: AckSender, image: _Frame, acked: list[Acked]) -> None:
+    def _settle(self, acks: AckSender, image: Frame, acked: list[Acked]) -> None:
         """Make the message's room in the backlog, then send its acks (a batch's items', then
         its own) (sink thread)."""
-        for _image_id, outcome, _error in acked[: _count(image)]:
+        for _image_id, outcome, _error in acked[: item_count(image)]:
             self._counts[outcome.value] += 1
         with self._room:
             full = self._full()
-            self._held[0] -= _count(image)
-            self._held[1] -= _pixel_bytes(image)
+            self._held[0] -= item_count(image)
+            self._held[1] -= pixel_bytes(image)
             prefix = acked[-1][0].rpartition("-")[0]
             peer = self._copies.get(prefix) if self._copies else None
         if full:  # the I/O thread may read again
@@ -375,7 +368,10 @@ class StreamingServer:
         with self._room:
             left, self._queue = list(self._queue), collections.deque()
         for image in left:
-            self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
+            if isinstance(image, CommandFrame):
+                self.commands.drop(image, "the viewer closed before running it")
+            else:
+                self._ack(acks, image, AckOutcome.SKIPPED, "the viewer closed before showing it")
 
     def _close_sink(self) -> None:
         close = getattr(self.sink, "close", None)

@@ -15,9 +15,11 @@ import attrs
 import numpy
 
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
+from zmqruntime.protocols import CommandHandler
 from zmqruntime.streaming.display import apply_display, axis_labels, layer_display
 from zmqruntime.streaming.item_wire import item_arrays
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
+from zmqruntime.streaming.sink_commands import directory_commands, napari_commands
 
 __all__ = ["DirectorySink", "NapariSink", "sink_from_spec"]
 
@@ -130,6 +132,11 @@ class DirectorySink:
     def close(self) -> None:
         """Nothing to release; present so viewers can close every sink the same way."""
 
+    def commands(self) -> Mapping[str, CommandHandler]:
+        """``layers`` (the items written); ``clear``, ``screenshot``, ``set_display`` and
+        ``close`` refused with the reason (:func:`~.sink_commands.directory_commands`)."""
+        return directory_commands(self.directory, self.prefix)
+
     def _first_free(self) -> int:
         head = f"{self.prefix}-"
         ours = (name[len(head) :] for name in os.listdir(self.directory) if name.startswith(head))
@@ -177,7 +184,7 @@ class NapariSink:
     default_name: str = "stream"
     timeout: float = 30.0
     item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
-    _invoke: Callable[[Callable[[], None]], object] | None = attrs.field(default=None, init=False)
+    _invoke: Callable[[Callable[[], Any]], Any] | None = attrs.field(default=None, init=False)
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
         """Show ``image`` in the layer its metadata names."""
@@ -270,12 +277,17 @@ class NapariSink:
 
         return update
 
-    def _run(self, update: Callable[[], None]) -> None:
-        """Run ``update`` on napari's Qt thread and wait for it."""
+    def _run(self, call: Callable[[], Any]) -> Any:
+        """``call()`` on napari's Qt thread (in this one for a headless viewer): its result."""
         if self._invoke is None:
             windowed = getattr(self.viewer, "window", None) is not None
             self._invoke = on_qt_main_thread(_call, timeout=self.timeout) if windowed else _call
-        self._invoke(update)
+        return self._invoke(call)
+
+    def commands(self) -> Mapping[str, CommandHandler]:
+        """``clear``, ``layers``, ``screenshot``, ``set_display`` and ``close``, each run on
+        napari's Qt thread (:func:`~.sink_commands.napari_commands` says what they take)."""
+        return napari_commands(self.viewer, self._run)
 
     def close(self) -> None:
         """Release a call still waiting for the Qt thread; leave the viewer open: it belongs
@@ -284,8 +296,8 @@ class NapariSink:
             self._invoke.close()
 
 
-def _call(call: Callable[[], None]) -> None:
-    call()
+def _call(call: Callable[[], Any]) -> Any:
+    return call()
 
 
 def sink_from_spec(spec: str) -> Callable[..., None]:
