@@ -36,6 +36,9 @@ BATCH = {  # a batch of 3 small channels in the top left corner, outside the mea
 }
 
 
+STACK_PLANES = 20
+
+
 def main() -> int:
     """Open the window, stream, measure, quit."""
     config = ZMQConfig(ipc_root=sys.argv[1])
@@ -68,6 +71,10 @@ def main() -> int:
                 sender.send(Labels.of(masks), {"name": "masks"})
                 channels = [numpy.full((4, 4), 50 * n, numpy.uint16) for n in (1, 2, 3)]
                 sender.send_batch(channels, BATCH, item_metadata=[{"name": n} for n in BATCH_NAMES])
+                for index in range(STACK_PLANES):  # a time-lapse: one layer, not 20
+                    plane = numpy.full((16, 16), index, numpy.uint8)
+                    place = {"axis": "t", "index": index}
+                    sender.send(plane, {"name": "timelapse", "stack": place})
                 sender.wait_all_acked(timeout=60)
                 result["acked"] = sender.tracker.get_progress() if sender.tracker else None
                 on_qt_main_thread(measure)()  # Qt work belongs on the main thread
@@ -121,6 +128,13 @@ def main() -> int:
             for name in BATCH_NAMES
             if name in viewer.layers
         }
+        if "timelapse" in viewer.layers:
+            stack = numpy.asarray(viewer.layers["timelapse"].data)
+            result["stack"] = {
+                "shape": list(stack.shape),
+                "planes": [int(plane.max()) for plane in stack],
+                "axis": viewer.dims.axis_labels[viewer.dims.ndim - stack.ndim],
+            }
         result.update(halves(shot))
 
     threading.Thread(target=stream, daemon=True).start()

@@ -152,8 +152,11 @@ def test_a_stream_shows_in_a_real_napari_window(display: str, tmp_path: Path) ->
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(finished.stdout.strip().splitlines()[-1])
     assert "error" not in result, result
-    assert result["acked"] == [9, 9]  # 5 alone, 3 in a batch and the batch
-    assert result["layers"] == ["live", "outlines", "nuclei", "masks", "dapi", "gfp", "rfp"]
+    assert result["acked"] == [29, 29]  # 5 alone, 3 in a batch and the batch, 20 planes
+    assert result["layers"] == [
+        *["live", "outlines", "nuclei", "masks", "dapi", "gfp", "rfp", "timelapse"]
+    ]
+    assert result["stack"] == {"shape": [20, 16, 16], "planes": list(range(20)), "axis": "t"}
     assert result["batch"] == {
         "dapi": ["blue", [0, 500]],
         "gfp": ["green", [10, 300]],
@@ -286,3 +289,99 @@ def test_a_batch_reaches_napari_through_a_real_viewer(config: Any, no_thread_lea
             assert sender.tracker is not None and sender.tracker.get_progress() == (3, 3)
     assert viewer.layers["cells"].colormap.name == "red"
     assert type(viewer.layers["spots"]).__name__ == "Points"
+
+
+# --- stacks: planes of one n-D layer -------------------------------------------------------
+
+
+def plane(value: int, shape: tuple[int, ...] = (4, 5), dtype: Any = numpy.uint16) -> Any:
+    return numpy.full(shape, value, dtype)
+
+
+def at(index: int, axis: str = "t", **more: Any) -> dict[str, Any]:
+    return {"name": "movie", "stack": {"axis": axis, "index": index}, **more}
+
+
+def test_a_time_stack_builds_one_layer_grown_as_planes_arrive() -> None:
+    viewer = ViewerModel()
+    sink = NapariSink(viewer)
+    for index in (0, 1, 4, 2):  # out of order, with a gap: plane 3 is zeros until it comes
+        sink(plane(index + 1), at(index))
+    layer = viewer.layers["movie"]
+    assert len(viewer.layers) == 1 and layer.data.shape == (5, 4, 5)
+    assert [int(p.max()) for p in layer.data] == [1, 2, 3, 0, 5]
+    assert viewer.dims.axis_labels[0] == "t"
+    for index in range(5, 20):
+        sink(plane(index + 1), at(index))
+    assert viewer.layers["movie"] is layer  # the same layer, grown in place
+    assert [int(p.max()) for p in layer.data] == [1, 2, 3, 0, *range(5, 21)]
+    sink(plane(7, (2, 2)), {"name": "still"})  # other images are untouched by stacks
+    assert viewer.layers["still"].data.shape == (2, 2)
+
+
+def test_a_stack_whose_layer_is_gone_starts_again_and_forgets_its_planes() -> None:
+    viewer = ViewerModel()
+    sink = NapariSink(viewer)
+    for index in range(3):
+        sink(plane(9), at(index))
+    viewer.layers.remove("movie")
+    sink(plane(1), at(1))
+    assert [int(p.max()) for p in viewer.layers["movie"].data] == [0, 1]
+    sink(plane(2), at(0, name="other"))
+    viewer.layers.remove("movie")
+    sink(plane(3), at(0, name="other"))  # a draw forgets the buffers of removed stacks
+    assert sink._stacks._buffers.keys() == {"other"}
+
+
+@pytest.mark.parametrize(
+    ("stack", "why"),
+    [
+        ({"axis": "", "index": 0}, "axis"),
+        ({"axis": "t" * 65, "index": 0}, "axis"),
+        ({"axis": 3, "index": 0}, "axis"),
+        ({"axis": "t", "index": -1}, "index"),
+        ({"axis": "t", "index": True}, "index"),
+        ({"axis": "t", "index": 1.0}, "index"),
+        ("t=1", "axis"),
+    ],
+)
+def test_a_malformed_stack_place_is_refused_before_anything_is_drawn(stack: Any, why: str) -> None:
+    viewer = ViewerModel()
+    with pytest.raises(ValueError, match=why):
+        NapariSink(viewer)(plane(1), {"name": "movie", "stack": stack})
+    assert len(viewer.layers) == 0
+    NapariSink(viewer)(plane(1), at(0, axis="t" * 64))  # 64 characters: the limit
+
+
+def test_a_plane_of_another_shape_or_dtype_or_past_the_bytes_is_refused() -> None:
+    viewer = ViewerModel()
+    sink = NapariSink(viewer, max_stack_bytes=3 * plane(0).nbytes)
+    sink(plane(1), at(0))
+    with pytest.raises(ValueError, match="holds"):
+        sink(plane(1, (5, 4)), at(1))
+    with pytest.raises(ValueError, match="holds"):
+        sink(plane(1, dtype=numpy.uint8), at(1))
+    sink(plane(3), at(2))  # 3 planes: exactly the limit
+    with pytest.raises(ValueError, match="over the limit"):
+        sink(plane(4), at(3))
+    assert viewer.layers["movie"].data.shape == (3, 4, 5)
+
+
+def test_a_malformed_stack_is_acked_failed_through_a_real_viewer(config: Any) -> None:
+    viewer = ViewerModel()
+    with (
+        StreamingServer.bind(
+            Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config),
+            NapariSink(viewer),
+        ) as server,
+        ImageSender.to(
+            Endpoint.of(port=server.port_number, transport_mode=TransportMode.IPC, config=config)
+        ) as sender,
+    ):
+        sender.send(plane(1), {"name": "movie", "stack": {"axis": "t", "index": -3}})
+        sender.send(plane(2), at(0))
+        sender.wait_all_acked(30)
+        assert sender.tracker is not None
+        failed = sender.tracker.statistics()
+        assert (failed.processed, failed.failed) == (1, 1)
+    assert viewer.layers["movie"].data.shape == (1, 4, 5)

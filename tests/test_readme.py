@@ -34,6 +34,8 @@ DOC_BLOCKS = [
 def run_block(source: str, name: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if "from distributed import" in source:
         pytest.importorskip("distributed", reason="the Dask example needs the dask extra")
+    if "from napari" in source:
+        pytest.importorskip("napari", reason="the napari example needs the napari extra")
     monkeypatch.setenv("HOME", str(home))  # IPC sockets go under a private home
     monkeypatch.setenv("USERPROFILE", str(home))
     module = types.ModuleType(re.sub(r"\W", "_", name))  # a real module: dataclasses need one

@@ -20,6 +20,7 @@ from zmqruntime.streaming.display import apply_display, axis_labels, layer_displ
 from zmqruntime.streaming.item_wire import item_arrays
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 from zmqruntime.streaming.sink_commands import directory_commands, napari_commands
+from zmqruntime.streaming.stacks import MAX_STACK_BYTES, StackPlace, Stacks
 
 __all__ = ["DirectorySink", "NapariSink", "sink_from_spec"]
 
@@ -173,23 +174,32 @@ class NapariSink:
     replacing the layer of its name in the same place (a labels item updates it in place).
 
     The layer name comes from ``metadata[name_key]`` (``default_name`` when absent; for an
-    item, its kind: ``"shapes"``, ...). Calls are marshalled onto napari's Qt thread and wait
-    until the layer is updated, so the ack means "displayed". ``viewer`` may be a
-    ``napari.Viewer`` or a headless ``napari.components.ViewerModel`` (then the update runs in
-    the caller's thread).
+    item, its kind: ``"shapes"``, ...). An image whose metadata names a place in a stack
+    (``{"stack": {"axis": "t", "index": 5}}``) becomes that plane of one n-D layer, grown as
+    needed, its first axis labelled with the stack's axis (:mod:`~.stacks`). Calls are
+    marshalled onto napari's Qt thread and wait until the layer is updated, so the ack means
+    "displayed". ``viewer`` may be a ``napari.Viewer`` or a headless
+    ``napari.components.ViewerModel`` (then the update runs in the caller's thread).
     """
 
     viewer: Any
     name_key: str = "name"
     default_name: str = "stream"
     timeout: float = 30.0
+    max_stack_bytes: int = MAX_STACK_BYTES
+    """Bytes of one stack's planes (see :mod:`~zmqruntime.streaming.stacks`)."""
     item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
+    _stacks: Stacks = attrs.field(init=False)
     _invoke: Callable[[Callable[[], Any]], Any] | None = attrs.field(default=None, init=False)
 
+    @_stacks.default
+    def _make_stacks(self) -> Stacks:
+        return Stacks(self.max_stack_bytes)
+
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
-        """Show ``image`` in the layer its metadata names."""
+        """Show ``image`` in the layer its metadata names (a plane of it, for a stack)."""
         name = str(metadata.get(self.name_key, self.default_name))
-        self._run(self._image(name, numpy.asarray(image)))
+        self._run(self._image(name, numpy.asarray(image), metadata))
 
     def take_item(self, item: Item, metadata: Mapping[str, Any], /) -> None:
         """Show ``item`` as the napari layer of its kind that its metadata names."""
@@ -214,7 +224,7 @@ class NapariSink:
             image = isinstance(item, numpy.ndarray)
             settings = layer_display(batch_metadata, metadata, name, image)
             if isinstance(item, numpy.ndarray):
-                update = self._image(name, item)
+                update = self._image(name, item, metadata)
             else:
                 update = self._item(name, item)
             updates.append((name, update, settings))
@@ -230,8 +240,26 @@ class NapariSink:
 
         self._run(draw)
 
-    def _image(self, name: str, data: numpy.ndarray[Any, Any]) -> Callable[[], None]:
-        return self._place(name, "Image", lambda: self.viewer.add_image(data, name=name), data)
+    def _image(
+        self, name: str, data: numpy.ndarray[Any, Any], metadata: Mapping[str, Any]
+    ) -> Callable[[], None]:
+        place = StackPlace.of(metadata)  # a malformed one raises here, before the GUI thread
+        if place is None:
+            return self._place(name, "Image", lambda: self.viewer.add_image(data, name=name), data)
+        viewer, stacks = self.viewer, self._stacks
+
+        def stack() -> None:
+            layers = viewer.layers
+            old = layers[name] if name in layers else None  # noqa: SIM401 - a napari LayerList
+            shown = old.data if old is not None and type(old).__name__ == "Image" else None
+            planes = stacks.place(name, shown, data, place.index)
+            self._place(name, "Image", lambda: viewer.add_image(planes, name=name), planes)()
+            axes = list(viewer.dims.axis_labels)
+            axes[len(axes) - planes.ndim] = place.axis
+            viewer.dims.axis_labels = axes
+            stacks.keep_only(layer.name for layer in layers)
+
+        return stack
 
     def _item(self, name: str, item: Item) -> Callable[[], None]:
         viewer = self.viewer
