@@ -42,7 +42,10 @@ from zmqruntime.errors import ErrorCode
 from zmqruntime.execution import ExecutionClient
 from zmqruntime.execution.waiters import MAX_WAITERS
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+pytestmark = [
+    pytest.mark.attack,
+    pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc"),
+]
 
 MIB = 1 << 20
 GROWTH = 64 * MIB
