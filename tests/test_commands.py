@@ -47,6 +47,7 @@ from zmqruntime.streaming.commands import (
     MAX_PENDING_COMMANDS,
     MAX_REPLY_BYTES,
 )
+from zmqruntime.streaming.server import ACK_COPIES
 from zmqruntime.streaming.sink_commands import png_bytes
 
 napari_components = pytest.importorskip("napari.components")
@@ -256,6 +257,7 @@ def test_application_commands_win_and_unknown_or_failing_ones_say_why(
         "layers": lambda args: "the application's",
         "boom": boom,
         "unencodable": lambda args: object(),
+        "lone": lambda args: boom("\ud800"),
     }
     with (
         StreamingServer.bind(_at(0, config), sink, commands=handlers) as viewer,
@@ -269,8 +271,8 @@ def test_application_commands_win_and_unknown_or_failing_ones_say_why(
             sender.command("zoom", 2)
         assert unknown.value.code is ErrorCode.NOT_FOUND
         assert unknown.value.detail == (
-            "this viewer has no command 'zoom'; known commands: boom, clear, layers, note, "
-            "stats, unencodable"
+            "this viewer has no command 'zoom'; known commands: boom, clear, layers, lone, "
+            "note, stats, unencodable"
         )
         with pytest.raises(RemoteError, match="RuntimeError: cannot fly") as failed:
             sender.command("boom", "fly")
@@ -278,6 +280,11 @@ def test_application_commands_win_and_unknown_or_failing_ones_say_why(
         assert "raise RuntimeError" in (failed.value.remote_traceback or "")
         with pytest.raises(RemoteError, match="TypeError"):
             sender.command("unencodable")
+        # A reply whose text cannot be encoded (a lone surrogate, as from a peer's arguments)
+        # is answered in ASCII, and never ends the sink thread.
+        with pytest.raises(RemoteError, match="could not be encoded") as garbled:
+            sender.command("lone")
+        assert garbled.value.code is ErrorCode.HANDLER_FAILED
         sender.send(_image(), {"name": "alive"})
         sender.wait_all_acked(timeout=WAIT)
         assert sink.log[-1] == "alive"
@@ -507,6 +514,20 @@ def test_a_viewer_remembers_the_connections_of_1024_senders(
     # Run in order, answered in order: had "raw"'s reply gone out, it would have come first.
     assert [reply.command_id for reply in replies if isinstance(reply, CommandReply)] == [0, 0, 2]
     assert sink.log.count("note None") == 4  # all ran
+
+
+def test_a_sender_prefix_is_at_most_256_characters(
+    gated: tuple[GatedLayers, StreamingServer, ImageSender], config: ZMQConfig
+) -> None:
+    _sink, viewer, _ = gated
+    client = _listening_client(config, viewer.port_number, [], threading.Event())
+    try:
+        for request in (COMMAND_REPLIES, ACK_COPIES):
+            assert client.call(request, {"prefix": "p" * 256}, timeout=WAIT) is True
+            with pytest.raises(RemoteError, match="1 to 256 characters"):
+                client.call(request, {"prefix": "p" * 257}, timeout=WAIT)
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("field", ["max_pending", "max_payload_bytes", "max_reply_bytes"])

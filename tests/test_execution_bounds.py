@@ -50,6 +50,7 @@ from zmqruntime.execution.records import (
     ExecutionStore,
     record_bytes,
 )
+from zmqruntime.execution.results import ResultCache
 from zmqruntime.execution.waiters import MAX_WAITERS
 
 WAIT = 20.0
@@ -439,3 +440,14 @@ def _serve_in_child(port: str, ipc_root: str, max_bytes: str) -> None:
 
 if __name__ == "__main__":
     _serve_in_child(*sys.argv[1:])
+
+
+def test_a_forgotten_result_is_gone_and_its_bytes_are_free() -> None:
+    """A new execution under an id whose old record expired must not inherit its result."""
+    cache = ResultCache(budget=1 << 20)
+    cache.put("plate-1/A01", [b"x" * 1000])
+    used = cache._size
+    cache.forget("plate-1/A01")
+    cache.forget("never-there")
+    assert used > 1000
+    assert cache.get("plate-1/A01") is None and cache._size == 0

@@ -25,6 +25,7 @@ from napari.components import ViewerModel  # noqa: E402
 from zmqruntime import TransportMode  # noqa: E402
 from zmqruntime.core.endpoint import Endpoint  # noqa: E402
 from zmqruntime.core.transport import find_free_port_pair  # noqa: E402
+from zmqruntime.errors import ChannelClosed  # noqa: E402
 from zmqruntime.streaming import (  # noqa: E402
     ImageSender,
     Labels,
@@ -385,3 +386,24 @@ def test_a_malformed_stack_is_acked_failed_through_a_real_viewer(config: Any) ->
         failed = sender.tracker.statistics()
         assert (failed.processed, failed.failed) == (1, 1)
     assert viewer.layers["movie"].data.shape == (1, 4, 5)
+
+
+def test_stacks_are_bounded_together_and_a_plane_far_beyond_the_end_is_refused() -> None:
+    far = NapariSink(ViewerModel())
+    far(plane(1), at(1024))  # 1,024 planes beyond an empty stack's end: the limit
+    with pytest.raises(ValueError, match="beyond its end"):
+        far(plane(1), at(1025, name="other"))
+    viewer = ViewerModel()
+    sink = NapariSink(viewer, max_stack_bytes=4 * plane(0).nbytes)
+    sink(plane(1), at(0, name="a"))
+    sink(plane(1), at(1, name="a"))
+    sink(plane(1), at(1, name="b"))  # 2 + 2 planes: all four the stacks may hold
+    with pytest.raises(ValueError, match="for all stacks"):
+        sink(plane(1), at(0, name="c"))
+
+
+def test_a_closed_sink_refuses_even_before_its_first_image() -> None:
+    sink = NapariSink(ViewerModel())
+    sink.close()
+    with pytest.raises(ChannelClosed):
+        sink(plane(1), {"name": "late"})

@@ -140,8 +140,9 @@ class QtMainThreadCall:
         with self._lock:
             self._closed = True
             queued, self._queued = list(self._queued), {}
-            for call in queued:
+            for call in queued:  # superqt still holds the call: let go of its arguments
                 call.state, call.error = _State.WITHDRAWN, ChannelClosed(reason)
+                call.args, call.kwargs = (), {}
         for call in queued:
             call.finished.set()
         if queued and not self.wait:
@@ -174,6 +175,7 @@ class QtMainThreadCall:
                 state = call.state
                 if state is _State.QUEUED:
                     call.state = _State.WITHDRAWN
+                    call.args, call.kwargs = (), {}  # superqt holds the call until it runs
                     self._queued.pop(call, None)
                 elif state is _State.RUNNING:
                     call.state = _State.ABANDONED

@@ -158,6 +158,7 @@ class ServerAuthentication:
     def apply(self, socket: zmq.Socket[bytes]) -> None:
         """Require these credentials on ``socket`` (before it binds)."""
         socket.zap_domain = self.domain.encode()
+        socket.zap_enforce_domain = True  # no ZAP handler answering: refuse, never admit
         if self.plain is not None:
             socket.plain_server = True
         elif self.curve is not None:
@@ -169,8 +170,9 @@ class ServerAuthentication:
             bound = attrs.evolve(self.file, port=endpoint.port, control_port=endpoint.control_port)
             self.path = bound.write(endpoint.config)
 
-    def close(self) -> None:
-        """Remove the connection file and forget the credentials. Call once."""
+    def close(self) -> bool:
+        """Remove the connection file and forget the credentials. Call once. False when the
+        authenticator's thread did not stop (see :func:`release_authenticator`)."""
         if self.path is not None:
             remove_connection_file(self.path, os.getpid())
-        release_authenticator(self.context, self.domain)
+        return release_authenticator(self.context, self.domain)

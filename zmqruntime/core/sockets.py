@@ -185,10 +185,11 @@ class SocketPair:
         linger_ms = 0 if linger == 0 else ms(self.config.linger if linger is None else linger)
         self.data.close(linger=linger_ms)
         self.control.close(linger=linger_ms)
-        if self.authentication is not None:
-            self.authentication.close()
-        if self.owns_context:
-            self.context.term()
+        stopped = self.authentication is None or self.authentication.close()
+        if self.owns_context and stopped:
+            self.context.term()  # with a ZAP thread stuck, term() would wait for it forever
+        elif self.owns_context:
+            logger.error("left a zmq context open: its ZAP authentication thread is stuck")
         if self.removes_ipc_files:
             for number in (self.data_port, self.control_port):
                 remove_ipc_socket(number, self.config)

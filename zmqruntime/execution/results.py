@@ -47,6 +47,13 @@ class ResultCache:
                 _key, (_frames, dropped) = self._entries.popitem(last=False)
                 self._size -= dropped
 
+    def forget(self, execution_id: str) -> None:
+        """Drop the result kept for ``execution_id`` (its id now names another execution)."""
+        with self._lock:
+            entry = self._entries.pop(execution_id, None)
+            if entry is not None:
+                self._size -= entry[1]
+
     def get(self, execution_id: str) -> list[Buffer] | None:
         with self._lock:
             entry = self._entries.get(execution_id)

@@ -296,6 +296,9 @@ class ExecutionServer:
         except (ValueError, TypeError) as exc:
             return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
         record, _created = self._store.submit(execution_id, request.labels, digest, peer.user)
+        # The id may have named an execution whose record expired but whose result is still
+        # kept: that result belongs to its submitter, never to this one.
+        self._waiters.results.forget(execution_id)
         self._waiters.expect(execution_id, (peer, answer_to))
         try:
             self.pool.submit(Job(execution_id, task, record.labels))

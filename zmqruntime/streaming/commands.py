@@ -35,6 +35,7 @@ from zmqruntime.errors import (
     ChannelClosed,
     ConfigurationError,
     ErrorCode,
+    LocalProtocolError,
     ProtocolError,
     RemoteError,
     ServerLost,
@@ -69,6 +70,8 @@ MAX_REPLY_BYTES: Final = 256 << 20
 """A command's reply, encoded (256 MiB: a screenshot of a 4K canvas as an array is 33 MiB)."""
 MAX_COMMAND_SENDERS: Final = 1024
 """Senders a viewer remembers the control connection of; the least recent is forgotten."""
+MAX_PREFIX: Final = 256
+"""Characters of a sender's id prefix (its own are ``<tracker key>-<12 hex>``)."""
 
 
 _at_least_one = checked(check_count, 1)
@@ -122,8 +125,8 @@ class ViewerCommands:
     def register(self, payload: Any, peer: Peer) -> bool:
         """Request worker: replies to commands with ``reply_to`` = ``prefix`` go to ``peer``."""
         prefix = payload.get("prefix") if isinstance(payload, dict) else None
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError('command replies need a payload {"prefix": "<sender id prefix>"}')
+        if not isinstance(prefix, str) or not 0 < len(prefix) <= MAX_PREFIX:
+            raise ValueError('command replies need a payload {"prefix": "<1 to 256 characters>"}')
         with self._lock:
             self._peers[prefix] = peer
             self._peers.move_to_end(prefix)
@@ -209,7 +212,12 @@ class ViewerCommands:
             )
             return
         with contextlib.suppress(ChannelClosed):  # closing: the sender hears no more
-            self._server.send(peer, reply)
+            try:
+                self._server.send(peer, reply)
+            except LocalProtocolError as exc:  # e.g. text with lone surrogates from the args
+                why = f"the reply to {frame.name!r} could not be encoded: {exc}"
+                text = why.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+                self._server.send(peer, _failure(frame, ErrorCode.HANDLER_FAILED, text[:4096]))
 
 
 Post = Callable[[CommandFrame, str], None]

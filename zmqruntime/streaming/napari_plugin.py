@@ -63,6 +63,14 @@ class _OnMainThread:
     def take_item(self, item: Any, metadata: Mapping[str, Any], /) -> None:
         self.call(_in_napari, self.sink.take_item, item, metadata)
 
+    def take_batch(self, items: Any, metadatas: Any, batch_metadata: Any, /) -> None:
+        self.call(_in_napari, self.sink.take_batch, items, metadatas, batch_metadata)
+
+    def commands(self) -> Mapping[str, Any]:
+        """The sink's commands (they reach napari's thread through the sink itself)."""
+        commands: Mapping[str, Any] = self.sink.commands()
+        return commands
+
     def close(self) -> None:
         self.call.close()
         self.sink.close()

@@ -45,6 +45,8 @@ def _child_log(endpoint: Endpoint) -> IO[bytes]:
     """A new log file for a launched child, ``child-<launcher pid>-*.log`` in the user's
     runtime folder (removed when the manager releases it). A launcher killed before it could
     remove its logs leaves them there, so the logs of launchers that are gone go first."""
+    if os.name != "posix":  # no per-user runtime folder checks there: the system's temp folder
+        return tempfile.NamedTemporaryFile(prefix="zmqruntime-child-", suffix=".log")
     folder = runtime_directory(endpoint.config, create=True)
     for stale in folder.glob("child-*.log"):
         launcher = stale.name.split("-")[1]
@@ -212,11 +214,11 @@ class VisualizerProcessManager:
 
     def _launch(self) -> subprocess.Popen[bytes]:
         env: dict[str, str] = {**os.environ, **self.spec.env}
+        self._log = _child_log(self.endpoint)  # first: it may raise, the lifeline must not leak
         lifeline = open_lifeline()
         if lifeline is not None:  # the child gets the read end; the write end lives in _release
             read_end, self._lifeline = lifeline
             env[LIFELINE_ENV] = str(read_end)
-        self._log = _child_log(self.endpoint)
         command = " ".join(self.spec.argv)
         try:
             self._process = subprocess.Popen(

@@ -49,7 +49,7 @@ from zmqruntime.streaming.backlog import (
     stream_of,
 )
 from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, VIEWER_LIMITS, Acked, acks_for, show_batch
-from zmqruntime.streaming.commands import ViewerCommands
+from zmqruntime.streaming.commands import MAX_PREFIX, ViewerCommands
 from zmqruntime.streaming.item_wire import item_from_frame
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
@@ -248,8 +248,8 @@ class StreamingServer:
     def _copy_acks(self, payload: Any, peer: Peer) -> bool:
         """Request worker: send ``peer`` a copy of the acks of images ``prefix-<number>``."""
         prefix = payload.get("prefix") if isinstance(payload, dict) else None
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError('ack copies need a payload {"prefix": "<image id prefix>"}')
+        if not isinstance(prefix, str) or not 0 < len(prefix) <= MAX_PREFIX:
+            raise ValueError('ack copies need a payload {"prefix": "<1 to 256 characters>"}')
         with self._room:
             self._copies[prefix] = peer
             self._copies.move_to_end(prefix)
@@ -270,9 +270,12 @@ class StreamingServer:
                     if self._stopping:
                         return
                     show, skip = self._take()
-                for image in skip:
-                    self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
-                self._show(acks, show)
+                try:
+                    for image in skip:
+                        self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
+                    self._show(acks, show)
+                except Exception:  # the net: no one message may end the sink thread
+                    logger.exception("viewer: could not handle a %s", show.TYPE.value)
         finally:
             self._drain_on_close(acks)
             acks.close()

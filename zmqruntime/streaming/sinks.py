@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, ClassVar, final
 import attrs
 import numpy
 
+from zmqruntime.errors import ChannelClosed
 from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
 from zmqruntime.protocols import CommandHandler
 from zmqruntime.streaming.display import apply_display, axis_labels, layer_display
@@ -187,9 +189,11 @@ class NapariSink:
     default_name: str = "stream"
     timeout: float = 30.0
     max_stack_bytes: int = MAX_STACK_BYTES
-    """Bytes of one stack's planes (see :mod:`~zmqruntime.streaming.stacks`)."""
+    """Bytes of all stacks' planes together (see :mod:`~zmqruntime.streaming.stacks`)."""
     item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
     _stacks: Stacks = attrs.field(init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _invoke: Callable[[Callable[[], Any]], Any] | None = attrs.field(default=None, init=False)
 
     @_stacks.default
@@ -306,11 +310,16 @@ class NapariSink:
         return update
 
     def _run(self, call: Callable[[], Any]) -> Any:
-        """``call()`` on napari's Qt thread (in this one for a headless viewer): its result."""
-        if self._invoke is None:
-            windowed = getattr(self.viewer, "window", None) is not None
-            self._invoke = on_qt_main_thread(_call, timeout=self.timeout) if windowed else _call
-        return self._invoke(call)
+        """``call()`` on napari's Qt thread (in this one for a headless viewer): its result.
+        ``ChannelClosed`` once the sink is closed."""
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed("this NapariSink is closed")
+            if self._invoke is None:
+                windowed = getattr(self.viewer, "window", None) is not None
+                self._invoke = on_qt_main_thread(_call, timeout=self.timeout) if windowed else _call
+            invoke = self._invoke
+        return invoke(call)
 
     def commands(self) -> Mapping[str, CommandHandler]:
         """``clear``, ``layers``, ``screenshot``, ``set_display`` and ``close``, each run on
@@ -318,10 +327,13 @@ class NapariSink:
         return napari_commands(self.viewer, self._run)
 
     def close(self) -> None:
-        """Release a call still waiting for the Qt thread; leave the viewer open: it belongs
-        to the application."""
-        if isinstance(self._invoke, QtMainThreadCall):
-            self._invoke.close()
+        """Release a call still waiting for the Qt thread and refuse later ones; leave the
+        viewer open: it belongs to the application."""
+        with self._lock:
+            self._closed = True
+            invoke = self._invoke
+        if isinstance(invoke, QtMainThreadCall):
+            invoke.close()
 
 
 def _call(call: Callable[[], Any]) -> Any:

@@ -16,7 +16,10 @@ import numpy
 __all__ = ["MAX_STACK_BYTES", "StackPlace", "Stacks"]
 
 MAX_STACK_BYTES: Final = 2 << 30
-"""Default bytes of one stack's planes (the buffer never grows past it)."""
+"""Default bytes of all of a sink's stacks' buffers together."""
+MAX_STACK_GAP: Final = 1024
+"""Planes a new plane may lie beyond the end of its stack (so one message cannot make a
+sender-chosen stack huge at once)."""
 _MAX_AXIS_NAME: Final = 64
 
 
@@ -47,8 +50,8 @@ class StackPlace:
 @final
 @attrs.define(eq=False)
 class Stacks:
-    """The buffers of a sink's stacks, by layer name. Not thread-safe: a sink uses it from the
-    one thread that draws (napari's Qt thread)."""
+    """The buffers of a sink's stacks, by layer name, at most ``max_bytes`` of them in all.
+    Not thread-safe: a sink uses it from the one thread that draws (napari's Qt thread)."""
 
     max_bytes: int = MAX_STACK_BYTES
     _buffers: dict[str, numpy.ndarray[Any, Any]] = attrs.field(factory=dict, init=False)
@@ -63,7 +66,8 @@ class Stacks:
         """The stack ``name`` with ``plane`` at ``index``: a view of its buffer, at least
         ``index + 1`` planes long. ``shown`` is what the layer shows now: a stack whose layer
         shows something else (replaced, removed: None) starts again. ``ValueError`` for a
-        plane of another shape or dtype than the stack's, or past ``max_bytes``."""
+        plane of another shape or dtype than the stack's, more than :data:`MAX_STACK_GAP`
+        planes beyond its end, or stacks past ``max_bytes`` in all."""
         buffer = self._buffers.get(name)
         if buffer is None or shown is None or shown.base is not buffer:
             buffer, length = None, 0
@@ -75,12 +79,18 @@ class Stacks:
                     f"{plane.shape} {plane.dtype}; give this one another layer name"
                 )
         needed = max(length, index + 1)
-        most = self.max_bytes // max(1, plane.nbytes)
+        if index > length + MAX_STACK_GAP:
+            raise ValueError(
+                f"plane {index} of the stack {name!r} lies more than {MAX_STACK_GAP} planes "
+                f"beyond its end ({length} planes)"
+            )
+        others = sum(b.nbytes for key, b in self._buffers.items() if key != name)
+        most = max(0, self.max_bytes - others) // max(1, plane.nbytes)
         if needed > most:
             raise ValueError(
                 f"plane {index} of the stack {name!r} would make it {needed} planes of "
-                f"{plane.nbytes} bytes, over the limit of {self.max_bytes} bytes "
-                "(NapariSink(max_stack_bytes=...))"
+                f"{plane.nbytes} bytes, past the limit of {self.max_bytes} bytes for all "
+                "stacks (NapariSink(max_stack_bytes=...))"
             )
         if buffer is None or needed > buffer.shape[0]:
             capacity = max(needed, min(2 * length, most))
