@@ -363,7 +363,7 @@ def test_a_plane_of_another_shape_or_dtype_or_past_the_bytes_is_refused() -> Non
     with pytest.raises(ValueError, match="holds"):
         sink(plane(1, dtype=numpy.uint8), at(1))
     sink(plane(3), at(2))  # 3 planes: exactly the limit
-    with pytest.raises(ValueError, match="over the limit"):
+    with pytest.raises(ValueError, match="past the limit"):
         sink(plane(4), at(3))
     assert viewer.layers["movie"].data.shape == (3, 4, 5)
 
