@@ -50,6 +50,7 @@ from zmqruntime.streaming import (
     StreamMode,
     sink_from_spec,
 )
+from zmqruntime.streaming.thread_sockets import MAX_THREAD_SOCKETS
 
 WAIT = 10.0
 """Deadline for anything that should happen promptly; reached only when something is broken."""
@@ -310,9 +311,7 @@ def test_many_sending_threads_share_one_bound_and_every_image_is_acked(
     """Each calling thread sends on a socket of its own (up to MAX_THREAD_SOCKETS, then
     through the I/O thread); threads that end leave room for new ones. Nothing is lost, each
     thread's images arrive in its order, and max_in_flight holds across all of them."""
-    from zmqruntime.streaming import sender as sender_module  # noqa: PLC0415
-
-    limit, rounds, threads_per_round, per_thread = 4, 2, sender_module.MAX_THREAD_SOCKETS + 4, 5
+    limit, rounds, threads_per_round, per_thread = 4, 2, MAX_THREAD_SOCKETS + 4, 5
     seen: list[tuple[int, int]] = []
     pending_seen: list[int] = []
     holder: dict[str, ImageSender] = {}

@@ -123,10 +123,12 @@ class QueueTracker:
     ) -> bool:
         """:meth:`wait_and_register` for several ids at once (a batch and its items): waits
         until they all fit under ``limit`` pending, or, when they are more than ``limit``,
-        until nothing is pending; ``False`` (nothing registered) after ``timeout`` seconds."""
+        until nothing is pending; ``False`` (nothing registered) after ``timeout`` seconds
+        (checked only when it has to wait)."""
         room = max(1, limit - len(item_ids) + 1)
         with self._condition:
-            if not self.wait_pending_below(room, timeout):
+            # The common case (there is room) skips the checks and the predicate of a wait.
+            if len(self._pending) >= room and not self.wait_pending_below(room, timeout):
                 return False
             for item_id in item_ids:
                 self._register(item_id)

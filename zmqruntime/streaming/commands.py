@@ -12,7 +12,6 @@ sender's control connection, which the sender named to the viewer beforehand by 
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -30,7 +29,7 @@ from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.messages import CommandFrame, CommandReply
 from zmqruntime.core.requests import serializer_refusal
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
-from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.core.server import ZMQServer
 from zmqruntime.errors import (
     ChannelClosed,
     ConfigurationError,
@@ -42,6 +41,7 @@ from zmqruntime.errors import (
     ZMQTimeoutError,
 )
 from zmqruntime.protocols import CommandHandler, CommandSink, TaskSerializer
+from zmqruntime.streaming.sender_peers import SenderPeers
 
 __all__ = [
     "COMMAND_REPLIES",
@@ -70,8 +70,6 @@ MAX_REPLY_BYTES: Final = 256 << 20
 """A command's reply, encoded (256 MiB: a screenshot of a 4K canvas as an array is 33 MiB)."""
 MAX_COMMAND_SENDERS: Final = 1024
 """Senders a viewer remembers the control connection of; the least recent is forgotten."""
-MAX_PREFIX: Final = 256
-"""Characters of a sender's id prefix (its own are ``<tracker key>-<12 hex>``)."""
 
 
 _at_least_one = checked(check_count, 1)
@@ -102,8 +100,8 @@ class ViewerCommands:
     _table: dict[str, CommandHandler] = attrs.field(factory=dict, init=False)
     _server: ZMQServer | None = attrs.field(default=None, init=False)
     _serializer: TaskSerializer = attrs.field(factory=SafeSerializer, init=False)
-    _peers: collections.OrderedDict[str, Peer] = attrs.field(
-        factory=collections.OrderedDict, init=False
+    _peers: SenderPeers = attrs.field(
+        factory=lambda: SenderPeers("command replies", MAX_COMMAND_SENDERS), init=False
     )
     _pending: int = attrs.field(default=0, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -120,19 +118,7 @@ class ViewerCommands:
         self._server = server
         self._serializer = server.serializer
         requests = server.requests
-        requests.handlers = {**requests.handlers, COMMAND_REPLIES: self.register}
-
-    def register(self, payload: Any, peer: Peer) -> bool:
-        """Request worker: replies to commands with ``reply_to`` = ``prefix`` go to ``peer``."""
-        prefix = payload.get("prefix") if isinstance(payload, dict) else None
-        if not isinstance(prefix, str) or not 0 < len(prefix) <= MAX_PREFIX:
-            raise ValueError('command replies need a payload {"prefix": "<1 to 256 characters>"}')
-        with self._lock:
-            self._peers[prefix] = peer
-            self._peers.move_to_end(prefix)
-            while len(self._peers) > MAX_COMMAND_SENDERS:
-                self._peers.popitem(last=False)
-        return True
+        requests.handlers = {**requests.handlers, COMMAND_REPLIES: self._peers.register}
 
     def accept(self, frame: CommandFrame) -> bool:
         """I/O thread: whether to queue ``frame`` for the sink thread; if not, it is answered
@@ -201,8 +187,7 @@ class ViewerCommands:
 
     def reply(self, frame: CommandFrame, reply: CommandReply) -> None:
         """Send ``reply`` to the sender of ``frame`` (any thread), if it named its connection."""
-        with self._lock:
-            peer = self._peers.get(frame.reply_to)
+        peer = self._peers.peer_of(frame.reply_to)
         if peer is None or self._server is None:
             logger.warning(
                 "no control connection is known for sender %r: the reply to its command %r is "

@@ -3,9 +3,9 @@ acknowledgement for every one.
 
 Pixels travel as one raw frame (zero-copy for contiguous arrays) with dtype and shape in the
 JSON header; an item's arrays as one raw frame each. Each calling thread sends on a PUSH socket
-of its own, so an image costs no hand-off to an I/O thread; past :data:`MAX_THREAD_SOCKETS`
-calling threads, with ``ack_to`` (the sent notice must go first) and for IPv6 hosts, images go
-through the client's I/O thread.
+of its own (:class:`~zmqruntime.streaming.thread_sockets.ThreadSockets`), so an image costs no
+hand-off to an I/O thread; past its limit of calling threads, with ``ack_to`` (the sent notice
+must go first) and for IPv6 hosts, images go through the client's I/O thread.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import attrs
 import numpy
 import zmq
 
+from zmqruntime.config import check_seconds
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
@@ -31,6 +32,7 @@ from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ImageSent, Ite
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
+from zmqruntime.core.socket_options import Socket
 from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
 from zmqruntime.streaming import batches
@@ -39,7 +41,7 @@ from zmqruntime.streaming.commands import CommandCalls
 from zmqruntime.streaming.item_wire import frame_from_item
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
 from zmqruntime.streaming.server import ACK_COPIES
-from zmqruntime.streaming.thread_sockets import MAX_THREAD_SOCKETS, ThreadSocket
+from zmqruntime.streaming.thread_sockets import ThreadSockets
 
 __all__ = ["ImageSender"]
 
@@ -78,12 +80,13 @@ class ImageSender:
     _numbers: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    _thread_sockets: dict[int, ThreadSocket] = attrs.field(factory=dict, init=False)
+    _threads: ThreadSockets = attrs.field(init=False)
     _limit: float = attrs.field(default=0.0, init=False)
     _copies_asked: threading.Event = attrs.field(factory=threading.Event, init=False)
     _copies_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _viewer_limits: Any = attrs.field(default=None, init=False)
     _commands: CommandCalls = attrs.field(init=False)
+    _ack_at: str | None = attrs.field(default=None, init=False)  # ack_address, once connected
 
     @classmethod
     def to(
@@ -117,8 +120,10 @@ class ImageSender:
         # Unique per sender: several senders (processes) may share one tracker key.
         self._id_prefix = f"{self._key}-{uuid.uuid4().hex[:12]}"
         timeout = self.send_timeout
-        self._limit = self.client.config.request_timeout if timeout is None else timeout
+        limit = self.client.config.request_timeout if timeout is None else timeout
+        self._limit = check_seconds("send_timeout", limit)
         self._commands = CommandCalls(self.client, self._id_prefix)
+        self._threads = ThreadSockets(self._open_thread_socket)
 
     def connect(self) -> ImageSender:
         """Connect to the viewer and (without ``ack_to``) start the ack listener. Idempotent."""
@@ -144,6 +149,7 @@ class ImageSender:
             # A restarted viewer knows nothing of this sender: ask it again.
             self.client.listen(on_message=self._on_control, on_disconnect=self._on_lost)
             self.client.connect()
+            self._ack_at = self.ack_address  # fixed from here on; each image names it
             self._connected = True
         return self
 
@@ -154,9 +160,7 @@ class ImageSender:
             if self._closed:
                 return
             self._closed = True
-            thread_sockets, self._thread_sockets = self._thread_sockets, {}
-        for entry in thread_sockets.values():  # before the client ends the context they live in
-            entry.close()
+        self._threads.close()  # before the client ends the context their sockets live in
         self._commands.fail_all(ChannelClosed("the ImageSender closed"))
         self.client.close()
         if self.channel is not None:
@@ -228,7 +232,7 @@ class ImageSender:
                 image_id=image_id,
                 tracker_key=self._key,
                 metadata=meta,
-                ack_to=self.ack_address,
+                ack_to=self._ack_at,
                 copy=copy,
             )
         else:
@@ -237,7 +241,7 @@ class ImageSender:
                 image_id=image_id,
                 tracker_key=self._key,
                 metadata=meta,
-                ack_to=self.ack_address,
+                ack_to=self._ack_at,
             )
         self._dispatch(frame, [image_id], f"image {image_id}")
         return image_id
@@ -268,7 +272,7 @@ class ImageSender:
 
     def _send_in_order(self, frame: Message, what: str, frames: list[Any] | None = None) -> None:
         """Send where the calling thread's images go (its socket, or the client's I/O thread)."""
-        entry = self._thread_socket() if self.ack_to is None else None
+        entry = self._threads.current() if self.ack_to is None else None
         if entry is None or entry.socket is None:
             self.client.send_data(frame)
             return
@@ -312,35 +316,14 @@ class ImageSender:
         self._copies_asked.clear()
         self._commands.lost()
 
-    def _thread_socket(self) -> ThreadSocket:
-        """The calling thread's entry, made on its first send."""
-        thread = threading.current_thread()
-        ident = threading.get_ident()
-        entry = self._thread_sockets.get(ident)
-        if entry is not None and entry.thread is thread:
-            return entry
-        with self._lock:
-            if self._closed:
-                raise ChannelClosed("this ImageSender is closed")
-            # Ended threads' sockets go, and one under this thread's ident (reused before its
-            # thread looked ended).
-            stale = [
-                key
-                for key, other in self._thread_sockets.items()
-                if key == ident or not other.thread.is_alive()
-            ]
-            for key in stale:
-                self._thread_sockets.pop(key).close()
-            owned = sum(other.socket is not None for other in self._thread_sockets.values())
-            socket = None
-            # An IPv6 literal host needs socket options only the client's socket has.
-            if owned < MAX_THREAD_SOCKETS and ":" not in self.client.endpoint.host:
-                pair = self.client.sockets
-                socket = open_connected_socket(
-                    pair.context, zmq.PUSH, pair.data_url, self.client.config, self.client.curve
-                )
-            entry = self._thread_sockets[ident] = ThreadSocket(thread, socket)
-        return entry
+    def _open_thread_socket(self) -> Socket | None:
+        """A data socket for one more calling thread (None: it goes through the I/O thread)."""
+        if ":" in self.client.endpoint.host:  # IPv6 needs options only the client's socket has
+            return None
+        client, pair = self.client, self.client.sockets
+        return open_connected_socket(
+            pair.context, zmq.PUSH, pair.data_url, client.config, client.curve
+        )
 
     def send_batch(
         self,
@@ -361,7 +344,7 @@ class ImageSender:
             self.connect()
         ids = [f"{self._id_prefix}-{next(self._numbers)}" for _ in range(len(items) + 1)]
         frame = batches.batch_frame(
-            items, meta, metas, ids, tracker_key=self._key, ack_to=self.ack_address, copy=copy
+            items, meta, metas, ids, tracker_key=self._key, ack_to=self._ack_at, copy=copy
         )
         if self._viewer_limits is None:
             self._viewer_limits = batches.viewer_limits(self.client, self._limit)

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import queue
 import threading
 from collections.abc import Mapping
 from typing import Any, Final, final
@@ -36,7 +37,7 @@ from zmqruntime.core.messages import (
 from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer
-from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.core.server import ZMQServer
 from zmqruntime.errors import ChannelClosed, InvalidItem
 from zmqruntime.protocols import CommandHandler, ImageSink, RequestHandler, TaskSerializer
 from zmqruntime.streaming.backlog import (
@@ -49,8 +50,9 @@ from zmqruntime.streaming.backlog import (
     stream_of,
 )
 from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, VIEWER_LIMITS, Acked, acks_for, show_batch
-from zmqruntime.streaming.commands import MAX_PREFIX, ViewerCommands
+from zmqruntime.streaming.commands import ViewerCommands
 from zmqruntime.streaming.item_wire import item_from_frame
+from zmqruntime.streaming.sender_peers import SenderPeers
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 
@@ -102,12 +104,16 @@ class StreamingServer:
     commands: ViewerCommands = attrs.field(factory=ViewerCommands)
     """The viewer commands it answers: its sink's and the application's own."""
 
-    # Received by the I/O thread, not yet taken by the sink thread; guarded by _room.
+    # Received by the I/O thread, not yet taken by the sink thread; guarded by _lock, with
+    # _held, _copies, _idle and _stopping. An idle sink thread waits on _doorbell, rung only
+    # when it is idle: a C queue wakes it at a fraction of a Condition's cost, per image.
     _queue: collections.deque[Queued] = attrs.field(factory=collections.deque, init=False)
-    _room: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _doorbell: queue.SimpleQueue[None] = attrs.field(factory=queue.SimpleQueue, init=False)
+    _idle: bool = attrs.field(default=False, init=False)
     _held: list[int] = attrs.field(factory=lambda: [0, 0, 0, 0], init=False)  # see _HELD
-    _copies: collections.OrderedDict[str, Peer] = attrs.field(  # guarded by _room
-        factory=collections.OrderedDict, init=False
+    _copies: SenderPeers = attrs.field(  # a lambda: tests lower the module's bound
+        factory=lambda: SenderPeers("ack copies", MAX_ACK_COPY_SENDERS), init=False
     )
     _stopping: bool = attrs.field(default=False, init=False)  # the sink thread ends
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
@@ -157,7 +163,7 @@ class StreamingServer:
         table = self.server.requests
         table.handlers = {
             **table.handlers,
-            ACK_COPIES: self._copy_acks,
+            ACK_COPIES: self._copies.register,
             VIEWER_LIMITS: lambda _payload, _peer: self._limits(),
         }
         self.commands.start(self.sink, self.server)
@@ -192,9 +198,9 @@ class StreamingServer:
         self._closed = True
         limit = self.server.config.close_timeout if timeout is None else timeout
         self.server.close(limit)
-        with self._room:
+        with self._lock:
             self._stopping = True
-            self._room.notify_all()
+        self._doorbell.put(None)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(limit)
             if self._thread.is_alive():
@@ -211,24 +217,33 @@ class StreamingServer:
     def statistics(self) -> StreamingStatistics:
         """Images received, processed, skipped and failed, how many wait for the sink, and the
         backlog now and at its peak."""
-        with self._room:
+        with self._lock:
             held, waiting = list(self._held), len(self._queue)
         return StreamingStatistics(
             **self._counts, waiting=waiting, **dict(zip(_HELD, held, strict=True))
         )
 
     def _full(self) -> bool:
-        """Whether the I/O thread must stop reading images (any thread)."""
-        with self._room:  # re-entrant
-            return self._held[0] >= self.backlog_limit or self._held[1] >= self.backlog_bytes
+        """Whether the I/O thread must stop reading images (any thread but with ``_lock``)."""
+        with self._lock:
+            return self._is_full()
+
+    def _is_full(self) -> bool:
+        return self._held[0] >= self.backlog_limit or self._held[1] >= self.backlog_bytes
+
+    def _enqueue(self, message: Queued) -> None:
+        """Queue for the sink thread (``_lock`` held), and wake it if it waits."""
+        self._queue.append(message)
+        if self._idle:
+            self._idle = False
+            self._doorbell.put(None)
 
     def _on_data(self, message: Message) -> None:
         """I/O thread, which reads nothing more while the backlog is full."""
         if isinstance(message, CommandFrame):  # not in the backlog: bounded on its own
             if self.commands.accept(message):
-                with self._room:
-                    self._queue.append(message)
-                    self._room.notify_all()
+                with self._lock:
+                    self._enqueue(message)
             return
         if not isinstance(message, ImageFrame | ItemFrame | BatchFrame):
             logger.warning(
@@ -237,25 +252,12 @@ class StreamingServer:
             return
         size, count = pixel_bytes(message), item_count(message)
         held = self._held
-        with self._room:
+        with self._lock:
             held[0] += count
             held[1] += size
             held[2], held[3] = max(held[2], held[0]), max(held[3], held[1])
             self._counts["received"] += count
-            self._queue.append(message)
-            self._room.notify_all()
-
-    def _copy_acks(self, payload: Any, peer: Peer) -> bool:
-        """Request worker: send ``peer`` a copy of the acks of images ``prefix-<number>``."""
-        prefix = payload.get("prefix") if isinstance(payload, dict) else None
-        if not isinstance(prefix, str) or not 0 < len(prefix) <= MAX_PREFIX:
-            raise ValueError('ack copies need a payload {"prefix": "<1 to 256 characters>"}')
-        with self._room:
-            self._copies[prefix] = peer
-            self._copies.move_to_end(prefix)
-            while len(self._copies) > MAX_ACK_COPY_SENDERS:
-                self._copies.popitem(last=False)
-        return True
+            self._enqueue(message)
 
     def _run_sink(self) -> None:
         config = self.server.config
@@ -264,12 +266,16 @@ class StreamingServer:
         try:
             # Once stopping, what still waits is acked as skipped on the way out.
             while True:
-                with self._room:
-                    while not self._queue and not self._stopping:
-                        self._room.wait(_WAKE_SECONDS)
+                with self._lock:
                     if self._stopping:
                         return
-                    show, skip = self._take()
+                    idle = self._idle = not self._queue
+                    if not idle:
+                        show, skip = self._take()
+                if idle:  # a late ring only costs one more turn of this loop
+                    with contextlib.suppress(queue.Empty):
+                        self._doorbell.get(timeout=_WAKE_SECONDS)
+                    continue
                 try:
                     for image in skip:
                         self._ack(acks, image, AckOutcome.SKIPPED, "a newer frame was shown")
@@ -282,7 +288,7 @@ class StreamingServer:
             self._close_sink()
 
     def _take(self) -> tuple[Queued, list[Frame]]:
-        """The next image, item or command and the frames to skip (sink thread, ``_room``
+        """The next image, item or command and the frames to skip (sink thread, ``_lock``
         held). A newer frame replaces an older one only if no command lies between them."""
         first = self._queue.popleft()
         if self.mode is StreamMode.ALL or isinstance(first, CommandFrame):
@@ -345,14 +351,13 @@ class StreamingServer:
         its own) (sink thread)."""
         for _image_id, outcome, _error in acked[: item_count(image)]:
             self._counts[outcome.value] += 1
-        with self._room:
-            full = self._full()
+        with self._lock:
+            full = self._is_full()
             self._held[0] -= item_count(image)
             self._held[1] -= pixel_bytes(image)
-            prefix = acked[-1][0].rpartition("-")[0]
-            peer = self._copies.get(prefix) if self._copies else None
         if full:  # the I/O thread may read again
             self.server.wake()
+        peer = self._copies.peer_of(acked[-1][0].rpartition("-")[0])
         for image_id, outcome, error in acked:
             ack = Ack(
                 image_id=image_id,
@@ -368,7 +373,7 @@ class StreamingServer:
                     self.server.send(peer, ack)
 
     def _drain_on_close(self, acks: AckSender) -> None:
-        with self._room:
+        with self._lock:
             left, self._queue = list(self._queue), collections.deque()
         for image in left:
             if isinstance(image, CommandFrame):
