@@ -1664,7 +1664,9 @@ def test_eight_clients_twenty_thousand_tasks_lose_nothing(config: ZMQConfig) -> 
         if error is None:
             assert execution.future.result() == {"c": c, "n": n, "square": n * n}, eid
             assert record.status is ExecutionStatus.COMPLETE and n % 17 != 3, eid
-            assert ran[eid] == 1 and cancels.get(eid) is not True, eid
+            # cancel() says True for a task it found running, which may then finish before it
+            # looks at ctx.cancelled (CI saw one): that is still a complete, single run.
+            assert ran[eid] == 1, eid
             tally["complete"] += 1
         elif isinstance(error, TaskFailed):
             assert n % 17 == 3 and error.error_type == "RuntimeError", (eid, error)
