@@ -9,11 +9,9 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from zmqruntime.config import ZMQConfig
 from zmqruntime.core import wire
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import ProgressEvent
-from zmqruntime.core.security import ServerCurve
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ConfigurationError, ErrorCode, RemoteProtocolError, TaskCancelled
 from zmqruntime.protocols import Buffer, TaskSerializer
@@ -167,16 +165,6 @@ class JobSink:
     freed: Callable[[], None]
     endpoint: Endpoint = attrs.field(factory=lambda: Endpoint.tcp(0))
     serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
-
-    @property
-    def config(self) -> ZMQConfig:
-        """The server's configuration."""
-        return self.endpoint.config
-
-    @property
-    def curve(self) -> ServerCurve | None:
-        """The server's CURVE keys, if any."""
-        return self.endpoint.server_curve
 
 
 @final
