@@ -18,6 +18,8 @@ from zmqruntime.protocols import Buffer, TaskSerializer
 
 __all__ = [
     "INLINE_DECODE_BYTES",
+    "NO_SERVER",
+    "SAFE",
     "Cancelled",
     "Completed",
     "EncodedTask",
@@ -35,6 +37,11 @@ __all__ = [
 INLINE_DECODE_BYTES: Final = 64 << 10
 """Task payloads with a frame 0 up to this size are decoded on the I/O thread; larger ones by
 the worker that runs them."""
+NO_SERVER: Final = Endpoint.tcp(0)
+"""The endpoint of a pool started without a server: loopback TCP, default configuration, no
+keys (where a remote pool's inlet then binds)."""
+SAFE: Final = SafeSerializer()
+"""The serializer of a pool started without a server's."""
 
 
 @final
@@ -163,8 +170,8 @@ class JobSink:
     progress: Callable[[ProgressEvent], None]
     finished: Callable[[Job, Outcome], None]
     freed: Callable[[], None]
-    endpoint: Endpoint = attrs.field(factory=lambda: Endpoint.tcp(0))
-    serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
+    endpoint: Endpoint = NO_SERVER
+    serializer: TaskSerializer = SAFE
 
 
 @final
