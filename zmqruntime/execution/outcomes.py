@@ -41,7 +41,7 @@ NO_SERVER: Final = Endpoint.tcp(0)
 """The endpoint of a pool started without a server: loopback TCP, default configuration, no
 keys (where a remote pool's inlet then binds)."""
 SAFE: Final = SafeSerializer()
-"""The serializer of a pool started without a server's."""
+"""The serializer a pool started without a server gives its backend (the safe one)."""
 
 
 @final
