@@ -26,11 +26,11 @@ from zmqruntime.core.credentials import (
 )
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import ServerCurve
+from zmqruntime.core.socket_options import Context
 
 __all__ = ["ServerAuthentication", "acquire_authenticator", "release_authenticator"]
 
 logger = logging.getLogger(__name__)
-Context = zmq.Context[zmq.Socket[bytes]]
 
 _authenticators_lock = threading.Lock()
 _authenticators: dict[int, tuple[zmq.auth.thread.ThreadAuthenticator, int]] = {}

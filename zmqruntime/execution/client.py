@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, final
 
 import attrs
-import zmq
 
 from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.endpoint import Endpoint
@@ -37,6 +36,7 @@ from zmqruntime.core.messages import (
     SummaryReply,
 )
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
+from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import (
     ProtocolError,
     RemoteProtocolError,
@@ -78,7 +78,7 @@ class ExecutionClient:
         endpoint: Endpoint,
         *,
         serializer: TaskSerializer | None = None,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        context: Context | None = None,
         **options: Any,
     ) -> ExecutionClient:
         """A client with its own :class:`~zmqruntime.ZMQClient` for the server at

@@ -9,17 +9,17 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from zmqruntime.config import ZMQConfig
 from zmqruntime.core import wire
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import ProgressEvent
-from zmqruntime.core.security import ServerCurve
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ConfigurationError, ErrorCode, RemoteProtocolError, TaskCancelled
 from zmqruntime.protocols import Buffer, TaskSerializer
 
 __all__ = [
     "INLINE_DECODE_BYTES",
+    "NO_SERVER",
+    "SAFE",
     "Cancelled",
     "Completed",
     "EncodedTask",
@@ -37,6 +37,11 @@ __all__ = [
 INLINE_DECODE_BYTES: Final = 64 << 10
 """Task payloads with a frame 0 up to this size are decoded on the I/O thread; larger ones by
 the worker that runs them."""
+NO_SERVER: Final = Endpoint.tcp(0)
+"""The endpoint of a pool started without a server: loopback TCP, default configuration, no
+keys (where a remote pool's inlet then binds)."""
+SAFE: Final = SafeSerializer()
+"""The serializer a pool started without a server gives its backend (the safe one)."""
 
 
 @final
@@ -165,18 +170,8 @@ class JobSink:
     progress: Callable[[ProgressEvent], None]
     finished: Callable[[Job, Outcome], None]
     freed: Callable[[], None]
-    endpoint: Endpoint = attrs.field(factory=lambda: Endpoint.tcp(0))
-    serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
-
-    @property
-    def config(self) -> ZMQConfig:
-        """The server's configuration."""
-        return self.endpoint.config
-
-    @property
-    def curve(self) -> ServerCurve | None:
-        """The server's CURVE keys, if any."""
-        return self.endpoint.server_curve
+    endpoint: Endpoint = NO_SERVER
+    serializer: TaskSerializer = SAFE
 
 
 @final

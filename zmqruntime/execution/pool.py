@@ -17,12 +17,13 @@ import attrs
 
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit
-from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.errors import ChannelClosed
 from zmqruntime.execution.backends.inlet import RemoteWorkers
 from zmqruntime.execution.backends.processes import ProcessWorkers
 from zmqruntime.execution.backends.threads import ThreadWorkers, worker_count
 from zmqruntime.execution.outcomes import (
+    NO_SERVER,
+    SAFE,
     Cancelled,
     Failed,
     Job,
@@ -127,8 +128,8 @@ class WorkerPool:
         executor: TaskExecutor,
         listener: PoolListener,
         *,
-        endpoint: Endpoint | None = None,
-        serializer: TaskSerializer | None = None,
+        endpoint: Endpoint = NO_SERVER,
+        serializer: TaskSerializer = SAFE,
     ) -> None:
         """Start the backend; ``executor`` runs every job, ``listener`` hears about them.
         ``endpoint`` and ``serializer`` are the server's (see
@@ -141,8 +142,8 @@ class WorkerPool:
             progress=listener.progress,
             finished=self._finished,
             freed=self._freed,
-            endpoint=endpoint or Endpoint.tcp(0),
-            serializer=serializer if serializer is not None else SafeSerializer(),
+            endpoint=endpoint,
+            serializer=serializer,
         )
         self.backend.start(executor, sink)
 

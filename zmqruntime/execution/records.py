@@ -22,6 +22,7 @@ import attrs
 from zmqruntime.core import wire
 from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
 from zmqruntime.errors import ConfigurationError
+from zmqruntime.execution.outcomes import Failed
 from zmqruntime.protocols import Buffer
 
 __all__ = [
@@ -220,9 +221,8 @@ class ExecutionStore:
         self, execution_id: str, error_type: str, error_message: str, traceback: str
     ) -> ExecutionRecord | None:
         """QUEUED or RUNNING → FAILED with the error's type, message and traceback."""
-        return self._finish(
-            execution_id, ExecutionStatus.FAILED, error_type, error_message, traceback
-        )
+        failure = Failed(error_type, error_message, traceback)
+        return self._finish(execution_id, ExecutionStatus.FAILED, failure)
 
     def cancel(self, execution_id: str) -> ExecutionRecord | None:
         """QUEUED or RUNNING → CANCELLED; None if unknown or already terminal."""
@@ -245,12 +245,7 @@ class ExecutionStore:
             return len(self._records)
 
     def _finish(
-        self,
-        execution_id: str,
-        status: ExecutionStatus,
-        error_type: str | None = None,
-        error_message: str | None = None,
-        traceback: str | None = None,
+        self, execution_id: str, status: ExecutionStatus, failure: Failed | None = None
     ) -> ExecutionRecord | None:
         from_states = (_RUNNING,) if status is ExecutionStatus.COMPLETE else (_QUEUED, _RUNNING)
         with self._lock:
@@ -263,9 +258,9 @@ class ExecutionStore:
                 status=status,
                 finished_at=now,
                 progress=self._progress.pop(execution_id, record.progress),
-                error_type=error_type,
-                error_message=error_message,
-                traceback=traceback,
+                error_type=failure and failure.error_type,
+                error_message=failure and failure.error_message,
+                traceback=failure and failure.traceback,
             )
             self._counts[record.status] -= 1
             self._counts[status] += 1

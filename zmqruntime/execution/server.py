@@ -47,6 +47,7 @@ from zmqruntime.core.messages import (
 from zmqruntime.core.requests import RequestTable, serializer_refusal
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
+from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
 from zmqruntime.execution.outcomes import (
     Cancelled,
@@ -126,7 +127,7 @@ class ExecutionServer:
         *,
         serializer: TaskSerializer | None = None,
         requests: RequestTable | Mapping[str, RequestHandler] | None = None,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        context: Context | None = None,
         **options: Any,
     ) -> ExecutionServer:
         """An execution server with its own :class:`~zmqruntime.ZMQServer` at ``endpoint``

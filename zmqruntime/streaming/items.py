@@ -22,6 +22,7 @@ from zmqruntime.core.vocabulary import ItemKind
 from zmqruntime.errors import InvalidItem
 
 __all__ = [
+    "ITEM_KINDS",
     "MAX_DIMS",
     "MAX_FEATURES",
     "MAX_FEATURE_NAME",
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_SHAPES",
     "MAX_VERTICES",
     "MIN_DIMS",
+    "ImageOrItem",
     "Item",
     "ItemKind",
     "Labels",
@@ -284,3 +286,7 @@ class Labels:
 
 Item: TypeAlias = Shapes | Points | Labels
 """Any item besides an image."""
+ImageOrItem: TypeAlias = _Array | Item
+"""What a viewer draws: an image (a numpy array) or an item."""
+ITEM_KINDS: Final = tuple(kind.value for kind in ItemKind)
+"""Every kind's name: the ``item_kinds`` of a sink that takes them all."""

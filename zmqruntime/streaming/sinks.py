@@ -20,7 +20,7 @@ from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
 from zmqruntime.protocols import CommandHandler
 from zmqruntime.streaming.display import apply_display, axis_labels, layer_display
 from zmqruntime.streaming.item_wire import item_arrays
-from zmqruntime.streaming.items import Item, Labels, Points, Shapes
+from zmqruntime.streaming.items import ITEM_KINDS, ImageOrItem, Item, Labels, Points, Shapes
 from zmqruntime.streaming.sink_commands import directory_commands, napari_commands
 from zmqruntime.streaming.stacks import MAX_STACK_BYTES, StackPlace, Stacks
 
@@ -50,7 +50,7 @@ class DirectorySink:
 
     directory: Path = attrs.field(converter=Path)
     prefix: str = "image"
-    item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
+    item_kinds: ClassVar[tuple[str, ...]] = ITEM_KINDS
     _next: int = attrs.field(default=-1, init=False)  # -1: the folder is not scanned yet
 
     def __call__(self, image: numpy.ndarray[Any, Any], metadata: Mapping[str, Any], /) -> None:
@@ -71,7 +71,7 @@ class DirectorySink:
 
     def take_batch(
         self,
-        items: Sequence[numpy.ndarray[Any, Any] | Item],
+        items: Sequence[ImageOrItem],
         metadatas: Sequence[Mapping[str, Any]],
         batch_metadata: Mapping[str, Any],
         /,
@@ -190,7 +190,7 @@ class NapariSink:
     timeout: float = 30.0
     max_stack_bytes: int = MAX_STACK_BYTES
     """Bytes of all stacks' planes together (see :mod:`~zmqruntime.streaming.stacks`)."""
-    item_kinds: ClassVar[tuple[str, ...]] = ("shapes", "points", "labels")
+    item_kinds: ClassVar[tuple[str, ...]] = ITEM_KINDS
     _stacks: Stacks = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -211,7 +211,7 @@ class NapariSink:
 
     def take_batch(
         self,
-        items: Sequence[numpy.ndarray[Any, Any] | Item],
+        items: Sequence[ImageOrItem],
         metadatas: Sequence[Mapping[str, Any]],
         batch_metadata: Mapping[str, Any],
         /,

@@ -116,16 +116,17 @@ class RemoteWorkers:
         if hasattr(self, "_server"):
             raise RuntimeError("these RemoteWorkers are already started")
         self._executor, self._sink = executor, sink
-        bind_host = self.host or sink.endpoint.host
+        endpoint = sink.endpoint
+        bind_host = self.host or endpoint.host
         inlet_curve, self._credentials = None, None
-        if sink.curve is not None:
+        if (curve := endpoint.server_curve) is not None:
             keys = generate_curve_keypair()
-            inlet_curve = ServerCurve(sink.curve.keypair, allowed_client_keys={keys.public_key})
-            self._credentials = ClientCurve(keys, sink.curve.keypair.public_key)
+            inlet_curve = ServerCurve(curve.keypair, allowed_client_keys={keys.public_key})
+            self._credentials = ClientCurve(keys, curve.keypair.public_key)
         if self.advertise_host is None:
             wildcard = bind_host in ("0.0.0.0", "*", "::")
             self.advertise_host = socket.gethostname() if wildcard else bind_host
-        at = Endpoint.tcp(0, host=bind_host, config=sink.config, curve=inlet_curve)
+        at = Endpoint.tcp(0, host=bind_host, config=endpoint.config, curve=inlet_curve)
         self._server = ZMQServer(
             at,  # its data socket (PUB) stays unused
             handlers={
@@ -150,14 +151,14 @@ class RemoteWorkers:
         :meth:`start`."""
         if not hasattr(self, "_server"):
             return None
-        port = self._sink.config.control_port(self._server.bound_port)
+        port = self._sink.endpoint.config.control_port(self._server.bound_port)
         return get_zmq_transport_url(port, str(self.advertise_host), TransportMode.TCP)
 
     def run(self, jobs: Sequence[Job]) -> None:
         """Hand ``jobs`` to the engine as one task (a batch when there are several)."""
         jobs, address, sink = list(jobs), self.address, self._sink
         assert address is not None, "not started"
-        link = (address, sink.config, self._credentials, sink.serializer)
+        link = (address, sink.endpoint.config, self._credentials, sink.serializer)
         contexts = [remote.RemoteContext(job.execution_id, dict(job.labels), *link) for job in jobs]
         ids = tuple(job.execution_id for job in jobs)
         handed = [_Handed(job, ids) for job in jobs]
@@ -292,7 +293,7 @@ class RemoteWorkers:
         """Give the worker's completion ``config.request_timeout`` to arrive (see _watch)."""
         with self._lock:
             if job.execution_id in self._jobs:
-                deadline = time.monotonic() + self._sink.config.request_timeout
+                deadline = time.monotonic() + self._sink.endpoint.config.request_timeout
                 heapq.heappush(self._deadlines, (deadline, job.execution_id))
                 self._lock.notify_all()
 

@@ -41,7 +41,7 @@ from zmqruntime.core.messages import (
 )
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
-from zmqruntime.core.socket_options import Socket
+from zmqruntime.core.socket_options import Context, Socket
 from zmqruntime.core.sockets import receive_ready, send_frames
 from zmqruntime.errors import ProtocolError
 from zmqruntime.execution.context import ExecutionContext
@@ -97,7 +97,7 @@ def _thread_link(url: str, config: ZMQConfig, credentials: ClientCredentials | N
 
 
 @functools.lru_cache(maxsize=1)
-def _process_context(_pid: int) -> zmq.Context[zmq.Socket[bytes]]:
+def _process_context(_pid: int) -> Context:
     """One zmq context per worker process, given ``os.getpid()`` (a fresh one after a fork),
     never terminated: its sockets, the threads' links, live as long as the process."""
     return zmq.Context()
