@@ -127,12 +127,12 @@ def test_max_request_bytes_is_a_positive_whole_number(value: object) -> None:
 @pytest.mark.parametrize(
     ("frame_bytes", "expected"),
     [
-        (RECEIVE_QUEUE_BYTES // 4, 4),  # at the edge: four of them fill the budget
-        (RECEIVE_QUEUE_BYTES // 4 + 1, 3),
-        (RECEIVE_QUEUE_BYTES // 3, 3),
-        (RECEIVE_QUEUE_BYTES // 3 + 1, 2),
-        (RECEIVE_QUEUE_BYTES, 2),  # at least 2: with 1, a paused TCP PULL stalls its sender
-        (1 << 30, 2),
+        (RECEIVE_QUEUE_BYTES // 6, 6),  # at the edge: six of them fill the budget
+        (RECEIVE_QUEUE_BYTES // 6 + 1, 5),
+        (RECEIVE_QUEUE_BYTES // 5 + 1, 4),
+        (RECEIVE_QUEUE_BYTES // 4 + 1, 4),  # at least 4: with 2, pipelined images stall
+        (RECEIVE_QUEUE_BYTES, 4),
+        (1 << 30, 4),
         (RECEIVE_QUEUE_BYTES // 100_000, 100_000),  # capped by send_high_water_mark
         (RECEIVE_QUEUE_BYTES // 100_001, 100_000),
     ],
@@ -160,15 +160,15 @@ def test_bound_sockets_are_set_to_their_limits(config: ZMQConfig, mode: Transpor
         assert sockets.data.getsockopt(zmq.RCVHWM) == hwm
 
 
-def test_a_viewer_queues_two_images_per_sender_beyond_its_backlog(
+def test_a_viewer_queues_four_images_per_sender_beyond_its_backlog(
     config: ZMQConfig, mode: TransportMode
 ) -> None:
     """A viewer whose backlog is full stops reading: libzmq then holds RCVHWM images per
-    TCP connection, 2 with the default 1 GiB frame limit (100,000 before; still on IPC)."""
+    TCP connection, 4 with the default 1 GiB frame limit (100,000 before; still on IPC)."""
     endpoint = Endpoint.of(0, transport_mode=mode, config=config)
     with StreamingServer.bind(endpoint, lambda image, metadata: None) as viewer:
         sockets = viewer.server.sockets
-        assert sockets.data.getsockopt(zmq.RCVHWM) == (2 if mode is TCP else 100_000)
+        assert sockets.data.getsockopt(zmq.RCVHWM) == (4 if mode is TCP else 100_000)
         assert sockets.data.getsockopt(zmq.MAXMSGSIZE) == 1 << 30
         assert sockets.control.getsockopt(zmq.MAXMSGSIZE) == config.max_header_bytes
 
