@@ -13,8 +13,8 @@ import zmq
 from zmqruntime.config import ZMQConfig
 
 __all__ = [
-    "OPEN_FILE_LIMIT",
     "MIN_RECEIVE_QUEUE",
+    "OPEN_FILE_LIMIT",
     "RECEIVE_QUEUE_BYTES",
     "RECEIVING_TYPES",
     "Context",

@@ -18,6 +18,7 @@ from zmqruntime.execution.client import Execution, ExecutionClient, Subscription
 from zmqruntime.execution.context import ExecutionContext
 from zmqruntime.execution.outcomes import WorkerStatistics
 from zmqruntime.execution.pool import PoolStatistics, WorkerPool
+from zmqruntime.execution.progress import ProgressRegistry, ProgressRollup
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
 from zmqruntime.execution.server import ExecutionServer
 
@@ -31,6 +32,8 @@ __all__ = [
     "ExecutionStore",
     "PoolStatistics",
     "ProcessWorkers",
+    "ProgressRegistry",
+    "ProgressRollup",
     "RemoteContext",
     "RemoteWorkers",
     "RetentionPolicy",
