@@ -7,9 +7,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import math
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -336,3 +339,31 @@ def test_ack_copies_go_to_the_latest_senders_only(
         finally:
             for sender in senders:
                 sender.close()
+
+
+def _zmq_threads() -> set[str]:
+    """libzmq's I/O and reaper threads in this process (each open context has a pair)."""
+    names = {}
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            names[task] = Path(f"/proc/self/task/{task}/comm").read_text()
+    return {task for task, name in names.items() if name.startswith("ZMQbg/")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("send_timeout", -1), ("send_timeout", math.nan), ("send_timeout", "1"), ("max_in_flight", 0)],
+)
+def test_a_bad_sender_option_is_refused_and_leaves_nothing_open(
+    config: ZMQConfig, option: str, value: object, no_thread_leak: None
+) -> None:
+    """Checked at construction, with the option's name; the client and the ack channel that
+    ``ImageSender.to`` built for it are closed again (their zmq contexts ended)."""
+    endpoint = Endpoint.of(port=7, transport_mode=TransportMode.TCP, config=config)
+    before = _zmq_threads()
+    with pytest.raises(ConfigurationError, match=option):
+        ImageSender.to(endpoint, **{option: value})
+    assert _zmq_threads() <= before
+    with ImageSender.to(endpoint, send_timeout=0) as sender:  # 0: never wait for room
+        assert sender.max_in_flight == 16

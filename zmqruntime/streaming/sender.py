@@ -109,7 +109,13 @@ class ImageSender:
                 0, transport_mode=endpoint.transport, config=endpoint.config, curve=ack_curve
             )
             channel = AckChannel.bind(channel_at, context=context)
-        return cls(client, channel, **options)
+        try:
+            return cls(client, channel, **options)
+        except BaseException:  # a bad option: what was built for it goes again
+            if channel is not None:
+                channel.close()
+            client.close()
+            raise
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
@@ -121,7 +127,7 @@ class ImageSender:
         self._id_prefix = f"{self._key}-{uuid.uuid4().hex[:12]}"
         timeout = self.send_timeout
         limit = self.client.config.request_timeout if timeout is None else timeout
-        self._limit = check_seconds("send_timeout", limit)
+        self._limit = check_seconds("send_timeout", limit, allow_zero=True)
         self._commands = CommandCalls(self.client, self._id_prefix)
         self._threads = ThreadSockets(self._open_thread_socket)
 
