@@ -20,6 +20,7 @@ from zmqruntime.execution.outcomes import WorkerStatistics
 from zmqruntime.execution.pool import PoolStatistics, WorkerPool
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
 from zmqruntime.execution.server import ExecutionServer
+from zmqruntime.execution.sqlite_store import SqliteStore, open_history
 
 __all__ = [
     "Execution",
@@ -36,10 +37,12 @@ __all__ = [
     "RetentionPolicy",
     "ServerLost",
     "ServerSummary",
+    "SqliteStore",
     "Subscription",
     "TaskCancelled",
     "TaskFailed",
     "ThreadWorkers",
     "WorkerPool",
     "WorkerStatistics",
+    "open_history",
 ]
