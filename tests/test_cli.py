@@ -405,7 +405,14 @@ def test_status_summary_counts_what_happened(server: Background) -> None:
     wait_for_status(server, waiting, "cancelled", "failed")
     after = summary(server)
     grew = {key: after["counts"][key] - before["counts"][key] for key in after["counts"]}
-    assert grew == {"queued": 0, "running": 0, "complete": 1, "failed": 1, "cancelled": 1}
+    assert grew == {
+        "queued": 0,
+        "running": 0,
+        "complete": 1,
+        "failed": 1,
+        "cancelled": 1,
+        "interrupted": 0,
+    }
     assert (after["queued"], after["running"], after["workers"]) == (0, 0, 1)
     assert after["uptime"] > before["uptime"]
 

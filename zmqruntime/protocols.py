@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     import numpy
 
+    from zmqruntime.core.vocabulary import ExecutionRecord, ExecutionStatus, ProgressEvent
+
 __all__ = [
     "BatchSink",
     "Buffer",
@@ -25,6 +27,7 @@ __all__ = [
     "JSONObject",
     "JSONValue",
     "LaunchSpec",
+    "RecordStore",
     "RemoteEngine",
     "RequestHandler",
     "TaskContext",
@@ -237,3 +240,42 @@ class WorkerBackend(Protocol):
     def cancel(self, execution_id: str, /) -> None: ...
     def statistics(self) -> tuple[Any, ...]: ...
     def close(self, timeout: float, /) -> None: ...
+
+
+class RecordStore(Protocol):
+    """Where an :class:`~zmqruntime.execution.ExecutionServer` keeps its executions (records,
+    task digests, owners): ``ExecutionStore`` in memory (the default), or ``SqliteStore``, a file
+    that keeps records and queued tasks across restarts (:mod:`zmqruntime.execution`). Every
+    method is thread-safe and returns promptly; a transition that does not fit returns None
+    (``progress``: False). The server closes it.
+
+    * ``submit(...)`` → ``(record, created)``: a new QUEUED execution; ``payload`` is the task's
+      encoded frames as received (a durable store keeps them until the task starts).
+    * ``start`` QUEUED → RUNNING; ``complete`` RUNNING → COMPLETE; ``fail``, ``cancel`` QUEUED or
+      RUNNING → FAILED, CANCELLED. ``progress(event)`` keeps a running execution's latest event.
+    * ``get``, ``same_task``, ``owner``, ``counts``, ``active_ids``: what it holds now.
+    * ``resume()``: the tasks to queue again, in order, as ``(record, payload)``; each once.
+    """
+
+    def submit(
+        self,
+        execution_id: str,
+        labels: dict[str, str],
+        digest: bytes = ...,
+        owner: str | None = ...,
+        payload: Sequence[Buffer] = ...,
+    ) -> tuple[ExecutionRecord, bool]: ...
+    def same_task(self, execution_id: str, digest: bytes) -> bool: ...
+    def owner(self, execution_id: str) -> str | None: ...
+    def get(self, execution_id: str) -> ExecutionRecord | None: ...
+    def start(self, execution_id: str) -> ExecutionRecord | None: ...
+    def progress(self, event: ProgressEvent) -> bool: ...
+    def complete(self, execution_id: str) -> ExecutionRecord | None: ...
+    def fail(
+        self, execution_id: str, error_type: str, error_message: str, traceback: str
+    ) -> ExecutionRecord | None: ...
+    def cancel(self, execution_id: str) -> ExecutionRecord | None: ...
+    def counts(self) -> dict[ExecutionStatus, int]: ...
+    def active_ids(self) -> list[str]: ...
+    def resume(self) -> list[tuple[ExecutionRecord, tuple[bytes, ...]]]: ...
+    def close(self) -> None: ...

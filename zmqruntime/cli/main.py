@@ -117,7 +117,7 @@ def _control_client(args: argparse.Namespace) -> ZMQClient:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run an execution server for an importable TaskExecutor until stopped."""
-    from zmqruntime.execution import ExecutionServer, WorkerPool  # noqa: PLC0415 - lazy, see top
+    from zmqruntime.execution import ExecutionServer, WorkerPool, open_history  # noqa: PLC0415
 
     executor = load_executor(args.executor)
     if args.workers is not None and args.processes is not None:
@@ -127,7 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.processes is not None
         else WorkerPool.threads(1 if args.workers is None else args.workers)
     )
-    server = ExecutionServer.bind(_address(args, client=False), executor, pool=pool)
+    store = open_history(args.store, endpoint := _address(args, client=False))
+    server = ExecutionServer.bind(endpoint, executor, pool=pool, store=store)
     server.start()  # bound (or failed) before the line below claims it serves
     try:
         watch_lifeline(server.request_stop)
@@ -312,6 +313,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_
         _option("--executor", required=True, help="package.module:function"),
         _option("--workers", type=int, help="worker threads (1)"),
         _option("--processes", type=int, help="worker processes"),
+        _option("--store", help="history: PATH or memory (default: a file per port in runtime/)"),
     ]),
     "submit": (cmd_submit, "submit a task", "client", [
         _option("task", metavar="TASK_JSON", type=display.text),

@@ -76,17 +76,20 @@ class ItemKind(enum.Enum):
 
 
 class ExecutionStatus(enum.Enum):
-    """Where an execution is in its life. COMPLETE, FAILED and CANCELLED are terminal."""
+    """Where an execution is in its life. COMPLETE, FAILED, CANCELLED and INTERRUPTED are
+    terminal; INTERRUPTED: its server stopped (killed, crashed) while it ran, or before a queued
+    task could be kept, and it was not run again (a durable store records it at restart)."""
 
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETE = "complete"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (ExecutionStatus.COMPLETE, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
+        return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 
 
 class AckOutcome(enum.Enum):

@@ -21,6 +21,7 @@ from zmqruntime.execution.pool import PoolStatistics, WorkerPool
 from zmqruntime.execution.progress import ProgressRegistry, ProgressRollup
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
 from zmqruntime.execution.server import ExecutionServer
+from zmqruntime.execution.sqlite_store import SqliteStore, open_history
 
 __all__ = [
     "Execution",
@@ -39,10 +40,12 @@ __all__ = [
     "RetentionPolicy",
     "ServerLost",
     "ServerSummary",
+    "SqliteStore",
     "Subscription",
     "TaskCancelled",
     "TaskFailed",
     "ThreadWorkers",
     "WorkerPool",
     "WorkerStatistics",
+    "open_history",
 ]

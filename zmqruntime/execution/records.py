@@ -1,9 +1,9 @@
 """The execution lifecycle: a thread-safe store of records with guarded transitions.
 
-Every execution moves QUEUED → RUNNING → one of COMPLETE / FAILED / CANCELLED (or from QUEUED
-to FAILED or CANCELLED). A transition that does not fit is refused (None or False), never
-applied: terminal states never change. Terminal records are kept for a bounded count, size and
-age.
+Every execution moves QUEUED → RUNNING → one of COMPLETE / FAILED / CANCELLED / INTERRUPTED (or
+from QUEUED to FAILED, CANCELLED or INTERRUPTED). A transition that does not fit is refused
+(None or False), never applied: terminal states never change. Terminal records are kept for a
+bounded count, size and age.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, final
 
 import attrs
@@ -121,10 +121,18 @@ class RetentionPolicy:
 @final
 @attrs.define(eq=False)
 class ExecutionStore:
-    """All executions a server knows, by id, with their lifecycle rules enforced."""
+    """All executions a server knows, by id, with their lifecycle rules enforced, in memory
+    (:class:`~zmqruntime.execution.sqlite_store.SqliteStore` writes one through to a file).
+
+    ``on_change`` hears each record a transition makes (started or finished) before the store
+    holds it, and ``on_drop`` the ids retention dropped; both are called under the store's lock,
+    so in order. An ``on_change`` that raises leaves the execution as it was.
+    """
 
     retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
     clock: Callable[[], float] = time.time
+    on_change: Callable[[ExecutionRecord], object] | None = None
+    on_drop: Callable[[list[str]], object] | None = None
 
     _records: dict[str, ExecutionRecord] = attrs.field(factory=dict, init=False)
     _terminal: collections.OrderedDict[str, tuple[float, int]] = attrs.field(
@@ -146,10 +154,12 @@ class ExecutionStore:
         labels: dict[str, str],
         digest: bytes = b"",
         owner: str | None = None,
+        payload: Sequence[Buffer] = (),
     ) -> tuple[ExecutionRecord, bool]:
         """Register a new QUEUED execution whose task has ``digest``, submitted by ``owner``
         (a ZAP user id; None: nobody authenticated); returns ``(record, created)``. A known id
-        is not registered again: its current record comes back with ``created=False``."""
+        is not registered again: its current record comes back with ``created=False``.
+        ``payload`` (the task's encoded frames) is for a durable store; this one ignores it."""
         with self._lock:
             self._expire()
             existing = self._current(execution_id)
@@ -195,6 +205,8 @@ class ExecutionStore:
             if record is None or record.status is not _QUEUED:
                 return None
             running = attrs.evolve(record, status=_RUNNING, started_at=self.clock())
+            if self.on_change is not None:
+                self.on_change(running)
             self._counts[_QUEUED] -= 1
             self._counts[_RUNNING] += 1
             self._records[execution_id] = running
@@ -227,6 +239,30 @@ class ExecutionStore:
     def cancel(self, execution_id: str) -> ExecutionRecord | None:
         """QUEUED or RUNNING → CANCELLED; None if unknown or already terminal."""
         return self._finish(execution_id, ExecutionStatus.CANCELLED)
+
+    def interrupt(self, execution_id: str, why: str) -> ExecutionRecord | None:
+        """QUEUED or RUNNING → INTERRUPTED (error type ``Interrupted``, message ``why``)."""
+        return self._finish(execution_id, ExecutionStatus.INTERRUPTED, "Interrupted", why, "")
+
+    def restore(self, record: ExecutionRecord, digest: bytes, owner: str | None) -> None:
+        """Hold ``record`` (read back from a durable store) as it is, with its task's
+        ``digest`` and ``owner``; terminal ones oldest first. Retention applies on the next
+        call."""
+        with self._lock:
+            self._records[record.execution_id] = record
+            self._origins[record.execution_id] = (digest, owner)
+            self._counts[record.status] += 1
+            if record.status.is_terminal:
+                size = record_bytes(record)
+                self._terminal[record.execution_id] = (record.finished_at or 0.0, size)
+                self._terminal_bytes += size
+
+    def resume(self) -> list[tuple[ExecutionRecord, tuple[bytes, ...]]]:
+        """Tasks to queue again at start: none in memory (see ``SqliteStore.resume``)."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to release in memory."""
 
     def counts(self) -> dict[ExecutionStatus, int]:
         """How many known executions are in each state."""
@@ -262,6 +298,8 @@ class ExecutionStore:
                 error_message=failure and failure.error_message,
                 traceback=failure and failure.traceback,
             )
+            if self.on_change is not None:
+                self.on_change(finished)
             self._counts[record.status] -= 1
             self._counts[status] += 1
             self._records[execution_id] = finished
@@ -275,6 +313,7 @@ class ExecutionStore:
         """Drop terminal records beyond the retention count, bytes or age (lock held)."""
         terminal, policy = self._terminal, self.retention
         oldest_allowed = self.clock() - policy.max_age
+        dropped = []
         while terminal:
             execution_id, (finished_at, size) = next(iter(terminal.items()))
             fits = len(terminal) <= policy.max_records and self._terminal_bytes <= policy.max_bytes
@@ -284,5 +323,8 @@ class ExecutionStore:
             self._terminal_bytes -= size
             record = self._records.pop(execution_id, None)
             self._origins.pop(execution_id, None)
+            dropped.append(execution_id)
             if record is not None:
                 self._counts[record.status] -= 1
+        if dropped and self.on_drop is not None:
+            self.on_drop(dropped)

@@ -66,8 +66,9 @@ from zmqruntime.execution.records import (
     task_digest,
 )
 from zmqruntime.execution.results import ResultCache
+from zmqruntime.execution.sqlite_store import requeue
 from zmqruntime.execution.waiters import Waiters, unknown_execution
-from zmqruntime.protocols import Buffer, RequestHandler, TaskExecutor, TaskSerializer
+from zmqruntime.protocols import Buffer, RecordStore, RequestHandler, TaskExecutor, TaskSerializer
 
 __all__ = ["ExecutionServer"]
 
@@ -104,15 +105,11 @@ class ExecutionServer:
     """Accept ``PickleSerializer`` on an exposed TCP address without CURVE (not advised)."""
 
     _started: bool = attrs.field(default=False, init=False)
-    _store: ExecutionStore = attrs.field(init=False)
+    _store: RecordStore = attrs.Factory(lambda self: ExecutionStore(self.retention), True)
     _waiters: Waiters = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _draining: bool = attrs.field(default=False, init=False)
     _closed: bool = attrs.field(default=False, init=False)
-
-    @_store.default
-    def _make_store(self) -> ExecutionStore:
-        return ExecutionStore(self.retention)
 
     @_waiters.default
     def _make_waiters(self) -> Waiters:
@@ -133,7 +130,7 @@ class ExecutionServer:
         """An execution server with its own :class:`~zmqruntime.ZMQServer` at ``endpoint``
         (port 0 picks a free one). ``serializer`` (safe by default) carries tasks, results,
         and the payloads of the application's own ``requests`` (name → handler) and events;
-        ``options`` are this class's other fields (``pool``, ``retention``, ``queue_limit`` …).
+        ``options`` are this class's other fields (``pool``, ``store``, ``retention`` …).
         """
         server = ZMQServer(
             endpoint,
@@ -185,6 +182,7 @@ class ExecutionServer:
                 endpoint=endpoint,  # a remote pool's inlet binds where this server does
                 serializer=self.serializer,  # remote workers encode results with it
             )
+            requeue(self._store, self.pool, self.serializer, self.max_task_nodes)
         except BaseException:
             self.server.close()
             raise
@@ -230,6 +228,7 @@ class ExecutionServer:
         limit = self.server.config.close_timeout if timeout is None else timeout
         self.pool.close(limit)
         self.server.close(limit)
+        self._store.close()
 
     __enter__ = start_on_enter
     __exit__ = close_on_exit
@@ -296,7 +295,9 @@ class ExecutionServer:
             return _error(rid, exc.code, f"the task payload cannot be decoded: {exc}")
         except (ValueError, TypeError) as exc:
             return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
-        record, _created = self._store.submit(execution_id, request.labels, digest, peer.user)
+        record, _ = self._store.submit(
+            execution_id, request.labels, digest, peer.user, request.payload
+        )
         # The id may have named an execution whose record expired but whose result is still
         # kept: that result belongs to its submitter, never to this one.
         self._waiters.results.forget(execution_id)

@@ -19,9 +19,8 @@ from zmqruntime.core.messages import Accepted, Completion, ErrorReply, Execution
 from zmqruntime.core.serializers import serializer_name
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.errors import ChannelClosed, ErrorCode
-from zmqruntime.execution.records import ExecutionStore
 from zmqruntime.execution.results import ResultCache
-from zmqruntime.protocols import Buffer
+from zmqruntime.protocols import Buffer, RecordStore
 
 __all__ = ["MAX_WAITERS", "Waiter", "Waiters", "unknown_execution"]
 
@@ -40,7 +39,7 @@ class Waiters:
     """The waiting clients of every execution that has not ended (thread-safe)."""
 
     server: ZMQServer
-    store: ExecutionStore
+    store: RecordStore
     results: ResultCache
     _waiting: dict[str, dict[Waiter, None]] = attrs.field(factory=dict, init=False)
     """Each execution's waiters, as an ordered set."""
