@@ -242,7 +242,8 @@ class ExecutionStore:
 
     def interrupt(self, execution_id: str, why: str) -> ExecutionRecord | None:
         """QUEUED or RUNNING → INTERRUPTED (error type ``Interrupted``, message ``why``)."""
-        return self._finish(execution_id, ExecutionStatus.INTERRUPTED, "Interrupted", why, "")
+        failure = Failed("Interrupted", why, "")
+        return self._finish(execution_id, ExecutionStatus.INTERRUPTED, failure)
 
     def restore(self, record: ExecutionRecord, digest: bytes, owner: str | None) -> None:
         """Hold ``record`` (read back from a durable store) as it is, with its task's

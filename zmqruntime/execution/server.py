@@ -67,7 +67,7 @@ from zmqruntime.execution.records import (
 )
 from zmqruntime.execution.results import ResultCache
 from zmqruntime.execution.sqlite_store import requeue
-from zmqruntime.execution.waiters import Waiters, unknown_execution
+from zmqruntime.execution.waiters import Waiters, error_reply, unknown_execution
 from zmqruntime.protocols import Buffer, RecordStore, RequestHandler, TaskExecutor, TaskSerializer
 
 __all__ = ["ExecutionServer"]
@@ -260,15 +260,15 @@ class ExecutionServer:
     def _on_execute(self, request: Execute, peer: Peer) -> Message | None:
         rid = request.request_id
         if self._draining:
-            return _error(rid, ErrorCode.REFUSED, "the server is shutting down")
+            return error_reply(rid, ErrorCode.REFUSED, "the server is shutting down")
         refusal = serializer_refusal(rid, request.serializer, self.serializer, "the task")
         if refusal is not None:
             return refusal
         execution_id = request.execution_id or uuid.uuid4().hex
         if len(execution_id) > MAX_EXECUTION_ID_LENGTH:  # an empty one was replaced above
-            return _error(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")
+            return error_reply(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")
         if (problem := labels_problem(request.labels)) is not None:
-            return _error(rid, ErrorCode.TOO_LARGE, f"{problem}; labels are short tags")
+            return error_reply(rid, ErrorCode.TOO_LARGE, f"{problem}; labels are short tags")
         answer_to = None if request.confirm else rid
         digest = task_digest(request.payload)
         known = self._store.get(execution_id)
@@ -276,11 +276,11 @@ class ExecutionServer:
             return refusal
         if known is not None and not self._store.same_task(execution_id, digest):
             why = f"execution {execution_id!r} was submitted with another task"
-            return _error(rid, ErrorCode.REFUSED, f"{why}; give this task an id of its own")
+            return error_reply(rid, ErrorCode.REFUSED, f"{why}; give this task an id of its own")
         if known is not None:
             return self._waiters.join(rid, known, (peer, answer_to))
         if self.pool.queued >= self.queue_limit:
-            return _error(
+            return error_reply(
                 rid,
                 ErrorCode.REFUSED,
                 f"the queue is full ({self.queue_limit} tasks waiting); retry later",
@@ -291,10 +291,11 @@ class ExecutionServer:
             )
         except ProtocolError as exc:
             if exc.code is ErrorCode.TOO_LARGE:
-                return _error(rid, exc.code, str(exc))
-            return _error(rid, exc.code, f"the task payload cannot be decoded: {exc}")
+                return error_reply(rid, exc.code, str(exc))
+            return error_reply(rid, exc.code, f"the task payload cannot be decoded: {exc}")
         except (ValueError, TypeError) as exc:
-            return _error(rid, ErrorCode.MALFORMED, f"the task payload cannot be decoded: {exc}")
+            why = f"the task payload cannot be decoded: {exc}"
+            return error_reply(rid, ErrorCode.MALFORMED, why)
         record, _ = self._store.submit(
             execution_id, request.labels, digest, peer.user, request.payload
         )
@@ -307,7 +308,7 @@ class ExecutionServer:
         except ChannelClosed:  # closing between the checks above and here
             self._store.cancel(execution_id)
             self._waiters.forget(execution_id)
-            return _error(rid, ErrorCode.REFUSED, "the server is shutting down")
+            return error_reply(rid, ErrorCode.REFUSED, "the server is shutting down")
         if answer_to is not None:
             return None  # the Completion answers it
         return Accepted(request_id=rid, execution_id=execution_id, status=record.status)
@@ -345,7 +346,7 @@ class ExecutionServer:
             f"execution {execution_id!r} belongs to another client; only that client or an "
             f"admin may {action} it"
         )
-        return _error(request_id, ErrorCode.REFUSED, why)
+        return error_reply(request_id, ErrorCode.REFUSED, why)
 
     def _on_shutdown(self, request: Shutdown, _peer: Peer) -> Message:
         logger.info("shutdown requested (%s)", "force" if request.force else "graceful")
@@ -395,7 +396,3 @@ class ExecutionServer:
             return  # already terminal: nothing changes, nothing is sent twice
         self._waiters.finish(record, frames)
         self._stop_if_idle()
-
-
-def _error(request_id: int, code: ErrorCode, text: str) -> ErrorReply:
-    return ErrorReply(request_id=request_id, code=code, message=text)

@@ -22,7 +22,7 @@ from zmqruntime.errors import ChannelClosed, ErrorCode
 from zmqruntime.execution.results import ResultCache
 from zmqruntime.protocols import Buffer, RecordStore
 
-__all__ = ["MAX_WAITERS", "Waiter", "Waiters", "unknown_execution"]
+__all__ = ["MAX_WAITERS", "Waiter", "Waiters", "error_reply", "unknown_execution"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,12 @@ class Waiters:
             logger.debug("server closed; dropped a %s event", message.TYPE.value)
 
 
+def error_reply(request_id: int, code: ErrorCode, text: str) -> ErrorReply:
+    """The error reply to request ``request_id``: ``code`` and what to tell the client."""
+    return ErrorReply(request_id=request_id, code=code, message=text)
+
+
 def unknown_execution(request_id: int, execution_id: str) -> ErrorReply:
     """The error reply about an execution this server does not know."""
-    return ErrorReply(
-        request_id=request_id,
-        code=ErrorCode.NOT_FOUND,
-        message=f"no execution {execution_id!r} on this server (never submitted, or expired)",
-    )
+    why = f"no execution {execution_id!r} on this server (never submitted, or expired)"
+    return error_reply(request_id, ErrorCode.NOT_FOUND, why)
