@@ -232,7 +232,10 @@ class ServerDescriptor:
     def publish(self, config: ZMQConfig) -> bool:
         """Write this descriptor (mode 0600), replacing any older one: the caller has bound
         the port, which proves that one stale. False, and a warning, when it cannot be written
-        (the server still serves; it cannot be discovered)."""
+        (the server still serves; it cannot be discovered); always False off POSIX, where the
+        runtime folder's owner cannot be checked."""
+        if os.name != "posix":
+            return False
         try:
             runtime_directory(config, create=True)
             write_private(self.path(config), self.to_json(), replace=True)
