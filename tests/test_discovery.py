@@ -168,6 +168,15 @@ def test_a_server_asked_to_shut_down_says_draining(config: ZMQConfig) -> None:
     assert (before.state, after.state) == (ServerState.LIVE, ServerState.DRAINING)
 
 
+def test_a_server_finishing_its_work_can_say_it_is_draining(config: ZMQConfig) -> None:
+    with (
+        ZMQServer(Endpoint.ipc(0, config=config), role="execution") as server,
+        ZMQClient(server.sockets.endpoint, connect_data=False) as client,
+    ):
+        server.begin_draining()  # e.g. an execution server draining on SIGTERM
+        assert client.ping().draining and server.is_running
+
+
 @linux_only
 def test_fifty_servers_ten_of_them_killed_are_listed_within_a_second(config: ZMQConfig) -> None:
     with fleet(50, config) as servers:

@@ -291,6 +291,11 @@ class ZMQServer:
         :meth:`close`): its pongs say ``draining``, so nobody takes it for a ready server."""
         return self._draining.is_set()
 
+    def begin_draining(self) -> None:
+        """Say ``draining`` in pongs from now on, while still serving: for a component that
+        finishes its work before it stops (thread-safe, idempotent)."""
+        self._draining.set()
+
     def statistics(self) -> ServerStatistics:
         """Counters of requests, replies, errors and drops since the server was bound."""
         uptime = self.clock() - self._started_at if self._pair is not None else 0.0
