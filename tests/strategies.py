@@ -493,6 +493,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         protocol_version=_ints(),
         uptime=finite_floats(),
         capabilities=st.lists(texts(), max_size=5).map(tuple),
+        draining=st.booleans(),
     ),
     ErrorReply: st.builds(
         ErrorReply,

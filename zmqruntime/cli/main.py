@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from zmqruntime import errors
-from zmqruntime.cli import display
+from zmqruntime.cli import display, operations
 from zmqruntime.cli.display import CLIError, follow, show_record, show_summary
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.lifeline import watch_lifeline
@@ -344,6 +344,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_
         _option("--napari", action="store_true", help="show the images in napari"),
     ]),
 }  # fmt: skip
+_COMMANDS.update(operations.COMMANDS)  # ls, scan, stop
 
 
 def _add_endpoint(parser: argparse.ArgumentParser, side: str) -> None:

@@ -45,8 +45,10 @@ __all__ = [
     "UserCredentials",
     "client_credentials",
     "connection_file_path",
+    "read_private",
     "remove_connection_file",
     "runtime_directory",
+    "write_private",
 ]
 
 
@@ -101,7 +103,7 @@ def connection_file_path(config: ZMQConfig, port: int) -> Path:
     return runtime_directory(config) / f"tcp-{port}.json"
 
 
-def _write_private(path: Path, content: dict[str, Any], *, replace: bool) -> bool:
+def write_private(path: Path, content: dict[str, Any], *, replace: bool) -> bool:
     """Write ``content`` as JSON to ``path`` (mode 0600) in one step, so no reader sees half a
     file; with ``replace=False`` an existing file wins and False is returned."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
@@ -121,7 +123,7 @@ def _write_private(path: Path, content: dict[str, Any], *, replace: bool) -> boo
         temporary.unlink(missing_ok=True)
 
 
-def _read_private(path: Path) -> dict[str, Any] | None:
+def read_private(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when there is no such file. Raises
     ConfigurationError unless it is this user's alone (mode 0600, no symlink) and small."""
     try:
@@ -167,7 +169,7 @@ class UserCredentials:
     def load(cls, config: ZMQConfig) -> UserCredentials:
         """Read this user's credentials, making them on first use (safe against a race)."""
         path = runtime_directory(config, create=True) / "credentials.json"
-        content = _read_private(path)
+        content = read_private(path)
         if content is None:
             server, client = generate_curve_keypair(), generate_curve_keypair()
             content = {
@@ -177,8 +179,8 @@ class UserCredentials:
                 "server_keys": [key.decode() for key in (server.public_key, server.secret_key)],
                 "client_keys": [key.decode() for key in (client.public_key, client.secret_key)],
             }
-            if not _write_private(path, content, replace=False):
-                content = _read_private(path)  # another process made them first
+            if not write_private(path, content, replace=False):
+                content = read_private(path)  # another process made them first
         try:
             assert content is not None and content["format"] == _FORMAT
             return cls(
@@ -262,14 +264,14 @@ class ConnectionFile:
         has bound the port, which proves that one stale."""
         runtime_directory(config, create=True)
         path = connection_file_path(config, self.port)
-        _write_private(path, self.to_json(), replace=True)
+        write_private(path, self.to_json(), replace=True)
         return path
 
     @classmethod
     def find(cls, config: ZMQConfig, port: int) -> ConnectionFile | None:
         """The connection file of ``port``, or None when there is none; ConfigurationError
         when it is not this user's alone or not a connection file."""
-        content = _read_private(connection_file_path(config, port))
+        content = read_private(connection_file_path(config, port))
         return None if content is None else cls.from_json(content)
 
 

@@ -177,6 +177,8 @@ class Pong:
     protocol_version: int
     uptime: float
     capabilities: tuple[str, ...] = ()
+    draining: bool = False
+    """True once the server began shutting down: it is going, not ready for new work."""
 
 
 @final

@@ -74,6 +74,8 @@ class ControlRouter:
     on_shutdown: Callable[[bool], None] | None
     clock: Callable[[], float]
     started_at: float
+    draining: threading.Event
+    """Set once a shutdown was accepted; pongs report it."""
 
     def answer(self, frames: list[Buffer], peer: Peer) -> Message | None:
         """The reply to one request's frames; None when it will be answered later."""
@@ -101,6 +103,8 @@ class ControlRouter:
             return ErrorReply(request_id=request_id, code=ErrorCode.UNEXPECTED, message=why)
         try:
             reply = handler(message, peer)
+            if isinstance(reply, ShutdownReply):
+                self.draining.set()
         except Exception as exc:
             logger.exception("%s: handler for %s failed", self.role, kind)
             why = f"{type(exc).__name__}: {exc}"
@@ -121,11 +125,13 @@ class ControlRouter:
             library_version=__version__,
             protocol_version=PROTOCOL_VERSION,
             uptime=self.clock() - self.started_at,
+            draining=self.draining.is_set() or self.stop.is_set(),
             capabilities=(*self.capabilities, *self.requests.names),
         )
 
     def _shutdown(self, request: Shutdown) -> ShutdownReply:
         logger.info("%s: shutdown requested (force=%s)", self.role, request.force)
+        self.draining.set()
         if self.on_shutdown is not None:
             try:
                 self.on_shutdown(request.force)

@@ -22,6 +22,7 @@ import zmq
 
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
+from zmqruntime.core.descriptors import ServerDescriptor
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, start_on_enter, stop_on_signals
 from zmqruntime.core.mailbox import Mailbox
@@ -73,7 +74,9 @@ class ZMQServer:
 
     It binds ``endpoint`` (port 0 picks a free port pair: read it back from
     :attr:`bound_port`). Handlers run on the I/O thread, so they should be quick; long work
-    belongs to a worker that answers later through :meth:`send`.
+    belongs to a worker that answers later through :meth:`send`. While bound it keeps a
+    descriptor in the runtime folder for discovery (:mod:`zmqruntime.core.descriptors`); once a
+    shutdown is accepted, its pongs say ``draining``.
     """
 
     endpoint: Endpoint
@@ -92,6 +95,8 @@ class ZMQServer:
     """The application's own named requests (a mapping of handlers is taken as a table)."""
     serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
     """Encodes and decodes the payloads of application requests and events."""
+    application: str = ""
+    """The application's name (and version) in this server's descriptor, for discovery."""
 
     _pair: SocketPair | None = attrs.field(default=None, init=False)
     _topics: SubscriberTopics = attrs.field(factory=SubscriberTopics, init=False)
@@ -102,6 +107,8 @@ class ZMQServer:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _stop: threading.Event = attrs.field(factory=threading.Event, init=False)
     _stopped: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _draining: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _descriptor: ServerDescriptor | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _started_at: float = attrs.field(default=0.0, init=False)
     _counts: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(_COUNTERS, 0), init=False)
@@ -159,6 +166,7 @@ class ZMQServer:
                 self.on_shutdown,
                 self.clock,
                 self._started_at,
+                self._draining,
             )
             self._loop = ServerLoop(
                 self.role,
@@ -172,6 +180,8 @@ class ZMQServer:
                 self.data_handler,
                 self.data_paused,
             )
+            descriptor = ServerDescriptor.of(self.role, self.application, pair.endpoint)
+            self._descriptor = descriptor if descriptor.publish(self.config) else None
             logger.info(
                 "%s listening: control %s, data %s", self.role, pair.control_url, pair.data_url
             )
@@ -208,6 +218,7 @@ class ZMQServer:
 
     def request_stop(self) -> None:
         """Ask the loop to finish; returns at once (safe from handlers and signal handlers)."""
+        self._draining.set()
         self._stop.set()
         if self._mailbox is not None:
             self._mailbox.wake()
@@ -248,6 +259,8 @@ class ZMQServer:
             self._pair.close()
         if self._mailbox is not None:
             self._mailbox.close()
+        if self._descriptor is not None:
+            self._descriptor.withdraw(self.config)
 
     __enter__ = start_on_enter
     __exit__ = close_on_exit
@@ -271,6 +284,17 @@ class ZMQServer:
         """True while the serving loop runs."""
         running = self._thread is not None or self._loop_thread_id is not None
         return running and not self._stopped.is_set()
+
+    @property
+    def draining(self) -> bool:
+        """True once a shutdown began (an accepted shutdown request, :meth:`request_stop`,
+        :meth:`close`): its pongs say ``draining``, so nobody takes it for a ready server."""
+        return self._draining.is_set()
+
+    def begin_draining(self) -> None:
+        """Say ``draining`` in pongs from now on, while still serving: for a component that
+        finishes its work before it stops (thread-safe, idempotent)."""
+        self._draining.set()
 
     def statistics(self) -> ServerStatistics:
         """Counters of requests, replies, errors and drops since the server was bound."""

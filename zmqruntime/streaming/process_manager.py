@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Final, final
@@ -106,9 +107,14 @@ class VisualizerProcessManager:
     _client: ZMQClient | None = attrs.field(default=None, init=False)
     _log: IO[bytes] | None = attrs.field(default=None, init=False)
     _lifeline: int | None = attrs.field(default=None, init=False)
+    _gone: threading.Event = attrs.field(factory=threading.Event, init=False)
+    """Set when the probe client's connection drops (its server went)."""
 
     def start(self, timeout: float | None = None) -> VisualizerProcessManager:
         """Launch the command (or attach) and return once the server answers ping.
+
+        A server that answers "draining" (shutting down) is waited for until it is gone, never
+        attached to.
 
         Raises :class:`ProcessLaunchError` if the child exits first (with its exit code and
         stderr tail), :class:`AddressInUseError` if something else holds the port, and
@@ -119,7 +125,9 @@ class VisualizerProcessManager:
             return self
         endpoint = self.endpoint
         limit = endpoint.config.connect_timeout if timeout is None else timeout
-        pong = self._probe()
+        pong, vacated = self._probe(), False
+        if pong is not None and pong.draining:  # a server going away: wait, never attach
+            pong, vacated = self._outlive(time.monotonic() + limit), True
         if pong is not None:
             try:
                 self._check_role(pong)
@@ -129,7 +137,7 @@ class VisualizerProcessManager:
             self._attached = True
             logger.info("attached to the %s already serving port %s", self.role, endpoint.port)
             return self
-        if is_endpoint_in_use(endpoint.port, endpoint.transport, config=endpoint.config):
+        if not vacated and self._in_use():
             raise errors.AddressInUseError(
                 f"port {endpoint.port} is held by something that does not answer as a "
                 "zmqruntime server; stop it or choose another port"
@@ -190,7 +198,9 @@ class VisualizerProcessManager:
             config = self.endpoint.config
             quick = attrs.evolve(config, linger=min(config.linger, _PROBE_LINGER))
             endpoint = attrs.evolve(self.endpoint, config=quick)
-            self._client = ZMQClient(endpoint, connect_data=False, name="process-manager").connect()
+            self._client = ZMQClient(
+                endpoint, connect_data=False, on_disconnect=self._gone.set, name="process-manager"
+            ).connect()
         return self._client
 
     def _probe(self) -> Pong | None:
@@ -204,6 +214,28 @@ class VisualizerProcessManager:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._gone.clear()  # its I/O thread, the only one to set it, has ended
+
+    def _in_use(self) -> bool:
+        endpoint = self.endpoint
+        return is_endpoint_in_use(endpoint.port, endpoint.transport, config=endpoint.config)
+
+    def _outlive(self, deadline: float) -> Pong | None:
+        """Wait until the draining server that answered the probe is gone (the probe's
+        connection drops); then the pong of a server answering there, None when none does."""
+        while True:
+            if not self._gone.wait(max(0.0, deadline - time.monotonic())):
+                self._reset_connection()
+                raise errors.ZMQTimeoutError(
+                    f"the {self.role} on port {self.endpoint.port} is shutting down and did not "
+                    "go in time; start again once it has (zmqruntime ls shows it)"
+                )
+            self._reset_connection()
+            if not self._in_use():
+                return None
+            pong = self._probe()
+            if pong is None or not pong.draining:
+                return pong
 
     def _check_role(self, pong: Pong) -> None:
         if pong.role != self.role:
@@ -246,7 +278,7 @@ class VisualizerProcessManager:
             if code is not None:
                 raise errors.ProcessLaunchError(" ".join(self.spec.argv), code, self._tail())
             pong = self._probe()  # each probe waits up to a quarter second for the answer
-            if pong is not None:
+            if pong is not None and not pong.draining:
                 self._check_role(pong)
                 return
             if time.monotonic() >= deadline:
