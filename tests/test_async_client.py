@@ -37,6 +37,8 @@ from zmqruntime.execution import (
     ProgressStream,
     ServerSummary,
 )
+from zmqruntime.execution.async_client import COMPLETION_GRACE
+from zmqruntime.execution.records import MAX_LABELS
 from zmqruntime.protocols import TaskContext
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
@@ -174,6 +176,12 @@ def test_a_result_await_times_out_and_cancel_stops_the_task(
             with pytest.raises(ZMQTimeoutError, match=r"did not finish within 0\.1s"):
                 await execution.result(timeout=0.1)
             assert not execution.done()  # the timeout left it running
+            waiter = asyncio.ensure_future(execution.result())
+            await asyncio.sleep(0)  # one turn of the loop: the waiter awaits the result now
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            assert not execution.done()  # so did a cancelled await
             assert (await execution.status()).status is ExecutionStatus.RUNNING
             assert await execution.cancel() is True
             with pytest.raises(TaskCancelled):
@@ -255,6 +263,27 @@ def test_progress_is_an_async_iterator_that_ends_with_the_completion(
         assert [e.fields["step"] for e in progress] == list(range(25))  # type: ignore[union-attr]
         assert isinstance(last, Completion) and last.record.status is ExecutionStatus.COMPLETE
         assert stream.dropped == 0
+
+    run(scenario())
+
+
+def test_a_stream_ends_soon_after_its_execution_when_no_completion_comes(
+    serve: Serve, config: ZMQConfig
+) -> None:
+    """The server refuses the task (too many labels): no Completion is ever published, and
+    the stream ends COMPLETION_GRACE after the refusal instead of waiting out its timeout."""
+    server = serve(steps)
+
+    async def scenario() -> None:
+        async with client_of(server, config) as client:
+            stream = client.progress("refused")
+            labels = {f"k{i}": "v" for i in range(MAX_LABELS + 1)}
+            execution = await client.submit({"n": 1}, execution_id="refused", labels=labels)
+            with pytest.raises(RemoteError):
+                await execution
+            started = time.monotonic()
+            assert [event async for event in stream] == []
+            assert time.monotonic() - started < COMPLETION_GRACE + 2.0 < stream.timeout
 
     run(scenario())
 

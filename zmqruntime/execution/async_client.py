@@ -1,10 +1,7 @@
-"""AsyncExecutionClient: the execution client for asyncio code.
-
-It wraps an :class:`~zmqruntime.execution.ExecutionClient` (passed in;
-:meth:`AsyncExecutionClient.to` builds one) and awaits that client's ``concurrent.futures``
-futures through :func:`asyncio.wrap_future`: nothing blocks the event loop and nothing polls.
-Progress reaches the loop from the client's I/O thread through ``loop.call_soon_threadsafe``,
-with at most one wake-up per :class:`ProgressStream` queued on the loop at a time.
+"""AsyncExecutionClient: the execution client for asyncio code. It awaits the futures of an
+:class:`~zmqruntime.execution.ExecutionClient` through :func:`asyncio.wrap_future` (nothing
+blocks the loop, nothing polls); progress reaches the loop from the client's I/O thread through
+``loop.call_soon_threadsafe``, at most one wake-up per :class:`ProgressStream` queued at a time.
 """
 
 from __future__ import annotations
@@ -39,7 +36,13 @@ from zmqruntime.errors import RemoteProtocolError, ZMQTimeoutError
 from zmqruntime.execution.client import ExecutionClient
 from zmqruntime.execution.handles import Execution, Subscription
 
-__all__ = ["PROGRESS_BUFFER", "AsyncExecution", "AsyncExecutionClient", "ProgressStream"]
+__all__ = [
+    "COMPLETION_GRACE",
+    "PROGRESS_BUFFER",
+    "AsyncExecution",
+    "AsyncExecutionClient",
+    "ProgressStream",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +50,10 @@ PROGRESS_BUFFER: Final = 1000
 """Default :attr:`AsyncExecutionClient.progress_buffer`: the events one :class:`ProgressStream`
 holds for its reader; past it the oldest is dropped and counted."""
 
-_BACKSTOP: Final = 5.0
-"""Seconds :meth:`AsyncExecutionClient.aclose` allows beyond ``config.close_timeout``."""
+COMPLETION_GRACE: Final = 2.0
+"""Seconds a :class:`ProgressStream` of an execution submitted through its client waits for the
+execution's ``Completion`` once the outcome is known: then it ends without (subscribed too
+late, a refused task)."""
 
 _T = TypeVar("_T")
 _Event: TypeAlias = ProgressEvent | Completion
@@ -62,7 +67,8 @@ async def _settle(
     ``future`` (a request: its late reply is dropped); otherwise ``future`` (an execution's,
     shared with other waiters) is left alone."""
     waiting = asyncio.wrap_future(future)
-    waiting.add_done_callback(_observed)
+    # Mark an outcome nobody may await any more as seen (no "never retrieved" log).
+    waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
     try:
         done, _pending = await asyncio.wait({waiting}, timeout=limit)
     finally:
@@ -71,12 +77,6 @@ async def _settle(
     if not done:
         raise ZMQTimeoutError(f"{what} within {limit}s")
     return waiting.result()
-
-
-def _observed(future: asyncio.Future[Any]) -> None:
-    """Mark an outcome that nobody may await any more as seen (no 'never retrieved' log)."""
-    if not future.cancelled():
-        future.exception()
 
 
 @final
@@ -127,7 +127,9 @@ class ProgressStream:
     :meth:`AsyncExecutionClient.progress`; ``async with`` or :meth:`close` ends it.
 
     Yields :class:`~zmqruntime.core.messages.ProgressEvent` and, last for one execution, its
-    result-less :class:`~zmqruntime.core.messages.Completion`, after which the iteration ends.
+    result-less :class:`~zmqruntime.core.messages.Completion`, after which the iteration ends
+    (or :data:`COMPLETION_GRACE` seconds after the outcome of an execution submitted through
+    the same client, with no ``Completion``, if the subscription came too late).
     At most :attr:`maxlen` events wait for the reader: past that the oldest is dropped (an
     execution's final ``Completion`` is the newest, so it stays), counted in :attr:`dropped`
     and logged (WARNING, the first time); the I/O thread never blocks. Each wait for the next
@@ -148,6 +150,7 @@ class ProgressStream:
     _closed: bool = attrs.field(default=False, init=False)
     _wake_posted: bool = attrs.field(default=False, init=False)
     _waiter: asyncio.Future[None] | None = attrs.field(default=None, init=False)
+    _outcome: concurrent.futures.Future[Any] | None = attrs.field(default=None, init=False)
 
     @_events.default
     def _make_events(self) -> collections.deque[_Event]:
@@ -172,14 +175,20 @@ class ProgressStream:
                 if self._events:
                     return self._events.popleft()
                 finished = self._ended or self._closed
+            over = self._outcome is not None and self._outcome.done()
             if finished:
                 self.close()
                 raise StopAsyncIteration
             self._waiter = self._loop.create_future()
+            limit = min(self.timeout, COMPLETION_GRACE) if over else self.timeout
             try:
-                done, _pending = await asyncio.wait({self._waiter}, timeout=self.timeout)
+                done, _pending = await asyncio.wait({self._waiter}, timeout=limit)
             finally:
                 self._waiter = None
+            if not done and over:
+                logger.debug("no Completion of %s came; its progress ends", self.execution_id)
+                self.close()
+                raise StopAsyncIteration
             if not done:
                 which = "any execution" if self.execution_id is None else self.execution_id
                 raise ZMQTimeoutError(f"no progress of {which} within {self.timeout}s")
@@ -201,6 +210,11 @@ class ProgressStream:
 
     async def __aexit__(self, *_exc_info: object) -> None:
         self.close()
+
+    def _until(self, outcome: concurrent.futures.Future[Any]) -> None:
+        """Know the outcome of this stream's execution (the client that submitted it)."""
+        self._outcome = outcome
+        outcome.add_done_callback(lambda _done: self._post())  # a waiting reader rechecks
 
     def _deliver(self, event: _Event) -> None:
         """Buffer ``event`` (the client's I/O thread); never blocks."""
@@ -281,21 +295,11 @@ class AsyncExecutionClient:
     async def aclose(self) -> None:
         """End every progress stream and close the client: executions still waiting fail
         (``ChannelClosed``; ``ServerLost`` if submitted with ``confirm``). The closing (which
-        joins the client's I/O thread within ``config.close_timeout``) runs on a short-lived
-        thread, awaited. Idempotent."""
+        joins the client's I/O thread within ``config.close_timeout``) runs in the loop's
+        default executor, awaited. Idempotent."""
         for stream in list(self._streams):
             stream.close()
-        closed: concurrent.futures.Future[None] = concurrent.futures.Future()
-        thread = threading.Thread(
-            target=_close_into,
-            args=(self.client, closed),
-            name="zmqruntime-async-close",
-            daemon=True,
-        )
-        thread.start()
-        limit = self.config.close_timeout + _BACKSTOP
-        await _settle(closed, limit, "the execution client did not close", drop=False)
-        thread.join(limit)
+        await asyncio.to_thread(self.client.close)
 
     def close(self) -> None:
         """:meth:`aclose` for code outside the event loop (this blocks while closing)."""
@@ -318,6 +322,9 @@ class AsyncExecutionClient:
         execution = self.client.submit(
             task, labels=labels, execution_id=execution_id, timeout=timeout, confirm=confirm
         )
+        for stream in list(self._streams):
+            if stream.execution_id == execution.execution_id:
+                stream._until(execution.future)
         if confirm:
             limit = self.config.result_timeout if timeout is None else timeout
             what = f"execution {execution.execution_id} was not accepted"
@@ -380,13 +387,3 @@ class AsyncExecutionClient:
         reply = self.client.client.request_async(request, limit)
         what = f"no reply to {type(request).__name__} from {self.client.client.endpoint}"
         return await _settle(reply, limit, what, drop=True)
-
-
-def _close_into(client: ExecutionClient, closed: concurrent.futures.Future[None]) -> None:
-    """Close ``client`` and resolve ``closed`` with how that went (a helper thread)."""
-    try:
-        client.close()
-    except BaseException as exc:  # handed to aclose()
-        closed.set_exception(exc)
-    else:
-        closed.set_result(None)
