@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QProgressBar
 from superqt.utils._ensure_thread import CallCallable
 
 from zmqruntime import ConfigurationError, TransportMode, ZMQConfig, ZMQTimeoutError
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.messages import Ack, AckOutcome
+from zmqruntime.core.messages import Ack, AckOutcome, ProgressEvent
 from zmqruntime.errors import ChannelClosed, RemoteError
 from zmqruntime.execution import ExecutionClient, ExecutionServer
 from zmqruntime.gui_thread import on_qt_main_thread
@@ -135,6 +135,48 @@ def execution(config: ZMQConfig) -> dict[str, Any]:
     }
 
 
+def progress_bar(config: ZMQConfig) -> dict[str, Any]:
+    """The issue's form, ``client.on_progress(on_qt_main_thread(update_progress_bar))`` with the
+    default adapter (the I/O thread waits for the main thread), driving a real QProgressBar."""
+    bar = on_qt_main_thread(QProgressBar)()  # a widget is made on the main thread
+    live, finished = threading.Event(), threading.Event()
+    threads: list[str] = []
+
+    def update_progress_bar(event: Any) -> None:
+        threads.append(threading.current_thread().name)
+        assert on_main(), f"progress callback on {threading.current_thread().name}"
+        if isinstance(event, ProgressEvent):
+            bar.setValue(round((event.fraction or 0.0) * 100))
+            live.set()
+        else:
+            finished.set()  # the Completion: published after every progress event
+
+    def run(_task: Any, ctx: Any) -> str:
+        for _ in range(400):  # until the subscription is live (PUB/SUB slow joiner)
+            ctx.report_progress(0.0, "waiting for the progress bar")
+            if live.wait(0.05):
+                break
+        for step in range(1, 11):
+            ctx.report_progress(step / 10, "imaging", well=f"B{step:02d}")
+        return "done"
+
+    at = Endpoint.of(port=0, transport_mode=TransportMode.IPC, config=config)
+    with ExecutionServer.bind(at, run) as server:
+        to = Endpoint.of(port=server.port_number, transport_mode=TransportMode.IPC, config=config)
+        with ExecutionClient.to(to) as client:
+            client.on_progress(on_qt_main_thread(update_progress_bar))
+            result = client.submit({}).result(WAIT)
+            assert finished.wait(WAIT), "the Completion never reached the progress bar"
+    value = on_qt_main_thread(bar.value)()
+    on_qt_main_thread(bar.deleteLater)()
+    return {
+        "result": result,
+        "value": value,
+        "calls": len(threads),
+        "threads": sorted(set(threads)),
+    }
+
+
 def timeouts() -> dict[str, Any]:
     """A busy main thread: a call not started is withdrawn, one started finishes late."""
     busy, started, release = threading.Event(), threading.Event(), threading.Event()
@@ -229,6 +271,7 @@ def worker(app: QApplication, config: ZMQConfig) -> None:
     for name, scenario in (
         ("streaming", lambda: streaming(config)),
         ("execution", lambda: execution(config)),
+        ("progress_bar", lambda: progress_bar(config)),
         ("timeouts", timeouts),
         ("closing", closing),
         ("concurrent", concurrent),

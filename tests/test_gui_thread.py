@@ -100,6 +100,15 @@ def test_progress_callbacks_run_on_the_main_thread_and_their_errors_are_logged(s
     assert line.startswith("ERROR ") and line.endswith("the progress bar is gone")
 
 
+def test_the_default_adapter_drives_a_progress_bar_on_the_main_thread(seen) -> None:
+    """``client.on_progress(on_qt_main_thread(update_progress_bar))``, as the issue writes it:
+    every call ran on the main thread (the callback asserts it) and the bar reached 100."""
+    bar = scenario(seen, "progress_bar")
+    assert bar["result"] == "done"
+    assert bar["threads"] == ["MainThread"] and bar["calls"] >= 12  # 10 steps, a Completion
+    assert bar["value"] == 100
+
+
 def test_a_request_handler_answers_from_the_main_thread(seen) -> None:
     execution = scenario(seen, "execution")
     assert execution["reply"] == {"layers": ["dapi"], "main": True}

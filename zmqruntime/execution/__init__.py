@@ -3,13 +3,15 @@
 :class:`ExecutionServer` runs tasks with an application's :class:`~zmqruntime.TaskExecutor` on
 a :class:`WorkerPool` (:class:`ThreadWorkers`, :class:`ProcessWorkers`, or another engine's
 workers through :class:`RemoteWorkers`); :class:`ExecutionClient` submits them and returns
-:class:`Execution` handles backed by ``concurrent.futures.Future``.
+:class:`Execution` handles backed by ``concurrent.futures.Future``;
+:class:`AsyncExecutionClient` awaits them in asyncio code.
 """
 
 from __future__ import annotations
 
 from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ServerSummary
 from zmqruntime.errors import ServerLost, TaskCancelled, TaskFailed
+from zmqruntime.execution.async_client import AsyncExecution, AsyncExecutionClient, ProgressStream
 from zmqruntime.execution.backends.inlet import RemoteWorkers
 from zmqruntime.execution.backends.processes import ProcessWorkers
 from zmqruntime.execution.backends.remote import RemoteContext
@@ -24,6 +26,8 @@ from zmqruntime.execution.server import ExecutionServer
 from zmqruntime.execution.sqlite_store import SqliteStore, open_history
 
 __all__ = [
+    "AsyncExecution",
+    "AsyncExecutionClient",
     "Execution",
     "ExecutionClient",
     "ExecutionContext",
@@ -35,6 +39,7 @@ __all__ = [
     "ProcessWorkers",
     "ProgressRegistry",
     "ProgressRollup",
+    "ProgressStream",
     "RemoteContext",
     "RemoteWorkers",
     "RetentionPolicy",
