@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
 from zmqruntime.core import codec
+from zmqruntime.core.listing_messages import MAX_LISTED
 from zmqruntime.core.messages import (
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
@@ -49,10 +50,12 @@ from zmqruntime.core.messages import (
     ImageSent,
     ItemFrame,
     ItemKind,
+    ListRequest,
     Message,
     Ping,
     Pong,
     ProgressEvent,
+    RecordList,
     RecordReply,
     ServerSummary,
     Shutdown,
@@ -482,6 +485,21 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         StatusRequest, request_id=request_ids(), execution_id=_optional(texts())
     ),
     Cancel: st.builds(Cancel, request_id=request_ids(), execution_id=texts()),
+    ListRequest: st.builds(
+        ListRequest,
+        request_id=request_ids(),
+        statuses=st.lists(st.sampled_from(ExecutionStatus), max_size=3).map(tuple),
+        labels=_labels(),
+        prefix=texts(),
+        after=_optional(texts()),
+        limit=st.integers(1, MAX_LISTED),
+    ),
+    RecordList: st.builds(
+        RecordList,
+        request_id=request_ids(),
+        records=st.lists(execution_records(), max_size=3).map(tuple),
+        next_after=_optional(texts()),
+    ),
     Attach: st.builds(Attach, request_id=request_ids(), execution_id=texts(), worker=texts()),
     Pong: st.builds(
         Pong,

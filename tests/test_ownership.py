@@ -122,3 +122,26 @@ def test_admin_keys_are_admitted_even_when_not_listed_as_clients(config: ZMQConf
     ):
         assert client.summary(timeout=_TIMEOUT).running == 0
         assert server.summary().running == 0
+
+
+def test_a_listing_shows_a_client_its_own_executions_and_an_admin_all(
+    served: tuple[ExecutionServer, Clients],
+) -> None:
+    _server, clients = served
+    for number in (1, 2):
+        for name in ("owner", "stranger"):  # each accepted before the next: a known order
+            execution_id = f"{name}-{number}"
+            submitted = clients[name].submit({"limit": 30}, execution_id=execution_id, confirm=True)
+            submitted.accepted.result(_TIMEOUT)
+    listed = {
+        name: [r.execution_id for r in client.list(timeout=_TIMEOUT).records]
+        for name, client in clients.items()
+    }
+    assert listed == {
+        "owner": ["owner-1", "owner-2"],
+        "stranger": ["stranger-1", "stranger-2"],
+        "admin": ["owner-1", "stranger-1", "owner-2", "stranger-2"],
+    }
+    for name in ("owner", "stranger"):
+        for number in (1, 2):
+            assert clients[name].cancel(f"{name}-{number}", timeout=_TIMEOUT)

@@ -15,6 +15,7 @@ import attrs
 from typing_extensions import Buffer
 
 from zmqruntime.core.command_messages import CommandFrame, CommandReply
+from zmqruntime.core.listing_messages import ListRequest, RecordList
 from zmqruntime.core.vocabulary import (
     MAX_BATCH_ITEMS,
     AckOutcome,
@@ -58,11 +59,13 @@ __all__ = [
     "ImageSent",
     "ItemFrame",
     "ItemKind",
+    "ListRequest",
     "Message",
     "MessageFields",
     "Ping",
     "Pong",
     "ProgressEvent",
+    "RecordList",
     "RecordReply",
     "ResponseType",
     "ServerSummary",
@@ -349,10 +352,12 @@ class ImageSent:
     timestamp: float = 0.0
 
 
-_Request: TypeAlias = Ping | Shutdown | Execute | StatusRequest | Cancel | Attach | AppRequest
+_Request: TypeAlias = (
+    Ping | Shutdown | Execute | StatusRequest | Cancel | Attach | AppRequest | ListRequest
+)
 _Reply: TypeAlias = (
     Pong | ErrorReply | ShutdownReply | Accepted | RecordReply | SummaryReply | AppReply
-)
+) | RecordList
 _Stream: TypeAlias = (
     (ProgressEvent | Completion | ImageFrame | ItemFrame | BatchFrame | Ack | ImageSent)
     | AppEvent

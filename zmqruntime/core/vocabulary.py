@@ -37,6 +37,7 @@ class ControlMessageType(enum.Enum):
     CANCEL = "cancel"
     ATTACH = "attach"
     REQUEST = "request"
+    LIST = "list"
 
 
 class ResponseType(enum.Enum):
@@ -49,6 +50,7 @@ class ResponseType(enum.Enum):
     RECORD = "record"
     SUMMARY = "summary"
     REPLY = "reply"
+    RECORDS = "records"
 
 
 class StreamMessageType(enum.Enum):

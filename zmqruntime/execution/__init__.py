@@ -18,12 +18,13 @@ from zmqruntime.execution.backends.remote import RemoteContext
 from zmqruntime.execution.backends.threads import ThreadWorkers
 from zmqruntime.execution.client import Execution, ExecutionClient, Subscription
 from zmqruntime.execution.context import ExecutionContext
+from zmqruntime.execution.history import open_history
 from zmqruntime.execution.outcomes import WorkerStatistics
 from zmqruntime.execution.pool import PoolStatistics, WorkerPool
 from zmqruntime.execution.progress import ProgressRegistry, ProgressRollup
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
 from zmqruntime.execution.server import ExecutionServer
-from zmqruntime.execution.sqlite_store import SqliteStore, open_history
+from zmqruntime.execution.sqlite_store import SqliteStore
 
 __all__ = [
     "AsyncExecution",

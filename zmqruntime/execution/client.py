@@ -27,8 +27,10 @@ from zmqruntime.core.messages import (
     Execute,
     ExecutionRecord,
     ExecutionStatus,
+    ListRequest,
     Message,
     Pong,
+    RecordList,
     RecordReply,
     ServerSummary,
     Shutdown,
@@ -205,6 +207,34 @@ class ExecutionClient:
         if not isinstance(reply, RecordReply):
             raise RemoteProtocolError(f"server answered status with {type(reply).__name__}")
         return reply.record
+
+    def list(
+        self,
+        *,
+        status: Iterable[ExecutionStatus] = (),
+        labels: Mapping[str, str] | None = None,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        timeout: float | None = None,
+    ) -> RecordList:
+        """One page of the records the server holds, oldest submission first: with one of the
+        statuses ``status`` (any when empty), all of ``labels``, an id starting with
+        ``prefix``, submitted after the execution ``after`` (the ``next_after`` of the
+        previous page); at most ``limit`` (1 to 1,000). Only this client's executions unless
+        it is an admin. ``RemoteError`` NOT_FOUND when ``after`` expired meanwhile."""
+        query = ListRequest(
+            request_id=0,
+            statuses=tuple(status),
+            labels=dict(labels or {}),
+            prefix=prefix,
+            after=after,
+            limit=limit,
+        )
+        reply = self.client.request(query, timeout)
+        if not isinstance(reply, RecordList):
+            raise RemoteProtocolError(f"server answered list with {type(reply).__name__}")
+        return reply
 
     def summary(self, *, timeout: float | None = None) -> ServerSummary:
         """The server's summary: queued, running, counts per status, workers, uptime."""

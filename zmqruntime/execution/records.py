@@ -20,7 +20,7 @@ from typing import Any, Final, final
 import attrs
 
 from zmqruntime.core import wire
-from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent
+from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ListRequest, ProgressEvent
 from zmqruntime.errors import ConfigurationError
 from zmqruntime.execution.outcomes import Failed
 from zmqruntime.protocols import Buffer
@@ -192,6 +192,33 @@ class ExecutionStore:
         with self._lock:
             self._expire()
             return self._current(execution_id)
+
+    def select(
+        self, query: ListRequest, owner: str | None, *, everyone: bool, max_bytes: int
+    ) -> tuple[list[ExecutionRecord], str | None]:
+        """One page of :class:`~zmqruntime.core.messages.ListRequest` ``query``, in submission
+        order, of the executions ``owner`` submitted (all of them with ``everyone``): at most
+        ``query.limit`` records and, past the first, ``max_bytes``; returns them and the id
+        to continue after (None: no more). ``ValueError`` if ``query.after`` is not held."""
+        with self._lock:
+            self._expire()
+            ids = list(self._records)
+            start = ids.index(query.after) + 1 if query.after is not None else 0
+            page: list[ExecutionRecord] = []
+            size = 0
+            for execution_id in ids[start:]:
+                record = self._records[execution_id]
+                if (query.statuses and record.status not in query.statuses) or not (
+                    execution_id.startswith(query.prefix)
+                    and query.labels.items() <= record.labels.items()
+                    and (everyone or self._origins.get(execution_id, (b"", None))[1] == owner)
+                ):
+                    continue
+                if len(page) == query.limit or (page and size + record_bytes(record) > max_bytes):
+                    return page, page[-1].execution_id
+                size += record_bytes(record)
+                page.append(self._current(execution_id) or record)
+            return page, None
 
     def _current(self, execution_id: str) -> ExecutionRecord | None:
         record = self._records.get(execution_id)

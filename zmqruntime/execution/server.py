@@ -49,6 +49,8 @@ from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
+from zmqruntime.execution.history import requeue
+from zmqruntime.execution.listing import list_page
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Completed,
@@ -66,7 +68,6 @@ from zmqruntime.execution.records import (
     task_digest,
 )
 from zmqruntime.execution.results import ResultCache
-from zmqruntime.execution.sqlite_store import requeue
 from zmqruntime.execution.waiters import Waiters, error_reply, unknown_execution
 from zmqruntime.protocols import Buffer, RecordStore, RequestHandler, TaskExecutor, TaskSerializer
 
@@ -76,7 +77,7 @@ logger = logging.getLogger(__name__)
 
 MAX_EXECUTION_ID_LENGTH: Final = 256
 _WAKE_SECONDS: Final = 1.0
-CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown")
+CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown", "list")
 
 
 @final
@@ -172,6 +173,7 @@ class ExecutionServer:
                 ControlMessageType.STATUS: self._on_status,
                 ControlMessageType.CANCEL: self._on_cancel,
                 ControlMessageType.SHUTDOWN: self._on_shutdown,
+                ControlMessageType.LIST: lambda r, peer: list_page(self._store, r, peer),
             }
         )
         self.server.bind()

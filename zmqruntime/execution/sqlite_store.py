@@ -30,18 +30,19 @@ from typing import Final, final
 import attrs
 
 from zmqruntime.core import codec
-from zmqruntime.core.credentials import runtime_directory
-from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit
-from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ProgressEvent, RecordReply
-from zmqruntime.core.serializers import SafeSerializer
+from zmqruntime.core.messages import (
+    ExecutionRecord,
+    ExecutionStatus,
+    ListRequest,
+    ProgressEvent,
+    RecordReply,
+)
 from zmqruntime.errors import ConfigurationError, LocalProtocolError, ProtocolError
-from zmqruntime.execution.outcomes import EncodedTask, Job
-from zmqruntime.execution.pool import WorkerPool
 from zmqruntime.execution.records import ExecutionStore, RetentionPolicy
-from zmqruntime.protocols import Buffer, RecordStore, TaskSerializer
+from zmqruntime.protocols import Buffer
 
-__all__ = ["APPLICATION_ID", "SqliteStore", "open_history", "requeue"]
+__all__ = ["APPLICATION_ID", "SqliteStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,12 @@ class SqliteStore:
         """See :meth:`ExecutionStore.active_ids`."""
         return self.memory.active_ids()
 
+    def select(
+        self, query: ListRequest, owner: str | None, *, everyone: bool, max_bytes: int
+    ) -> tuple[list[ExecutionRecord], str | None]:
+        """See :meth:`ExecutionStore.select`."""
+        return self.memory.select(query, owner, everyone=everyone, max_bytes=max_bytes)
+
     def resume(self) -> list[tuple[ExecutionRecord, tuple[bytes, ...]]]:
         """The tasks found queued at open, oldest first, with their payload frames: returned
         once (then an empty list), for the server to queue again."""
@@ -292,31 +299,6 @@ class SqliteStore:
             else:
                 self.memory.interrupt(execution_id, _RAN)
         len(self.memory)  # retention applies now, on disk too
-
-
-def open_history(choice: str | None, endpoint: Endpoint) -> RecordStore:
-    """The store ``zmqruntime serve --store`` names: ``"memory"``; a file path
-    (:meth:`SqliteStore.open`); or None, the file ``history-<transport>-<port>.sqlite3`` in the
-    runtime folder (memory for port 0: a free port is another one at each start)."""
-    if choice == "memory" or (choice is None and endpoint.port == 0):
-        return ExecutionStore()
-    if choice is None:
-        name = f"history-{endpoint.transport.value}-{endpoint.port}.sqlite3"
-        return SqliteStore.open(runtime_directory(endpoint.config, create=True) / name)
-    return SqliteStore.open(choice)
-
-
-def requeue(
-    store: RecordStore, pool: WorkerPool, serializer: TaskSerializer, max_nodes: int
-) -> int:
-    """Queue on ``pool`` again, oldest first, the tasks ``store`` kept queued when its last
-    server died (:meth:`SqliteStore.resume`); each is decoded by its worker (bounded to
-    ``max_nodes`` with the safe serializer), and fails there if it cannot. Returns how many."""
-    nodes = max_nodes if isinstance(serializer, SafeSerializer) else None
-    found = store.resume()
-    for record, frames in found:
-        pool.submit(Job(record.execution_id, EncodedTask(frames, serializer, nodes), record.labels))
-    return len(found)
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
