@@ -44,17 +44,17 @@ from zmqruntime.core.messages import (
     StatusRequest,
     SummaryReply,
 )
-from zmqruntime.core.requests import RequestTable, serializer_refusal
+from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import Peer, ZMQServer
 from zmqruntime.core.socket_options import Context
-from zmqruntime.errors import ChannelClosed, ErrorCode, ProtocolError
+from zmqruntime.errors import ChannelClosed, ErrorCode
+from zmqruntime.execution.admission import decode_task, refusal_of
 from zmqruntime.execution.history import requeue
 from zmqruntime.execution.listing import list_page
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Completed,
-    EncodedTask,
     Failed,
     Job,
     Outcome,
@@ -64,7 +64,6 @@ from zmqruntime.execution.pool import WorkerPool
 from zmqruntime.execution.records import (
     ExecutionStore,
     RetentionPolicy,
-    labels_problem,
     task_digest,
 )
 from zmqruntime.execution.results import ResultCache
@@ -75,7 +74,6 @@ __all__ = ["ExecutionServer"]
 
 logger = logging.getLogger(__name__)
 
-MAX_EXECUTION_ID_LENGTH: Final = 256
 _WAKE_SECONDS: Final = 1.0
 CAPABILITIES: Final = ("execute", "status", "cancel", "progress", "shutdown", "list")
 
@@ -263,14 +261,9 @@ class ExecutionServer:
         rid = request.request_id
         if self._draining:
             return error_reply(rid, ErrorCode.REFUSED, "the server is shutting down")
-        refusal = serializer_refusal(rid, request.serializer, self.serializer, "the task")
-        if refusal is not None:
+        if (refusal := refusal_of(request, self.serializer)) is not None:
             return refusal
         execution_id = request.execution_id or uuid.uuid4().hex
-        if len(execution_id) > MAX_EXECUTION_ID_LENGTH:  # an empty one was replaced above
-            return error_reply(rid, ErrorCode.MALFORMED, "execution_id must be 1..256 characters")
-        if (problem := labels_problem(request.labels)) is not None:
-            return error_reply(rid, ErrorCode.TOO_LARGE, f"{problem}; labels are short tags")
         answer_to = None if request.confirm else rid
         digest = task_digest(request.payload)
         known = self._store.get(execution_id)
@@ -287,17 +280,10 @@ class ExecutionServer:
                 ErrorCode.REFUSED,
                 f"the queue is full ({self.queue_limit} tasks waiting); retry later",
             )
-        try:
-            task = EncodedTask.receive(
-                request.payload, self.serializer, self.max_task_json_bytes, self.max_task_nodes
-            )
-        except ProtocolError as exc:
-            if exc.code is ErrorCode.TOO_LARGE:
-                return error_reply(rid, exc.code, str(exc))
-            return error_reply(rid, exc.code, f"the task payload cannot be decoded: {exc}")
-        except (ValueError, TypeError) as exc:
-            why = f"the task payload cannot be decoded: {exc}"
-            return error_reply(rid, ErrorCode.MALFORMED, why)
+        limits = self.max_task_json_bytes, self.max_task_nodes
+        task, refusal = decode_task(request, self.serializer, *limits)
+        if refusal is not None:
+            return refusal
         record, _ = self._store.submit(
             execution_id, request.labels, digest, peer.user, request.payload
         )
@@ -359,6 +345,7 @@ class ExecutionServer:
         """Refuse new work; with ``force`` cancel what is left; stop once nothing runs."""
         with self._lock:
             self._draining = True
+        self.server.begin_draining()  # pongs say so: a manager must not attach to it now
         if force:
             for execution_id in self._store.active_ids():
                 self.pool.cancel(execution_id)
