@@ -795,11 +795,11 @@ def test_an_internal_error_is_one_line_and_exit_70(tmp_path: Path) -> None:
     --log-level debug adds the traceback."""
     script = (
         "import sys, zmqruntime.cli\n"
-        "cli = sys.modules['zmqruntime.cli.main']\n"
+        "cli = sys.modules['zmqruntime.cli.parser']\n"
         "def broken(args):\n"
         "    raise LookupError('a bug on purpose')\n"
-        "cli._COMMANDS['ping'] = (broken, *cli._COMMANDS['ping'][1:])\n"
-        "sys.exit(cli.main(sys.argv[1:]))\n"
+        "cli.COMMANDS['ping'] = (broken, *cli.COMMANDS['ping'][1:])\n"
+        "sys.exit(zmqruntime.cli.main(sys.argv[1:]))\n"
     )
     quiet, loud = (
         subprocess.run(

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import importlib.util
 import io
+import json
 import logging
 import math
 import os
@@ -27,7 +29,9 @@ __all__ = [
     "MAX_SECONDS",
     "Bars",
     "CLIError",
+    "answer",
     "check_napari",
+    "dumps",
     "file_name",
     "follow",
     "log_level",
@@ -39,6 +43,7 @@ __all__ = [
     "show_table",
     "text",
     "writable_folder",
+    "write",
 ]
 
 EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_WAIT_TIMEOUT = 1, 2, 3, 4, 5
@@ -55,6 +60,34 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def write(text: str) -> None:
+    """Write one line of output to stdout, at once."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def answer(args: argparse.Namespace, data: Any, human: str) -> None:
+    """Print ``data`` as JSON with ``--json``, else the ``human`` line."""
+    write(dumps(data) if args.json else human)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=False)  # json comes back here for what it holds
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def dumps(value: Any) -> str:
+    """JSON for the terminal: arrays as lists, bytes as hex, records as objects."""
+    return json.dumps(value, default=_json_default, indent=2)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

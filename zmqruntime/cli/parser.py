@@ -1,0 +1,121 @@
+"""The command line's grammar and help: :data:`COMMANDS`, the one table where every subcommand
+is registered (its handler, summary, endpoint side and options), and :func:`build_parser`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from zmqruntime.cli import display
+from zmqruntime.cli.commands import (
+    cmd_cancel,
+    cmd_ping,
+    cmd_serve,
+    cmd_shutdown,
+    cmd_status,
+    cmd_submit,
+)
+from zmqruntime.cli.tools import cmd_demo, cmd_keygen, cmd_view
+from zmqruntime.config import TransportMode
+
+__all__ = ["COMMANDS", "DESCRIPTION", "EPILOG", "Command", "Option", "build_parser", "option"]
+
+DESCRIPTION = "The zmqruntime command line (also: python -m zmqruntime)."
+EPILOG = (
+    "Exit codes: 0 success, 1 the task failed or was cancelled, 2 bad usage, 3 no server "
+    "answered (or it vanished), 4 the server refused the request, 5 submit --wait gave up "
+    "waiting (the task is still running on the server), 70 an internal error (a bug), "
+    "130 interrupted."
+)
+
+Option = tuple[tuple[str, ...], dict[str, Any]]
+"""One ``add_argument`` call: its names and its keywords."""
+Command = tuple[Callable[[argparse.Namespace], int], str, str, list[Option]]
+"""A subcommand: (handler, one-line help, endpoint options — "server", "client" or "" — and
+its own options)."""
+
+
+def option(*names: str, **settings: Any) -> Option:
+    """One argument of a command, as ``add_argument(*names, **settings)`` takes it."""
+    return names, settings
+
+
+_JSON = option("--json", action="store_true", help="machine-readable output")
+_ID = option("execution_id", metavar="ID", type=display.text)
+COMMANDS: dict[str, Command] = {
+    "serve": (cmd_serve, "run an execution server", "server", [
+        option("--executor", required=True, help="package.module:function"),
+        option("--workers", type=int, help="worker threads (1)"),
+        option("--processes", type=int, help="worker processes"),
+    ]),
+    "submit": (cmd_submit, "submit a task", "client", [
+        option("task", metavar="TASK_JSON", type=display.text),
+        option("--label", action="append", default=[], metavar="KEY=VALUE", type=display.text),
+        option("--wait", action="store_true", help="show progress, print the result"),
+        option("--wait-timeout", type=display.seconds, default=3600.0, help="seconds (3600)"),
+        _JSON,
+    ]),
+    "status": (cmd_status, "server summary, or one execution", "client", [
+        option("execution_id", nargs="?", metavar="ID", type=display.text), _JSON,
+    ]),
+    "cancel": (cmd_cancel, "cancel an execution", "client", [_ID, _JSON]),
+    "ping": (cmd_ping, "is a server answering, and what is it?", "client", [_JSON]),
+    "shutdown": (cmd_shutdown, "stop a server", "client", [
+        option("--force", action="store_true", help="cancel running work too"), _JSON,
+    ]),
+    "view": (cmd_view, "run a viewer process", "server", [
+        option("--sink", required=True, help="npy:DIR or napari"),
+    ]),
+    "keygen": (cmd_keygen, "write a CURVE key pair", "", [
+        option("directory", metavar="DIR"),
+        option("--name", default="zmqruntime", type=display.file_name, help="(zmqruntime)"),
+        option("--force", action="store_true", help="replace existing key files"), _JSON,
+    ]),
+    "demo": (cmd_demo, "run the end-to-end demo", "", [
+        option("--tasks", type=int, default=12, help="how many tasks (12)"),
+        option("--out", default="zmqruntime-demo", help="output folder"),
+        option("--napari", action="store_true", help="show the images in napari"),
+    ]),
+}  # fmt: skip
+"""Every subcommand, in the order ``--help`` lists them: register a new one here."""
+
+
+def _add_endpoint(parser: argparse.ArgumentParser, side: str) -> None:
+    parser.add_argument("--port", type=int, help="data port (default 7777)")
+    host = "interface to bind" if side == "server" else "server host for TCP (default localhost)"
+    parser.add_argument("--host", help=host, type=display.text)
+    mode = parser.add_mutually_exclusive_group()
+    tcp, ipc = TransportMode.TCP, TransportMode.IPC
+    mode.add_argument("--tcp", dest="mode", action="store_const", const=tcp, help="use TCP")
+    mode.add_argument("--ipc", dest="mode", action="store_const", const=ipc, help="use IPC (POSIX)")
+    parser.add_argument("--ipc-root", help="folder of IPC sockets (default ~)")
+    keys = "CURVE keys made by keygen: server.key_secret, and clients' *.key"
+    if side == "client":
+        keys = "CURVE keys made by keygen: client.key_secret and server.key"
+    secure = parser.add_mutually_exclusive_group()
+    secure.add_argument("--keys", metavar="DIR", help=keys + " (TCP)")
+    secure.add_argument(
+        "--insecure", action="store_true", help="TCP without credentials: anyone may connect"
+    )
+    parser.add_argument("--timeout", type=display.seconds, default=5.0, help="seconds to wait (5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, from :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="zmqruntime", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=display.log_level,
+        help="debug, info, warning (default), error or critical",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (handler, summary, side, options) in COMMANDS.items():
+        command = commands.add_parser(name, help=summary)
+        for names, settings in options:
+            command.add_argument(*names, **settings)
+        if side:
+            _add_endpoint(command, side)
+        command.set_defaults(handler=handler)
+    return parser

@@ -1,0 +1,55 @@
+"""The commands that need no execution server: ``view`` (a viewer process), ``keygen`` (CURVE
+keys) and ``demo``. Each takes the parsed options and returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from zmqruntime.cli import address, display
+from zmqruntime.cli.display import CLIError, answer
+
+__all__ = ["cmd_demo", "cmd_keygen", "cmd_view"]
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Run a viewer that hands what it receives to ``--sink``."""
+    from zmqruntime.streaming.__main__ import main as viewer_main  # noqa: PLC0415 - lazy
+
+    kind, _, folder = args.sink.partition(":")
+    if not (kind == "napari" or (kind == "npy" and folder)):
+        raise CLIError(f"--sink must be npy:DIR or napari, not {args.sink!r}")
+    if kind == "napari":
+        display.check_napari()
+    else:
+        display.writable_folder(Path(folder), "--sink")
+    argv = ["--sink", args.sink, "--transport", address.mode(args).value]
+    given: tuple[tuple[str, Any], ...] = (("--port", args.port), ("--ipc-root", args.ipc_root))
+    given += (("--host", args.host), ("--keys", args.keys))
+    argv += [str(part) for option, value in given if value is not None for part in (option, value)]
+    return viewer_main(argv + ["--insecure"] * args.insecure)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write a CURVE key pair (refusing to replace one without ``--force``)."""
+    from zmqruntime.core.security import write_curve_keypair  # noqa: PLC0415 - lazy
+
+    paths = [Path(args.directory, f"{args.name}{suffix}") for suffix in (".key", ".key_secret")]
+    existing = [path for path in paths if path.exists() or path.is_symlink()]
+    if existing and not args.force:
+        raise CLIError(f"{existing[0]} already exists; --force replaces the key pair")
+    try:
+        public, secret = write_curve_keypair(Path(args.directory), args.name)
+    except OSError as exc:
+        raise CLIError(f"cannot write keys into {args.directory}: {exc}") from None
+    human = f"public key: {public}\nsecret key: {secret} (keep it private)"
+    answer(args, {"public": str(public), "secret": str(secret)}, human)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the end-to-end demo."""
+    from zmqruntime.cli.demo import run_demo  # noqa: PLC0415 - lazy
+
+    return run_demo(tasks=args.tasks, out=Path(args.out), use_napari=args.napari)
