@@ -5,18 +5,23 @@ a person-made error raises :class:`~zmqruntime.cli.display.CLIError`."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zmqruntime import errors
-from zmqruntime.cli import address, display
+from zmqruntime.cli import address, display, ids
 from zmqruntime.cli.display import CLIError, answer, dumps, follow, show_record, show_summary, write
 from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
+
+if TYPE_CHECKING:
+    from zmqruntime.execution import ExecutionClient
 
 __all__ = [
     "cmd_cancel",
@@ -54,10 +59,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def load_executor(path: str) -> Callable[..., Any]:
-    """The callable named ``package.module:function``."""
+    """The callable named ``package.module:function``, imported with the current folder on the
+    import path (like ``python -m``; not under ``python -P``)."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise CLIError(f"--executor must look like package.module:function, not {path!r}")
+    here = os.getcwd()  # importable, as ``python -m`` makes it; a console script does not
+    if not getattr(sys.flags, "safe_path", False) and not {"", here} & set(sys.path):
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
         executor = getattr(module, attribute, None)
@@ -107,6 +116,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     execution_id = uuid.uuid4().hex
     with address.execution_client(args) as client:
         client.ping(timeout=args.timeout)
+        ids.remember(client.client.config, execution_id)
         if not args.wait:
             execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             execution.accepted.result(timeout=args.timeout)
@@ -124,16 +134,46 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     f"still running (see: zmqruntime status {execution_id})",
                     display.EXIT_WAIT_TIMEOUT,
                 ) from None
+            except errors.ServerLost as exc:
+                raise CLIError(
+                    f"lost the server on {address.where(args)} while waiting for task "
+                    f"{execution_id} ({exc}); once it is back, see: zmqruntime status "
+                    f"{execution_id}",
+                    display.EXIT_UNREACHABLE,
+                ) from None
+            except KeyboardInterrupt:
+                bars.finish()
+                raise _interrupted(client, execution_id, args.timeout) from None
             finally:
                 bars.finish()
     write(dumps(result))
     return 0
 
 
+def _interrupted(client: ExecutionClient, execution_id: str, timeout: float) -> CLIError:
+    """Ctrl-C during ``submit --wait``: cancel the task; the error says how that went."""
+    see = f"see: zmqruntime status {execution_id}"
+    try:
+        cancelled = client.cancel(execution_id, timeout=timeout)
+    except (errors.ZMQRuntimeError, KeyboardInterrupt) as exc:
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        return CLIError(
+            f"interrupted; cancelling task {execution_id} failed ({why}): it may still run ({see})",
+            display.EXIT_INTERRUPTED,
+        )
+    state = "cancelled" if cancelled else "had already finished"
+    return CLIError(f"interrupted; task {execution_id} {state} ({see})", display.EXIT_INTERRUPTED)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """The server summary, or one execution's record."""
+    """The server summary, or one execution's record (the id or a unique prefix of it)."""
+    found: ExecutionRecord | ServerSummary
     with address.execution_client(args) as client:
-        found = client.status(args.execution_id, timeout=args.timeout)
+        if args.execution_id is None:
+            found = client.summary(timeout=args.timeout)
+        else:
+            record = functools.partial(client.record, timeout=args.timeout)
+            _, found = ids.ask(client, args.execution_id, record, args.timeout)
     if args.json:
         write(dumps(found))
     elif isinstance(found, ServerSummary):
@@ -144,12 +184,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """Cancel one execution."""
+    """Cancel one execution (the id or a unique prefix of it)."""
     with address.execution_client(args) as client:
-        cancelled = client.cancel(args.execution_id, timeout=args.timeout)
+        cancel = functools.partial(client.cancel, timeout=args.timeout)
+        execution_id, cancelled = ids.ask(client, args.execution_id, cancel, args.timeout)
     state = "cancelled" if cancelled else "already finished; nothing to cancel"
-    human = f"{args.execution_id}: {state}"
-    answer(args, {"execution_id": args.execution_id, "cancelled": cancelled}, human)
+    human = f"{execution_id}: {state}"
+    answer(args, {"execution_id": execution_id, "cancelled": cancelled}, human)
     return 0
 
 

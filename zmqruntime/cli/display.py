@@ -25,12 +25,16 @@ from zmqruntime import errors
 from zmqruntime.core.messages import Completion, ExecutionRecord, ProgressEvent, ServerSummary
 
 __all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "EXIT_WAIT_TIMEOUT",
     "MAX_SECONDS",
     "Bars",
     "CLIError",
     "answer",
     "check_napari",
+    "count",
     "dumps",
     "file_name",
     "follow",
@@ -110,8 +114,20 @@ def report(exc: BaseException, where: str | None) -> int:
     if isinstance(exc, errors.TaskFailed):
         sys.stderr.write(exc.remote_traceback or f"{exc.error_type}: {exc.error_message}\n")
     message, code = _explain(exc, where)
+    for setting, option in _OPTION_NAMES:
+        message = message.replace(setting, option)
     sys.stderr.write(f"zmqruntime: {' '.join(message.splitlines())}\n")
     return code
+
+
+_OPTION_NAMES = (
+    ("ZMQConfig(ipc_root=...)", "--ipc-root"),
+    ("ZMQConfig ipc_root/app_name", "--ipc-root"),
+    ("ServerCurve(admin_keys=...)", "client.key in the server's --keys folder"),
+    ("insecure=True", "--insecure"),
+    ("max_workers", "--workers or --processes"),
+)
+"""The library's settings its messages name, and the options a person types instead."""
 
 
 def _explain(exc: BaseException, where: str | None) -> tuple[str, int]:
@@ -150,6 +166,17 @@ def seconds(typed: str) -> float:
         raise argparse.ArgumentTypeError(
             f"want seconds above 0, at most {MAX_SECONDS:g}: {typed!r}"
         )
+    return number
+
+
+def count(typed: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    try:
+        number = int(typed)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of 1 or more: {typed!r}")
     return number
 
 

@@ -17,7 +17,8 @@ from zmqruntime.cli.commands import (
     cmd_submit,
 )
 from zmqruntime.cli.tools import cmd_demo, cmd_keygen, cmd_view
-from zmqruntime.config import TransportMode
+from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.core.transport import get_default_transport_mode
 
 __all__ = ["COMMANDS", "DESCRIPTION", "EPILOG", "Command", "Option", "build_parser", "option"]
 
@@ -42,39 +43,51 @@ def option(*names: str, **settings: Any) -> Option:
 
 
 _JSON = option("--json", action="store_true", help="machine-readable output")
-_ID = option("execution_id", metavar="ID", type=display.text)
+_ID = "the execution id, or a unique prefix of it (at least 4 characters)"
 COMMANDS: dict[str, Command] = {
     "serve": (cmd_serve, "run an execution server", "server", [
-        option("--executor", required=True, help="package.module:function"),
-        option("--workers", type=int, help="worker threads (1)"),
-        option("--processes", type=int, help="worker processes"),
+        option("--executor", required=True, metavar="MODULE:FUNCTION", help=(
+            "the function that runs each task, as package.module:function; modules in the "
+            "current folder can be imported (as with python -m)")),
+        option("--workers", type=display.count, help="worker threads (default 1)"),
+        option("--processes", type=display.count, help="worker processes instead of threads"),
     ]),
     "submit": (cmd_submit, "submit a task", "client", [
-        option("task", metavar="TASK_JSON", type=display.text),
-        option("--label", action="append", default=[], metavar="KEY=VALUE", type=display.text),
-        option("--wait", action="store_true", help="show progress, print the result"),
-        option("--wait-timeout", type=display.seconds, default=3600.0, help="seconds (3600)"),
+        option("task", metavar="TASK_JSON", type=display.text, help="the task, as JSON"),
+        option("--label", action="append", default=[], metavar="KEY=VALUE", type=display.text,
+               help="a label to find the task by (repeat for more)"),
+        option("--wait", action="store_true", help=(
+            "show progress and print the result; Ctrl-C cancels the task")),
+        option("--wait-timeout", type=display.seconds, default=3600.0, metavar="SECONDS",
+               help="how long --wait waits (default 3600)"),
         _JSON,
     ]),
     "status": (cmd_status, "server summary, or one execution", "client", [
-        option("execution_id", nargs="?", metavar="ID", type=display.text), _JSON,
+        option("execution_id", nargs="?", metavar="ID", type=display.text,
+               help=_ID + "; without it, the server summary"),
+        _JSON,
     ]),
-    "cancel": (cmd_cancel, "cancel an execution", "client", [_ID, _JSON]),
+    "cancel": (cmd_cancel, "cancel an execution", "client", [
+        option("execution_id", metavar="ID", type=display.text, help=_ID), _JSON,
+    ]),
     "ping": (cmd_ping, "is a server answering, and what is it?", "client", [_JSON]),
     "shutdown": (cmd_shutdown, "stop a server", "client", [
         option("--force", action="store_true", help="cancel running work too"), _JSON,
     ]),
     "view": (cmd_view, "run a viewer process", "server", [
-        option("--sink", required=True, help="npy:DIR or napari"),
+        option("--sink", required=True, help=(
+            "where images go: npy:DIR (.npy files and JSON sidecars) or napari (a window)")),
     ]),
     "keygen": (cmd_keygen, "write a CURVE key pair", "", [
-        option("directory", metavar="DIR"),
-        option("--name", default="zmqruntime", type=display.file_name, help="(zmqruntime)"),
+        option("directory", metavar="DIR", help="the folder to write NAME.key and NAME.key_secret"),
+        option("--name", default="zmqruntime", type=display.file_name,
+               help="the key files' name: server, client, ... (default zmqruntime)"),
         option("--force", action="store_true", help="replace existing key files"), _JSON,
     ]),
     "demo": (cmd_demo, "run the end-to-end demo", "", [
-        option("--tasks", type=int, default=12, help="how many tasks (12)"),
-        option("--out", default="zmqruntime-demo", help="output folder"),
+        option("--tasks", type=int, default=12, help="how many tasks, 1 to 1000 (default 12)"),
+        option("--out", default="zmqruntime-demo", metavar="DIR",
+               help="output folder (default zmqruntime-demo)"),
         option("--napari", action="store_true", help="show the images in napari"),
     ]),
 }  # fmt: skip
@@ -82,14 +95,20 @@ COMMANDS: dict[str, Command] = {
 
 
 def _add_endpoint(parser: argparse.ArgumentParser, side: str) -> None:
-    parser.add_argument("--port", type=int, help="data port (default 7777)")
+    config, default = ZMQConfig(), get_default_transport_mode()
+    parser.add_argument("--port", type=int, help=(
+        f"data port (default {config.default_port}); the control port is the data port + "
+        f"{config.control_port_offset}" + ("; 0 picks a free one" if side == "server" else "")
+    ))  # fmt: skip
     host = "interface to bind" if side == "server" else "server host for TCP (default localhost)"
     parser.add_argument("--host", help=host, type=display.text)
     mode = parser.add_mutually_exclusive_group()
-    tcp, ipc = TransportMode.TCP, TransportMode.IPC
-    mode.add_argument("--tcp", dest="mode", action="store_const", const=tcp, help="use TCP")
-    mode.add_argument("--ipc", dest="mode", action="store_const", const=ipc, help="use IPC (POSIX)")
-    parser.add_argument("--ipc-root", help="folder of IPC sockets (default ~)")
+    for transport, what in ((TransportMode.TCP, "TCP"), (TransportMode.IPC, "IPC (POSIX)")):
+        said = f"use {what}" + (" (the default here)" if transport is default else "")
+        name = f"--{transport.value}"
+        mode.add_argument(name, dest="mode", action="store_const", const=transport, help=said)
+    root = "folder holding the IPC sockets and the runtime folder (default: your home folder)"
+    parser.add_argument("--ipc-root", metavar="DIR", help=root)
     keys = "CURVE keys made by keygen: server.key_secret, and clients' *.key"
     if side == "client":
         keys = "CURVE keys made by keygen: client.key_secret and server.key"
@@ -98,7 +117,9 @@ def _add_endpoint(parser: argparse.ArgumentParser, side: str) -> None:
     secure.add_argument(
         "--insecure", action="store_true", help="TCP without credentials: anyone may connect"
     )
-    parser.add_argument("--timeout", type=display.seconds, default=5.0, help="seconds to wait (5)")
+    if side == "client":
+        parser.add_argument("--timeout", type=display.seconds, default=5.0, metavar="SECONDS",
+                            help="how long to wait for the server (default 5)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

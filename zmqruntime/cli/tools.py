@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from zmqruntime.cli import address, display
-from zmqruntime.cli.display import CLIError, answer
+from zmqruntime.cli.display import CLIError, answer, write
 
 __all__ = ["cmd_demo", "cmd_keygen", "cmd_view"]
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    """Run a viewer that hands what it receives to ``--sink``."""
-    from zmqruntime.streaming.__main__ import main as viewer_main  # noqa: PLC0415 - lazy
+    """Run a viewer that hands what it receives to ``--sink``; a line says when it is ready."""
+    from zmqruntime.streaming import StreamingServer  # noqa: PLC0415 - lazy
+    from zmqruntime.streaming.__main__ import serve_viewer  # noqa: PLC0415 - lazy
+    from zmqruntime.streaming.sinks import sink_from_spec  # noqa: PLC0415 - lazy
 
     kind, _, folder = args.sink.partition(":")
     if not (kind == "napari" or (kind == "npy" and folder)):
@@ -24,11 +25,18 @@ def cmd_view(args: argparse.Namespace) -> int:
         display.check_napari()
     else:
         display.writable_folder(Path(folder), "--sink")
-    argv = ["--sink", args.sink, "--transport", address.mode(args).value]
-    given: tuple[tuple[str, Any], ...] = (("--port", args.port), ("--ipc-root", args.ipc_root))
-    given += (("--host", args.host), ("--keys", args.keys))
-    argv += [str(part) for option, value in given if value is not None for part in (option, value)]
-    return viewer_main(argv + ["--insecure"] * args.insecure)
+    try:
+        sink = sink_from_spec(args.sink)
+    except ValueError as exc:  # napari that cannot be imported
+        raise CLIError(str(exc)) from None
+    server = StreamingServer.bind(address.endpoint(args, client=False), sink)
+
+    def ready() -> None:
+        where = f"port {server.port_number} ({address.mode(args).value})"  # right for --port 0
+        write(f"viewing {args.sink} on {where}; Ctrl-C stops")
+
+    serve_viewer(server, ready)
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
