@@ -8,6 +8,7 @@ The ``start_server`` / ``connect_client`` factories close what they made at tear
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,26 @@ def _no_home_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
         yield
+
+
+THEIR_TEMP_FILES = ("pymp-", "dask-scratch-space")
+"""Temp entries of other libraries: multiprocessing's (removed when this process exits) and
+distributed's scratch folder (its workers' folders in it are removed)."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_system_temp_litter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point the temp folder (``tempfile`` here, ``TMPDIR``/``TEMP``/``TMP`` for child
+    processes) at a folder of this run, so nothing lands in the system temp folder; at the end,
+    fail the run if anything but :data:`THEIR_TEMP_FILES` is left in it."""
+    folder = tmp_path_factory.mktemp("tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("TMPDIR", "TEMP", "TMP"):
+            patch.setenv(name, str(folder))
+        patch.setattr(tempfile, "tempdir", str(folder))
+        yield
+    left = sorted(p.name for p in folder.iterdir() if not p.name.startswith(THEIR_TEMP_FILES))
+    assert not left, f"the tests left these in the temp folder: {left}"
 
 
 @pytest.fixture

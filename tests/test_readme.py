@@ -1,13 +1,14 @@
 """The code blocks of the README and of docs/*.md run as written (so the docs cannot rot).
 
 Each block runs alone, in a fresh module, with the home folder (where IPC sockets live by
-default) pointed at the test's temporary folder.
+default) and the temp folder pointed at the test's temporary folder.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def run_block(source: str, name: str, home: Path, monkeypatch: pytest.MonkeyPatc
         pytest.importorskip("napari", reason="the napari example needs the napari extra")
     monkeypatch.setenv("HOME", str(home))  # IPC sockets go under a private home
     monkeypatch.setenv("USERPROFILE", str(home))
+    monkeypatch.setattr(tempfile, "tempdir", str(home))  # and its tempfile.mkdtemp() folders
     module = types.ModuleType(re.sub(r"\W", "_", name))  # a real module: dataclasses need one
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(source, name, "exec"), module.__dict__)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import importlib.util
 import io
+import json
 import logging
 import math
 import os
@@ -23,11 +25,17 @@ from zmqruntime import errors
 from zmqruntime.core.messages import Completion, ExecutionRecord, ProgressEvent, ServerSummary
 
 __all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "EXIT_WAIT_TIMEOUT",
     "MAX_SECONDS",
     "Bars",
     "CLIError",
+    "answer",
     "check_napari",
+    "count",
+    "dumps",
     "file_name",
     "follow",
     "log_level",
@@ -39,6 +47,7 @@ __all__ = [
     "show_table",
     "text",
     "writable_folder",
+    "write",
 ]
 
 EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_WAIT_TIMEOUT = 1, 2, 3, 4, 5
@@ -55,6 +64,34 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def write(text: str) -> None:
+    """Write one line of output to stdout, at once."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def answer(args: argparse.Namespace, data: Any, human: str) -> None:
+    """Print ``data`` as JSON with ``--json``, else the ``human`` line."""
+    write(dumps(data) if args.json else human)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=False)  # json comes back here for what it holds
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def dumps(value: Any) -> str:
+    """JSON for the terminal: arrays as lists, bytes as hex, records as objects."""
+    return json.dumps(value, default=_json_default, indent=2)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,8 +114,20 @@ def report(exc: BaseException, where: str | None) -> int:
     if isinstance(exc, errors.TaskFailed):
         sys.stderr.write(exc.remote_traceback or f"{exc.error_type}: {exc.error_message}\n")
     message, code = _explain(exc, where)
+    for setting, option in _OPTION_NAMES:
+        message = message.replace(setting, option)
     sys.stderr.write(f"zmqruntime: {' '.join(message.splitlines())}\n")
     return code
+
+
+_OPTION_NAMES = (
+    ("ZMQConfig(ipc_root=...)", "--ipc-root"),
+    ("ZMQConfig ipc_root/app_name", "--ipc-root"),
+    ("ServerCurve(admin_keys=...)", "client.key in the server's --keys folder"),
+    ("insecure=True", "--insecure"),
+    ("max_workers", "--workers or --processes"),
+)
+"""The library's settings its messages name, and the options a person types instead."""
 
 
 def _explain(exc: BaseException, where: str | None) -> tuple[str, int]:
@@ -117,6 +166,17 @@ def seconds(typed: str) -> float:
         raise argparse.ArgumentTypeError(
             f"want seconds above 0, at most {MAX_SECONDS:g}: {typed!r}"
         )
+    return number
+
+
+def count(typed: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    try:
+        number = int(typed)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of 1 or more: {typed!r}")
     return number
 
 

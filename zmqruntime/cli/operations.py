@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from zmqruntime.cli import display
 from zmqruntime.cli.display import CLIError
-from zmqruntime.config import TransportMode, ZMQConfig
+from zmqruntime.config import ZMQConfig
 
-__all__ = ["COMMANDS", "cmd_ls", "cmd_stop"]
+__all__ = ["cmd_ls", "cmd_stop", "port_number"]
 
 _COLUMNS = ("PORT", "TRANSPORT", "ROLE", "PID", "STATE", "UPTIME", "APPLICATION")
 
@@ -92,41 +91,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(typed: str) -> int:
+def port_number(typed: str) -> int:
+    """``typed`` as a port number (argparse type: 1..65535)."""
     number = int(typed) if typed.isdigit() else 0
     if not 0 < number < 65536:
         raise argparse.ArgumentTypeError(f"want a port number 1..65535: {typed!r}")
     return number
 
 
-_Option = tuple[tuple[str, ...], dict[str, Any]]
-
-
-def _option(*names: str, **settings: Any) -> _Option:
-    return names, settings
-
-
-_COMMON = [
-    _option("--ipc-root", help="folder holding .zmqruntime/runtime (default ~)"),
-    _option("--json", action="store_true", help="machine-readable output"),
-]
-_LS = [
-    _option("--timeout", type=display.seconds, default=1.0, help="seconds for all answers (1)"),
-    *_COMMON,
-]
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, list[_Option]]] = {
-    "ls": (cmd_ls, "list this user's servers and their state", "", _LS),
-    "scan": (cmd_ls, "the same as ls", "", _LS),
-    "stop": (cmd_stop, "stop a server, killing it if it hangs (never a stranger)", "", [
-        _option("target", metavar="PORT", type=_port, help="its data port, as ls shows it"),
-        _option("--tcp", dest="mode", action="store_const", const=TransportMode.TCP,
-                help="the TCP server on PORT"),
-        _option("--ipc", dest="mode", action="store_const", const=TransportMode.IPC,
-                help="the IPC server on PORT"),
-        _option("--timeout", type=display.seconds, default=5.0,
-                help="seconds for each step: shutdown request, SIGTERM, SIGKILL (5)"),
-        *_COMMON,
-    ]),
-}  # fmt: skip
 """The subcommands for :mod:`zmqruntime.cli.main`'s table: name → (handler, help, endpoint
 options (none), options)."""

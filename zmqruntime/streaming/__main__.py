@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifecycle import stop_on_signals
 from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.core.security import curve_from_folder
 from zmqruntime.streaming.server import StreamingServer, StreamMode
 from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
 
 _WINDOW_CHECK_MS = 200  # how often the Qt loop looks whether the viewer was told to stop
+_WAKE_SECONDS = 0.5  # how often the main thread looks up from waiting, to run signal handlers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,22 +55,34 @@ def main(argv: list[str] | None = None) -> int:
         curve=curve,
         insecure=args.insecure,
     )
-    server = StreamingServer.bind(endpoint, sink, mode=StreamMode(args.mode))
-    if isinstance(sink, NapariSink):
-        _serve_with_napari(server, sink)
-    else:
-        watch_lifeline(server.request_stop)
-        server.serve_forever()
+    serve_viewer(StreamingServer.bind(endpoint, sink, mode=StreamMode(args.mode)))
     return 0
 
 
+def serve_viewer(server: StreamingServer, ready: Callable[[], None] | None = None) -> None:
+    """Serve until a shutdown request, SIGINT/SIGTERM or the launcher's end (a napari sink: in
+    the Qt loop), calling ``ready()`` once bound; then close."""
+    server.start()
+    try:
+        watch_lifeline(server.request_stop)
+        if ready is not None:
+            ready()
+        if isinstance(server.sink, NapariSink):
+            _serve_with_napari(server, server.sink)
+            return
+        with stop_on_signals(lambda _signum: server.request_stop()):
+            while not server.server.wait_stopped(_WAKE_SECONDS):
+                pass  # signal handlers run in this thread between waits
+    finally:
+        server.close()
+
+
 def _serve_with_napari(server: StreamingServer, sink: NapariSink) -> None:
-    """Qt owns the main thread: serve in the background, quit the window when serving ends."""
+    """Qt owns the main thread: serving goes on in the background; the window quits when
+    serving ends."""
     import napari  # noqa: PLC0415 - optional extra
     from qtpy.QtCore import QTimer  # noqa: PLC0415
 
-    server.start()
-    watch_lifeline(server.request_stop)
     timer = QTimer()
 
     def close_when_stopped() -> None:
@@ -82,7 +97,6 @@ def _serve_with_napari(server: StreamingServer, sink: NapariSink) -> None:
         napari.run()
     finally:
         sink.close()  # first: a call waiting for the closed window would hold close()
-        server.close()
 
 
 if __name__ == "__main__":
