@@ -36,7 +36,20 @@ from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.streaming import ImageSender
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("serve", "submit", "status", "cancel", "ping", "shutdown", "view", "keygen", "demo")
+COMMANDS = (
+    "serve",
+    "submit",
+    "status",
+    "cancel",
+    "ping",
+    "shutdown",
+    "view",
+    "keygen",
+    "ls",
+    "scan",
+    "stop",
+    "demo",
+)
 RUN_TIMEOUT = 60.0
 """Longest one CLI command may take before the test fails (it should take about a second)."""
 READY_WITHIN = 30.0

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+import zmqruntime
 from tests.test_cli import (
     DEFAULT_MODE,
-    EXECUTION_ID,
     EXIT_WITHIN,
     POSIX_ONLY,
     RUN_TIMEOUT,
@@ -47,6 +47,7 @@ from tests.test_cli import (
 )
 from zmqruntime.config import TransportMode
 from zmqruntime.core.transport import get_ipc_socket_path
+from zmqruntime.execution import ExecutionClient
 
 COMMANDS = ("serve", "submit", "status", "cancel", "ping", "shutdown", "view", "keygen", "demo")
 WAITING = json.dumps({"op": "wait", "limit": 30})
@@ -160,32 +161,52 @@ def test_help_says_ctrl_c_cancels_a_waited_task(tmp_path: Path) -> None:
 # --- a unique id prefix ------------------------------------------------------------------------
 
 
-def submitted_log(server: Background) -> Path:
-    return server.endpoint.root / ".zmqruntime" / "runtime" / "submitted-ids.log"
-
-
 def test_a_unique_id_prefix_stands_for_the_id(server: Background) -> None:
     running = submit_id(server, {"op": "wait", "limit": 30})
     wait_for_progress(server, running, "waiting for cancel")
-    submitted_log(server).unlink()  # a running one is found in the server's summary too
     assert as_json(server.run("status", running[:8], "--json"))["execution_id"] == running
     human = server.run("status", running[:8])
     assert running in human.stdout, human.stdout
     cancelled = server.run("cancel", running[:8])
     assert cancelled.stdout.strip() == f"{running}: cancelled", cancelled.stderr
     assert wait_for_status(server, running, "cancelled", "failed")["status"] == "cancelled"
-    # A finished one, from the log of the ids this user submitted.
-    finished = submit_id(server, {"op": "echo", "value": 1})
+    finished = submit_id(server, {"op": "echo", "value": 1})  # found in the server's listing
     wait_for_status(server, finished, "complete")
     assert as_json(server.run("status", finished[:8], "--json"))["status"] == "complete"
     answer = as_json(server.run("cancel", finished[:6], "--json"))
     assert answer == {"execution_id": finished, "cancelled": False}
 
 
+def test_status_list_shows_the_records_filtered_and_paged(server: Background) -> None:
+    tag = ("--label", "test=listing")  # the server may hold other tests' executions
+    done = [submit_id(server, {"op": "echo", "value": n}, *tag) for n in range(3)]
+    for execution_id in done:
+        wait_for_status(server, execution_id, "complete")
+    listed = as_json(server.run("status", "--list", *tag, "--state", "complete", "--json"))
+    assert [r["execution_id"] for r in listed["records"]] == done
+    assert listed["next_after"] is None
+    first = as_json(server.run("status", "--list", *tag, "--limit", "2", "--json"))
+    assert [r["execution_id"] for r in first["records"]] == done[:2]
+    after = ("--after", first["next_after"])
+    rest = as_json(server.run("status", "--list", *tag, *after, "--json"))
+    assert [r["execution_id"] for r in rest["records"]] == done[2:]
+    human = server.run("status", "--list", done[1][:8])
+    assert done[1] in human.stdout and done[0] not in human.stdout, human.stdout
+    assert "complete test=listing" in human.stdout, human.stdout
+    none = as_json(server.run("status", "--list", *tag, "--state", "running", "--json"))
+    assert none == {"records": [], "next_after": None}
+
+
 def test_an_ambiguous_or_short_prefix_is_refused(server: Background) -> None:
-    submitted_log(server).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with submitted_log(server).open("a") as log:
-        log.write("abcdef01" + "0" * 24 + "\nabcdef02" + "0" * 24 + "\n")
+    at = zmqruntime.Endpoint.of(
+        port=server.endpoint.port,
+        transport_mode=server.endpoint.mode,
+        config=server.endpoint.config,
+    )
+    with ExecutionClient.to(at) as client:  # two ids of one prefix, from Python
+        for last in "12":
+            execution_id = f"abcdef0{last}" + "0" * 24
+            client.submit({"op": "echo", "value": 1}, execution_id=execution_id).result(30.0)
     ambiguous, short, unknown = run_all(
         [
             ["status", "abcdef0", *server.endpoint.args],
@@ -194,8 +215,8 @@ def test_an_ambiguous_or_short_prefix_is_refused(server: Background) -> None:
         ],
         server.cwd,
     )
-    line = assert_one_line_error(ambiguous, 2, "2 execution ids start with 'abcdef0'")
-    assert "give more" in line
+    line = assert_one_line_error(ambiguous, 2, "several execution ids start with 'abcdef0'")
+    assert "give more" in line and "abcdef01" in line and "abcdef02" in line
     assert_one_line_error(short, 4, "the server refused", "'abc'")
     assert_one_line_error(unknown, 4, "the server refused", "'fedcba98'")
 
@@ -339,9 +360,3 @@ def test_nothing_listening_over_ipc_is_known_without_waiting(tmp_path: Path) -> 
         assert str(missing.root if result is not results[-1] else path) in line, line
         assert result.stdout == "", args
     assert RUN_TIMEOUT < 600
-
-
-def test_the_submitted_id_is_one_the_log_keeps(server: Background) -> None:
-    execution_id = submit_id(server, {"op": "echo", "value": 2})
-    assert EXECUTION_ID.match(execution_id)
-    assert execution_id in submitted_log(server).read_text().split()

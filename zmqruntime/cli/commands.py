@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from zmqruntime import errors
 from zmqruntime.cli import address, display, ids
-from zmqruntime.cli.display import CLIError, answer, dumps, follow, show_record, show_summary, write
+from zmqruntime.cli.display import (
+    CLIError,
+    answer,
+    dumps,
+    follow,
+    show_record,
+    show_summary,
+    show_table,
+    write,
+)
 from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
 
@@ -122,7 +131,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     execution_id = uuid.uuid4().hex
     with address.execution_client(args) as client:
         client.ping(timeout=args.timeout)
-        ids.remember(client.client.config, execution_id)
         if not args.wait:
             execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             execution.accepted.result(timeout=args.timeout)
@@ -174,6 +182,8 @@ def _interrupted(client: ExecutionClient, execution_id: str, timeout: float) -> 
 def cmd_status(args: argparse.Namespace) -> int:
     """The server summary, or one execution's record (the id or a unique prefix of it)."""
     found: ExecutionRecord | ServerSummary
+    if args.list:
+        return _list(args)
     with address.execution_client(args) as client:
         if args.execution_id is None:
             found = client.summary(timeout=args.timeout)
@@ -187,6 +197,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif isinstance(found, ExecutionRecord):
         show_record(found)
     return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    """``status --list``: a page of the server's records, oldest first, filtered."""
+    from zmqruntime.execution import ExecutionStatus  # noqa: PLC0415 - lazy, see top
+
+    states = [ExecutionStatus(state) for state in args.state]
+    with address.execution_client(args) as client:
+        page = client.list(
+            status=states,
+            labels=_labels(args.label),
+            prefix=args.execution_id or "",
+            after=args.after,
+            limit=args.limit,
+            timeout=args.timeout,
+        )
+    if args.json:
+        write(dumps({"records": page.records, "next_after": page.next_after}))
+        return 0
+    rows = [(r.execution_id, _line(r)) for r in page.records]
+    more = " (more: --after the last)" if page.next_after else ""
+    show_table(f"{len(rows)} executions{more}", rows)
+    return 0
+
+
+def _line(record: ExecutionRecord) -> str:
+    progress = record.progress
+    done = "" if progress is None or progress.fraction is None else f" {progress.fraction:.0%}"
+    labels = " ".join(f"{key}={value}" for key, value in record.labels.items())
+    return f"{record.status.value}{done} {labels}".rstrip()
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from zmqruntime.cli.operations import cmd_ls, cmd_stop, port_number
 from zmqruntime.cli.tools import cmd_demo, cmd_keygen, cmd_view
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.transport import get_default_transport_mode
+from zmqruntime.core.vocabulary import ExecutionStatus
 
 __all__ = ["COMMANDS", "DESCRIPTION", "EPILOG", "Command", "Option", "build_parser", "option"]
 
@@ -44,6 +45,7 @@ def option(*names: str, **settings: Any) -> Option:
 
 
 _JSON = option("--json", action="store_true", help="machine-readable output")
+_STATES = tuple(status.value for status in ExecutionStatus)
 _RUNTIME = [
     option("--ipc-root", metavar="DIR", help="folder holding .zmqruntime/runtime (default ~)"),
     _JSON,
@@ -75,9 +77,19 @@ COMMANDS: dict[str, Command] = {
                help="how long --wait waits (default 3600)"),
         _JSON,
     ]),
-    "status": (cmd_status, "server summary, or one execution", "client", [
+    "status": (cmd_status, "server summary, one execution, or a listing", "client", [
         option("execution_id", nargs="?", metavar="ID", type=display.text,
-               help=_ID + "; without it, the server summary"),
+               help=_ID + "; without it, the server summary; with --list, an id prefix"),
+        option("--list", action="store_true", help=(
+            "list the executions the server holds (yours; an admin's: all), oldest first")),
+        option("--state", action="append", default=[], choices=_STATES,
+               help="with --list: only this status (repeat for more)"),
+        option("--label", action="append", default=[], metavar="KEY=VALUE", type=display.text,
+               help="with --list: only executions with this label (repeat for more)"),
+        option("--limit", type=display.count, default=20, metavar="N",
+               help="with --list: at most N, 1 to 1000 (default 20)"),
+        option("--after", metavar="ID", type=display.text,
+               help="with --list: those submitted after this one (the last of a page)"),
         _JSON,
     ]),
     "cancel": (cmd_cancel, "cancel an execution", "client", [
