@@ -136,6 +136,7 @@ def test_a_stranger_with_a_faked_descriptor_is_never_killed(config: ZMQConfig, f
             assert read_descriptors(config) == []
 
 
+@pytest.mark.soak  # about 50 s: the default Python runs it, the extra ones leave it out
 @pytest.mark.timeout(600)  # 55 launches of a Python process
 def test_a_restart_right_after_a_shutdown_never_attaches_to_the_dying_server(
     config: ZMQConfig, transport_mode: TransportMode, no_thread_leak: None
