@@ -18,7 +18,7 @@ from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import ExecutionStatus
 from zmqruntime.core.security import curve_from_folder, generate_curve_keypair, write_curve_keypair
 from zmqruntime.errors import ErrorCode
-from zmqruntime.execution import ExecutionServer
+from zmqruntime.execution import ExecutionServer, ProgressRegistry
 
 _TIMEOUT = 10.0
 
@@ -43,7 +43,7 @@ def served(config: ZMQConfig, no_thread_leak: None) -> Iterator[tuple[ExecutionS
         admin_keys={pairs["admin"].public_key},
     )
     endpoint = Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config, curve=curve)
-    server = ExecutionServer.bind(endpoint, wait_for_cancel).start()
+    server = ExecutionServer.bind(endpoint, wait_for_cancel, progress=ProgressRegistry()).start()
     clients = {
         name: _client(server.port_number, config, ClientCurve(pair, server_keys.public_key))
         for name, pair in pairs.items()
@@ -145,3 +145,16 @@ def test_a_listing_shows_a_client_its_own_executions_and_an_admin_all(
     for name in ("owner", "stranger"):
         for number in (1, 2):
             assert clients[name].cancel(f"{name}-{number}", timeout=_TIMEOUT)
+
+
+def test_a_progress_snapshot_is_the_owners_and_the_admins_alone(
+    served: tuple[ExecutionServer, Clients],
+) -> None:
+    _server, clients = served
+    owned = clients["owner"].submit({"limit": 30}, execution_id="plate-9", confirm=True)
+    owned.accepted.result(_TIMEOUT)
+    with pytest.raises(RemoteError, match="belongs to another client"):
+        clients["stranger"].progress_snapshot("plate-9", timeout=_TIMEOUT)
+    for name in ("owner", "admin"):
+        assert isinstance(clients[name].progress_snapshot("plate-9", timeout=_TIMEOUT), list)
+    assert clients["owner"].cancel("plate-9", timeout=_TIMEOUT)

@@ -14,7 +14,7 @@ from tests.test_execution import wait_until
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.vocabulary import ProgressEvent
-from zmqruntime.errors import ConfigurationError
+from zmqruntime.errors import ConfigurationError, RemoteError
 from zmqruntime.execution import (
     ExecutionClient,
     ExecutionServer,
@@ -151,3 +151,40 @@ def test_a_client_fills_a_registry_from_a_real_server(config: ZMQConfig) -> None
     assert (rolled["P1"].keys, rolled["P1"].reported, rolled["P1"].done) == (3, 3, 1)
     assert rolled["P1"].fraction == pytest.approx(2 / 3)
     assert registry.rollup("well")["A01"].keys == 3  # the warm-up, P1 and P2
+
+
+def test_a_late_client_gets_the_servers_snapshot_per_key(config: ZMQConfig) -> None:
+    """The server keeps the latest event per well; a client that connects after the events
+    were published (so it saw none) asks for them."""
+    reported = threading.Event()
+    released = threading.Event()
+
+    def run(task: Any, ctx: TaskContext) -> str:
+        for step in ("load", "segment"):
+            for well in WELLS:
+                ctx.report_progress(0.5 if step == "load" else 1.0, step, well=well, step=step)
+        reported.set()
+        released.wait(10)
+        return "done"
+
+    at = Endpoint.of(port=0, config=config)
+    with ExecutionServer.bind(at, run, progress=ProgressRegistry(["well"])) as server:
+        here = Endpoint.of(port=server.port_number, config=config)
+        with ExecutionClient.to(here) as early, ExecutionClient.to(here) as late:
+            execution = early.submit("plate", execution_id="plate-1")
+            assert reported.wait(10)  # every event published before "late" asks
+            wait_until(lambda: len(late.progress_snapshot("plate-1")) == 3, "the snapshot")
+            snapshot = late.progress_snapshot("plate-1")
+            assert {e.fields["well"]: e.fields["step"] for e in snapshot} == {
+                well: "segment" for well in WELLS
+            }
+            assert all(e.fraction == 1.0 and e.execution_id == "plate-1" for e in snapshot)
+            assert late.progress_snapshot("unknown") == []
+            released.set()
+            assert execution.result(timeout=10) == "done"
+    with (
+        ExecutionServer.bind(at, run) as plain,  # keeps no registry: a clear refusal
+        ExecutionClient.to(Endpoint.of(port=plain.port_number, config=config)) as client,
+        pytest.raises(RemoteError, match="progress_snapshot"),
+    ):
+        client.progress_snapshot("plate-1", timeout=10)

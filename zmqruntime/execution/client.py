@@ -7,6 +7,7 @@ the moment the connection breaks. Safe to use from several threads.
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import contextlib
 import logging
@@ -30,6 +31,7 @@ from zmqruntime.core.messages import (
     ListRequest,
     Message,
     Pong,
+    ProgressEvent,
     RecordList,
     RecordReply,
     ServerSummary,
@@ -47,6 +49,7 @@ from zmqruntime.errors import (
     TaskFailed,
 )
 from zmqruntime.execution.handles import Execution, ProgressCallback, Subscribers, Subscription
+from zmqruntime.execution.progress import PROGRESS_SNAPSHOT
 from zmqruntime.protocols import TaskSerializer
 
 __all__ = ["Execution", "ExecutionClient", "ProgressCallback", "Subscription"]
@@ -235,6 +238,20 @@ class ExecutionClient:
         if not isinstance(reply, RecordList):
             raise RemoteProtocolError(f"server answered list with {type(reply).__name__}")
         return reply
+
+    def progress_snapshot(
+        self, execution_id: str, *, timeout: float | None = None
+    ) -> builtins.list[ProgressEvent]:  # ``list`` is a method here
+        """The latest progress event per key (``well``, ``step``, … as the server's
+        ``ProgressRegistry`` is keyed) of one execution, for a window opened late; raises
+        ``RemoteError`` if the server keeps none (an unknown request) or the execution is
+        another client's."""
+        events = self.request(PROGRESS_SNAPSHOT, {"execution_id": execution_id}, timeout=timeout)
+        try:
+            return [ProgressEvent(**event) for event in events]
+        except TypeError as exc:
+            why = f"the server's progress snapshot is malformed: {exc}"
+            raise RemoteProtocolError(why) from exc
 
     def summary(self, *, timeout: float | None = None) -> ServerSummary:
         """The server's summary: queued, running, counts per status, workers, uptime."""

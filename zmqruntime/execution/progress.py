@@ -24,11 +24,16 @@ from zmqruntime.core import wire
 from zmqruntime.core.messages import Completion
 from zmqruntime.core.vocabulary import ProgressEvent
 
-__all__ = ["MAX_PROGRESS_KEYS", "ProgressRegistry", "ProgressRollup"]
+__all__ = ["MAX_PROGRESS_KEYS", "PROGRESS_SNAPSHOT", "ProgressRegistry", "ProgressRollup"]
 
 MAX_PROGRESS_KEYS: Final = 100_000
 """Default :attr:`ProgressRegistry.max_keys`: (execution, key) pairs kept; the least recently
 updated is forgotten first."""
+
+PROGRESS_SNAPSHOT: Final = "zmqruntime.progress_snapshot"
+"""The built-in request of an execution server that keeps a registry (payload
+``{"execution_id": str}``), answered with that execution's latest event per key, as a list of
+objects (the fields of ``ProgressEvent``): ``ExecutionClient.progress_snapshot``."""
 
 _Key = tuple[str, tuple[Any, ...]]
 

@@ -16,6 +16,7 @@ shutdown. Where nothing authenticates (IPC, ``insecure=True``) every peer is an 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -51,7 +52,7 @@ from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import ChannelClosed, ErrorCode
 from zmqruntime.execution.admission import decode_task, refusal_of
 from zmqruntime.execution.history import requeue
-from zmqruntime.execution.listing import list_page
+from zmqruntime.execution.listing import list_page, progress_snapshot
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Completed,
@@ -61,6 +62,7 @@ from zmqruntime.execution.outcomes import (
     PoolListener,
 )
 from zmqruntime.execution.pool import WorkerPool
+from zmqruntime.execution.progress import PROGRESS_SNAPSHOT, ProgressRegistry
 from zmqruntime.execution.records import (
     ExecutionStore,
     RetentionPolicy,
@@ -102,6 +104,8 @@ class ExecutionServer:
     max_task_nodes: int = 250_000
     allow_insecure: bool = False
     """Accept ``PickleSerializer`` on an exposed TCP address without CURVE (not advised)."""
+    progress: ProgressRegistry | None = None
+    """Keeps the latest progress per key for clients that come late (``progress_snapshot``)."""
 
     _started: bool = attrs.field(default=False, init=False)
     _store: RecordStore = attrs.Factory(lambda self: ExecutionStore(self.retention), True)
@@ -174,6 +178,10 @@ class ExecutionServer:
                 ControlMessageType.LIST: lambda r, peer: list_page(self._store, r, peer),
             }
         )
+        if self.progress is not None:
+            snapshot = functools.partial(progress_snapshot, self._store, self.progress)
+            table = self.server.requests
+            table.handlers = {**table.handlers, PROGRESS_SNAPSHOT: snapshot}
         self.server.bind()
         try:
             self.pool.start(
@@ -361,6 +369,8 @@ class ExecutionServer:
         return self._store.start(job.execution_id) is not None
 
     def _progress(self, event: ProgressEvent) -> None:
+        if self.progress is not None:
+            self.progress.add(event)
         if self._store.progress(event) and self.server.has_subscribers(event.execution_id):
             self._waiters.publish(event, event.execution_id)
 
