@@ -54,6 +54,7 @@ from zmqruntime.core.messages import (
     Message,
     Ping,
     Pong,
+    ProcessStats,
     ProgressEvent,
     RecordList,
     RecordReply,
@@ -204,6 +205,16 @@ def server_summaries() -> st.SearchStrategy[ServerSummary]:
         workers=_ints(),
         uptime=finite_floats(),
         engine=st.dictionaries(texts(20), st.lists(texts(12), max_size=3).map(tuple), max_size=3),
+        processes=st.lists(
+            st.builds(
+                ProcessStats,
+                name=texts(20),
+                pid=_ints(),
+                cpu_percent=_optional(finite_floats()),
+                rss_bytes=_ints(),
+            ),
+            max_size=3,
+        ).map(tuple),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.executors import echo
 from tests.test_execution import wait_until
 from zmqruntime.config import ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
@@ -104,3 +105,24 @@ def test_a_page_holds_1_to_1000_records(limit: int) -> None:
     with pytest.raises(ValueError, match="limit"):
         ListRequest(request_id=0, limit=limit)
     assert ListRequest(request_id=0, limit=1000).limit == 1000
+
+
+def test_the_summary_lists_the_worker_processes_with_cpu_and_memory(config: ZMQConfig) -> None:
+    """Through psutil (the ops extra): the first summary knows pid and memory, a later one
+    the CPU used since."""
+    psutil = pytest.importorskip("psutil")
+    at = Endpoint.of(port=0, config=config)
+    with (
+        ExecutionServer.bind(at, echo, pool=WorkerPool.processes(2)) as server,
+        ExecutionClient.to(Endpoint.of(port=server.port_number, config=config)) as client,
+    ):
+        client.submit({"x": 1}).result(timeout=WAIT)
+        first = client.summary(timeout=WAIT).processes
+        assert len(first) == 2 and all(psutil.pid_exists(p.pid) for p in first)
+        assert all(p.cpu_percent is None and p.rss_bytes > (1 << 20) for p in first)
+        later = client.summary(timeout=WAIT).processes
+        assert [p.pid for p in later] == [p.pid for p in first]
+        assert all(p.cpu_percent is not None and p.cpu_percent >= 0 for p in later)
+    threads = ExecutionServer.bind(at, echo)  # threads: no processes to list
+    with threads, ExecutionClient.to(Endpoint.of(port=threads.port_number, config=config)) as c:
+        assert c.summary(timeout=WAIT).processes == ()

@@ -261,6 +261,10 @@ def show_summary(summary: ServerSummary) -> None:
     ]
     rows += [("workers", str(summary.workers)), ("uptime", f"{summary.uptime:.1f}s")]
     rows += [(f"worker {name}", ", ".join(ids)) for name, ids in sorted(summary.engine.items())]
+    for process in summary.processes:
+        cpu = "" if process.cpu_percent is None else f", {process.cpu_percent:.0f}% CPU"
+        memory = f", {process.rss_bytes / (1 << 20):.0f} MiB" if process.rss_bytes else ""
+        rows.append((f"process {process.name}", f"pid {process.pid}{cpu}{memory}"))
     show_table("execution server", rows)
 
 

@@ -25,6 +25,7 @@ from zmqruntime.core.vocabulary import (
     ExecutionRecord,
     ExecutionStatus,
     ItemKind,
+    ProcessStats,
     ProgressEvent,
     ResponseType,
     ServerSummary,
@@ -64,6 +65,7 @@ __all__ = [
     "MessageFields",
     "Ping",
     "Pong",
+    "ProcessStats",
     "ProgressEvent",
     "RecordList",
     "RecordReply",
@@ -373,7 +375,8 @@ MESSAGE_CLASSES: tuple[type[Message], ...] = typing.get_args(Message)
 
 def _header_keys() -> dict[str, str]:
     names = ["version", "type", "frames"]
-    for cls in (*MESSAGE_CLASSES, ExecutionRecord, ServerSummary, ArrayLayout, BatchEntry):
+    nested = (ExecutionRecord, ServerSummary, ProcessStats, ArrayLayout, BatchEntry)
+    for cls in (*MESSAGE_CLASSES, *nested):
         names += [field.name for field in attrs.fields(cls)]
     return {name.upper(): name for name in dict.fromkeys(names)}
 

@@ -20,6 +20,7 @@ __all__ = [
     "ExecutionRecord",
     "ExecutionStatus",
     "ItemKind",
+    "ProcessStats",
     "ProgressEvent",
     "ResponseType",
     "ServerSummary",
@@ -139,6 +140,19 @@ class ExecutionRecord:
 
 @final
 @attrs.frozen(kw_only=True)
+class ProcessStats:
+    """One worker process of a server: its slot's ``name``, ``pid``, the CPU it used since the
+    previous summary in percent of one core (None: the first look, or no psutil), and its
+    resident memory in bytes (0: not known)."""
+
+    name: str
+    pid: int
+    cpu_percent: float | None = None
+    rss_bytes: int = 0
+
+
+@final
+@attrs.frozen(kw_only=True)
 class ServerSummary:
     """A server's overview: queue length, running tasks, counts per status, workers, uptime, and
     in ``engine`` each worker that runs something (a thread, a process, a remote engine's
@@ -150,6 +164,8 @@ class ServerSummary:
     workers: int = 0
     uptime: float = 0.0
     engine: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    processes: tuple[ProcessStats, ...] = ()
+    """Its worker processes (owned ones; none for threads or an engine's workers)."""
 
 
 MAX_BATCH_ITEMS: Final = 1024

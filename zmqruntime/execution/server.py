@@ -62,6 +62,7 @@ from zmqruntime.execution.outcomes import (
     PoolListener,
 )
 from zmqruntime.execution.pool import WorkerPool
+from zmqruntime.execution.process_stats import ProcessSampler
 from zmqruntime.execution.progress import PROGRESS_SNAPSHOT, ProgressRegistry
 from zmqruntime.execution.records import (
     ExecutionStore,
@@ -112,6 +113,7 @@ class ExecutionServer:
     _waiters: Waiters = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _draining: bool = attrs.field(default=False, init=False)
+    _sampler: ProcessSampler = attrs.field(factory=ProcessSampler, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
     @_waiters.default
@@ -261,6 +263,7 @@ class ExecutionServer:
             workers=pool.capacity,
             uptime=self.server.statistics().uptime,
             engine=pool.engine,
+            processes=self._sampler.sample(pool.workers),
         )
 
     # --- control handlers (I/O thread) -----------------------------------------------------
