@@ -37,7 +37,7 @@ from zmqruntime.execution import (
     ProgressStream,
     ServerSummary,
 )
-from zmqruntime.execution.async_client import COMPLETION_GRACE
+from zmqruntime.execution.progress_stream import COMPLETION_GRACE
 from zmqruntime.execution.records import MAX_LABELS
 from zmqruntime.protocols import TaskContext
 
@@ -216,6 +216,9 @@ def test_status_gives_records_the_summary_and_unknown_ids_fail(
             with pytest.raises(RemoteError) as unknown:
                 await client.status("no-such-id")
             assert unknown.value.code is ErrorCode.NOT_FOUND
+            page = await client.list(labels={"well": "B03"}, status=[ExecutionStatus.COMPLETE])
+            assert [r.execution_id for r in page.records] == [execution.execution_id]
+            assert page.next_after is None
 
     run(scenario())
 
