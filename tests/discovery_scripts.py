@@ -75,11 +75,24 @@ def drainer(port: str, mode: str, ipc_root: str, seconds: str) -> None:
     server.serve_forever()
 
 
+def embedded(port: str, mode: str, ipc_root: str) -> None:
+    """An application whose server stops when asked, while the application lives on (until
+    its input ends)."""
+    endpoint = Endpoint.of(int(port), transport_mode=TransportMode(mode), config=_config(ipc_root))
+    server = ZMQServer(endpoint, role="execution").start()
+    print("ready", flush=True)
+    while not server.wait_stopped(1.0):
+        pass
+    server.close()
+    print("server closed", flush=True)
+    sys.stdin.read()
+
+
 def _config(ipc_root: str) -> ZMQConfig:
     return ZMQConfig(ipc_root=ipc_root, linger=0.1)
 
 
-COMMANDS = {"fleet": fleet, "drainer": drainer}
+COMMANDS = {"fleet": fleet, "drainer": drainer, "embedded": embedded}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

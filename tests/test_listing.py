@@ -38,6 +38,10 @@ def client(
     def run(task: Any, ctx: TaskContext) -> Any:
         if task.get("hold"):
             gate.wait(WAIT)
+        if task.get("odd"):  # text with a lone surrogate, as from an undecodable file name
+            ctx.report_progress(0.5, "reading \udcff")
+            if task["odd"] == "fail":
+                raise FileNotFoundError("no file \udcff")
         if task.get("fail"):
             raise RuntimeError("asked to fail")
         return task
@@ -126,3 +130,17 @@ def test_the_summary_lists_the_worker_processes_with_cpu_and_memory(config: ZMQC
     threads = ExecutionServer.bind(at, echo)  # threads: no processes to list
     with threads, ExecutionClient.to(Endpoint.of(port=threads.port_number, config=config)) as c:
         assert c.summary(timeout=WAIT).processes == ()
+
+
+def test_text_the_wire_cannot_carry_does_not_break_a_listing(client: ExecutionClient) -> None:
+    """An error message or a progress text with a lone surrogate (an undecodable file name):
+    the error is escaped, the progress left out of the page, the page served."""
+    failed = client.submit({"odd": "fail"}, execution_id="odd-1")
+    with pytest.raises(Exception, match="no file"):
+        failed.result(timeout=WAIT)
+    client.submit({"odd": "complete"}, execution_id="odd-2").result(timeout=WAIT)
+    records = client.list(prefix="odd-", timeout=WAIT).records
+    assert [r.execution_id for r in records] == ["odd-1", "odd-2"]
+    assert records[0].error_message == "no file \\udcff"
+    progress = records[1].progress
+    assert progress is not None and progress.message == "reading \\udcff"

@@ -179,7 +179,8 @@ def test_a_late_client_gets_the_servers_snapshot_per_key(config: ZMQConfig) -> N
                 well: "segment" for well in WELLS
             }
             assert all(e.fraction == 1.0 and e.execution_id == "plate-1" for e in snapshot)
-            assert late.progress_snapshot("unknown") == []
+            with pytest.raises(RemoteError, match="no execution 'unknown'"):
+                late.progress_snapshot("unknown")
             released.set()
             assert execution.result(timeout=10) == "done"
     with (

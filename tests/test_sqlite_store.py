@@ -337,11 +337,13 @@ def test_texts_json_cannot_carry_do_not_break_the_store(tmp_path: Path) -> None:
         store.start("x")
         store.progress(ProgressEvent(execution_id="x", sequence=1, message="bad \udcff"))
         failed = store.fail("x", "E", "bad \udcff text", "tb")
-        assert failed is not None and failed.error_message == "bad \udcff text"
+        # Escaped as the store takes it, so every reply (and the file) can hold it.
+        assert failed is not None and failed.error_message == "bad \\udcff text"
     with SqliteStore.open(path) as again:
         record = again.get("x")
-        assert record is not None and record.status is FAILED and record.progress is None
+        assert record is not None and record.status is FAILED and record.progress is not None
         assert record.error_message == "bad \\udcff text"
+        assert record.progress.message == "bad \\udcff"
 
 
 @pytest.mark.parametrize("kind", ["garbage", "foreign", "damaged record"])
@@ -434,11 +436,12 @@ def test_serve_keeps_a_history_file_per_port_in_the_runtime_folder_unless_told(
     endpoint = Endpoint.of(7791, transport_mode=TransportMode.TCP, config=config)
     assert isinstance(open_history("memory", endpoint), ExecutionStore)
     assert isinstance(open_history(None, attrs.evolve(endpoint, port=0)), ExecutionStore)
-    default = open_history(None, endpoint)
+    default = open_history(None, endpoint, "lab.tasks:run plate")
     chosen = open_history(str(tmp_path / "mine.sqlite3"), endpoint)
     with contextlib.closing(default), contextlib.closing(chosen):
         assert isinstance(default, SqliteStore) and isinstance(chosen, SqliteStore)
-        assert default.path == runtime_directory(config) / "history-tcp-7791.sqlite3"
+        name = "history-tcp-7791-lab.tasks-run-plate.sqlite3"  # one file per executor too
+        assert default.path == runtime_directory(config) / name
         assert chosen.path == tmp_path / "mine.sqlite3"
     assert oct(default.path.stat().st_mode & 0o777) == oct(0o600)
 
@@ -546,7 +549,7 @@ def test_a_killed_server_restarted_on_its_file_ends_every_accepted_task_once(
     held_ids = [execution.execution_id for execution in held]
     queued_ids = [execution.execution_id for execution in queued]
     assert runs() == collections.Counter(held_ids)  # nothing else ran before the kill
-    assert (runtime_directory(config) / f"history-ipc-{port}.sqlite3").exists()
+    assert len(list(runtime_directory(config).glob(f"history-ipc-{port}-*.sqlite3"))) == 1
 
     servers.append(second := serve(tmp_path, port, 2))
     wait_serving(second, endpoint, tmp_path)

@@ -91,6 +91,30 @@ def test_a_willing_server_just_shuts_down(config: ZMQConfig) -> None:
         assert _cli("stop", str(manager.endpoint.port), "--ipc-root", root).returncode == 3
 
 
+@linux_only
+def test_an_application_whose_server_shut_down_lives_on(config: ZMQConfig) -> None:
+    """stop asks; the server closes and withdraws its descriptor, the process goes on with
+    its other work: it is never signalled."""
+    port = str(find_free_ipc_port(config))
+    command = [sys.executable, str(SCRIPTS / "discovery_scripts.py"), "embedded", port, "ipc"]
+    application = subprocess.Popen(
+        [*command, str(config.ipc_root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert application.stdin is not None and application.stdout is not None
+    try:
+        assert application.stdout.readline() == b"ready\n"
+        root = str(config.ipc_root)
+        stopped = _cli("stop", port, "--ipc-root", root, "--timeout", "3", "--json")
+        assert stopped.returncode == 0, stopped.stderr
+        assert '"outcome": "shut down"' in stopped.stdout
+        assert application.stdout.readline() == b"server closed\n"
+        assert application.poll() is None  # alive: no signal came
+    finally:
+        application.stdin.close()
+        assert application.wait(WAIT) == 0  # it ended of its own accord, when its input did
+        application.stdout.close()
+
+
 @contextlib.contextmanager
 def stranger() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A process that is no zmqruntime server, holding a TCP port until its stdin closes."""

@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else WorkerPool.threads(1 if args.workers is None else args.workers)
     )
     endpoint = address.endpoint(args, client=False)
-    store = open_history(args.store, endpoint)
+    store = open_history(args.store, endpoint, args.executor)
     server = ExecutionServer.bind(endpoint, executor, pool=pool, store=store)
     try:
         server.start()  # bound (or failed) before the line below claims it serves

@@ -65,7 +65,7 @@ COMMANDS: dict[str, Command] = {
         option("--processes", type=display.count, help="worker processes instead of threads"),
         option("--store", metavar="PATH|memory", help=(
             "where the history is kept across restarts: a SQLite file, or memory (default: "
-            "history-TRANSPORT-PORT.sqlite3 in the runtime folder; memory for port 0)")),
+            "history-TRANSPORT-PORT-EXECUTOR.sqlite3 in the runtime folder; memory for port 0)")),
     ]),
     "submit": (cmd_submit, "submit a task", "client", [
         option("task", metavar="TASK_JSON", type=display.text, help="the task, as JSON"),

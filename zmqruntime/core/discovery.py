@@ -23,7 +23,11 @@ import zmq
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.client import ZMQClient
-from zmqruntime.core.credentials import connection_file_path, remove_connection_file
+from zmqruntime.core.credentials import (
+    connection_file_path,
+    read_private,
+    remove_connection_file,
+)
 from zmqruntime.core.descriptors import (
     ServerDescriptor,
     process_identity,
@@ -207,7 +211,9 @@ def stop_server(
                 client.request(Shutdown(request_id=0), timeout=timeout)
         except ZMQRuntimeError as exc:
             logger.info("the server on port %d did not take the shutdown: %s", descriptor.port, exc)
-        if _wait_exit(descriptor, handle, deadline - time.monotonic()):
+        # An application may outlive its server: once the server withdrew its descriptor, it
+        # did as asked, and the process is none of this command's business.
+        if _wait_exit(descriptor, handle, deadline - time.monotonic(), config):
             _clean(descriptor, config)
             return StopOutcome.SHUT_DOWN
         if descriptor.pid == os.getpid() or not descriptor.is_process(found):
@@ -252,17 +258,42 @@ def _send(pid: int, handle: int | None, signum: int) -> None:
         pass  # it has just gone
 
 
-def _wait_exit(descriptor: ServerDescriptor, handle: int | None, timeout: float) -> bool:
-    """Whether the described process ended within ``timeout`` seconds (a pidfd turns readable
-    when it does; without one, its identity is looked up every 50 ms)."""
+def _wait_exit(
+    descriptor: ServerDescriptor,
+    handle: int | None,
+    timeout: float,
+    config: ZMQConfig | None = None,
+) -> bool:
+    """Whether within ``timeout`` seconds the described process ended (a pidfd turns readable
+    when it does; without one, its identity is looked up) or, with ``config``, its server
+    withdrew the descriptor; looked at every 50 ms."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
     if handle is not None:
-        return bool(select.select([handle], [], [], max(0.0, timeout))[0])
-    deadline, tick = time.monotonic() + timeout, threading.Event()
-    while not descriptor.is_stale(process_identity(descriptor.pid)):
+        poller.register(handle, select.POLLIN)
+    tick = threading.Event()
+    while True:
+        if handle is not None:
+            wait_ms = max(0, min(round(_EXIT_POLL_SECONDS * 1000), round(timeout * 1000)))
+            if poller.poll(wait_ms):
+                return True
+        elif descriptor.is_stale(process_identity(descriptor.pid)):
+            return True
+        if config is not None and _withdrawn(descriptor, config):
+            return True
         if time.monotonic() >= deadline:
             return False
-        tick.wait(_EXIT_POLL_SECONDS)
-    return True
+        if handle is None:
+            tick.wait(_EXIT_POLL_SECONDS)
+
+
+def _withdrawn(descriptor: ServerDescriptor, config: ZMQConfig) -> bool:
+    """Whether the file of ``descriptor`` no longer holds it (its server closed, or another
+    took the port since)."""
+    try:
+        return read_private(descriptor.path(config)) != descriptor.to_json()
+    except ConfigurationError:
+        return False  # not ours to judge: keep waiting on the process
 
 
 def _clean(descriptor: ServerDescriptor, config: ZMQConfig) -> None:

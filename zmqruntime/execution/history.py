@@ -3,6 +3,8 @@ store kept queued, queued again when its server starts."""
 
 from __future__ import annotations
 
+import re
+
 from zmqruntime.core.credentials import runtime_directory
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.serializers import SafeSerializer
@@ -15,15 +17,19 @@ from zmqruntime.protocols import RecordStore, TaskSerializer
 __all__ = ["open_history", "requeue"]
 
 
-def open_history(choice: str | None, endpoint: Endpoint) -> RecordStore:
+def open_history(choice: str | None, endpoint: Endpoint, executor: str = "") -> RecordStore:
     """The store ``zmqruntime serve --store`` names: ``"memory"``; a file path
-    (:meth:`SqliteStore.open`); or None, the file ``history-<transport>-<port>.sqlite3`` in the
-    runtime folder (memory for port 0: a free port is another one at each start)."""
+    (:meth:`SqliteStore.open`); or None, the file
+    ``history-<transport>-<port>-<executor>.sqlite3`` in the runtime folder (memory for port 0:
+    a free port is another one at each start). The executor (``module:function``, made safe
+    for a file name) is in the name so that tasks one executor left queued are never run by
+    another on the same port."""
     if choice == "memory" or (choice is None and endpoint.port == 0):
         return ExecutionStore()
     if choice is None:
-        name = f"history-{endpoint.transport.value}-{endpoint.port}.sqlite3"
-        return SqliteStore.open(runtime_directory(endpoint.config, create=True) / name)
+        owner = re.sub(r"[^A-Za-z0-9._-]", "-", executor)[:64]
+        name = f"history-{endpoint.transport.value}-{endpoint.port}{'-' * bool(owner)}{owner}"
+        return SqliteStore.open(runtime_directory(endpoint.config, create=True) / f"{name}.sqlite3")
     return SqliteStore.open(choice)
 
 

@@ -16,10 +16,33 @@ from zmqruntime.execution.progress import ProgressRegistry
 from zmqruntime.execution.waiters import error_reply
 from zmqruntime.protocols import RecordStore
 
-__all__ = ["MAX_LIST_BYTES", "list_page", "progress_snapshot"]
+__all__ = [
+    "MAX_LIST_BYTES",
+    "MAX_SNAPSHOT_EVENTS",
+    "list_page",
+    "not_owner",
+    "progress_snapshot",
+]
 
-MAX_LIST_BYTES: Final = 16 << 20
-"""The records of one page, by their size in memory, past its first record (16 MiB)."""
+MAX_LIST_BYTES: Final = 512 << 10
+"""One page's records, encoded, past its first record (512 KiB: half of what a client takes in
+a reply's header, ``ZMQConfig.max_header_bytes``)."""
+MAX_SNAPSHOT_EVENTS: Final = 10_000
+"""Events in one progress snapshot, at most (the most recently updated)."""
+
+
+def not_owner(
+    store: RecordStore, request_id: int, execution_id: str, peer: Peer, action: str
+) -> ErrorReply | None:
+    """The refusal of ``peer`` trying to ``action`` another client's execution; None when it
+    submitted it or is an admin."""
+    if peer.admin or store.owner(execution_id) == peer.user:
+        return None
+    why = (
+        f"execution {execution_id!r} belongs to another client; only that client or an "
+        f"admin may {action} it"
+    )
+    return error_reply(request_id, ErrorCode.REFUSED, why)
 
 
 def list_page(store: RecordStore, request: ListRequest, peer: Peer) -> RecordList | ErrorReply:
@@ -37,11 +60,17 @@ def list_page(store: RecordStore, request: ListRequest, peer: Peer) -> RecordLis
 def progress_snapshot(
     store: RecordStore, registry: ProgressRegistry, payload: Any, peer: Peer
 ) -> list[dict[str, Any]]:
-    """Request worker: the :data:`PROGRESS_SNAPSHOT` of ``payload["execution_id"]``; raises
-    ``ValueError`` for a bad payload, ``PermissionError`` for another client's execution."""
+    """Request worker: the :data:`~zmqruntime.execution.progress.PROGRESS_SNAPSHOT` of
+    ``payload["execution_id"]``, at most :data:`MAX_SNAPSHOT_EVENTS`; raises ``ValueError`` for
+    a bad payload, ``LookupError`` for an execution the server does not hold,
+    ``PermissionError`` for another client's."""
     execution_id = payload.get("execution_id") if isinstance(payload, dict) else None
     if not isinstance(execution_id, str):
         raise ValueError('a progress snapshot needs a payload {"execution_id": "<id>"}')
-    if not peer.admin and store.owner(execution_id) != peer.user:
-        raise PermissionError(f"execution {execution_id!r} belongs to another client")
-    return [attrs.asdict(event) for event in registry.latest(execution_id)]
+    if store.get(execution_id) is None:
+        raise LookupError(f"no execution {execution_id!r} on this server (or it expired)")
+    refusal = not_owner(store, 0, execution_id, peer, "read")
+    if refusal is not None:
+        raise PermissionError(refusal.message)
+    events = registry.latest(execution_id)[-MAX_SNAPSHOT_EVENTS:]
+    return [attrs.asdict(event) for event in events]

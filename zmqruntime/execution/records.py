@@ -19,9 +19,15 @@ from typing import Any, Final, final
 
 import attrs
 
-from zmqruntime.core import wire
-from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ListRequest, ProgressEvent
-from zmqruntime.errors import ConfigurationError
+from zmqruntime.core import codec, wire
+from zmqruntime.core.messages import (
+    ExecutionRecord,
+    ExecutionStatus,
+    ListRequest,
+    ProgressEvent,
+    RecordReply,
+)
+from zmqruntime.errors import ConfigurationError, LocalProtocolError
 from zmqruntime.execution.outcomes import Failed
 from zmqruntime.protocols import Buffer
 
@@ -64,6 +70,35 @@ def labels_problem(labels: dict[str, str]) -> str | None:
 
 _WHOLE_DIGEST_BYTES = 64 * 1024
 _SAMPLED_BYTES = 4096
+
+
+def _escaped(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry (lone surrogates: an undecodable file name in an
+    exception's message) escaped, so every reply and file can hold it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _carriable(event: ProgressEvent) -> ProgressEvent:
+    """``event`` as every reply can carry it: a message with lone surrogates escaped, fields
+    that hold one dropped (the published event went out as it was, or not at all)."""
+    if not event.message.isascii():
+        event = attrs.evolve(event, message=_escaped(event.message))
+    if event.fields:
+        try:
+            wire.dump_json(event.fields)
+        except UnicodeEncodeError:
+            event = attrs.evolve(event, fields={})
+    return event
+
+
+def _listed(record: ExecutionRecord) -> tuple[ExecutionRecord, int]:
+    """The record as a listing carries it, and its size on the wire: a progress event the
+    wire cannot carry (lone surrogates in an executor's text) is left out."""
+    try:
+        return record, memoryview(codec.encode(RecordReply(request_id=0, record=record))[0]).nbytes
+    except LocalProtocolError:
+        record = attrs.evolve(record, progress=None)
+        return record, memoryview(codec.encode(RecordReply(request_id=0, record=record))[0]).nbytes
 
 
 def task_digest(frames: tuple[Buffer, ...]) -> bytes:
@@ -202,22 +237,27 @@ class ExecutionStore:
         to continue after (None: no more). ``ValueError`` if ``query.after`` is not held."""
         with self._lock:
             self._expire()
-            ids = list(self._records)
+            records = self._records
+            # Only what the caller may see: whether another client's id exists stays unknown.
+            ids = sorted(
+                (i for i in records if everyone or self._origins.get(i, (b"", None))[1] == owner),
+                key=lambda execution_id: records[execution_id].submitted_at,
+            )
             start = ids.index(query.after) + 1 if query.after is not None else 0
             page: list[ExecutionRecord] = []
             size = 0
             for execution_id in ids[start:]:
-                record = self._records[execution_id]
+                record = records[execution_id]
                 if (query.statuses and record.status not in query.statuses) or not (
                     execution_id.startswith(query.prefix)
                     and query.labels.items() <= record.labels.items()
-                    and (everyone or self._origins.get(execution_id, (b"", None))[1] == owner)
                 ):
                     continue
-                if len(page) == query.limit or (page and size + record_bytes(record) > max_bytes):
+                listed, encoded = _listed(self._current(execution_id) or record)
+                if len(page) == query.limit or (page and size + encoded > max_bytes):
                     return page, page[-1].execution_id
-                size += record_bytes(record)
-                page.append(self._current(execution_id) or record)
+                size += encoded
+                page.append(listed)
             return page, None
 
     def _current(self, execution_id: str) -> ExecutionRecord | None:
@@ -249,7 +289,7 @@ class ExecutionStore:
             if latest is None or latest.sequence <= event.sequence:
                 # An older event arriving late never hides a newer one. Kept aside (and
                 # merged into the record when it is read) so an update costs no new record.
-                self._progress[event.execution_id] = event
+                self._progress[event.execution_id] = _carriable(event)
             return True
 
     def complete(self, execution_id: str) -> ExecutionRecord | None:
@@ -322,9 +362,9 @@ class ExecutionStore:
                 status=status,
                 finished_at=now,
                 progress=self._progress.pop(execution_id, record.progress),
-                error_type=failure and failure.error_type,
-                error_message=failure and failure.error_message,
-                traceback=failure and failure.traceback,
+                error_type=failure and _escaped(failure.error_type),
+                error_message=failure and _escaped(failure.error_message),
+                traceback=failure and _escaped(failure.traceback),
             )
             if self.on_change is not None:
                 self.on_change(finished)

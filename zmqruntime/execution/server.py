@@ -32,7 +32,6 @@ from zmqruntime.core.messages import (
     Accepted,
     Cancel,
     ControlMessageType,
-    ErrorReply,
     Execute,
     ExecutionRecord,
     ExecutionStatus,
@@ -52,7 +51,7 @@ from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import ChannelClosed, ErrorCode
 from zmqruntime.execution.admission import decode_task, refusal_of
 from zmqruntime.execution.history import requeue
-from zmqruntime.execution.listing import list_page, progress_snapshot
+from zmqruntime.execution.listing import list_page, not_owner, progress_snapshot
 from zmqruntime.execution.outcomes import (
     Cancelled,
     Completed,
@@ -195,6 +194,8 @@ class ExecutionServer:
             requeue(self._store, self.pool, self.serializer, self.max_task_nodes)
         except BaseException:
             self.server.close()
+            self.pool.close(0)
+            self._store.close()
             raise
         self.server.start()
         return self
@@ -236,9 +237,11 @@ class ExecutionServer:
             self._closed = True
             self._draining = True
         limit = self.server.config.close_timeout if timeout is None else timeout
-        self.pool.close(limit)
-        self.server.close(limit)
-        self._store.close()
+        try:
+            self.pool.close(limit)
+            self.server.close(limit)
+        finally:
+            self._store.close()  # a durable store's file is free again, whatever happened
 
     __enter__ = start_on_enter
     __exit__ = close_on_exit
@@ -278,8 +281,10 @@ class ExecutionServer:
         answer_to = None if request.confirm else rid
         digest = task_digest(request.payload)
         known = self._store.get(execution_id)
-        if known is not None and (refusal := self._not_owner(rid, execution_id, peer, "join")):
-            return refusal
+        if known is not None:
+            refusal = not_owner(self._store, rid, execution_id, peer, "join")
+            if refusal is not None:
+                return refusal
         if known is not None and not self._store.same_task(execution_id, digest):
             why = f"execution {execution_id!r} was submitted with another task"
             return error_reply(rid, ErrorCode.REFUSED, f"{why}; give this task an id of its own")
@@ -319,7 +324,7 @@ class ExecutionServer:
         record = self._store.get(execution_id)
         if record is None:
             return unknown_execution(rid, execution_id)
-        return self._not_owner(rid, execution_id, peer, "read") or RecordReply(
+        return not_owner(self._store, rid, execution_id, peer, "read") or RecordReply(
             request_id=rid, record=record
         )
 
@@ -327,25 +332,13 @@ class ExecutionServer:
         record = self._store.get(request.execution_id)
         if record is None:
             return unknown_execution(request.request_id, request.execution_id)
-        if refusal := self._not_owner(request.request_id, request.execution_id, peer, "cancel"):
+        rid = request.request_id
+        if refusal := not_owner(self._store, rid, request.execution_id, peer, "cancel"):
             return refusal
         if not record.status.is_terminal:
             self.pool.cancel(request.execution_id)
             record = self._store.get(request.execution_id) or record
         return RecordReply(request_id=request.request_id, record=record)
-
-    def _not_owner(
-        self, request_id: int, execution_id: str, peer: Peer, action: str
-    ) -> ErrorReply | None:
-        """The refusal of ``peer`` trying to ``action`` another client's execution; None
-        when it submitted it or is an admin."""
-        if peer.admin or self._store.owner(execution_id) == peer.user:
-            return None
-        why = (
-            f"execution {execution_id!r} belongs to another client; only that client or an "
-            f"admin may {action} it"
-        )
-        return error_reply(request_id, ErrorCode.REFUSED, why)
 
     def _on_shutdown(self, request: Shutdown, _peer: Peer) -> Message:
         logger.info("shutdown requested (%s)", "force" if request.force else "graceful")
