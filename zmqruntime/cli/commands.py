@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
 
 if TYPE_CHECKING:
-    from zmqruntime.execution import ExecutionClient
+    from zmqruntime.execution import Execution, ExecutionClient
 
 __all__ = [
     "cmd_cancel",
@@ -41,6 +42,8 @@ __all__ = [
     "cmd_submit",
     "load_executor",
 ]
+
+_SLICE = 0.25  # seconds: how soon a Ctrl-C is seen while submit --wait waits
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -139,7 +142,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         with follow(client, execution_id, quiet=args.json) as bars:
             execution = client.submit(task, labels=labels, execution_id=execution_id, confirm=True)
             try:
-                result = execution.result(timeout=args.wait_timeout)
+                result = _result(execution, args.wait_timeout)
             except errors.ZMQTimeoutError:
                 if not execution.accepted.done():
                     raise  # the server never answered the submission
@@ -162,6 +165,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 bars.finish()
     write(dumps(result))
     return 0
+
+
+def _result(execution: Execution, limit: float) -> Any:
+    """The execution's result within ``limit`` seconds, waited for in slices: a Ctrl-C that
+    the kernel hands to another thread is seen by the main thread only between two waits."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return execution.result(timeout=min(_SLICE, max(0.0, deadline - time.monotonic())))
+        except errors.ZMQTimeoutError:
+            if execution.future.done() or time.monotonic() >= deadline:
+                raise
 
 
 def _interrupted(client: ExecutionClient, execution_id: str, timeout: float) -> CLIError:
