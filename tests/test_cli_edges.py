@@ -61,10 +61,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
         yield running
 
 
+# A process started in the background by a shell without job control (a CI script's `&`)
+# inherits SIGINT ignored, and Python then leaves it ignored: the command line under test
+# gets Python's own Ctrl-C handler back first, as it has when a person runs it.
+_CTRL_C_AS_AT_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'zmqruntime'; runpy.run_module('zmqruntime', run_name='__main__')"
+)
+
+
 def waiting_submit(server: Background) -> subprocess.Popen[str]:
     """``submit --wait`` of a task that runs until cancelled, in the background."""
+    command = cli_command("submit", WAITING, "--wait", *server.endpoint.args)
     return subprocess.Popen(
-        cli_command("submit", WAITING, "--wait", *server.endpoint.args),
+        [sys.executable, "-c", _CTRL_C_AS_AT_A_TERMINAL, *command[3:]],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
