@@ -47,6 +47,7 @@ from zmqruntime.core.messages import (
     MessageFields,
     Ping,
     Pong,
+    ProcessStats,
     ProgressEvent,
     RecordReply,
     ServerSummary,
@@ -63,7 +64,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-VALUE_CLASSES = (ExecutionRecord, ServerSummary, ArrayLayout, BatchEntry)
+VALUE_CLASSES = (ExecutionRecord, ServerSummary, ProcessStats, ArrayLayout, BatchEntry)
 HEADER_KEYS = frozenset(member.value for member in MessageFields)
 
 
