@@ -202,7 +202,10 @@ def test_a_tcp_server_admits_its_own_user_and_refuses_another(
     assert json.loads(path.read_text())["mechanism"] == "plain"
     assert connect_client(server).ping(timeout=5.0).pid == os.getpid()
     stranger = ZMQConfig(ipc_root=config.ipc_root / "stranger", request_timeout=2.0)
-    assert "refused" in _refusal(connect_client(server, config=stranger))
+    # Refused at the handshake; whether the client has heard why when its wait ends is a
+    # race (under load it may only know that nothing gets through).
+    why = _refusal(connect_client(server, config=stranger))
+    assert "refused" in why or "handshake failed" in why, why
     server.close()
     assert not path.exists()
 
