@@ -30,6 +30,7 @@ from zmqruntime.cli.display import (
 from zmqruntime.core.lifeline import watch_lifeline
 from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
 
+# For annotations only: the execution tier is imported when a command runs (see address.py).
 if TYPE_CHECKING:
     from zmqruntime.execution import Execution, ExecutionClient
 

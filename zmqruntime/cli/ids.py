@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from zmqruntime.cli.display import CLIError
 from zmqruntime.errors import ErrorCode, RemoteError
 
+# For annotations only: the execution tier is imported when a command runs (see address.py).
 if TYPE_CHECKING:
     from zmqruntime.execution import ExecutionClient
 

@@ -4,6 +4,7 @@ others."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import ClassVar, Final, final
 
 import attrs
@@ -38,6 +39,26 @@ class ListRequest:
     limit: int = attrs.field(
         default=100, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_LISTED)]
     )
+
+    @classmethod
+    def query(
+        cls,
+        *,
+        status: Iterable[ExecutionStatus] = (),
+        labels: Mapping[str, str] | None = None,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+    ) -> ListRequest:
+        """The request of ``ExecutionClient.list``'s keywords (either client's)."""
+        return cls(
+            request_id=0,
+            statuses=tuple(status),
+            labels=dict(labels or {}),
+            prefix=prefix,
+            after=after,
+            limit=limit,
+        )
 
 
 @final

@@ -219,13 +219,8 @@ class AsyncExecutionClient:
         timeout: float | None = None,
     ) -> RecordList:
         """One page of the server's records; see :meth:`ExecutionClient.list`."""
-        query = ListRequest(
-            request_id=0,
-            statuses=tuple(status),
-            labels=dict(labels or {}),
-            prefix=prefix,
-            after=after,
-            limit=limit,
+        query = ListRequest.query(
+            status=status, labels=labels, prefix=prefix, after=after, limit=limit
         )
         reply = await self._request(query, timeout)
         if not isinstance(reply, RecordList):

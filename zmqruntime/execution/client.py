@@ -226,13 +226,8 @@ class ExecutionClient:
         ``prefix``, submitted after the execution ``after`` (the ``next_after`` of the
         previous page); at most ``limit`` (1 to 1,000). Only this client's executions unless
         it is an admin. ``RemoteError`` NOT_FOUND when ``after`` expired meanwhile."""
-        query = ListRequest(
-            request_id=0,
-            statuses=tuple(status),
-            labels=dict(labels or {}),
-            prefix=prefix,
-            after=after,
-            limit=limit,
+        query = ListRequest.query(
+            status=status, labels=labels, prefix=prefix, after=after, limit=limit
         )
         reply = self.client.request(query, timeout)
         if not isinstance(reply, RecordList):
