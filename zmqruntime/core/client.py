@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
 from zmqruntime.core.mailbox import Mailbox
 from zmqruntime.core.messages import AppReply, AppRequest, Message, Ping, Pong
-from zmqruntime.core.pending import PendingRequests
+from zmqruntime.core.pending import OnReply, PendingRequests
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
 from zmqruntime.core.socket_options import Context
@@ -235,23 +236,38 @@ class ZMQClient:
         server with :class:`ServerLost`; no reply within ``timeout`` seconds
         (``config.request_timeout``) with :class:`ZMQTimeoutError`. Cancel the future freely: a
         late reply is dropped."""
+        request_id, future = self._pending.open()
+        self._send_request(message, request_id, timeout)
+        return future
+
+    def request_then(
+        self, message: Message, on_reply: OnReply, timeout: float | None = None
+    ) -> None:
+        """Send a request now; ``on_reply`` is called once, on the I/O thread, with the reply
+        or with the error that fails it (as :meth:`request_async`'s future would be). No future
+        is made and no other thread is woken: for callers that keep a handle of their own.
+        Raises at once only what sending raises (``ChannelClosed``, ``LocalProtocolError``)."""
+        self._send_request(message, self._pending.open_callback(on_reply), timeout)
+
+    def _send_request(self, message: Message, request_id: int, timeout: float | None) -> None:
         limit = self.config.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        if not hasattr(message, "request_id"):
-            raise TypeError(f"{type(message).__name__} is not a request (it has no request_id)")
-        request_id, future = self._pending.open()
         try:
+            if not hasattr(message, "request_id"):
+                name = type(message).__name__
+                raise TypeError(f"{name} is not a request (it has no request_id)")
             frames = codec.encode(message, request_id=request_id)
-            description = (
-                f"no reply to {type(message).__name__} within {limit}s; is a server running "
-                f"at {self.endpoint}?" + (_AUTH_HINT if self.curve is not None else "")
-            )
-            self._post(("request", (frames, request_id, deadline, description)))
+            describe = functools.partial(self._timed_out, type(message).__name__, limit)
+            self._post(("request", (frames, request_id, deadline, describe)))
         except BaseException:
             self._pending.discard(request_id)
             raise
         self._counts["requests"] += 1
-        return future
+
+    def _timed_out(self, what: str, limit: float) -> str:
+        return f"no reply to {what} within {limit}s; is a server running at {self.endpoint}?" + (
+            _AUTH_HINT if self.curve is not None else ""
+        )
 
     def request(self, message: Message, timeout: float | None = None) -> Message:
         """Send a request and wait for its reply (``config.request_timeout`` by default). Raises

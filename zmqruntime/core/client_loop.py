@@ -117,14 +117,14 @@ class ClientLoop:
                 if not pushers.send(*payload):
                     self.counts["dropped"] += 1
             elif kind == "request":
-                frames, request_id, deadline, description = payload
+                frames, request_id, deadline, describe = payload
                 try:
                     send_frames(pair.control, frames, zmq.NOBLOCK)
                 except zmq.Again:  # no connection that takes messages
                     why = self.watch.handshake_failure or _NOT_TAKING
                     self.pending.fail(request_id, ServerLost(f"{_REFUSING}: {why}"))
                 else:
-                    self.pending.arm(request_id, deadline, description)
+                    self.pending.arm(request_id, deadline, describe)
             else:
                 socket = pair.control if kind == "control" else pair.data
                 try:
@@ -134,8 +134,8 @@ class ClientLoop:
                     logger.warning("%s: send queue full; dropped an outgoing message", self.name)
 
     def _drain_control(self, pair: SocketPair, limit: int = _BURST) -> None:
-        for _ in range(limit):
-            frames = receive_ready(pair.control)
+        for index in range(limit):
+            frames = receive_ready(pair.control, index == 0)
             if frames is None:
                 return
             message = decode_or_warn(frames, self.config.max_header_bytes, self.name, "reply")
@@ -170,8 +170,8 @@ class ClientLoop:
 
     def _drain_data(self, pair: SocketPair) -> None:
         subscribed = pair.data.type == zmq.SUB
-        for _ in range(_BURST):
-            frames = receive_ready(pair.data)
+        for index in range(_BURST):
+            frames = receive_ready(pair.data, index == 0)
             if frames is None:
                 return
             topic: bytes | None = None

@@ -68,10 +68,14 @@ def _fail(path: str, expected: str, value: object) -> RemoteProtocolError:
 
 
 def _scalar(expected: str, *kinds: type[Any]) -> _Decoder:
+    exact, others = kinds[0], kinds[1:]
+
     def decode_scalar(value: Any, path: str) -> Any:
-        if type(value) not in kinds:
+        if type(value) is exact:
+            return value
+        if type(value) not in others:
             raise _fail(path, expected, value)
-        return value if type(value) is kinds[0] else kinds[0](value)  # an int for a float
+        return exact(value)  # an int for a float
 
     return decode_scalar
 
@@ -89,11 +93,14 @@ def _json_object(value: Any, path: str, error: type[Exception] = RemoteProtocolE
     return value
 
 
-def _member(members: Mapping[Any, enum.Enum], value: Any, path: str) -> enum.Enum:
-    try:
-        return members[value]
-    except (KeyError, TypeError):
-        raise _fail(path, f"one of {', '.join(map(repr, members))}", value) from None
+def _member(members: Mapping[Any, enum.Enum]) -> _Decoder:
+    def decode_member(value: Any, path: str) -> enum.Enum:
+        try:
+            return members[value]
+        except (KeyError, TypeError):
+            raise _fail(path, f"one of {', '.join(map(repr, members))}", value) from None
+
+    return decode_member
 
 
 _SIMPLE: Final[Mapping[Any, _Decoder]] = {
@@ -114,11 +121,10 @@ def _codec(tp: Any, path: str) -> tuple[_Decoder, _Encoder]:
         return _SIMPLE[tp], None
     if len(args) == 2 and args[1] is type(None):  # X | None
         inner, encoder = _codec(args[0], path)
-        optional = functools.partial(_optional, encoder) if encoder else None
-        return functools.partial(_optional, inner), optional
+        return _optional(inner), _optional(encoder) if encoder else None
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         members = {member.value: member for member in tp}
-        return functools.partial(_member, members), operator.attrgetter("value")
+        return _member(members), operator.attrgetter("value")
     if isinstance(tp, type) and attrs.has(tp):
         plan = _plan(tp, path + ".")
         return lambda value, at: plan.build(_OBJECT(value, at), {}), plan.to_header
@@ -137,8 +143,11 @@ def _each(encoder: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
     return [encoder(value) for value in values]
 
 
-def _optional(codec: Callable[..., Any], value: Any, *path: str) -> Any:
-    return None if value is None else codec(value, *path)
+def _optional(codec: Callable[..., Any]) -> Callable[..., Any]:
+    def optional(value: Any, *path: str) -> Any:
+        return None if value is None else codec(value, *path)
+
+    return optional
 
 
 def _collection(origin: type[Any], item: _Decoder, value: Any, path: str) -> Any:
@@ -157,6 +166,13 @@ class _Plan:
     type_name: str | None = None
     buffers: str | None = None
     frames: int | None = 0  # how many buffer frames it carries (None: any number)
+    names: tuple[str, ...] = attrs.field(
+        init=False, default=attrs.Factory(lambda plan: tuple(f[0] for f in plan.fields), True)
+    )
+    encoders: tuple[tuple[str, Callable[[Any], Any]], ...] = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda plan: tuple((f[0], f[3]) for f in plan.fields if f[3]), True),
+    )
 
     def build(self, header: Mapping[str, Any], values: dict[str, Any]) -> Any:
         for name, path, decode, _encode, required in self.fields:
@@ -170,10 +186,10 @@ class _Plan:
             raise RemoteProtocolError(f"invalid {self.cls.__name__}: {exc}") from None
 
     def to_header(self, value: Any) -> dict[str, Any]:
-        return {
-            name: getattr(value, name) if encode is None else encode(getattr(value, name))
-            for name, _path, _decode, encode, _required in self.fields
-        }
+        header = {name: getattr(value, name) for name in self.names}
+        for name, encode in self.encoders:
+            header[name] = encode(header[name])
+        return header
 
 
 def _plan(cls: type[Any], prefix: str = "") -> _Plan:

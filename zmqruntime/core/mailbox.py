@@ -30,6 +30,12 @@ class Mailbox:
     _items: collections.deque[Any] = attrs.field(factory=collections.deque)
     _signalled: bool = False
     closed: bool = False
+    fileno: int = attrs.field(init=False)
+    """The reader's file descriptor to register with ``zmq.Poller`` for ``POLLIN`` (read once)."""
+
+    @fileno.default
+    def _reader_fileno(self) -> int:
+        return self._reader.fileno()
 
     @classmethod
     def open(cls) -> Mailbox:
@@ -38,11 +44,6 @@ class Mailbox:
         reader.setblocking(False)
         writer.setblocking(False)
         return cls(reader, writer)
-
-    @property
-    def fileno(self) -> int:
-        """The file descriptor to register with ``zmq.Poller`` for ``POLLIN``."""
-        return self._reader.fileno()
 
     def put(self, item: Any) -> None:
         """Queue ``item`` for the owner and wake it (thread-safe, never blocks)."""
@@ -60,9 +61,11 @@ class Mailbox:
 
     def drain(self) -> list[Any]:
         """Take everything queued so far (owner only)."""
-        with contextlib.suppress(BlockingIOError, OSError):
+        try:  # not contextlib.suppress: this runs for every wake-up
             while self._reader.recv(4096):
                 pass
+        except OSError:  # BlockingIOError included: drained
+            pass
         # Clear the flag before taking items: a put that lands after this writes a new byte.
         self._signalled = False
         return [self._items.popleft() for _ in range(len(self._items))]

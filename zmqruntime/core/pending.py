@@ -1,8 +1,10 @@
-"""PendingRequests: the futures of requests in flight, and when each one expires.
+"""PendingRequests: the requests in flight, who hears each reply, and when each one expires.
 
 A client registers a request (any thread) before sending it, arms its deadline when the I/O
 thread has sent it, and resolves it when the reply comes. The I/O thread expires requests
-whose deadline passed, so even an asynchronous request never waits forever.
+whose deadline passed, so even an asynchronous request never waits forever. A request is
+answered to a ``Future``, or to a callback that runs on the I/O thread (no future, no lock,
+no thread woken: what a caller that has its own handle, such as an execution, needs).
 """
 
 from __future__ import annotations
@@ -10,26 +12,34 @@ from __future__ import annotations
 import concurrent.futures
 import heapq
 import itertools
+import logging
 import threading
-from typing import Final, final
+from collections.abc import Callable
+from typing import Final, TypeAlias, final
 
 import attrs
 
 from zmqruntime.core.messages import ErrorReply, Message
 from zmqruntime.errors import RemoteError, ZMQTimeoutError
 
-__all__ = ["PendingRequests"]
+__all__ = ["OnReply", "PendingRequests"]
+
+logger = logging.getLogger(__name__)
 
 _COMPACT_ABOVE: Final = 1024
+
+OnReply: TypeAlias = Callable[[Message | BaseException], None]
+"""Called once, on the client's I/O thread, with the reply or what failed the request."""
+_Waiter: TypeAlias = "concurrent.futures.Future[Message] | OnReply"
 
 
 @final
 @attrs.define(eq=False)
 class PendingRequests:
-    """Requests in flight, by request id. Futures resolve exactly once."""
+    """Requests in flight, by request id. Each is answered exactly once."""
 
-    _futures: dict[int, concurrent.futures.Future[Message]] = attrs.field(factory=dict)
-    _deadlines: list[tuple[float, int, str]] = attrs.field(factory=list)
+    _futures: dict[int, _Waiter] = attrs.field(factory=dict)
+    _deadlines: list[tuple[float, int, Callable[[], str]]] = attrs.field(factory=list)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
@@ -45,13 +55,21 @@ class PendingRequests:
         future.add_done_callback(lambda _done: self.discard(request_id))
         return request_id, future
 
+    def open_callback(self, on_reply: OnReply) -> int:
+        """A new request id whose reply (or failure) goes to ``on_reply`` (any thread)."""
+        with self._lock:
+            request_id = next(self._ids)
+            self._futures[request_id] = on_reply
+        return request_id
+
     def discard(self, request_id: int) -> None:
         """Forget a request (its reply, if one comes, is dropped)."""
         self._take(request_id)
 
-    def arm(self, request_id: int, deadline: float, description: str) -> None:
-        """Expire the request at ``deadline`` (monotonic seconds). I/O thread only."""
-        heapq.heappush(self._deadlines, (deadline, request_id, description))
+    def arm(self, request_id: int, deadline: float, describe: Callable[[], str]) -> None:
+        """Expire the request at ``deadline`` (monotonic seconds); ``describe()`` says what
+        timed out (built only then). I/O thread only."""
+        heapq.heappush(self._deadlines, (deadline, request_id, describe))
         if len(self._deadlines) > _COMPACT_ABOVE and len(self._deadlines) > 4 * len(self):
             # Answered requests leave their deadline behind; drop those in one sweep.
             with self._lock:
@@ -68,8 +86,9 @@ class PendingRequests:
         a :class:`ZMQTimeoutError` saying what timed out; returns how many."""
         expired = 0
         while self._deadlines and self._deadlines[0][0] <= now:
-            _deadline, request_id, description = heapq.heappop(self._deadlines)
-            expired += self.fail(request_id, cause or ZMQTimeoutError(description))
+            _deadline, request_id, describe = heapq.heappop(self._deadlines)
+            if request_id in self._futures:
+                expired += self.fail(request_id, cause or ZMQTimeoutError(describe()))
         return expired
 
     def resolve(self, request_id: int, reply: Message) -> bool:
@@ -91,15 +110,21 @@ class PendingRequests:
         for future in futures.values():
             _settle(future, error)
 
-    def _take(self, request_id: int) -> concurrent.futures.Future[Message] | None:
+    def _take(self, request_id: int) -> _Waiter | None:
         with self._lock:
             return self._futures.pop(request_id, None)
 
 
-def _settle(
-    future: concurrent.futures.Future[Message] | None, outcome: Message | BaseException
-) -> bool:
-    if future is None or future.done():
+def _settle(future: _Waiter | None, outcome: Message | BaseException) -> bool:
+    if future is None:
+        return False
+    if not isinstance(future, concurrent.futures.Future):
+        try:
+            future(outcome)
+        except Exception:
+            logger.exception("a reply callback failed")
+        return True
+    if future.done():
         return False
     try:
         if isinstance(outcome, BaseException):

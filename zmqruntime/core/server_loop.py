@@ -85,13 +85,14 @@ class ServerLoop:
         poller = zmq.Poller()
         for source in (pair.control, mailbox.fileno):
             poller.register(source, zmq.POLLIN)
-        polled = pair.data_receives
+        receives = polled = pair.data_receives  # asked once: each ask is a getsockopt
+        notices = cast(int, pair.data.type) == zmq.XPUB
         if polled:
             poller.register(pair.data, zmq.POLLIN)
         try:
             while not self.stop.is_set():
                 try:
-                    if pair.data_receives and self._data_paused() == polled:
+                    if receives and self._data_paused() == polled:
                         polled = not polled
                         if polled:
                             poller.register(pair.data, zmq.POLLIN)
@@ -103,7 +104,7 @@ class ServerLoop:
                     # Data first: a subscription that arrived with a request is known to
                     # the handler of that request.
                     if pair.data in ready:
-                        self._drain_data(pair)
+                        self._drain_data(pair, notices)
                     if pair.control in ready:
                         self._drain_control(pair)
                 except zmq.ContextTerminated:
@@ -132,8 +133,8 @@ class ServerLoop:
             logger.info("%s: peer disconnected before its reply could be sent", self.role)
 
     def _drain_control(self, pair: SocketPair) -> None:
-        for _ in range(_BURST):
-            frames = receive_ready(pair.control)
+        for index in range(_BURST):
+            frames = receive_ready(pair.control, index == 0)
             if frames is None:
                 return
             self.counts["requests"] += 1
@@ -172,10 +173,10 @@ class ServerLoop:
     def _data_paused(self) -> bool:
         return self.data_paused is not None and self.data_paused()
 
-    def _drain_data(self, pair: SocketPair) -> None:
-        notices = cast(int, pair.data.type) == zmq.XPUB
-        for _ in range(_BURST):
-            frames = None if self._data_paused() else receive_ready(pair.data)
+    def _drain_data(self, pair: SocketPair, notices: bool) -> None:
+        """Read data messages; an XPUB's (``notices``) are subscription notices."""
+        for index in range(_BURST):
+            frames = None if self._data_paused() else receive_ready(pair.data, index == 0)
             if frames is None:
                 return
             if notices:  # XPUB: libzmq applied each frame that is a notice; so do we

@@ -256,6 +256,7 @@ def _open(
 _SNDMORE = int(zmq.SNDMORE)  # plain ints: enum flag arithmetic costs more than the send
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
 ZERO_COPY_THRESHOLD = 64 * 1024
 """Frames at least this large are sent without copying; smaller ones are cheaper to copy."""
 
@@ -295,12 +296,15 @@ def decode_or_warn(
         return None
 
 
-def receive_ready(socket: Socket) -> list[zmq.Frame] | None:
-    """The next message if one is waiting, else None (no exception on the common path)."""
-    if not cast(int, socket.getsockopt(_EVENTS)) & _POLLIN:
+def receive_ready(socket: Socket, polled: bool = False) -> list[zmq.Frame] | None:
+    """The next message if one is waiting, else None (no exception on the common path).
+
+    ``polled``: a poller has just seen the socket readable, so the readiness check (a system
+    call inside libzmq) is skipped and the message is read at once."""
+    if not polled and not cast(int, socket.getsockopt(_EVENTS)) & _POLLIN:
         return None
     try:
-        return socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        return socket.recv_multipart(_NOBLOCK, copy=False)
     except zmq.Again:  # POLLIN for a message whose sender left before its last frame
         return None
 

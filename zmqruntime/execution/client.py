@@ -10,9 +10,10 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import contextlib
+import functools
 import logging
+import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, final
 
@@ -146,7 +147,7 @@ class ExecutionClient:
         for key, value in labels.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"labels must map str to str, got {key!r}: {value!r}")
-        execution_id = uuid.uuid4().hex if execution_id is None else execution_id
+        execution_id = os.urandom(16).hex() if execution_id is None else execution_id
         if not isinstance(execution_id, str) or not execution_id:
             raise TypeError("execution_id must be a non-empty str")
         payload = tuple(self.serializer.dumps(task))
@@ -167,32 +168,30 @@ class ExecutionClient:
             confirm=confirm,
             payload=payload,
         )
+        # The reply (the outcome, or a confirmation a burst of submissions may delay) can take
+        # as long as a result: a lost server fails it at once anyway. It is handled on the I/O
+        # thread as it comes: no future of its own, nothing else woken.
+        on_reply = functools.partial(self._on_reply, execution, created)
         try:
-            # The reply (the outcome, or a confirmation a burst of submissions may delay) can take
-            # as long as a result: a lost server fails it at once anyway.
-            acceptance = self.client.request_async(request, limit if timeout is None else timeout)
+            self.client.request_then(request, on_reply, limit if timeout is None else timeout)
         except BaseException:
             if created:
                 with self._lock:
                     self._waiting.pop(execution_id, None)
             raise
-        acceptance.add_done_callback(
-            lambda done: self._on_accepted(execution, done, created=created)
-        )
         return execution
 
-    def _on_accepted(
-        self, execution: Execution, acceptance: concurrent.futures.Future[Message], *, created: bool
+    def _on_reply(
+        self, execution: Execution, created: bool, reply: Message | BaseException
     ) -> None:
-        error = acceptance.exception()
-        if error is None:
-            reply = acceptance.result()
-            if isinstance(reply, (Accepted, Completion)):
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    execution.accepted.set_result(reply)
-                if isinstance(reply, Completion):
-                    self._finish(reply)
-                return
+        if isinstance(reply, (Accepted, Completion)):
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                execution.accepted.set_result(reply)
+            if isinstance(reply, Completion):
+                self._finish(reply)
+            return
+        error = reply
+        if not isinstance(error, BaseException):
             error = RemoteProtocolError(f"server answered execute with {type(reply).__name__}")
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             execution.accepted.set_exception(error)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import queue
 import threading
 from collections.abc import Sequence
-from typing import final
+from typing import TypeAlias, final
 
 import attrs
 
@@ -23,6 +24,8 @@ from zmqruntime.protocols import TaskExecutor
 __all__ = ["ThreadWorkers", "worker_count"]
 
 logger = logging.getLogger(__name__)
+
+_Work: TypeAlias = "tuple[outcomes.Job, ExecutionContext] | None"  # None: the thread ends
 
 
 def worker_count(executor: object, max_workers: int | None) -> int:
@@ -39,13 +42,15 @@ def worker_count(executor: object, max_workers: int | None) -> int:
 @attrs.define(eq=False)
 class ThreadWorkers:
     """Up to ``capacity`` jobs at once on threads of this process: an injected ``executor``'s
-    (it stays yours), or with None a thread pool of ``capacity`` threads that :meth:`start`
-    makes and :meth:`close` shuts down."""
+    (it stays yours), or with None ``capacity`` threads that :meth:`start` starts and
+    :meth:`close` ends. Owned threads take jobs from a queue of their own: no future and no
+    work item per job."""
 
     capacity: int = attrs.field(default=1, validator=outcomes.check_workers)
     executor: concurrent.futures.Executor | None = None
     # Set by start():
-    _threads: concurrent.futures.Executor = attrs.field(init=False)
+    _owned: tuple[threading.Thread, ...] = attrs.field(default=(), init=False)
+    _queue: queue.SimpleQueue[_Work] = attrs.field(factory=queue.SimpleQueue, init=False)
     _task_executor: TaskExecutor = attrs.field(init=False)
     _sink: outcomes.JobSink = attrs.field(init=False)
     _contexts: dict[str, ExecutionContext] = attrs.field(factory=dict, init=False)
@@ -68,12 +73,16 @@ class ThreadWorkers:
 
     def start(self, executor: TaskExecutor, sink: outcomes.JobSink) -> None:
         """Run jobs with ``executor``, report to ``sink``; makes the thread pool if owned."""
-        if hasattr(self, "_threads"):
+        if hasattr(self, "_task_executor"):
             raise RuntimeError("these ThreadWorkers are already started")
         self._task_executor, self._sink = executor, sink
-        self._threads = self.executor or concurrent.futures.ThreadPoolExecutor(
-            self.capacity, thread_name_prefix="zmqruntime-worker"
-        )
+        if self.executor is None:
+            self._owned = tuple(
+                threading.Thread(target=self._serve, name=f"zmqruntime-worker_{i}", daemon=True)
+                for i in range(self.capacity)
+            )
+            for thread in self._owned:
+                thread.start()
 
     def batch_size(self) -> int:
         return 1
@@ -84,8 +93,11 @@ class ThreadWorkers:
         context = ExecutionContext(job.execution_id, job.labels, report=self._sink.progress)
         with self._lock:
             self._contexts[job.execution_id] = context
+        if self.executor is None:
+            self._queue.put((job, context))
+            return
         try:
-            self._threads.submit(self._work, job, context)
+            self.executor.submit(self._work, job, context)
         except BaseException:
             with self._lock:
                 del self._contexts[job.execution_id]
@@ -113,16 +125,28 @@ class ThreadWorkers:
         self.close()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Cancel every job, wait up to ``timeout`` seconds for them to end, and shut the
-        owned thread pool down (without waiting for a stuck job). Idempotent."""
+        """Cancel every job, wait up to ``timeout`` seconds for them to end, and end the
+        owned threads (a thread stuck in a job is left behind, as a daemon). Idempotent."""
         with self._lock:
             for context in self._contexts.values():
                 context.cancel_event.set()
             idle = self._lock.wait_for(lambda: not self._contexts, timeout)
             if not idle:
                 logger.warning("%d thread jobs still run after close", len(self._contexts))
-        if self.executor is None and hasattr(self, "_threads"):
-            self._threads.shutdown(wait=idle, cancel_futures=True)
+            owned, self._owned = self._owned, ()
+        for _thread in owned:
+            self._queue.put(None)
+        if idle:
+            for thread in owned:
+                thread.join(timeout)
+
+    def _serve(self) -> None:
+        """An owned thread: run jobs from the queue until told to end."""
+        while (work := self._queue.get()) is not None:
+            try:
+                self._work(*work)
+            except Exception:  # the thread must live on: later jobs need it
+                logger.exception("reporting on execution %s failed", work[0].execution_id)
 
     def _work(self, job: outcomes.Job, context: ExecutionContext) -> None:
         name = threading.current_thread().name
@@ -135,9 +159,11 @@ class ThreadWorkers:
                 cancelled = context.cancel_event.is_set
                 outcome = outcomes.run_job(self._task_executor, job, context, cancelled)
         finally:
-            self._sink.finished(job, outcome)
-            with self._lock:  # after the report: close() waits for it
-                del self._contexts[job.execution_id]
-                self._workers[name] = (None, done + 1)
-                self._lock.notify_all()
-            self._sink.freed()
+            try:
+                self._sink.finished(job, outcome)
+            finally:  # a failed report must not leak the job's slot
+                with self._lock:  # after the report: close() waits for it
+                    del self._contexts[job.execution_id]
+                    self._workers[name] = (None, done + 1)
+                    self._lock.notify_all()
+                self._sink.freed()
