@@ -5,7 +5,8 @@ the protocol ``version``, the message ``type``, the number of buffer ``frames`` 
 the message's fields, then the raw buffer frames (payloads, pixels), never copied by the codec.
 
 Fields travel as their attrs types say: ``str``, ``int``, ``float`` (an int is taken too) and
-``bool`` as themselves, enums as their values, ``X | None`` as X or ``null``, ``tuple[X, ...]``
+``bool`` as themselves, enums as their values, ``X | None`` as X or ``null`` (left out when
+it is None and so is its default), ``tuple[X, ...]``
 as lists, ``dict[str, X]`` and ``JSONObject`` as objects, attrs classes as objects of their
 fields. A missing field takes its default; unknown keys are ignored. The field whose metadata
 has ``{"buffer": "one"}`` (or ``"many"``) holds the buffer frame (frames). ``request_id`` is in
@@ -166,6 +167,7 @@ class _Plan:
     type_name: str | None = None
     buffers: str | None = None
     frames: int | None = 0  # how many buffer frames it carries (None: any number)
+    omitted_when_none: tuple[str, ...] = ()  # fields whose default is None
     names: tuple[str, ...] = attrs.field(
         init=False, default=attrs.Factory(lambda plan: tuple(f[0] for f in plan.fields), True)
     )
@@ -187,15 +189,19 @@ class _Plan:
 
     def to_header(self, value: Any) -> dict[str, Any]:
         header = {name: getattr(value, name) for name in self.names}
+        for name in self.omitted_when_none:  # the decoder's default: a shorter header
+            if header[name] is None:
+                del header[name]
         for name, encode in self.encoders:
-            header[name] = encode(header[name])
+            if name in header:
+                header[name] = encode(header[name])
         return header
 
 
 def _plan(cls: type[Any], prefix: str = "") -> _Plan:
     # JSONObject names a recursive alias; the header holds a dict of plain JSON values.
     types = typing.get_type_hints(cls, localns={"JSONObject": dict[str, Any]})
-    fields, buffers = [], {}
+    fields, buffers, optional = [], {}, []
     for field in attrs.fields(cls):
         if "buffer" in field.metadata:
             many = field.metadata["buffer"] == "many"
@@ -207,8 +213,11 @@ def _plan(cls: type[Any], prefix: str = "") -> _Plan:
         decode, encode = _codec(tp, prefix + field.name)
         required = field.default is attrs.NOTHING
         fields.append((field.name, prefix + field.name, decode, encode, required))
+        if field.default is None:
+            optional.append(field.name)
     kind = getattr(cls, "TYPE", None)
-    return _Plan(cls, tuple(fields), kind.value if kind else None, **buffers)
+    type_name = kind.value if kind else None
+    return _Plan(cls, tuple(fields), type_name, **buffers, omitted_when_none=tuple(optional))
 
 
 _PLANS: Final = {cls: _plan(cls) for cls in MESSAGE_CLASSES}

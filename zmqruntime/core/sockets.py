@@ -265,17 +265,16 @@ def send_frames(socket: Socket, frames: Sequence[Any], flags: int = 0) -> None:
     """Send one multipart message, zero-copy for large frames only.
 
     Raises ``zmq.Again`` (only ever on the first frame: multipart sends are atomic) when
-    ``flags`` has NOBLOCK and the peer's queue is full.
+    ``flags`` has NOBLOCK and the peer's queue is full. (Frame by frame with plain int
+    flags: pyzmq's ``send_multipart`` checks every part and combines enum flags, which costs
+    more than the sends.)
     """
     flags = int(flags)
-    sizes = [len(frame) if type(frame) is bytes else memoryview(frame).nbytes for frame in frames]
-    if max(sizes, default=0) < ZERO_COPY_THRESHOLD:
-        socket.send_multipart(frames, flags, copy=True)  # the common case: one call
-        return
     last = len(frames) - 1
     for index, frame in enumerate(frames):
-        more = _SNDMORE if index < last else 0
-        socket.send(frame, flags | more, copy=sizes[index] < ZERO_COPY_THRESHOLD)
+        size = len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        more = flags | _SNDMORE if index < last else flags
+        socket.send(frame, more, copy=size < ZERO_COPY_THRESHOLD)
 
 
 def envelope_end(frames: Sequence[Any]) -> int:
@@ -304,7 +303,12 @@ def receive_ready(socket: Socket, polled: bool = False) -> list[zmq.Frame] | Non
     if not polled and not cast(int, socket.getsockopt(_EVENTS)) & _POLLIN:
         return None
     try:
-        return socket.recv_multipart(_NOBLOCK, copy=False)
+        frame = socket.recv(_NOBLOCK, copy=False)
+        frames = [frame]
+        while frame.more:  # the frame says so: no getsockopt(RCVMORE) per part
+            frame = socket.recv(_NOBLOCK, copy=False)
+            frames.append(frame)
+        return frames
     except zmq.Again:  # POLLIN for a message whose sender left before its last frame
         return None
 

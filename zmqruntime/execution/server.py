@@ -367,8 +367,9 @@ class ExecutionServer:
     def _progress(self, event: ProgressEvent) -> None:
         if self.progress is not None:
             self.progress.add(event)
-        if self._store.progress(event) and self.server.has_subscribers(event.execution_id):
-            self._waiters.publish(event, event.execution_id)
+        topic = event.execution_id.encode()
+        if self._store.progress(event) and self.server.has_subscribers(topic):
+            self._waiters.publish(event, topic)
 
     def _done(self, job: Job, outcome: Outcome) -> None:
         frames: list[Buffer] | None = None

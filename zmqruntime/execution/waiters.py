@@ -118,7 +118,7 @@ class Waiters:
         except ChannelClosed:
             logger.warning("server closed before a %s could be sent", message.TYPE.value)
 
-    def publish(self, message: Message, topic: str) -> None:
+    def publish(self, message: Message, topic: str | bytes) -> None:
         """Publish on an execution's topic; a closed server drops it."""
         try:
             self.server.publish(message, topic)
