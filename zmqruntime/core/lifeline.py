@@ -68,7 +68,7 @@ def report_ready() -> None:
 def watch_lifeline(on_lost: Callable[[], None]) -> threading.Thread | None:
     """In a launched child: call ``on_lost()`` once the launcher is gone.
 
-    Returns the watcher thread (a daemon blocked on the pipe; it ends with the process), or
+    Returns the watcher thread (a daemon blocked on the lifeline; it ends with the process), or
     None when this process was not given a lifeline.
     """
     fd = _lifeline_fd()

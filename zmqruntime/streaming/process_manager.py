@@ -101,7 +101,9 @@ class VisualizerProcessManager:
     execution server), or attaches to a healthy server already answering there instead of
     launching a second one; it never kills a process it did not start. A launched child gets a
     lifeline, so it exits when its launcher dies; its stdout and stderr go to :attr:`log_path`,
-    in the user's runtime folder.
+    in the user's runtime folder. A child that calls
+    :func:`~zmqruntime.core.lifeline.report_ready` once bound (the ready-made viewer and
+    ``zmqruntime serve`` do) is asked at once; another command is pinged every 0.25 s.
     """
 
     spec: LaunchSpec
