@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -58,7 +59,9 @@ dealer.connect("tcp://127.0.0.1:" + port)
 started = time.perf_counter()
 child = subprocess.Popen([sys.executable, "-c", code, port])
 dealer.send(b"ping")
-answered = dealer.poll(60_000)
+answered = 0
+while not answered and child.poll() is None and time.perf_counter() < started + 60:
+    answered = dealer.poll(1000)  # a child that died (its port taken) ends the wait
 took = time.perf_counter() - started
 child.wait(60)
 print(took if answered else "no answer")
@@ -71,7 +74,7 @@ from zmqruntime.core.transport import find_free_port_pair
 from zmqruntime.streaming import VisualizerProcessManager, python_module_spec
 with tempfile.TemporaryDirectory() as folder:
     config = ZMQConfig(ipc_root=folder)
-    port = find_free_port_pair(config)
+    port = find_free_port_pair(config, start=int(sys.argv[1]))
     spec = python_module_spec(
         "zmqruntime.streaming", "--port", str(port), "--transport", "tcp",
         "--ipc-root", folder, "--sink", "npy:" + folder + "/images", "--log-level", "WARNING",
@@ -118,14 +121,21 @@ def viewer_seconds(system: str, root: Path = REPO) -> float:
     """One launch of a viewer process until it answered, in seconds (driver process)."""
     if system == RAW:
         return _seconds([sys.executable, "-c", _RAW_DRIVER, _RAW_VIEWER, str(_free_port())], root)
-    return _seconds([sys.executable, "-c", _OURS_DRIVER], root)
+    return _seconds([sys.executable, "-c", _OURS_DRIVER, str(_free_port())], root)
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free port below the ephemeral range: a client that connects to an ephemeral port
+    before its server binds can, rarely, connect to itself (TCP self-connect) and take it."""
+    while True:
+        port = random.randrange(20_000, 30_000, 2)
+        with socket.socket() as one, socket.socket() as two:
+            try:
+                one.bind(("127.0.0.1", port))
+                two.bind(("127.0.0.1", port + 1000))  # the control port (offset 1000)
+            except OSError:
+                continue
+            return port
 
 
 def _counts(plan: Plan) -> tuple[int, int]:
