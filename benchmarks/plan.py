@@ -28,6 +28,9 @@ OURS_BATCH = "zmqruntime, batches"
 BATCHES = ((512, 16), (2048, 3))
 """Workload 10: (frame size, images per batch)."""
 
+OURS_NAMES = "zmqruntime, headline classes"
+"""Workload 11: importing the classes an application uses (the packages load names lazily)."""
+
 PEERS = (DASK, IPP)
 CURVE_SIZES = (512, 2048)
 """Workload 9 streams these frame sizes with the plan's window."""
@@ -282,7 +285,27 @@ def workloads(plan: Plan) -> list[Workload]:
             baseline=DASK,
         ),
     ]
-    return result + curve_workloads(plan) + batch_workloads(plan)
+    return result + curve_workloads(plan) + batch_workloads(plan) + startup_workloads()
+
+
+def startup_workloads() -> list[Workload]:
+    """Workload 11: start-up, each sample a fresh process (``benchmarks/startup.py``)."""
+    return [
+        Workload(
+            "11-import",
+            "11 import zmqruntime.execution+streaming (raw: zmq+numpy+attrs)",
+            Kind.DURATION,
+            "",
+            (RAW, OURS, OURS_NAMES),
+        ),
+        Workload(
+            "11-viewer-start",
+            "11 viewer process start → answering ping",
+            Kind.DURATION,
+            "",
+            (RAW, OURS),
+        ),
+    ]
 
 
 def batch_workloads(plan: Plan) -> list[Workload]:

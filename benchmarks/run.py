@@ -32,7 +32,7 @@ from typing import Any
 import numpy
 import zmq
 
-from benchmarks import memory, report
+from benchmarks import memory, report, startup
 from benchmarks.plan import (
     BATCHES,
     CURVE_SIZES,
@@ -50,6 +50,7 @@ from benchmarks.plan import (
     Skipped,
     Workload,
     curve_workloads,
+    startup_workloads,
     workloads,
 )
 from benchmarks.systems import dask_over, ours, peers, raw, raw_stream, v065
@@ -142,6 +143,10 @@ def core_calls(plan: Plan, old: v065.Runner) -> dict[str, dict[str, Callable[[],
         calls[f"10-batch-{size}x{count}"] = {
             OURS_SINGLE: p(ours.batches, plan, size, count, batched=False),
             OURS_BATCH: p(ours.batches, plan, size, count, batched=True),
+        }
+    for workload in startup_workloads():
+        calls[workload.key] = {
+            system: p(startup.outcome, plan, workload.key, system) for system in workload.systems
         }
     return calls | curve_calls(plan)
 

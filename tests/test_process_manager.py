@@ -31,6 +31,7 @@ from zmqruntime import (
 )
 from zmqruntime.core.credentials import runtime_directory
 from zmqruntime.core.endpoint import Endpoint
+from zmqruntime.core.lifeline import LIFELINE_ENV, READY, open_lifeline
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair, is_endpoint_in_use
 from zmqruntime.errors import ProcessLaunchError
 from zmqruntime.streaming import (
@@ -467,3 +468,47 @@ def test_the_viewer_exits_when_its_launcher_dies(
             launcher.kill()
         launcher.communicate()
         kill_if_alive(viewer_pid)
+
+
+# --- readiness by event ---------------------------------------------------------------------
+
+STARTUP_SCRIPTS = Path(__file__).with_name("startup_scripts.py")
+
+
+def test_a_child_reports_ready_on_its_lifeline_which_ends_when_it_does() -> None:
+    lifeline = open_lifeline()
+    if lifeline is None:
+        pytest.skip("lifelines are POSIX only")
+    child_end, launcher_end = lifeline
+    try:
+        child = subprocess.Popen(
+            [sys.executable, str(STARTUP_SCRIPTS), "ready"],
+            env={**os.environ, LIFELINE_ENV: str(child_end)},
+            pass_fds=(child_end,),
+        )
+        os.close(child_end)
+        assert select.select([launcher_end], [], [], WAIT)[0], "no READY from the child"
+        assert os.read(launcher_end, 64) == READY
+        assert child.wait(WAIT) == 0
+        assert select.select([launcher_end], [], [], WAIT)[0]
+        assert os.read(launcher_end, 64) == b""  # end-of-file: the child is gone
+    finally:
+        os.close(launcher_end)
+
+
+def test_a_child_that_reported_ready_is_waited_for_beyond_one_probe(
+    config: ZMQConfig, no_thread_leak: None
+) -> None:
+    # A viewer busy loading its GUI may answer its first ping late. Once it said it serves,
+    # the manager waits for that answer (until the start timeout), not a quarter second.
+    if os.name != "posix":
+        pytest.skip("lifelines are POSIX only")
+    port = free_port(TransportMode.IPC, config)
+    spec = CommandSpec(
+        (sys.executable, str(STARTUP_SCRIPTS), "slow_pong", str(port), str(config.ipc_root), "0.8")
+    )
+    endpoint = Endpoint.of(port=port, transport_mode=TransportMode.IPC, config=config)
+    with managed(VisualizerProcessManager(spec, endpoint)) as manager:
+        manager.start(timeout=WAIT)
+        assert manager.pid is not None and not manager.attached
+        assert manager.stop(timeout=WAIT) == 0

@@ -27,7 +27,7 @@ from zmqruntime.cli.display import (
     show_table,
     write,
 )
-from zmqruntime.core.lifeline import watch_lifeline
+from zmqruntime.core.lifeline import report_ready, watch_lifeline
 from zmqruntime.core.messages import ExecutionRecord, ServerSummary, Shutdown
 
 # For annotations only: the execution tier is imported when a command runs (see address.py).
@@ -69,6 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     try:
         watch_lifeline(server.request_stop)
+        report_ready()
         where = f"port {server.port_number} ({address.mode(args).value})"  # right for --port 0
         write(f"serving {args.executor} on {where}; Ctrl-C stops")
         server.serve_forever()  # the first SIGINT/SIGTERM drains, a second one stops at once

@@ -14,7 +14,7 @@ import numpy
 
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifeline import watch_lifeline
+from zmqruntime.core.lifeline import report_ready, watch_lifeline
 from zmqruntime.execution import ExecutionServer, WorkerPool
 from zmqruntime.protocols import TaskContext
 from zmqruntime.streaming import ImageSender
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         endpoint = Endpoint.of(args.port, transport_mode=mode, config=config)
         pool = WorkerPool.threads(args.workers)
         server = ExecutionServer.bind(endpoint, BlobTask(images), pool=pool)
+        server.start()  # bound before it tells its launcher so
         watch_lifeline(server.request_stop)
+        report_ready()
         server.serve_forever()
     return 0
 

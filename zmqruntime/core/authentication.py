@@ -6,16 +6,16 @@ socket pair requires at the handshake.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import secrets
 import threading
 from pathlib import Path
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import attrs
 import zmq
-import zmq.auth.thread
 
 from zmqruntime.config import TransportMode
 from zmqruntime.core.credentials import (
@@ -27,6 +27,9 @@ from zmqruntime.core.credentials import (
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import ServerCurve
 from zmqruntime.core.socket_options import Context
+
+if TYPE_CHECKING:
+    import zmq.auth.thread
 
 __all__ = ["ServerAuthentication", "acquire_authenticator", "release_authenticator"]
 
@@ -45,7 +48,9 @@ def acquire_authenticator(
     with _authenticators_lock:
         authenticator, users = _authenticators.get(id(context), (None, 0))
         if authenticator is None:
-            authenticator = zmq.auth.thread.ThreadAuthenticator(context, log=logger)
+            # Imported on first use: it imports asyncio (~30 ms), which clients never need.
+            threads = importlib.import_module("zmq.auth.thread")
+            authenticator = threads.ThreadAuthenticator(context, log=logger)
             authenticator.start()
             authenticator.thread.name = "zmqruntime-zap"
         _authenticators[id(context)] = (authenticator, users + 1)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from typing import Final, final
 
 import attrs
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from zmqruntime.core.security import describe_handshake_failure
 
@@ -34,6 +34,7 @@ _HANDSHAKE_FAILURES: Final = (
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
 )
+_EVENT: Final = struct.Struct("=HI")  # a monitor event's first frame: event id, value
 _REFUSED: Final = (
     "the server refused this client's credentials (authentication failed): it belongs to "
     "another user or runtime folder (ZMQConfig ipc_root/app_name), or its CURVE keys do not "
@@ -71,10 +72,15 @@ class ConnectionWatch:
         """The verdicts of every event waiting on ``monitor``, with the endpoint each names."""
         while True:
             try:
-                event = parse_monitor_message(monitor.recv_multipart(flags=zmq.NOBLOCK))
+                frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            kind, endpoint = event["event"], os.fsdecode(event["endpoint"])
+            # Parsed here, not by zmq.utils.monitor: that module imports asyncio (~30 ms).
+            if len(frames) != 2 or len(frames[0]) != _EVENT.size:
+                logger.warning("%s: ignoring a malformed monitor event", self.name)
+                continue
+            kind, value = _EVENT.unpack(frames[0])
+            endpoint = os.fsdecode(frames[1])
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_failure = None
                 self.connected.set()
@@ -85,9 +91,7 @@ class ConnectionWatch:
                 self.handshake_failure = _REFUSED
                 yield LinkEvent.REFUSED, endpoint
             elif kind in _HANDSHAKE_FAILURES:
-                self.handshake_failure = describe_handshake_failure(
-                    kind, event["value"], curve=self.curve
-                )
+                self.handshake_failure = describe_handshake_failure(kind, value, curve=self.curve)
                 logger.info("%s: %s", self.name, self.handshake_failure)
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.connected.clear()

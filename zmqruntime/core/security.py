@@ -10,16 +10,18 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import attrs
 import zmq
 import zmq.auth
-import zmq.auth.thread
 
 from zmqruntime.config import TransportMode
 from zmqruntime.core.serializers import PickleSerializer
 from zmqruntime.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import zmq.auth.thread  # asyncio: only servers that authenticate import it
 
 __all__ = [
     "ClientCurve",

@@ -16,12 +16,6 @@ from zmqruntime.execution.outcomes import WorkerStatistics
 
 __all__ = ["ProcessSampler"]
 
-psutil: Any
-try:
-    psutil = importlib.import_module("psutil")  # untyped: no stubs among the dependencies
-except ImportError:  # the ops extra is not installed
-    psutil = None
-
 
 @final
 @attrs.define(eq=False)
@@ -32,6 +26,8 @@ class ProcessSampler:
 
     _handles: dict[int, Any] = attrs.field(factory=dict, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _psutil: Any = attrs.field(default=None, init=False)
+    """psutil once the first process is sampled (importing it costs ~10 ms), False without it."""
 
     def sample(self, workers: Iterable[WorkerStatistics]) -> tuple[ProcessStats, ...]:
         """The stats of each worker that is a process (one with a pid)."""
@@ -42,7 +38,10 @@ class ProcessSampler:
             return tuple(self._stats(name, pid) for name, pid in found)
 
     def _stats(self, name: str, pid: int) -> ProcessStats:
-        if psutil is None:
+        if self._psutil is None:
+            self._psutil = _load_psutil()
+        psutil = self._psutil
+        if psutil is False:
             return ProcessStats(name=name, pid=pid)
         with contextlib.suppress(psutil.Error):
             first = pid not in self._handles
@@ -53,3 +52,12 @@ class ProcessSampler:
             cpu_percent = None if first else float(cpu)
             return ProcessStats(name=name, pid=pid, cpu_percent=cpu_percent, rss_bytes=int(rss))
         return ProcessStats(name=name, pid=pid)  # it ended meanwhile
+
+
+def _load_psutil() -> Any:
+    """psutil (untyped: no stubs among the dependencies), or False when the ops extra is not
+    installed."""
+    try:
+        return importlib.import_module("psutil")
+    except ImportError:
+        return False

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from zmqruntime.config import TransportMode, ZMQConfig
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import stop_on_signals
-from zmqruntime.core.lifeline import watch_lifeline
+from zmqruntime.core.lifeline import report_ready, watch_lifeline
 from zmqruntime.core.security import curve_from_folder
 from zmqruntime.streaming.server import StreamingServer, StreamMode
 from zmqruntime.streaming.sinks import NapariSink, sink_from_spec
@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve_viewer(server: StreamingServer, ready: Callable[[], None] | None = None) -> None:
     """Serve until a shutdown request, SIGINT/SIGTERM or the launcher's end (a napari sink: in
-    the Qt loop), calling ``ready()`` once bound; then close."""
+    the Qt loop), calling ``ready()`` once bound (and telling a launcher on the lifeline); then
+    close."""
     server.start()
     try:
         watch_lifeline(server.request_stop)
+        report_ready()
         if ready is not None:
             ready()
         if isinstance(server.sink, NapariSink):

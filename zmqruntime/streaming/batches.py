@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeAlias, cast, final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast, final
 
 import attrs
 import numpy
 
 from zmqruntime.core import codec, wire
-from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.messages import (
     MAX_BATCH_ITEMS,
     AckOutcome,
@@ -35,6 +34,9 @@ from zmqruntime.errors import ConfigurationError, InvalidItem, RemoteError
 from zmqruntime.protocols import Buffer, ImageSink, ItemSink, JSONObject
 from zmqruntime.streaming.item_wire import frame_from_item, item_from_frame
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
+
+if TYPE_CHECKING:
+    from zmqruntime.core.client import ZMQClient  # the viewer imports this module, not the client
 
 __all__ = [
     "MAX_BATCH_ITEMS",

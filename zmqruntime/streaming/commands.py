@@ -20,12 +20,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 
 from zmqruntime.config import check_count, checked
-from zmqruntime.core.client import ZMQClient
 from zmqruntime.core.messages import CommandFrame, CommandReply
 from zmqruntime.core.requests import serializer_refusal
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
@@ -42,6 +41,9 @@ from zmqruntime.errors import (
 )
 from zmqruntime.protocols import CommandHandler, CommandSink, TaskSerializer
 from zmqruntime.streaming.sender_peers import SenderPeers
+
+if TYPE_CHECKING:
+    from zmqruntime.core.client import ZMQClient  # the viewer imports this module, not the client
 
 __all__ = [
     "COMMAND_REPLIES",

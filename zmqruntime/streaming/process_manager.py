@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
+import select
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +24,7 @@ from zmqruntime.core.credentials import runtime_directory
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import start_on_enter
 from zmqruntime.core.lifeline import LIFELINE_ENV, open_lifeline
-from zmqruntime.core.messages import Pong, Shutdown
+from zmqruntime.core.messages import Message, Ping, Pong, Shutdown
 from zmqruntime.core.transport import is_endpoint_in_use
 from zmqruntime.protocols import LaunchSpec
 
@@ -30,6 +33,9 @@ __all__ = ["CommandSpec", "VisualizerProcessManager", "python_module_spec"]
 logger = logging.getLogger(__name__)
 
 _PROBE_SECONDS: Final = 0.25
+"""How long a ping waits for a server that may not be there; also how often a child that does
+not report readiness on its lifeline (a command that is not a zmqruntime server) is pinged."""
+_EXIT_SECONDS: Final = 1.0  # a child that closed its lifeline has this long to be seen exiting
 _PROBE_LINGER: Final = 0.01
 _TAIL_BYTES: Final = 4000
 
@@ -95,7 +101,9 @@ class VisualizerProcessManager:
     execution server), or attaches to a healthy server already answering there instead of
     launching a second one; it never kills a process it did not start. A launched child gets a
     lifeline, so it exits when its launcher dies; its stdout and stderr go to :attr:`log_path`,
-    in the user's runtime folder.
+    in the user's runtime folder. A child that calls
+    :func:`~zmqruntime.core.lifeline.report_ready` once bound (the ready-made viewer and
+    ``zmqruntime serve`` do) is asked at once; another command is pinged every 0.25 s.
     """
 
     spec: LaunchSpec
@@ -125,7 +133,8 @@ class VisualizerProcessManager:
             return self
         endpoint = self.endpoint
         limit = endpoint.config.connect_timeout if timeout is None else timeout
-        pong, vacated = self._probe(), False
+        occupied = self._in_use()  # a free port needs no ping: nobody could answer it
+        pong, vacated = (self._probe() if occupied else None), False
         if pong is not None and pong.draining:  # a server going away: wait, never attach
             pong, vacated = self._outlive(time.monotonic() + limit), True
         if pong is not None:
@@ -137,7 +146,7 @@ class VisualizerProcessManager:
             self._attached = True
             logger.info("attached to the %s already serving port %s", self.role, endpoint.port)
             return self
-        if not vacated and self._in_use():
+        if occupied and not vacated and self._in_use():
             raise errors.AddressInUseError(
                 f"port {endpoint.port} is held by something that does not answer as a "
                 "zmqruntime server; stop it or choose another port"
@@ -272,20 +281,64 @@ class VisualizerProcessManager:
         return self._process
 
     def _wait_ready(self, process: subprocess.Popen[bytes], limit: float) -> None:
+        """Wait for events, never in sleeps: the child's READY on its lifeline (then one ping
+        checks the role), the lifeline's end-of-file (the child is gone), or the answer to a
+        probe — for commands that do not report readiness, one ping every ``_PROBE_SECONDS``
+        after the first such interval."""
         deadline = time.monotonic() + limit
-        while True:
-            code = process.poll()
-            if code is not None:
-                raise errors.ProcessLaunchError(" ".join(self.spec.argv), code, self._tail())
-            pong = self._probe()  # each probe waits up to a quarter second for the answer
-            if pong is not None and not pong.draining:
-                self._check_role(pong)
-                return
-            if time.monotonic() >= deadline:
-                raise errors.ZMQTimeoutError(
-                    f"the {self.role} launched with {' '.join(self.spec.argv)} did not answer on "
-                    f"port {self.endpoint.port} within {limit}s; its output:\n{self._tail()}"
-                )
+        lifeline = self._lifeline
+        watched: list[int | socket.socket] = [] if lifeline is None else [lifeline]
+        wake, ring = socket.socketpair()  # a probe's answer (or failure) rings ``wake``
+        probe: concurrent.futures.Future[Message] | None = None
+        next_probe, probe_limit = time.monotonic() + _PROBE_SECONDS, _PROBE_SECONDS
+        with wake, ring:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise errors.ZMQTimeoutError(
+                        f"the {self.role} launched with {' '.join(self.spec.argv)} did not "
+                        f"answer on port {self.endpoint.port} within {limit}s; its output:\n"
+                        f"{self._tail()}"
+                    )
+                until = deadline if probe is not None else min(deadline, next_probe)
+                readable = select.select([*watched, wake], [], [], until - now)[0]
+                if wake in readable:
+                    wake.recv(64)
+                if lifeline in readable:
+                    if self._child_ended(process, lifeline):
+                        watched = []  # it closed its lifeline but lives: probes will tell
+                    else:  # READY: its sockets are bound; ask at once, with the time left
+                        if probe is not None:
+                            probe.cancel()
+                            self._reset_connection()  # made before its credentials existed
+                        probe, next_probe = None, 0.0
+                        probe_limit = max(_PROBE_SECONDS, deadline - time.monotonic())
+                if probe is not None and probe.done():
+                    pong = _pong_of(probe)
+                    probe, next_probe = None, time.monotonic() + _PROBE_SECONDS
+                    if pong is not None and not pong.draining:
+                        self._check_role(pong)
+                        return
+                    self._reset_connection()  # a fresh socket: no stale requests queued
+                code = process.poll()
+                if code is not None:
+                    raise errors.ProcessLaunchError(" ".join(self.spec.argv), code, self._tail())
+                if probe is None and time.monotonic() >= next_probe:
+                    probe = self._connection().request_async(Ping(request_id=0), probe_limit)
+                    probe.add_done_callback(lambda _done: _ring(ring))
+
+    def _child_ended(self, process: subprocess.Popen[bytes], lifeline: int) -> bool:
+        """Read the lifeline that is ready: False for READY; True at its end-of-file, after
+        raising :class:`ProcessLaunchError` if the child exited."""
+        try:
+            if os.read(lifeline, 64):
+                return False
+        except OSError:
+            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = process.wait(_EXIT_SECONDS)  # its end closes just before its exit is seen
+            raise errors.ProcessLaunchError(" ".join(self.spec.argv), code, self._tail())
+        return True
 
     def _end(self, process: subprocess.Popen[bytes], limit: float) -> int:
         if process.poll() is None:
@@ -319,3 +372,16 @@ class VisualizerProcessManager:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _pong_of(probe: concurrent.futures.Future[Message]) -> Pong | None:
+    """The answer of a finished ping; None when it failed (no server there yet, or lost)."""
+    if probe.cancelled() or probe.exception() is not None:
+        return None
+    reply = probe.result()
+    return reply if isinstance(reply, Pong) else None
+
+
+def _ring(ring: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # the wait ended and closed it
+        ring.send(b"!")
