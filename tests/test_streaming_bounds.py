@@ -367,3 +367,28 @@ def test_a_bad_sender_option_is_refused_and_leaves_nothing_open(
     assert _zmq_threads() <= before
     with ImageSender.to(endpoint, send_timeout=0) as sender:  # 0: never wait for room
         assert sender.max_in_flight == 16
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_a_sender_and_a_viewer_each_run_on_one_zmq_context(
+    config: ZMQConfig, no_thread_leak: None
+) -> None:
+    """A raw pyzmq stream has one libzmq I/O thread per side; so do an ``ImageSender.to``
+    (its client and ack channel) and a ``StreamingServer.bind`` (its server and the acks its
+    sink sends): two contexts, four libzmq threads, all ended on close."""
+    before = _zmq_threads()
+    acked = threading.Event()
+    at = Endpoint.of(port=0, transport_mode=TransportMode.TCP, config=config)
+    with StreamingServer.bind(at, lambda _image, _metadata: None) as viewer:
+        with ImageSender.to(to(viewer, TransportMode.TCP, config)) as sender:
+            assert sender.channel is not None
+            assert sender.client.context is sender.channel.server.context is not None
+            assert viewer.server.context is not None
+            handle = sender.channel.add_callback(lambda _ack: acked.set())
+            sender.send(image(1))
+            sender.wait_all_acked(timeout=WAIT)
+            assert acked.wait(WAIT)
+            handle.remove()
+            assert len(_zmq_threads() - before) == 4  # an I/O and a reaper thread per context
+        assert sender.client.context.closed  # the sender ended the context it made
+    assert _zmq_threads() <= before

@@ -127,8 +127,8 @@ class QueueTracker:
         (checked only when it has to wait)."""
         room = max(1, limit - len(item_ids) + 1)
         with self._condition:
-            # The common case (there is room) skips the checks and the predicate of a wait.
-            if len(self._pending) >= room and not self.wait_pending_below(room, timeout):
+            # The common case (there is room) skips the checks of a wait.
+            if len(self._pending) >= room and not self._wait_below(room, timeout):
                 return False
             for item_id in item_ids:
                 self._register(item_id)
@@ -242,9 +242,20 @@ class QueueTracker:
         """Block until fewer than ``limit`` items are pending or ``timeout`` seconds pass;
         returns whether the pending count is below ``limit``."""
         check_count("limit", limit, 1)
-        seconds = check_seconds("timeout", timeout, allow_zero=True)
         with self._condition:
-            return self._condition.wait_for(lambda: len(self._pending) < limit, seconds)
+            return self._wait_below(limit, timeout)
+
+    def _wait_below(self, limit: int, timeout: float) -> bool:
+        """:meth:`wait_pending_below` with the condition held: a stop-and-wait sender's every
+        send comes here, so it waits without ``Condition.wait_for``'s predicate calls."""
+        pending, seconds = self._pending, check_seconds("timeout", timeout, allow_zero=True)
+        deadline = time.monotonic() + seconds
+        while len(pending) >= limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._condition.wait(left)
+        return True
 
     def statistics(self) -> TrackerStatistics:
         """A consistent snapshot of the counters, pending and stuck counts."""

@@ -32,7 +32,7 @@ from zmqruntime.core.messages import Ack, AckOutcome, ImageFrame, ImageSent, Ite
 from zmqruntime.core.push import open_connected_socket
 from zmqruntime.core.queue_tracker import QueueTracker
 from zmqruntime.core.security import ClientCurve, ServerCurve
-from zmqruntime.core.socket_options import Socket
+from zmqruntime.core.socket_options import Context, Socket
 from zmqruntime.core.sockets import send_frames
 from zmqruntime.errors import ChannelClosed, ConfigurationError, RemoteError, ZMQTimeoutError
 from zmqruntime.streaming import batches
@@ -40,7 +40,7 @@ from zmqruntime.streaming.batches import SentBatch
 from zmqruntime.streaming.commands import CommandCalls
 from zmqruntime.streaming.item_wire import frame_from_item
 from zmqruntime.streaming.items import Item, Labels, Points, Shapes
-from zmqruntime.streaming.server import ACK_COPIES
+from zmqruntime.streaming.sender_peers import ACK_COPIES
 from zmqruntime.streaming.thread_sockets import ThreadSockets
 
 __all__ = ["ImageSender"]
@@ -87,6 +87,7 @@ class ImageSender:
     _viewer_limits: Any = attrs.field(default=None, init=False)
     _commands: CommandCalls = attrs.field(init=False)
     _ack_at: str | None = attrs.field(default=None, init=False)  # ack_address, once connected
+    _context: Context | None = attrs.field(default=None, init=False)  # made by to(), ended here
 
     @classmethod
     def to(
@@ -99,23 +100,30 @@ class ImageSender:
     ) -> ImageSender:
         """A sender to the viewer at ``endpoint``, with its own client and (unless ``ack_to``
         is among ``options``) its own ack channel on a free port of the same transport,
-        protected by ``ack_curve`` keys if given. ``options`` are this class's other fields."""
-        client = ZMQClient(
-            endpoint, data_socket_type=zmq.PUSH, context=context, name="image-sender"
-        )
+        protected by ``ack_curve`` keys if given. ``options`` are this class's other fields.
+        Both live in ``context``; without one, over TCP, in one the sender makes and ends on
+        close, so that one libzmq I/O thread carries images and acks (over IPC each has its
+        own: a socket file is removed only once its context has ended)."""
+        owned = zmq.Context() if context is None and endpoint.transport.value == "tcp" else None
+        shared = context or owned
+        client = ZMQClient(endpoint, data_socket_type=zmq.PUSH, context=shared, name="image-sender")
         channel = None
         if options.get("ack_to") is None:
             channel_at = Endpoint.of(
                 0, transport_mode=endpoint.transport, config=endpoint.config, curve=ack_curve
             )
-            channel = AckChannel.bind(channel_at, context=context)
+            channel = AckChannel.bind(channel_at, context=shared)
         try:
-            return cls(client, channel, **options)
+            sender = cls(client, channel, **options)
         except BaseException:  # a bad option: what was built for it goes again
             if channel is not None:
                 channel.close()
             client.close()
+            if owned is not None:
+                owned.term()
             raise
+        sender._context = owned
+        return sender
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
@@ -171,6 +179,8 @@ class ImageSender:
         self.client.close()
         if self.channel is not None:
             self.channel.close()
+        if self._context is not None:
+            self._context.term()
 
     __enter__ = connect_on_enter
     __exit__ = close_on_exit

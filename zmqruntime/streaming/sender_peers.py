@@ -16,8 +16,14 @@ import attrs
 
 from zmqruntime.core.server import Peer
 
-__all__ = ["MAX_PREFIX", "SenderPeers"]
+__all__ = ["ACK_COPIES", "MAX_ACK_COPY_SENDERS", "MAX_PREFIX", "SenderPeers"]
 
+ACK_COPIES: Final = "zmqruntime.ack_copies"
+"""The built-in request (payload ``{"prefix": str}``) by which a sender whose acks go to another
+process (``ack_to``) asks for a copy of each, pushed on its control connection, for the images
+whose id is ``prefix-<number>``: so it can hold its ``max_in_flight``."""
+MAX_ACK_COPY_SENDERS: Final = 1024
+"""How many senders (id prefixes) a viewer sends ack copies to; the least recent is dropped."""
 MAX_PREFIX: Final = 256
 """Characters of a sender's id prefix (its own are ``<tracker key>-<12 hex>``)."""
 

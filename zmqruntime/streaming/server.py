@@ -38,6 +38,7 @@ from zmqruntime.core.requests import RequestTable
 from zmqruntime.core.security import ClientCurve
 from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.core.server import ZMQServer
+from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import ChannelClosed, InvalidItem
 from zmqruntime.protocols import CommandHandler, ImageSink, RequestHandler, TaskSerializer
 from zmqruntime.streaming.backlog import (
@@ -52,7 +53,7 @@ from zmqruntime.streaming.backlog import (
 from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, VIEWER_LIMITS, Acked, acks_for, show_batch
 from zmqruntime.streaming.commands import ViewerCommands
 from zmqruntime.streaming.item_wire import item_from_frame
-from zmqruntime.streaming.sender_peers import SenderPeers
+from zmqruntime.streaming.sender_peers import ACK_COPIES, MAX_ACK_COPY_SENDERS, SenderPeers
 
 __all__ = ["StreamMode", "StreamingServer", "StreamingStatistics"]
 
@@ -69,12 +70,6 @@ BACKLOG_BYTES: Final = 256 << 20
 ACK_HIGH_WATER_MARK: Final = 4096
 """Acks queued per channel before one is dropped, at least: a small ``send_high_water_mark``
 meant to make images push back must not cost acks."""
-ACK_COPIES: Final = "zmqruntime.ack_copies"
-"""The built-in request (payload ``{"prefix": str}``) by which a sender whose acks go to another
-process (``ack_to``) asks for a copy of each, pushed on its control connection, for the images
-whose id is ``prefix-<number>``: so it can hold its ``max_in_flight``."""
-MAX_ACK_COPY_SENDERS: Final = 1024
-"""How many senders (id prefixes) a viewer sends ack copies to; the least recent is dropped."""
 _at_least_one = checked(check_count, 1)
 
 
@@ -116,6 +111,7 @@ class StreamingServer:
         factory=lambda: SenderPeers("ack copies", MAX_ACK_COPY_SENDERS), init=False
     )
     _stopping: bool = attrs.field(default=False, init=False)  # the sink thread ends
+    _context: Context | None = attrs.field(default=None, init=False)  # made by bind(), ended here
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _counts: dict[str, int] = attrs.field(
@@ -143,18 +139,27 @@ class StreamingServer:
         accepts frames up to ``config.max_header_bytes``, its image socket ``max_message_bytes``
         (commands travel there)."""
         small = min(endpoint.config.max_request_bytes, endpoint.config.max_header_bytes)
+        # Acks leave by its I/O thread; TCP only: an IPC file goes once its own context ended
+        owned = zmq.Context() if context is None and endpoint.transport.value == "tcp" else None
         server = ZMQServer(
             attrs.evolve(endpoint, config=attrs.evolve(endpoint.config, max_request_bytes=small)),
             role="viewer",
             capabilities=CAPABILITIES,
             data_socket_type=zmq.PULL,
-            context=context,
+            context=context or owned,
             requests=requests or {},
             serializer=serializer or SafeSerializer(),
         )
         if not isinstance(commands, ViewerCommands):
             commands = ViewerCommands(commands or {})
-        return cls(sink, server, commands=commands, **options)
+        try:
+            viewer = cls(sink, server, commands=commands, **options)
+        except BaseException:
+            if owned is not None:
+                owned.term()
+            raise
+        viewer._context = owned
+        return viewer
 
     def _build(self) -> ZMQServer:
         if self._thread is not None:
@@ -205,6 +210,9 @@ class StreamingServer:
             self._thread.join(limit)
             if self._thread.is_alive():
                 logger.error("the sink did not return within %ss; its thread is left", limit)
+                return  # its ack sockets are still open: ending the context would hang
+        if self._context is not None:
+            self._context.term()
 
     __enter__ = start_on_enter
     __exit__ = close_on_exit
@@ -262,7 +270,9 @@ class StreamingServer:
     def _run_sink(self) -> None:
         config = self.server.config
         hwm = max(config.send_high_water_mark, ACK_HIGH_WATER_MARK)
-        acks = AckSender(attrs.evolve(config, send_high_water_mark=hwm), self.ack_curve)
+        acks = AckSender(
+            attrs.evolve(config, send_high_water_mark=hwm), self.ack_curve, self._context
+        )
         try:
             # Once stopping, what still waits is acked as skipped on the way out.
             while True:
