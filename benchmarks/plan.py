@@ -31,6 +31,12 @@ BATCHES = ((512, 16), (2048, 3))
 OURS_NAMES = "zmqruntime, headline classes"
 """Workload 11: importing the classes an application uses (the packages load names lazily)."""
 
+MANY_CLIENTS = 32
+OURS_ONE_CLIENT = "zmqruntime, 1 client"
+OURS_MANY_CLIENTS = f"zmqruntime, {MANY_CLIENTS} clients"
+"""Workload 12: the pipelined tasks from one client, and from 32 in one process (each in a
+thread of its own: several panels of one GUI); the ratio is to the one client."""
+
 PEERS = (DASK, IPP)
 CURVE_SIZES = (512, 2048)
 """Workload 9 streams these frame sizes with the plan's window."""
@@ -285,6 +291,16 @@ def workloads(plan: Plan) -> list[Workload]:
             baseline=DASK,
         ),
     ]
+    result.append(
+        Workload(
+            "12-many-clients",
+            f"12 pipelined {tasks} no-op: {MANY_CLIENTS} clients in one process vs 1",
+            Kind.RATE,
+            "tasks",
+            (OURS_ONE_CLIENT, OURS_MANY_CLIENTS),
+            baseline=OURS_ONE_CLIENT,
+        )
+    )
     return result + curve_workloads(plan) + batch_workloads(plan) + startup_workloads()
 
 

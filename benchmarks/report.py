@@ -22,7 +22,9 @@ from benchmarks.plan import (
     OURS,
     OURS_BATCH,
     OURS_DASK,
+    OURS_MANY_CLIENTS,
     OURS_NAMES,
+    OURS_ONE_CLIENT,
     OURS_SINGLE,
     RAW,
     V065,
@@ -34,7 +36,12 @@ from benchmarks.plan import (
     Workload,
 )
 
-BASELINE_LABELS = {RAW: "", DASK: " vs plain Dask", OURS_SINGLE: " vs one by one"}
+BASELINE_LABELS = {
+    RAW: "",
+    DASK: " vs plain Dask",
+    OURS_SINGLE: " vs one by one",
+    OURS_ONE_CLIENT: " vs 1 client",
+}
 """How a ratio cell names its baseline: raw pyzmq (the column's) goes unsaid."""
 
 
@@ -268,6 +275,10 @@ def targets(rows: list[Row]) -> list[Target]:
                 slowdown <= 2,
             )
         )
+    many = _find(rows, "12-many-clients", OURS_MANY_CLIENTS)
+    shown = "not measured" if many is None or many.ratio is None else f"{many.ratio:.2f}x"
+    met = None if many is None or many.ratio is None else many.ratio >= 0.8
+    result.append(Target(f"{OURS_MANY_CLIENTS} in one process", "≥ 0.8x of 1 client", shown, met))
     result += curve_costs(rows) + startup_targets(rows)
     for key, name in DASK_TARGETS:
         over = _find(rows, key, OURS_DASK)

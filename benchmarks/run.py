@@ -37,8 +37,11 @@ from benchmarks.plan import (
     BATCHES,
     CURVE_SIZES,
     IPP,
+    MANY_CLIENTS,
     OURS,
     OURS_BATCH,
+    OURS_MANY_CLIENTS,
+    OURS_ONE_CLIENT,
     OURS_SINGLE,
     PEERS,
     RAW,
@@ -144,6 +147,10 @@ def core_calls(plan: Plan, old: v065.Runner) -> dict[str, dict[str, Callable[[],
             OURS_SINGLE: p(ours.batches, plan, size, count, batched=False),
             OURS_BATCH: p(ours.batches, plan, size, count, batched=True),
         }
+    calls["12-many-clients"] = {
+        OURS_ONE_CLIENT: p(ours.pipelined, plan, 1),
+        OURS_MANY_CLIENTS: p(ours.pipelined, plan, MANY_CLIENTS),
+    }
     for workload in startup_workloads():
         calls[workload.key] = {
             system: p(startup.outcome, plan, workload.key, system) for system in workload.systems

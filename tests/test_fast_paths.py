@@ -5,7 +5,9 @@ from a queue of their own."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -13,6 +15,10 @@ import pytest
 
 from tests.recorder import WAIT, Recorder
 from tests.test_backend_threads import Gates
+from zmqruntime import TransportMode, ZMQClient, ZMQConfig
+from zmqruntime.core import client as client_module
+from zmqruntime.core.contexts import CLIENT_CONTEXT
+from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.messages import ErrorReply, ExecutionStatus, Message, Pong, ProgressEvent
 from zmqruntime.core.pending import PendingRequests
 from zmqruntime.errors import ChannelClosed, ErrorCode, RemoteError, ZMQTimeoutError
@@ -128,3 +134,46 @@ def test_owned_worker_threads_survive_a_failing_report_and_end_at_close(
         assert "reporting on execution first failed" in caplog.text
     finally:
         workers.close(WAIT)  # no_thread_leak: the owned thread has ended
+
+
+def _zmq_threads() -> int:
+    """libzmq's own threads in this process (the kernel names them ``ZMQbg/…``)."""
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    names = [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+    return sum(name.startswith("ZMQbg") for name in names)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
+def test_clients_given_no_context_share_one_and_the_last_close_ends_it(
+    start_server: Any, connect_client: Any
+) -> None:
+    server = start_server(TransportMode.TCP)
+    before = _zmq_threads()
+    clients = [connect_client(server) for _ in range(8)]
+    assert all(isinstance(c.ping(WAIT), Pong) for c in clients)
+    assert len({id(c.sockets.context) for c in clients}) == 1
+    assert CLIENT_CONTEXT.users == 8
+    assert _zmq_threads() - before == 2  # one I/O thread and one reaper for all eight
+    context = clients[0].sockets.context
+    for client in clients[:-1]:
+        client.close()
+    assert not context.closed and isinstance(clients[-1].ping(WAIT), Pong)
+    clients[-1].close()
+    assert context.closed and CLIENT_CONTEXT.users == 0
+    assert _zmq_threads() == before
+    fresh = connect_client(server)  # a new client makes a new context
+    assert isinstance(fresh.ping(WAIT), Pong) and fresh.sockets.context is not context
+
+
+def test_a_client_whose_connect_fails_gives_the_shared_context_back(
+    config: ZMQConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_descriptors(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError(24, "Too many open files")  # what a process at its limit sees
+
+    monkeypatch.setattr(client_module.SocketPair, "connect", out_of_descriptors)
+    users = CLIENT_CONTEXT.users
+    endpoint = Endpoint.of(port=1, transport_mode=TransportMode.TCP, config=config)
+    with pytest.raises(OSError, match="Too many open files"):
+        ZMQClient(endpoint).connect()
+    assert CLIENT_CONTEXT.users == users

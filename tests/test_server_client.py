@@ -659,6 +659,14 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def _thread_name(task: str) -> str:
+    """A thread's name, as Python and the kernel know it (for a failure's message)."""
+    python = [t.name for t in threading.enumerate() if str(t.native_id) == task]
+    with contextlib.suppress(OSError):
+        return f"{task}: {python} {Path(f'/proc/self/task/{task}/comm').read_text().strip()}"
+    return f"{task}: {python} (ended)"
+
+
 def _native_threads() -> set[str]:
     """The ids of this process's threads that a zmqruntime server could leave behind.
 
@@ -709,7 +717,8 @@ def test_a_server_whose_start_failed_leaves_nothing_open(
         server.close()
         # Threads of earlier tests may still be exiting, so compare by id, not by count.
         assert _open_fds() <= fds
-        assert _native_threads() <= natives
+        extra = _native_threads() - natives
+        assert not extra, [_thread_name(task) for task in extra]
         with pytest.raises(ChannelClosed):
             _ = server.sockets
         if transport_mode is TransportMode.TCP:

@@ -24,6 +24,7 @@ from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.client_loop import ClientLoop
 from zmqruntime.core.connection import MONITORED, ConnectionWatch
+from zmqruntime.core.contexts import CLIENT_CONTEXT
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit, connect_on_enter
 from zmqruntime.core.mailbox import Mailbox
@@ -86,6 +87,7 @@ class ZMQClient:
     on_data: Callable[[Message, bytes | None], None] | None = None
     on_disconnect: Callable[[], None] | None = None
     context: Context | None = None
+    """The zmq context of its sockets; None: the process's shared client context."""
     name: str = "client"
     serializer: TaskSerializer = attrs.field(factory=SafeSerializer)
     """Encodes and decodes the payloads of application requests and events."""
@@ -142,12 +144,21 @@ class ZMQClient:
                 raise ChannelClosed(f"this {self.name} was closed; create a new one")
             if self._pair is not None:
                 return self
-            pair = SocketPair.connect(
-                self.endpoint,
-                data_type=self.data_socket_type,
-                connect_data=self.connect_data,
-                context=self.context,
-            )
+            # Given none, the client borrows the process's shared context (see
+            # CLIENT_CONTEXT); its I/O thread gives it back once its sockets are closed.
+            context = CLIENT_CONTEXT.acquire() if self.context is None else self.context
+            release = CLIENT_CONTEXT.release if self.context is None else None
+            try:
+                pair = SocketPair.connect(
+                    self.endpoint,
+                    data_type=self.data_socket_type,
+                    connect_data=self.connect_data,
+                    context=context,
+                )
+            except BaseException:
+                if release is not None:
+                    release()
+                raise
             if pair.data.type == zmq.SUB:
                 for topic in self.subscriptions:
                     pair.data.setsockopt(zmq.SUBSCRIBE, topic)
@@ -168,6 +179,7 @@ class ZMQClient:
                 self.on_message,
                 self.on_data,
                 self.on_disconnect,
+                release,
             )
             self._thread = threading.Thread(
                 target=loop.run, name=f"zmqruntime-{self.name}-{pair.data_port}", daemon=True

@@ -57,6 +57,8 @@ class ClientLoop:
     on_message: Callable[[Message], None] | None
     on_data: Callable[[Message, bytes | None], None] | None
     on_disconnect: Callable[[], None] | None
+    release: Callable[[], None] | None = None
+    """Called once its sockets are closed (gives a shared context back)."""
 
     def run(self) -> None:
         """Serve until stopped (the I/O thread's target); closes everything on the way out."""
@@ -94,6 +96,8 @@ class ClientLoop:
             pushers.close()
             pair.close()
             mailbox.close()
+            if self.release is not None:
+                self.release()
 
     def _poll_timeout_ms(self) -> int:
         deadline = self.pending.next_deadline()

@@ -90,6 +90,10 @@ class ExecutionStatus(enum.Enum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
 
+    # Members are singletons compared by identity, so identity can hash them too: Enum's own
+    # __hash__ is Python code, and the store counts statuses in dicts on every transition.
+    __hash__ = object.__hash__
+
     @property
     def is_terminal(self) -> bool:
         return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
