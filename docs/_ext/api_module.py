@@ -156,7 +156,18 @@ def quiet_in_docstrings(app: Sphinx, domain: Any, node: Any) -> bool | None:
     return None
 
 
+def factory_defaults(  # noqa: PLR0917 (the signature of Sphinx's event)
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None, ret: Any
+) -> tuple[str | None, Any]:
+    """An attrs field whose default is built by a factory shows ``= <factory>`` (as a
+    dataclass does), not attrs' ``NOTHING`` sentinel."""
+    if signature is not None:
+        signature = signature.replace("= NOTHING", "= <factory>")
+    return signature, ret
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("autodoc-process-signature", factory_defaults)
     app.add_directive("api-module", ApiModule)
     app.connect("missing-reference", resolve_alias)
     app.connect("warn-missing-reference", quiet_in_docstrings)
