@@ -1,4 +1,5 @@
-"""The code blocks of the README and of docs/*.md run as written (so the docs cannot rot).
+"""The code blocks of the README and of every docs/**/*.md page run as written (so the docs
+cannot rot).
 
 Each block runs alone, in a fresh module, with the home folder (where IPC sockets live by
 default) and the temp folder pointed at the test's temporary folder.
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = sorted(path for path in (ROOT / "docs").rglob("*.md") if "_build" not in path.parts)
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -26,7 +27,7 @@ def python_blocks(path: Path) -> list[str]:
 
 BLOCKS = python_blocks(README)
 DOC_BLOCKS = [
-    pytest.param(path, index, id=f"{path.name}-{index}")
+    pytest.param(path, index, id=f"{path.relative_to(ROOT / 'docs').as_posix()}-{index}")
     for path in DOCS
     for index in range(len(python_blocks(path)))
 ]
@@ -47,6 +48,13 @@ def run_block(source: str, name: str, home: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_the_readme_has_python_examples() -> None:
     assert len(BLOCKS) >= 2
+
+
+def test_every_tutorial_and_how_to_has_a_python_example() -> None:
+    pages = [*(ROOT / "docs" / "tutorials").glob("*.md"), *(ROOT / "docs" / "how-to").glob("*.md")]
+    assert len(pages) >= 9
+    for page in pages:
+        assert python_blocks(page), f"{page.name} has no Python example"
 
 
 def test_the_migration_guide_has_an_example_per_hook() -> None:
@@ -77,4 +85,5 @@ def test_docs_block_runs(
     path: Path, index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = python_blocks(path)[index]
-    run_block(source, f"docs/{path.name} block {index}", tmp_path, monkeypatch)
+    name = path.relative_to(ROOT).as_posix()
+    run_block(source, f"{name} block {index}", tmp_path, monkeypatch)
