@@ -258,7 +258,8 @@ class ZMQClient:
         """Send a request now; ``on_reply`` is called once, on the I/O thread, with the reply
         or with the error that fails it (as :meth:`request_async`'s future would be). No future
         is made and no other thread is woken: for callers that keep a handle of their own.
-        Raises at once only what sending raises (``ChannelClosed``, ``LocalProtocolError``)."""
+        What sending raises (``ChannelClosed``, ``LocalProtocolError``) is raised here at once,
+        and then ``on_reply`` is never called."""
         self._send_request(message, self._pending.open_callback(on_reply), timeout)
 
     def _send_request(self, message: Message, request_id: int, timeout: float | None) -> None:
