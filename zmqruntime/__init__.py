@@ -10,8 +10,9 @@ from its module. Names load on first use, so ``import zmqruntime.core.codec`` st
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from zmqruntime.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -111,8 +112,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "zmqruntime.streaming": ("ImageSender", "StreamingServer"),
     "zmqruntime.gui_thread": ("on_qt_main_thread",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    _EXPORTS,
+    "; names beyond the headline ones are imported from their module "
+    "(zmqruntime.core.*, zmqruntime.execution, ...)",
+)
 
+# For type checkers only: at run time each name is loaded on first use (lazy_exports above).
 if TYPE_CHECKING:
     from zmqruntime.config import TransportMode, ZMQConfig
     from zmqruntime.core.ack import AckChannel
@@ -159,19 +166,3 @@ if TYPE_CHECKING:
         WorkerBackend,
     )
     from zmqruntime.streaming import ImageSender, StreamingServer
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(
-            f"module 'zmqruntime' has no attribute {name!r}; names beyond the headline ones "
-            "are imported from their module (zmqruntime.core.*, zmqruntime.execution, ...)"
-        )
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

@@ -49,7 +49,7 @@ _SLICE = 0.25  # seconds: how soon a Ctrl-C is seen while submit --wait waits
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run an execution server for an importable TaskExecutor until stopped."""
-    from zmqruntime.execution import ExecutionServer, WorkerPool, open_history  # noqa: PLC0415
+    from zmqruntime.execution import ExecutionServer, WorkerPool, open_history  # noqa: PLC0415 - lazy, see address.py
 
     executor = load_executor(args.executor)
     if args.workers is not None and args.processes is not None:

@@ -240,8 +240,8 @@ def show_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
         for key, value in rows:
             sys.stdout.write(f"  {key.ljust(width)}  {value}\n")
         return
-    import rich.table  # noqa: PLC0415
-    import rich.text  # noqa: PLC0415
+    import rich.table  # noqa: PLC0415 - the cli extra, only when shown
+    import rich.text  # noqa: PLC0415 - the cli extra, only when shown
 
     table = rich.table.Table(title=title, show_header=False)
     table.add_column(style="bold")
@@ -301,7 +301,7 @@ class Bars:
         """Begin drawing (rich) — a no-op in plain mode."""
         rich = _rich()
         if rich is not None and not self.quiet:
-            import rich.progress  # noqa: PLC0415
+            import rich.progress  # noqa: PLC0415 - the cli extra, only when shown
 
             self._progress = rich.progress.Progress(
                 rich.progress.TextColumn("{task.description}", markup=False),

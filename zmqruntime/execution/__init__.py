@@ -71,6 +71,7 @@ __getattr__, __dir__ = lazy_exports(
     },
 )
 
+# For type checkers only: at run time each name is loaded on first use (lazy_exports above).
 if TYPE_CHECKING:
     from zmqruntime.core.messages import ExecutionRecord, ExecutionStatus, ServerSummary
     from zmqruntime.errors import ServerLost, TaskCancelled, TaskFailed

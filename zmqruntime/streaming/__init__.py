@@ -58,6 +58,7 @@ __getattr__, __dir__ = lazy_exports(
     },
 )
 
+# For type checkers only: at run time each name is loaded on first use (lazy_exports above).
 if TYPE_CHECKING:
     from zmqruntime.gui_thread import QtMainThreadCall, on_qt_main_thread
     from zmqruntime.protocols import BatchSink

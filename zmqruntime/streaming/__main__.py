@@ -83,7 +83,7 @@ def _serve_with_napari(server: StreamingServer, sink: NapariSink) -> None:
     """Qt owns the main thread: serving goes on in the background; the window quits when
     serving ends."""
     import napari  # noqa: PLC0415 - optional extra
-    from qtpy.QtCore import QTimer  # noqa: PLC0415
+    from qtpy.QtCore import QTimer  # noqa: PLC0415 - optional extra
 
     timer = QTimer()
 

@@ -224,7 +224,7 @@ class StreamingServerWidget:
 
     def _build(self) -> Any:
         from qtpy.QtCore import QCoreApplication, QTimer  # noqa: PLC0415 - optional extra
-        from qtpy.QtWidgets import (  # noqa: PLC0415
+        from qtpy.QtWidgets import (  # noqa: PLC0415 - optional extra
             QComboBox,
             QFormLayout,
             QHBoxLayout,
