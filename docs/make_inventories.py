@@ -137,6 +137,12 @@ NAMES: dict[str, list[tuple[str, str, str]]] = {
             "py:class",
             "api/zmq.auth.thread.html#zmq.auth.thread.ThreadAuthenticator",
         ),
+        (
+            "zmq.auth.base.Authenticator",
+            "py:class",
+            "api/zmq.auth.html#zmq.auth.base.Authenticator",
+        ),
+        ("zmq.ZMQError", "py:exception", "api/zmq.html#zmq.ZMQError"),
     ],
     "attrs": [
         ("attrs.define", "py:function", "api.html#attrs.define"),

@@ -637,6 +637,14 @@ def test_encoding_an_unsendable_message_raises_local_protocol_error(message: Mes
         codec.encode(message)
 
 
+@attrs.frozen
+class _Imposter:
+    """Not a message, though it names a message's wire type."""
+
+    TYPE = Ping.TYPE
+    request_id: int = 1
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -644,6 +652,7 @@ def test_encoding_an_unsendable_message_raises_local_protocol_error(message: Mes
         None,
         {"version": 1, "type": "ping"},
         Ping,
+        _Imposter(),
         ExecutionRecord(execution_id="e", status=ExecutionStatus.QUEUED),
         ServerSummary(queued=0, running=0),
         b"",
@@ -653,6 +662,16 @@ def test_encoding_an_unsendable_message_raises_local_protocol_error(message: Mes
 def test_encoding_a_non_message_raises_local_protocol_error(value: Any) -> None:
     with pytest.raises(LocalProtocolError):
         codec.encode(value)
+
+
+def test_plans_are_made_for_message_classes_only() -> None:
+    """Plans are built on first use; a peer's unknown type names are not kept."""
+    for number in range(1000):
+        header = {"version": PROTOCOL_VERSION, "type": f"made-up-{number}", "frames": 0}
+        assert _refusal(_frames(header)).code is ErrorCode.UNKNOWN_TYPE
+    codec.decode(codec.encode(Ping(request_id=1)))
+    assert set(codec._BY_TYPE) <= {cls.TYPE.value for cls in MESSAGE_CLASSES}
+    assert set(codec._PLANS) <= set(MESSAGE_CLASSES)
 
 
 def test_local_and_remote_errors_stay_apart() -> None:

@@ -49,7 +49,7 @@ def test_user_credentials_are_made_once_owner_only_and_then_reused(config: ZMQCo
     path = runtime_directory(config) / "credentials.json"
     assert _mode(path) == 0o600
     assert _mode(runtime_directory(config)) == 0o700
-    assert len(first.plain.password) >= 40  # 256 random bits, URL-safe base64
+    assert len(first.plain.password) == 64  # 256 random bits, in hex
     assert "password" not in repr(first.plain)
     assert UserCredentials.load(config) == first
     assert UserCredentials.load(ZMQConfig(ipc_root=config.ipc_root / "other")) != first
@@ -172,14 +172,15 @@ def test_servers_on_one_context_share_one_authenticator() -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         first = acquire_authenticator(context)
-        first.configure_plain("a", {"u": "p"})
+        first.checks.configure_plain("a", {"u": "p"})
         second = acquire_authenticator(context)
         assert second is first
-        second.configure_plain("b", {"u": "q"})
+        second.checks.configure_plain("b", {"u": "q"})
         release_authenticator(context, "a")
-        assert first.is_alive() and "a" not in first.passwords and "b" in first.passwords
-        release_authenticator(context, "b")
-        assert not first.is_alive()
+        passwords = first.checks.passwords
+        assert first.is_alive() and "a" not in passwords and "b" in passwords
+        assert release_authenticator(context, "b")
+        assert not first.is_alive() and first.pipe.closed
     finally:
         context.term()
 
@@ -340,7 +341,8 @@ def test_every_socket_bound_on_tcp_refuses_a_raw_peer_without_credentials(
 def test_release_authenticator_gives_up_on_a_stuck_thread_within_its_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A credentials check that never returns: pyzmq's stop() would wait for it forever."""
+    """A credentials check that never returns: pyzmq's ThreadAuthenticator.stop() would wait
+    for it forever."""
     entered, go_on = threading.Event(), threading.Event()
 
     class StuckCheck:
@@ -351,7 +353,7 @@ def test_release_authenticator_gives_up_on_a_stuck_thread_within_its_timeout(
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     server_keys, client_keys = generate_curve_keypair(), generate_curve_keypair()
     authenticator = acquire_authenticator(context)
-    authenticator.configure_curve_callback("stuck", StuckCheck())
+    authenticator.checks.configure_curve_callback("stuck", StuckCheck())
     thread = authenticator.thread
     try:
         with context.socket(zmq.ROUTER) as server, context.socket(zmq.DEALER) as client:
@@ -373,11 +375,8 @@ def test_release_authenticator_gives_up_on_a_stuck_thread_within_its_timeout(
             assert "did not stop within 0.2s" in caplog.text
     finally:
         go_on.set()
-        thread.join(10.0)  # it reads the TERMINATE sent to it, and ends
+        assert authenticator.stop(10.0)  # it reads the TERMINATE sent to it, and ends
         assert not thread.is_alive()
-        authenticator.pipe.close()
-        authenticator.pipe = None  # type: ignore[assignment]
-        authenticator.stop()
         context.term()
 
 

@@ -50,7 +50,6 @@ import attrs
 import numpy
 import pytest
 import zmq
-import zmq.auth.thread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import parse_monitor_message
@@ -94,6 +93,7 @@ from zmqruntime.core.messages import (
 )
 from zmqruntime.core.serializers import PickleSerializer, SafeSerializer
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
+from zmqruntime.core.zap import ZapHandler
 from zmqruntime.errors import RemoteProtocolError, ServerLost, TaskCancelled, TaskFailed
 from zmqruntime.execution import (
     Execution,
@@ -178,11 +178,8 @@ THREAD_PREFIX = "zmqruntime-"
 def is_ours(thread: threading.Thread) -> bool:
     """True for a thread zmqruntime started: named ``zmqruntime-…``; or running (a Timer:
     about to call) zmqruntime code under another name, as the remote pool's inlet's unnamed
-    ``threading.Timer``s that wait for a worker's outcome; or the ZAP authenticator pyzmq
-    runs for a CURVE server (zmqruntime starts it, tests do not)."""
+    ``threading.Timer``s that wait for a worker's outcome."""
     if thread.name.startswith(THREAD_PREFIX):
-        return True
-    if isinstance(thread, zmq.auth.thread.AuthenticationThread):
         return True
     if isinstance(thread, threading.Timer):
         target = thread.function
@@ -348,13 +345,12 @@ def _an_unnamed_timer_of_zmqruntime_starts(stack: contextlib.ExitStack) -> Itera
     stack.callback(timer.cancel)
 
 
-def _a_zap_authenticator_starts(stack: contextlib.ExitStack) -> Iterator[None]:
+def _a_zap_handler_starts(stack: contextlib.ExitStack) -> Iterator[None]:
     context: RawContext = stack.enter_context(raw_context())
     context.socket(zmq.PAIR).close()  # the context's native threads start before ``before``
     yield
-    authenticator = zmq.auth.thread.ThreadAuthenticator(context)
-    authenticator.start()
-    stack.callback(authenticator.stop)
+    handler = ZapHandler.start(context)
+    stack.callback(handler.stop, 10.0)
 
 
 def _a_zmq_context_is_left_open(stack: contextlib.ExitStack) -> Iterator[None]:
@@ -428,7 +424,7 @@ def _bounds_after(scenario: Scenario, check: Callable[[Resources, Resources], No
         for scenario, shown in [
             (_a_zmqruntime_thread_starts, r"zmqruntime-leaked"),
             (_an_unnamed_timer_of_zmqruntime_starts, r"<Timer\("),
-            (_a_zap_authenticator_starts, r"<AuthenticationThread\("),
+            (_a_zap_handler_starts, r"zmqruntime-zap"),
             (_a_zmq_context_is_left_open, r"native thread \d+ 'ZMQbg/"),
             (_zmq_sockets_are_left_open, r"open files, \d+ \+ 4 allowed"),
             (_os_sockets_are_left_open, r"open files, \d+ \+ 4 allowed"),

@@ -7,6 +7,7 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,24 @@ def test_clients_do_not_import_asyncio_or_psutil() -> None:
         "from zmqruntime.streaming import ImageSender"
     )
     assert not {"asyncio", "psutil", "zmqruntime.streaming.napari_plugin"} & loaded
+
+
+def test_a_tcp_server_that_checks_credentials_starts_without_asyncio(tmp_path: Path) -> None:
+    """Its ZAP handler is zmqruntime's thread, not pyzmq's asyncio loop (~17 ms of import)."""
+    loaded = loaded_after(
+        "from zmqruntime import TransportMode, ZMQConfig; "
+        "from zmqruntime.core.endpoint import Endpoint; "
+        "from zmqruntime.streaming import StreamingServer; "
+        "from zmqruntime.streaming.sinks import sink_from_spec; "
+        f"endpoint = Endpoint.of(0, transport_mode=TransportMode.TCP, config=ZMQConfig("
+        f"ipc_root={str(tmp_path)!r})); "
+        f"server = StreamingServer.bind(endpoint, sink_from_spec({f'npy:{tmp_path}/i'!r})); "
+        "server.start(); import threading; "
+        "assert 'zmqruntime-zap' in [thread.name for thread in threading.enumerate()]; "
+        "server.close()"
+    )
+    assert "zmqruntime.core.zap" in loaded
+    assert "asyncio" not in loaded
 
 
 @pytest.mark.parametrize("package", ["zmqruntime.execution", "zmqruntime.streaming"])

@@ -5,14 +5,11 @@ socket pair requires at the handshake.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import os
-import secrets
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, final
+from typing import final
 
 import attrs
 import zmq
@@ -27,34 +24,26 @@ from zmqruntime.core.credentials import (
 from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.security import ServerCurve
 from zmqruntime.core.socket_options import Context
-
-if TYPE_CHECKING:
-    import zmq.auth.thread
+from zmqruntime.core.zap import ZapHandler
 
 __all__ = ["ServerAuthentication", "acquire_authenticator", "release_authenticator"]
 
 logger = logging.getLogger(__name__)
 
 _authenticators_lock = threading.Lock()
-_authenticators: dict[int, tuple[zmq.auth.thread.ThreadAuthenticator, int]] = {}
+_authenticators: dict[int, tuple[ZapHandler, int]] = {}
 
 
-def acquire_authenticator(
-    context: Context,
-) -> zmq.auth.thread.ThreadAuthenticator:
-    """The ZAP authenticator of ``context``, started on first use; pair every call with
+def acquire_authenticator(context: Context) -> ZapHandler:
+    """The ZAP handler of ``context``, started on first use; pair every call with
     :func:`release_authenticator`. libzmq allows one ZAP handler per context, so servers that
     share a context share it, each under a ZAP domain of its own."""
     with _authenticators_lock:
-        authenticator, users = _authenticators.get(id(context), (None, 0))
-        if authenticator is None:
-            # Imported on first use: it imports asyncio (~30 ms), which clients never need.
-            threads = importlib.import_module("zmq.auth.thread")
-            authenticator = threads.ThreadAuthenticator(context, log=logger)
-            authenticator.start()
-            authenticator.thread.name = "zmqruntime-zap"
-        _authenticators[id(context)] = (authenticator, users + 1)
-        return authenticator
+        handler, users = _authenticators.get(id(context), (None, 0))
+        if handler is None:
+            handler = ZapHandler.start(context)
+        _authenticators[id(context)] = (handler, users + 1)
+        return handler
 
 
 AUTHENTICATOR_STOP_TIMEOUT = 10.0
@@ -64,36 +53,18 @@ AUTHENTICATOR_STOP_TIMEOUT = 10.0
 def release_authenticator(
     context: Context, domain: str, timeout: float = AUTHENTICATOR_STOP_TIMEOUT
 ) -> bool:
-    """Forget ``domain``'s credentials; stop the authenticator when its last user leaves,
+    """Forget ``domain``'s credentials; stop the ZAP handler when its last user leaves,
     waiting up to ``timeout`` seconds for its thread. False (and an error logged) if the
     thread did not end: its sockets are then left open, and terminating the context waits."""
     with _authenticators_lock:
-        authenticator, users = _authenticators.pop(id(context))
-        authenticator.passwords.pop(domain, None)
-        authenticator.credentials_providers.pop(domain, None)
-        authenticator.certs.pop(domain, None)
+        handler, users = _authenticators.pop(id(context))
+        handler.checks.passwords.pop(domain, None)
+        handler.checks.credentials_providers.pop(domain, None)
+        handler.checks.certs.pop(domain, None)
         if users > 1:
-            _authenticators[id(context)] = (authenticator, users - 1)
+            _authenticators[id(context)] = (handler, users - 1)
             return True
-    # pyzmq's stop() joins the thread without a timeout: ask it to end, wait a bounded time.
-    thread, pipe = authenticator.thread, authenticator.pipe
-    if pipe is not None:
-        with contextlib.suppress(zmq.Again):
-            pipe.send(b"TERMINATE", zmq.NOBLOCK)
-    if thread is not None:
-        thread.join(timeout)
-        if thread.is_alive():
-            logger.error(
-                "the ZAP authentication thread did not stop within %ss (a credentials check is "
-                "stuck); its sockets stay open, so closing this zmq context will wait for it",
-                timeout,
-            )
-            return False
-    if pipe is not None:  # else stop() would send TERMINATE again, to a thread that is gone
-        pipe.close()
-        authenticator.pipe = None  # type: ignore[assignment]
-    authenticator.stop()
-    return True
+    return handler.stop(timeout)
 
 
 @final
@@ -140,13 +111,13 @@ class ServerAuthentication:
             file = ConnectionFile(endpoint.host, 0, 0, os.getpid(), client)
         else:
             plain, curve = None, side
-        auth = cls(context, f"zmqruntime-{secrets.token_hex(8)}", plain, curve, file)
-        authenticator = acquire_authenticator(context)
+        auth = cls(context, f"zmqruntime-{os.urandom(8).hex()}", plain, curve, file)
+        checks = acquire_authenticator(context).checks
         try:
             if plain is not None:
-                authenticator.configure_plain(auth.domain, {plain.username: plain.password})
+                checks.configure_plain(auth.domain, {plain.username: plain.password})
             elif curve is not None:
-                curve.configure(authenticator, auth.domain)
+                curve.configure(checks, auth.domain)
         except BaseException:
             release_authenticator(context, auth.domain)
             raise

@@ -5,14 +5,14 @@ the protocol ``version``, the message ``type``, the number of buffer ``frames`` 
 the message's fields, then the raw buffer frames (payloads, pixels), never copied by the codec.
 
 Fields travel as their attrs types say: ``str``, ``int``, ``float`` (an int is taken too) and
-``bool`` as themselves, enums as their values, ``X | None`` as X or ``null`` (left out when
-it is None and so is its default), ``tuple[X, ...]``
-as lists, ``dict[str, X]`` and ``JSONObject`` as objects, attrs classes as objects of their
-fields. A missing field takes its default; unknown keys are ignored. The field whose metadata
-has ``{"buffer": "one"}`` (or ``"many"``) holds the buffer frame (frames). ``request_id`` is in
-``0..2**63-1``; an image's dtype (a numeric one), shape and pixels make an array by the wire's
-rules, and so does each of an item's array layouts with its buffer frame, and each of a
-batch's entries with the next buffer frames (an image entry: one numeric array).
+``bool`` as themselves, enums as their values, ``X | None`` as X or ``null`` (left out when it
+is None and so is its default), ``tuple[X, ...]`` as lists, ``dict[str, X]`` and
+``JSONObject`` as objects, attrs classes as objects of their fields. A missing field takes its
+default; unknown keys are ignored. The field whose metadata has ``{"buffer": "one"}`` (or
+``"many"``) holds the buffer frame (frames). ``request_id`` is in ``0..2**63-1``; an image's
+dtype (a numeric one), shape and pixels make an array by the wire's rules, and so does each of
+an item's array layouts with its buffer frame, and each of a batch's entries with the next
+buffer frames (an image entry: one numeric array).
 
 :func:`decode` treats its input as hostile: what is not a valid message raises
 :class:`~zmqruntime.RemoteProtocolError` (and nothing else), with an :class:`ErrorCode` saying
@@ -220,8 +220,25 @@ def _plan(cls: type[Any], prefix: str = "") -> _Plan:
     return _Plan(cls, tuple(fields), type_name, **buffers, omitted_when_none=tuple(optional))
 
 
-_PLANS: Final = {cls: _plan(cls) for cls in MESSAGE_CLASSES}
-_BY_TYPE: Final = {plan.type_name: plan for plan in _PLANS.values()}
+_CLASS_NAMED: Final[Mapping[str, type[Any]]] = {cls.TYPE.value: cls for cls in MESSAGE_CLASSES}
+# A plan is built when its class first travels: building all 26 cost ~5 ms of every import, and
+# a process uses a few. Two threads may build one plan at once; the two are equal.
+_PLANS: Final[dict[type[Any], _Plan]] = {}
+_BY_TYPE: Final[dict[str, _Plan]] = {}
+
+
+def _plan_named(name: object) -> _Plan | None:
+    """The plan of the message type called ``name``; None for an unknown name (not stored)."""
+    if type(name) is not str or (cls := _CLASS_NAMED.get(name)) is None:
+        return None
+    plan = _PLANS[cls] = _BY_TYPE[name] = _plan(cls)
+    return plan
+
+
+def _plan_of_class(cls: type[Any]) -> _Plan | None:
+    """The plan of message class ``cls``; None if it is not one."""
+    name = getattr(getattr(cls, "TYPE", None), "value", None)
+    return _plan_named(name) if type(name) is str and _CLASS_NAMED.get(name) is cls else None
 
 
 @functools.lru_cache(maxsize=256)  # a stream repeats a handful of layouts
@@ -303,7 +320,8 @@ def decode(
                 ErrorCode.UNSUPPORTED_VERSION,
             )
         name = header.get("type")
-        if (plan := _BY_TYPE.get(name) if type(name) is str else None) is None:
+        plan = _BY_TYPE.get(name) if type(name) is str else None
+        if plan is None and (plan := _plan_named(name)) is None:
             raise RemoteProtocolError(f"unknown message type {name!r}", ErrorCode.UNKNOWN_TYPE)
         declared, count = header.get("frames"), len(frames) - 1
         if type(declared) is not int or declared != count:
@@ -327,7 +345,7 @@ def encode(message: Message, *, request_id: int | None = None) -> list[Buffer]:
     """Encode a message as ``[header, *buffers]`` ready to send; ``request_id`` replaces the
     message's own."""
     plan = _PLANS.get(type(message))
-    if plan is None:
+    if plan is None and (plan := _plan_of_class(type(message))) is None:
         raise LocalProtocolError(f"{type(message).__name__} is not a zmqruntime message")
     header = {"version": PROTOCOL_VERSION, "type": plan.type_name}
     try:

@@ -16,7 +16,6 @@ import contextlib
 import importlib
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -256,7 +255,7 @@ def remove_if_unchanged(path: Path, content: dict[str, Any]) -> bool:
     The file is first renamed aside, so a newer file written in its place meanwhile is never
     removed: a renamed file that is not ``content`` goes back, unless yet another took its place.
     """
-    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.gone")
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.gone")
     try:
         os.rename(path, aside)
     except OSError:

@@ -21,7 +21,7 @@ from zmqruntime.core.serializers import PickleSerializer
 from zmqruntime.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    import zmq.auth.thread  # asyncio: only servers that authenticate import it
+    from zmq.auth.base import Authenticator
 
 __all__ = [
     "ClientCurve",
@@ -145,9 +145,9 @@ class ServerCurve:
         socket.curve_publickey = self.keypair.public_key
         socket.curve_server = True
 
-    def configure(self, authenticator: zmq.auth.thread.ThreadAuthenticator, domain: str) -> None:
-        """Admit this server's clients under ZAP ``domain`` (see
-        :func:`~zmqruntime.core.credentials.acquire_authenticator`)."""
+    def configure(self, authenticator: Authenticator, domain: str) -> None:
+        """Admit this server's clients under ZAP ``domain`` in ``authenticator``, the checks of
+        a ZAP handler (see :func:`~zmqruntime.core.authentication.acquire_authenticator`)."""
         _require_curve()
         allowed = self.allowed_client_keys
         provider = _AllowedKeys(None if allowed is None else allowed | self.admin_keys)

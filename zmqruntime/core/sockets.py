@@ -112,7 +112,7 @@ class SocketPair:
         Port 0 picks a free port pair. An IPC socket file that a live server listens on is
         never taken over: :class:`AddressInUseError` says so; a stale file left by a dead
         server is replaced. TCP requires credentials at the handshake unless the endpoint is
-        ``insecure`` (see :class:`~zmqruntime.core.credentials.ServerAuthentication`); made-up
+        ``insecure`` (see :class:`~zmqruntime.core.authentication.ServerAuthentication`); made-up
         ones are written to the connection file of the bound port, removed on close.
         """
         raise_open_file_limit()
