@@ -66,6 +66,16 @@ def test_a_tcp_server_that_checks_credentials_starts_without_asyncio(tmp_path: P
     assert "asyncio" not in loaded
 
 
+def test_a_server_loads_process_workers_and_sqlite_only_when_it_uses_them() -> None:
+    loaded = loaded_after(
+        "from zmqruntime.execution import ExecutionServer, WorkerPool; "
+        "from zmqruntime.execution.history import open_history; "
+        "WorkerPool.threads(1).close()"
+    )
+    assert "zmqruntime.execution.server" in loaded
+    assert not {"multiprocessing", "sqlite3", "asyncio"} & loaded
+
+
 @pytest.mark.parametrize("package", ["zmqruntime.execution", "zmqruntime.streaming"])
 def test_every_exported_name_of_a_lazy_package_resolves(package: str) -> None:
     module = importlib.import_module(package)

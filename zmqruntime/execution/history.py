@@ -11,7 +11,6 @@ from zmqruntime.core.serializers import SafeSerializer
 from zmqruntime.execution.outcomes import EncodedTask, Job
 from zmqruntime.execution.pool import WorkerPool
 from zmqruntime.execution.records import ExecutionStore
-from zmqruntime.execution.sqlite_store import SqliteStore
 from zmqruntime.protocols import RecordStore, TaskSerializer
 
 __all__ = ["open_history", "requeue"]
@@ -26,6 +25,9 @@ def open_history(choice: str | None, endpoint: Endpoint, executor: str = "") -> 
     another on the same port."""
     if choice == "memory" or (choice is None and endpoint.port == 0):
         return ExecutionStore()
+    # Loaded here: sqlite3 is ~3 ms of the import of every server otherwise.
+    from zmqruntime.execution.sqlite_store import SqliteStore  # noqa: PLC0415
+
     if choice is None:
         owner = re.sub(r"[^A-Za-z0-9._-]", "-", executor)[:64]
         name = f"history-{endpoint.transport.value}-{endpoint.port}{'-' * bool(owner)}{owner}"

@@ -19,7 +19,6 @@ from zmqruntime.core.endpoint import Endpoint
 from zmqruntime.core.lifecycle import close_on_exit
 from zmqruntime.errors import ChannelClosed
 from zmqruntime.execution.backends.inlet import RemoteWorkers
-from zmqruntime.execution.backends.processes import ProcessWorkers
 from zmqruntime.execution.backends.threads import ThreadWorkers, worker_count
 from zmqruntime.execution.outcomes import (
     NO_SERVER,
@@ -92,6 +91,9 @@ class WorkerPool:
         """A pool of worker processes it owns (the executor must be an importable, picklable
         function); cancelling a task ends its worker, with the processes it started, and
         starts a fresh one."""
+        # Loaded here: multiprocessing is ~10 ms of the import of every server otherwise.
+        from zmqruntime.execution.backends.processes import ProcessWorkers  # noqa: PLC0415
+
         return cls(ProcessWorkers(max_workers, start_method=start_method))
 
     @classmethod
