@@ -48,7 +48,7 @@ from zmqruntime.core.messages import (
     Shutdown,
 )
 from zmqruntime.core.serializers import PickleSerializer, SafeSerializer
-from zmqruntime.core.subscriptions import SubscriberTopics
+from zmqruntime.core.subscriptions import MAX_FILTER_BYTES, MAX_FILTERS, SubscriberTopics
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.errors import (
     ErrorCode,
@@ -564,6 +564,34 @@ def test_subscriber_topics_match_by_prefix_like_zmq() -> None:
     topics.note(b"\x00ab")
     topics.note(b"\x00never-subscribed")
     assert topics.filters == frozenset() and not topics.wanted(b"abc")
+
+
+def test_subscriber_topics_past_their_bounds_want_everything(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer that subscribes to ever more topics costs the server no more memory: past the
+    bounds every topic is wanted (published), and later notices change nothing."""
+    topics = SubscriberTopics()
+    for number in range(MAX_FILTERS):
+        topics.note(b"\x01topic-%d" % number)
+    assert topics.wanted(b"topic-7") and not topics.wanted(b"other") and not topics.overflowed
+    topics.note(b"\x01one-too-many")
+    assert topics.overflowed and topics.wanted(b"other") and topics.filters == frozenset()
+    assert "every event is published" in caplog.text
+    topics.note(b"\x00topic-7")
+    assert topics.wanted(b"topic-7") and topics.filters == frozenset()
+
+    by_bytes = SubscriberTopics()
+    by_bytes.note(b"\x01" + b"a" * (MAX_FILTER_BYTES - 1))
+    assert not by_bytes.overflowed
+    by_bytes.note(b"\x01" + b"bc")  # one byte over
+    assert by_bytes.overflowed and by_bytes.wanted(b"zzz")
+
+    churn = SubscriberTopics()  # unsubscribed filters give their room back
+    for number in range(3 * MAX_FILTERS):
+        churn.note(b"\x01t%d" % number)
+        churn.note(b"\x00t%d" % number)
+    assert not churn.overflowed and not churn.wanted(b"t1")
 
 
 def test_non_json_progress_raises_in_the_executor_and_fails_the_task(
