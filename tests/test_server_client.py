@@ -74,6 +74,7 @@ from zmqruntime.errors import (
     ServerLost,
     ZMQTimeoutError,
 )
+from zmqruntime.streaming import StreamingServer
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -726,6 +727,34 @@ def test_a_server_whose_start_failed_leaves_nothing_open(
         else:
             data_path = get_ipc_socket_path(port, config)
             assert data_path is not None and not data_path.exists()
+
+
+def test_a_viewer_that_cannot_bind_leaves_nothing_open(
+    config: ZMQConfig, no_thread_leak: None
+) -> None:
+    """Over TCP a viewer makes a zmq context of its own; a start that fails ends it again,
+    called directly or by a ``with`` (whose block never runs, so its exit would not)."""
+    zmq.Context().term()  # first use of libzmq may open process-wide files; do it before counting
+    port = free_port(TransportMode.TCP, config)
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.1", config.control_port(port)))
+    with blocker:
+        blocker.listen()
+        fds, natives = _open_fds(), _native_threads()
+        endpoint = Endpoint.of(port=port, transport_mode=TransportMode.TCP, config=config)
+        with (
+            pytest.raises(AddressInUseError),
+            StreamingServer.bind(endpoint, lambda _image, _metadata: None),
+        ):
+            pytest.fail("the block ran")
+        viewer = StreamingServer.bind(endpoint, lambda _image, _metadata: None)
+        with pytest.raises(AddressInUseError):
+            viewer.start()
+        assert _open_fds() <= fds
+        extra = _native_threads() - natives
+        assert not extra, [_thread_name(task) for task in extra]
+        with pytest.raises(ChannelClosed):
+            viewer.start()  # closed: it cannot be started again
 
 
 def test_binding_a_taken_address_fails_and_steals_nothing(

@@ -20,10 +20,12 @@ class _Closable(Protocol):
 
 class _Startable(Protocol):
     def start(self) -> object: ...
+    def close(self) -> None: ...
 
 
 class _Connectable(Protocol):
     def connect(self) -> object: ...
+    def close(self) -> None: ...
 
 
 _Started = TypeVar("_Started", bound=_Startable)
@@ -31,14 +33,26 @@ _Connected = TypeVar("_Connected", bound=_Connectable)
 
 
 def start_on_enter(self: _Started) -> _Started:
-    """``__enter__`` of a server-like component: start it, and use it in the block."""
-    self.start()
+    """``__enter__`` of a server-like component: start it, and use it in the block. If it
+    cannot start, it is closed before the error propagates: the ``with`` block never runs, so
+    its ``__exit__`` would not, and what the component made (a zmq context, threads, a bound
+    socket) would stay open."""
+    try:
+        self.start()
+    except BaseException:
+        self.close()
+        raise
     return self
 
 
 def connect_on_enter(self: _Connected) -> _Connected:
-    """``__enter__`` of a client-like component: connect it, and use it in the block."""
-    self.connect()
+    """``__enter__`` of a client-like component: connect it, and use it in the block; closed
+    again if it cannot connect (see :func:`start_on_enter`)."""
+    try:
+        self.connect()
+    except BaseException:
+        self.close()
+        raise
     return self
 
 

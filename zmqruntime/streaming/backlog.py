@@ -5,9 +5,10 @@ and stream, and what latest-frame mode (:class:`StreamMode`) replaces; and the v
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
-from typing import TypeAlias, final
+from typing import TypeAlias, cast, final
 
 import attrs
 
@@ -21,6 +22,7 @@ __all__ = [
     "item_count",
     "pixel_bytes",
     "stream_of",
+    "take_next",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,3 +78,21 @@ def stream_of(frame: Frame) -> tuple[str, str]:
 def item_count(frame: Frame) -> int:
     """Images and items in the message."""
     return len(frame.entries) if isinstance(frame, BatchFrame) else 1
+
+
+def take_next(waiting: collections.deque[Queued], mode: StreamMode) -> tuple[Queued, list[Frame]]:
+    """Take the next image, item or command to show out of ``waiting`` and, in latest-frame
+    mode, the older frames of its stream that it replaces (taken out too, to be acknowledged
+    as skipped): those up to the next command, never past one."""
+    first = waiting.popleft()
+    if mode is StreamMode.ALL or isinstance(first, CommandFrame):
+        return first, []
+    key = stream_of(first)
+    cut = next((i for i, f in enumerate(waiting) if isinstance(f, CommandFrame)), len(waiting))
+    same: list[Frame] = [first]
+    rest: list[Frame] = []
+    for _ in range(cut):  # none of these is a command
+        frame = cast(Frame, waiting.popleft())
+        (same if stream_of(frame) == key else rest).append(frame)
+    waiting.extendleft(reversed(rest))
+    return same[-1], same[:-1]

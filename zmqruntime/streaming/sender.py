@@ -21,7 +21,7 @@ import attrs
 import numpy
 import zmq
 
-from zmqruntime.config import check_seconds
+from zmqruntime.config import TransportMode, check_seconds
 from zmqruntime.core import codec
 from zmqruntime.core.ack import AckChannel
 from zmqruntime.core.client import ZMQClient
@@ -104,7 +104,8 @@ class ImageSender:
         Both live in ``context``; without one, over TCP, in one the sender makes and ends on
         close, so that one libzmq I/O thread carries images and acks (over IPC each has its
         own: a socket file is removed only once its context has ended)."""
-        owned = zmq.Context() if context is None and endpoint.transport.value == "tcp" else None
+        tcp = endpoint.transport is TransportMode.TCP
+        owned = zmq.Context() if context is None and tcp else None
         shared = context or owned
         client = ZMQClient(endpoint, data_socket_type=zmq.PUSH, context=shared, name="image-sender")
         channel = None

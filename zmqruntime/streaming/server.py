@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
 import queue
 import threading
@@ -20,7 +19,7 @@ from typing import Any, Final, final
 import attrs
 import zmq
 
-from zmqruntime.config import check_count, checked
+from zmqruntime.config import TransportMode, check_count, checked
 from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
@@ -49,6 +48,7 @@ from zmqruntime.streaming.backlog import (
     item_count,
     pixel_bytes,
     stream_of,
+    take_next,
 )
 from zmqruntime.streaming.batches import MAX_BATCH_ITEMS, VIEWER_LIMITS, Acked, acks_for, show_batch
 from zmqruntime.streaming.commands import ViewerCommands
@@ -140,7 +140,8 @@ class StreamingServer:
         (commands travel there)."""
         small = min(endpoint.config.max_request_bytes, endpoint.config.max_header_bytes)
         # Acks leave by its I/O thread; TCP only: an IPC file goes once its own context ended
-        owned = zmq.Context() if context is None and endpoint.transport.value == "tcp" else None
+        tcp = endpoint.transport is TransportMode.TCP
+        owned = zmq.Context() if context is None and tcp else None
         server = ZMQServer(
             attrs.evolve(endpoint, config=attrs.evolve(endpoint.config, max_request_bytes=small)),
             role="viewer",
@@ -171,12 +172,16 @@ class StreamingServer:
             ACK_COPIES: self._copies.register,
             VIEWER_LIMITS: lambda _payload, _peer: self._limits(),
         }
-        self.commands.start(self.sink, self.server)
-        self.server.bind()
-        self._thread = threading.Thread(
-            target=self._run_sink, name=f"zmqruntime-sink-{self.server.bound_port}", daemon=True
-        )
-        self._thread.start()
+        try:  # a viewer that cannot bind leaves nothing open, the context it made included
+            self.commands.start(self.sink, self.server)
+            self.server.bind()
+            self._thread = threading.Thread(
+                target=self._run_sink, name=f"zmqruntime-sink-{self.server.bound_port}", daemon=True
+            )
+            self._thread.start()
+        except BaseException:
+            self.close()
+            raise
         return self.server
 
     def start(self) -> StreamingServer:
@@ -281,7 +286,7 @@ class StreamingServer:
                         return
                     idle = self._idle = not self._queue
                     if not idle:
-                        show, skip = self._take()
+                        show, skip = take_next(self._queue, self.mode)
                 if idle:  # a late ring only costs one more turn of this loop
                     with contextlib.suppress(queue.Empty):
                         self._doorbell.get(timeout=_WAKE_SECONDS)
@@ -296,24 +301,6 @@ class StreamingServer:
             self._drain_on_close(acks)
             acks.close()
             self._close_sink()
-
-    def _take(self) -> tuple[Queued, list[Frame]]:
-        """The next image, item or command and the frames to skip (sink thread, ``_lock``
-        held). A newer frame replaces an older one only if no command lies between them."""
-        first = self._queue.popleft()
-        if self.mode is StreamMode.ALL or isinstance(first, CommandFrame):
-            return first, []
-        key = stream_of(first)
-        queued = len(self._queue)
-        cut = next((i for i, f in enumerate(self._queue) if isinstance(f, CommandFrame)), queued)
-        head = list(itertools.islice(self._queue, cut))
-        same = [
-            first,
-            *(f for f in head if not isinstance(f, CommandFrame) and stream_of(f) == key),
-        ]
-        rest = [f for f in head if isinstance(f, CommandFrame) or stream_of(f) != key]
-        self._queue = collections.deque([*rest, *itertools.islice(self._queue, cut, None)])
-        return same[-1], same[:-1]
 
     def _limits(self) -> dict[str, int]:
         """The batch a sender may send: the :data:`VIEWER_LIMITS` reply."""
