@@ -64,7 +64,9 @@ def release_authenticator(
         if users > 1:
             _authenticators[id(context)] = (handler, users - 1)
             return True
-    return handler.stop(timeout)
+        # Stopped under the lock: a server starting on this context meanwhile waits for the ZAP
+        # address to be free, instead of failing to bind it.
+        return handler.stop(timeout)
 
 
 @final
