@@ -11,7 +11,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["close_on_exit", "connect_on_enter", "start_on_enter", "stop_on_signals"]
+__all__ = [
+    "already_started",
+    "close_on_exit",
+    "connect_on_enter",
+    "start_on_enter",
+    "stop_on_signals",
+]
 
 
 class _Closable(Protocol):
@@ -20,12 +26,12 @@ class _Closable(Protocol):
 
 class _Startable(Protocol):
     def start(self) -> object: ...
-    def close(self) -> None: ...
+    def close(self) -> object: ...
 
 
 class _Connectable(Protocol):
     def connect(self) -> object: ...
-    def close(self) -> None: ...
+    def close(self) -> object: ...
 
 
 _Started = TypeVar("_Started", bound=_Startable)
@@ -43,6 +49,15 @@ def start_on_enter(self: _Started) -> _Started:
         self.close()
         raise
     return self
+
+
+def already_started(what: str) -> RuntimeError:
+    """The error of starting ``what`` twice, which a ``with`` around a started component does
+    (and then closes it, as any component that fails to enter)."""
+    return RuntimeError(
+        f"this {what} was already started: entering a with block starts it too, so call "
+        "start() or use with, not both"
+    )
 
 
 def connect_on_enter(self: _Connected) -> _Connected:

@@ -24,7 +24,12 @@ from zmqruntime.config import ZMQConfig
 from zmqruntime.core import codec
 from zmqruntime.core.descriptors import ServerDescriptor
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit, start_on_enter, stop_on_signals
+from zmqruntime.core.lifecycle import (
+    already_started,
+    close_on_exit,
+    start_on_enter,
+    stop_on_signals,
+)
 from zmqruntime.core.mailbox import Mailbox
 from zmqruntime.core.messages import AppEvent, Message
 from zmqruntime.core.requests import RequestTable, as_request_table
@@ -192,7 +197,7 @@ class ZMQServer:
         self.bind()
         with self._lock:
             if self._thread is not None or self._loop_thread_id is not None:
-                raise RuntimeError("this server is already serving")
+                raise already_started("server")
             self._thread = threading.Thread(
                 target=self._run, name=f"zmqruntime-{self.role}-{self.bound_port}", daemon=True
             )
@@ -205,7 +210,7 @@ class ZMQServer:
         self.bind()
         with self._lock:
             if self._thread is not None or self._loop_thread_id is not None:
-                raise RuntimeError("this server is already serving")
+                raise already_started("server")
         with stop_on_signals(self._on_signal, enabled=handle_signals):
             try:
                 self._run()

@@ -27,7 +27,12 @@ import attrs
 import zmq
 
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit, start_on_enter, stop_on_signals
+from zmqruntime.core.lifecycle import (
+    already_started,
+    close_on_exit,
+    start_on_enter,
+    stop_on_signals,
+)
 from zmqruntime.core.messages import (
     Accepted,
     Cancel,
@@ -164,7 +169,7 @@ class ExecutionServer:
     def start(self) -> ExecutionServer:
         """Bind, start the workers, and serve in a background thread. Returns the server."""
         if self._started:
-            raise RuntimeError("this ExecutionServer was already started")
+            raise already_started("ExecutionServer")
         self._started = True
         endpoint = self.server.endpoint
         endpoint.check_serializer(

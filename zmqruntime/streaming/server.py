@@ -23,7 +23,7 @@ from zmqruntime.config import TransportMode, check_count, checked
 from zmqruntime.core.ack import AckSender
 from zmqruntime.core.codec import array_from_image
 from zmqruntime.core.endpoint import Endpoint
-from zmqruntime.core.lifecycle import close_on_exit, start_on_enter
+from zmqruntime.core.lifecycle import already_started, close_on_exit, start_on_enter
 from zmqruntime.core.messages import (
     Ack,
     AckOutcome,
@@ -164,7 +164,7 @@ class StreamingServer:
 
     def _build(self) -> ZMQServer:
         if self._thread is not None:
-            raise RuntimeError("this StreamingServer was already started")
+            raise already_started("StreamingServer")
         self.server.route({}, data_handler=self._on_data, data_paused=self._full)
         table = self.server.requests
         table.handlers = {
