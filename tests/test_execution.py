@@ -51,6 +51,7 @@ from zmqruntime.core.serializers import PickleSerializer, SafeSerializer
 from zmqruntime.core.subscriptions import MAX_FILTER_BYTES, MAX_FILTERS, SubscriberTopics
 from zmqruntime.core.transport import find_free_ipc_port, find_free_port_pair
 from zmqruntime.errors import (
+    ChannelClosed,
     ErrorCode,
     RemoteError,
     RemoteProtocolError,
@@ -564,6 +565,25 @@ def test_subscriber_topics_match_by_prefix_like_zmq() -> None:
     topics.note(b"\x00ab")
     topics.note(b"\x00never-subscribed")
     assert topics.filters == frozenset() and not topics.wanted(b"abc")
+
+
+@pytest.mark.parametrize("confirm", [False, True])
+def test_closing_the_client_fails_waiting_executions_with_channel_closed(
+    serve: ServeFactory, connect: ConnectFactory, confirm: bool
+) -> None:
+    """Closed here, so ChannelClosed, whether the server had confirmed the task or not; never
+    ServerLost, which says the server went."""
+    gate = Gate()
+    server = serve(gate)
+    client = connect(server)
+    execution = client.submit({"value": 1, "block": True}, confirm=confirm)
+    gate.wait_started(execution.execution_id)
+    if confirm:
+        execution.accepted.result(WAIT)
+    client.close()
+    with pytest.raises(ChannelClosed, match="closed"):
+        execution.result(WAIT)
+    gate.opened.set()
 
 
 def test_subscriber_topics_past_their_bounds_want_everything(

@@ -150,7 +150,7 @@ class AsyncExecutionClient:
 
     async def aclose(self) -> None:
         """End every progress stream and close the client: executions still waiting fail
-        (``ChannelClosed``; ``ServerLost`` if submitted with ``confirm``). The closing (which
+        with ``ChannelClosed``, confirmed or not. The closing (which
         joins the client's I/O thread within ``config.close_timeout``) runs in the loop's
         default executor, awaited. Idempotent."""
         for stream in list(self._streams):

@@ -43,6 +43,7 @@ from zmqruntime.core.messages import (
 from zmqruntime.core.serializers import SafeSerializer, serializer_name
 from zmqruntime.core.socket_options import Context
 from zmqruntime.errors import (
+    ChannelClosed,
     ProtocolError,
     RemoteProtocolError,
     ServerLost,
@@ -116,9 +117,10 @@ class ExecutionClient:
         return self
 
     def close(self) -> None:
-        """Close the connection; executions still waiting fail with ``ServerLost``."""
+        """Close the connection; executions still waiting fail with :class:`ChannelClosed`
+        (:class:`ServerLost` says the server went, which it did not)."""
         self.client.close()
-        self._fail_all(ServerLost("the client was closed before the execution finished"))
+        self._fail_all(ChannelClosed("the client was closed before the execution finished"))
 
     __enter__ = connect_on_enter
     __exit__ = close_on_exit
