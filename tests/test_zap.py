@@ -80,6 +80,28 @@ def test_a_failing_check_refuses_its_peer_and_the_next_peer_is_checked(
         context.term()
 
 
+def test_a_malformed_request_is_answered_and_the_handler_goes_on() -> None:
+    """Only code in this process can reach the ZAP address; still, a request pyzmq cannot
+    answer must not leave the REP socket waiting for a reply forever."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    handler = ZapHandler.start(context)
+    handler.checks.configure_plain("d", {"user": "secret"})
+    try:
+        with context.socket(zmq.REQ) as asker:
+            asker.linger = 0
+            asker.connect("inproc://zeromq.zap.01")
+            asker.send(b"1.0")  # one frame: not even a request id
+            assert asker.poll(WAIT_MS), "no answer"
+            assert asker.recv_multipart()[2] == b"400"
+            request = [b"1.0", b"7", b"d", b"127.0.0.1", b"", b"PLAIN", b"user", b"secret"]
+            asker.send_multipart(request)
+            assert asker.poll(WAIT_MS), "the handler stopped answering"
+            assert asker.recv_multipart()[1:3] == [b"7", b"200"]
+    finally:
+        assert handler.stop(10.0)
+        context.term()
+
+
 def test_a_context_takes_one_handler_at_a_time_and_a_stopped_one_leaves_nothing_open() -> None:
     """A second handler is refused without leaking its socket; a stopped one frees the ZAP
     address at once (pyzmq's ThreadAuthenticator, started again right after stop(), found it

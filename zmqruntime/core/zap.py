@@ -116,6 +116,9 @@ def _answer(checks: Authenticator, pipe: zmq.Socket[bytes]) -> None:
 
 def _answer_one(checks: Authenticator, request: list[bytes]) -> None:
     """Answer one ZAP request; a check that fails refuses the peer (status 500)."""
+    if len(request) < 2:  # pyzmq would not answer it, and the REP socket would wait forever
+        checks.zap_socket.send_multipart([_VERSION, b"", b"400", b"not a ZAP request", b"", b""])
+        return
     try:
         _run_to_end(checks.handle_zap_message(request))
     except Exception:
